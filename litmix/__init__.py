@@ -1,0 +1,41 @@
+"""litmix: research methods as PyTorch Lightning plugins you can mix in one Trainer.
+
+Subpackages: :mod:`litmix.callbacks`, :mod:`litmix.plugins` (LightningModules),
+:mod:`litmix.datamodules`, and the pure-tensor algorithms in :mod:`litmix.functional`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from litmix.registry import PluginInfo, get_plugin, register
+
+__version__ = "0.1.0.dev0"
+__all__ = ["PluginInfo", "__version__", "get_plugin", "list_plugins", "load_all", "register"]
+
+SUBPACKAGES = ("litmix.callbacks", "litmix.plugins", "litmix.datamodules")
+
+
+def load_all(extensions: bool = True) -> None:
+    """Import every subpackage (and ``litmix.extensions`` entry points) so the registry is complete."""
+    for name in SUBPACKAGES:
+        importlib.import_module(name)
+    if extensions:
+        for ep in entry_points(group="litmix.extensions"):
+            importlib.import_module(ep.value)
+
+
+def list_plugins(kind: str | None = None, family: str | None = None) -> list[PluginInfo]:
+    """Every registered plugin, optionally filtered by kind and family.
+
+    Example:
+        >>> import litmix
+        >>> names = [p.name for p in litmix.list_plugins(kind="callback")]
+        >>> "GradualPruning" in names
+        True
+    """
+    from litmix import registry
+
+    load_all()
+    return registry.list_plugins(kind=kind, family=family)

@@ -1,0 +1,79 @@
+"""Small data utilities shared by the datamodules and callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+class IndexedDataset(Dataset):
+    """Wrap a map-style dataset so that item ``i`` is ``(*dataset[i], i)``.
+
+    Sample indices let callbacks cache per-sample values (teacher outputs, reference losses).
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = IndexedDataset(TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 0])))
+        >>> ds[2][2]
+        2
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        item = self.dataset[index]
+        if not isinstance(item, tuple | list):
+            item = (item,)
+        return (*item, index)
+
+
+def split_batch(batch: Any) -> tuple[Any, Tensor | None, Tensor | None]:
+    """Split a batch into ``(inputs, targets, indices)``.
+
+    Accepts ``(x,)``, ``(x, y)``, ``(x, y, index)`` tuples/lists and dicts with ``"x"``/``"input"``/
+    ``"input_ids"``, ``"y"``/``"target"``/``"labels"`` and ``"index"`` keys. Missing parts are ``None``.
+
+    Example:
+        >>> x, y, idx = split_batch((torch.zeros(2, 3), torch.tensor([1, 0])))
+        >>> x.shape, y.tolist(), idx
+        (torch.Size([2, 3]), [1, 0], None)
+    """
+    if isinstance(batch, dict):
+        x = next((batch[k] for k in ("x", "input", "inputs", "input_ids") if k in batch), None)
+        y = next((batch[k] for k in ("y", "target", "targets", "labels") if k in batch), None)
+        return x, y, batch.get("index")
+    if isinstance(batch, Sequence) and not isinstance(batch, Tensor):
+        x = batch[0] if len(batch) > 0 else None
+        y = batch[1] if len(batch) > 1 else None
+        idx = batch[2] if len(batch) > 2 else None
+        return x, y, idx
+    return batch, None, None
+
+
+def stratified_split(targets: Tensor, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Indices of a stratified split: ``fraction`` of every class goes to the first part.
+
+    Example:
+        >>> a, b = stratified_split(torch.tensor([0, 0, 1, 1, 1, 1]), 0.5)
+        >>> sorted(a.tolist() + b.tolist())
+        [0, 1, 2, 3, 4, 5]
+        >>> len(a)
+        3
+    """
+    gen = torch.Generator().manual_seed(seed)
+    first, second = [], []
+    for c in torch.unique(targets):
+        idx = torch.nonzero(targets == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        k = round(fraction * len(idx))
+        first.append(idx[:k])
+        second.append(idx[k:])
+    return torch.cat(first).sort().values, torch.cat(second).sort().values

@@ -1,0 +1,1 @@
+"""Pure-tensor algorithms behind the litmix plugins, one module per method family."""

@@ -1,0 +1,116 @@
+"""Registry of every litmix plugin, by kind and family.
+
+Plugins register themselves with :func:`register` when their module is imported;
+:func:`litmix.load_all` imports every subpackage so that the registry is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+Kind = Literal["callback", "plugin", "datamodule"]
+Family = Literal["core", "distillation", "sparsity", "proxy", "unlearning", "data", "nas"]
+
+KINDS: tuple[str, ...] = ("callback", "plugin", "datamodule")
+FAMILIES: tuple[str, ...] = ("core", "distillation", "sparsity", "proxy", "unlearning", "data", "nas")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registry entry.
+
+    Attributes:
+        name: the class name (the short name used by the CLI).
+        kind: ``"callback"``, ``"plugin"`` (LightningModule) or ``"datamodule"``.
+        family: the method family.
+        paper: title and link of the paper the plugin implements ("" for infrastructure).
+        cls: the class itself.
+    """
+
+    name: str
+    kind: str
+    family: str
+    paper: str
+    cls: type
+
+    @property
+    def import_path(self) -> str:
+        """Public import path, e.g. ``litmix.callbacks.KnowledgeDistillation``."""
+        return f"litmix.{self.kind}s.{self.name}"
+
+
+_REGISTRY: dict[str, PluginInfo] = {}
+T = TypeVar("T", bound=type)
+
+
+def register(kind: Kind, family: Family, paper: str = "") -> Callable[[T], T]:
+    """Class decorator recording a plugin in the registry.
+
+    Args:
+        kind: one of ``"callback"``, ``"plugin"``, ``"datamodule"``.
+        family: one of :data:`FAMILIES`.
+        paper: the paper implemented, as ``"Title (arXiv link)"``.
+
+    Raises:
+        ValueError: for an unknown kind or family, or a name registered twice by a different class.
+
+    Example:
+        >>> @register("callback", "core")
+        ... class _Doc:
+        ...     pass
+        >>> get_plugin("_Doc").family
+        'core'
+        >>> unregister("_Doc")
+    """
+    if kind not in KINDS:
+        raise ValueError(f"register(kind={kind!r}): kind must be one of {KINDS}")
+    if family not in FAMILIES:
+        raise ValueError(f"register(family={family!r}): family must be one of {FAMILIES}")
+
+    def decorator(cls: T) -> T:
+        name = cls.__name__
+        old = _REGISTRY.get(name)
+        if old is not None and old.cls.__qualname__ != cls.__qualname__:
+            raise ValueError(f"register: plugin name {name!r} is already used by {old.cls!r}")
+        _REGISTRY[name] = PluginInfo(name=name, kind=kind, family=family, paper=paper, cls=cls)
+        return cls
+
+    return decorator
+
+
+def unregister(name: str) -> None:
+    """Remove a registry entry (for tests and extension authors)."""
+    _REGISTRY.pop(name, None)
+
+
+def get_plugin(name: str) -> PluginInfo:
+    """Look a plugin up by its short name.
+
+    Raises:
+        KeyError: naming the unknown plugin and listing the known ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown plugin {name!r}; known plugins: {sorted(_REGISTRY)}") from None
+
+
+def list_plugins(kind: str | None = None, family: str | None = None) -> list[PluginInfo]:
+    """Registered plugins sorted by name, optionally filtered by kind and family.
+
+    Call :func:`litmix.load_all` first (``litmix.list_plugins`` does) to import every subpackage.
+
+    Raises:
+        ValueError: for an unknown kind or family.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"list_plugins(kind={kind!r}): kind must be one of {KINDS} or None")
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"list_plugins(family={family!r}): family must be one of {FAMILIES} or None")
+    return [
+        info
+        for _, info in sorted(_REGISTRY.items())
+        if (kind is None or info.kind == kind) and (family is None or info.family == family)
+    ]

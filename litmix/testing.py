@@ -1,0 +1,223 @@
+"""Public test utilities for litmix users and extension authors (cf. ``torch_geometric.testing``).
+
+Tiny models and data, fit helpers, a checkpoint round-trip assertion and the plugin contract checks
+(:func:`check_plugin`). Nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from litmix.data import IndexedDataset, split_batch
+
+__all__ = [
+    "TinyClassifier",
+    "TinyDataModule",
+    "assert_resume_matches",
+    "assert_state_roundtrip",
+    "check_plugin",
+    "fit_tiny",
+    "make_trainer",
+    "run_ddp",
+]
+
+
+class TinyClassifier(pl.LightningModule):
+    """A two-layer MLP classifier for fast tests (8 inputs, 4 classes by default)."""
+
+    def __init__(self, in_features: int = 8, hidden: int = 16, num_classes: int = 4, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.lr = lr
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits."""
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Cross-entropy loss."""
+        x, y, _ = split_batch(batch)
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Accuracy."""
+        x, y, _ = split_batch(batch)
+        self.log("val/acc", (self(x).argmax(-1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class TinyDataModule(pl.LightningDataModule):
+    """Deterministic Gaussian blobs: ``n`` samples, 8 features, 4 classes, unshuffled batches.
+
+    Items are ``(x, y, index)``, so callbacks that cache per-sample values can be tested.
+    """
+
+    def __init__(self, n: int = 64, in_features: int = 8, num_classes: int = 4, batch_size: int = 16) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        centers = torch.randn(num_classes, in_features, generator=gen) * 2
+        y = torch.arange(n) % num_classes
+        x = centers[y] + torch.randn(n, in_features, generator=gen)
+        self.dataset = IndexedDataset(TensorDataset(x, y))
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        """Unshuffled, so that resumed runs see the same batches."""
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        """The same samples."""
+        return DataLoader(self.dataset, batch_size=self.batch_size)
+
+
+def make_trainer(**kwargs: Any) -> pl.Trainer:
+    """A quiet CPU Trainer: no logger, progress bar, model summary or sanity check unless overridden."""
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+    }
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def fit_tiny(
+    callbacks: list[Callback] | None = None,
+    module: pl.LightningModule | None = None,
+    datamodule: pl.LightningDataModule | None = None,
+    **trainer_kwargs: Any,
+) -> pl.Trainer:
+    """Fit ``module`` (a :class:`TinyClassifier` by default) with ``callbacks`` and return the trainer."""
+    trainer_kwargs.setdefault("max_steps", 2)
+    trainer = make_trainer(callbacks=callbacks or [], **trainer_kwargs)
+    trainer.fit(module or TinyClassifier(), datamodule=datamodule or TinyDataModule())
+    return trainer
+
+
+def run_ddp(
+    callbacks: list[Callback],
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    world_size: int = 2,
+    strategy: str = "ddp_fork",
+    **trainer_kwargs: Any,
+) -> pl.Trainer:
+    """Fit on ``world_size`` CPU processes (gloo); returns the parent's trainer.
+
+    Only weights, ``trainer.state`` and ``callback_metrics`` come back to the parent: assert inside hooks
+    or log values and read ``trainer.callback_metrics``.
+    """
+    trainer_kwargs.setdefault("max_steps", 2)
+    trainer = make_trainer(devices=world_size, strategy=strategy, callbacks=callbacks, **trainer_kwargs)
+    trainer.fit(module, datamodule=datamodule)
+    return trainer
+
+
+def _tensors_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_tensors_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def assert_state_roundtrip(callback: Callback) -> None:
+    """``load_state_dict(state_dict())`` on a copy reproduces the state exactly.
+
+    Raises:
+        AssertionError: if the state differs after the round trip.
+    """
+    state = callback.state_dict()
+    fresh = copy.deepcopy(callback)
+    fresh.load_state_dict(copy.deepcopy(state))
+    if not _tensors_equal(state, fresh.state_dict()):
+        raise AssertionError(f"{type(callback).__name__}: state_dict changed in a load_state_dict round trip")
+
+
+def assert_resume_matches(
+    make_callbacks: Callable[[], list[Callback]],
+    make_module: Callable[[], pl.LightningModule],
+    make_datamodule: Callable[[], pl.LightningDataModule],
+    tmp_path: str | os.PathLike[str],
+    max_epochs: int = 2,
+    atol: float = 0.0,
+) -> tuple[pl.Trainer, pl.Trainer]:
+    """Fit ``max_epochs`` uninterrupted, then resume from the first epoch's checkpoint; weights must match.
+
+    Returns:
+        The uninterrupted and the resumed trainer.
+
+    Raises:
+        AssertionError: naming the first parameter or buffer that differs.
+    """
+    tmp = Path(tmp_path)
+    pl.seed_everything(0, verbose=False)
+    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
+    module_a = make_module()
+    full = make_trainer(callbacks=[*make_callbacks(), ckpt], max_epochs=max_epochs, enable_checkpointing=True)
+    full.fit(module_a, datamodule=make_datamodule())
+    first = sorted((tmp / "ckpt").glob("epoch=0-*.ckpt"))
+    if not first:
+        raise AssertionError(f"no first-epoch checkpoint written in {tmp / 'ckpt'}")
+    pl.seed_everything(0, verbose=False)
+    module_b = make_module()
+    resumed = make_trainer(callbacks=make_callbacks(), max_epochs=max_epochs)
+    resumed.fit(module_b, datamodule=make_datamodule(), ckpt_path=str(first[0]))
+    if resumed.global_step != full.global_step:
+        raise AssertionError(f"resumed global_step {resumed.global_step} != uninterrupted {full.global_step}")
+    state_a, state_b = module_a.state_dict(), module_b.state_dict()
+    if state_a.keys() != state_b.keys():
+        raise AssertionError(f"state_dict keys differ after resume: {set(state_a) ^ set(state_b)}")
+    for key, value in state_a.items():
+        if value.is_floating_point():
+            ok = torch.allclose(value, state_b[key], atol=atol, rtol=0)
+        else:
+            ok = torch.equal(value, state_b[key])
+        if not ok:
+            raise AssertionError(f"{key!r} differs between the uninterrupted and the resumed run")
+    return full, resumed
+
+
+def check_plugin(cls: type, tmp_path: str | os.PathLike[str]) -> None:
+    """Run the contract checks every registered callback must pass (pickle, 2-step fit, resume).
+
+    Raises:
+        AssertionError: when a contract check fails.
+    """
+    from litmix.base import LitmixCallback
+
+    if not issubclass(cls, LitmixCallback):
+        raise AssertionError(f"{cls.__name__} is not a LitmixCallback")
+    instance = cls.example()
+    restored = pickle.loads(pickle.dumps(instance))
+    if type(restored) is not cls:
+        raise AssertionError(f"{cls.__name__} does not survive pickling")
+    fit_tiny([cls.example()], module=cls.example_module(), datamodule=cls.example_datamodule(), max_steps=2)
+    assert_state_roundtrip(instance)
+    assert_resume_matches(
+        lambda: [cls.example()], cls.example_module, cls.example_datamodule, tmp_path, max_epochs=2, atol=1e-6
+    )

@@ -1,1 +1,7 @@
-"""placeholder"""
+"""LightningDataModules: offline data sets and forget/retain splits."""
+
+from litmix.datamodules.char_lm import CharLMDataModule
+from litmix.datamodules.digits import DigitsDataModule
+from litmix.datamodules.mnist import MNISTDataModule
+
+__all__ = ["CharLMDataModule", "DigitsDataModule", "MNISTDataModule"]

@@ -49,6 +49,7 @@ class TinyClassifier(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Cross-entropy loss."""
         x, y, _ = split_batch(batch)
+        assert y is not None, "TinyClassifier needs (x, y) batches"
         loss = nn.functional.cross_entropy(self(x), y)
         self.log("train/loss", loss)
         return loss

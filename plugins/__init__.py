@@ -1,1 +1,3 @@
-"""placeholder"""
+"""LightningModules: methods that own the training step (unlearning, NAS, ...)."""
+
+__all__: list[str] = []

@@ -16,7 +16,7 @@ SHARED_DATA = Path(os.environ.get("LITMIX_DATA", REPO.parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-    yield
+    return
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,8 @@ def test_two_callbacks_match_inline_penalty(module_cls):
     for wa, wb in zip(_weights(a), _weights(b), strict=True):
         torch.testing.assert_close(wa, wb)
     assert [cb.calls for cb in cbs] == [6, 6]  # each term counted exactly once per step
-    assert "a/loss" in trainer.callback_metrics and "b/loss" in trainer.callback_metrics
+    assert "a/loss" in trainer.callback_metrics
+    assert "b/loss" in trainer.callback_metrics
     assert "training_step" not in a.__dict__  # wrapper removed at teardown
     pickle.dumps(a)
 

@@ -1,0 +1,64 @@
+"""The package list setup.py computes matches the folders on disk; __all__ matches the registry."""
+
+import importlib
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import litmix
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = ("callbacks", "plugins", "datamodules")
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for init in (REPO / "litmix").rglob("__init__.py"):
+        rel = init.parent.relative_to(REPO)
+        found.add(".".join(rel.parts))
+    for folder in FOLDERS:
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO)
+            found.add("litmix." + ".".join(rel.parts))
+    return {p for p in found if "__pycache__" not in p}
+
+
+def test_setup_lists_every_package(monkeypatch):
+    captured = {}
+    import setuptools
+
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: captured.update(kw))
+    monkeypatch.chdir(REPO)
+    runpy.run_path(str(REPO / "setup.py"))
+    assert set(captured["packages"]) == _packages_on_disk()
+
+
+@pytest.mark.parametrize("kind", ["callback", "plugin", "datamodule"])
+def test_all_matches_registry(kind):
+    package = importlib.import_module(f"litmix.{kind}s")
+    registered = {p.name for p in litmix.list_plugins(kind=kind)}
+    assert set(package.__all__) == registered
+
+
+def test_no_second_copy_from_folder_names():
+    assert "callbacks" not in sys.modules
+    assert "plugins" not in sys.modules
+
+
+def test_cli_lists_plugins():
+    out = subprocess.run(
+        [sys.executable, "-m", "litmix.cli", "list", "--family", "sparsity"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "GradualPruning" in out
+    assert "KnowledgeDistillation" not in out
+
+
+def test_cli_rejects_unknown_family():
+    proc = subprocess.run(
+        [sys.executable, "-m", "litmix.cli", "list", "--family", "nope"], capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr

@@ -1,0 +1,6 @@
+"""torchmetrics classes used by litmix plugins (DDP-safe, per-sample states de-duplicated by index)."""
+
+from litmix.metrics.indexed_mean import IndexedMean
+from litmix.metrics.mia_auc import MembershipInferenceAUC
+
+__all__ = ["IndexedMean", "MembershipInferenceAUC"]

@@ -103,7 +103,12 @@ def kd_loss(
         return out.reshape(mask.shape)
     if s.shape[0] == 0:  # everything masked out
         return (student_logits.float().sum() * 0.0).reshape(())
-    return F.kl_div(log_p_s, log_p_t, reduction=reduction, log_target=True) * scale
+    total = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) * scale
+    if reduction == "batchmean":
+        return total / s.shape[0]
+    if reduction == "mean":
+        return total / s.numel()
+    return total
 
 
 def torchdistill_kd_loss(

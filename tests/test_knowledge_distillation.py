@@ -1,0 +1,531 @@
+import pickle
+from types import SimpleNamespace
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
+from litmix.data import IndexedDataset, split_batch
+from litmix.functional.distillation import kd_loss, top1_agreement, torchdistill_kd_loss
+from litmix.loss_terms import LossTermCallback, apply_loss_terms
+from litmix.testing import (
+    TinyClassifier,
+    TinyDataModule,
+    assert_resume_matches,
+    check_plugin,
+    fit_tiny,
+    make_trainer,
+    run_ddp,
+)
+
+
+def make_teacher(out: int = 4, seed: int = 1) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, out))
+
+
+def weights(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module, **kw: Any) -> None:
+    for wa, wb in zip(weights(a), weights(b), strict=True):
+        torch.testing.assert_close(wa, wb, **kw)
+
+
+# --------------------------------------------------------------------------- functional core (catalogue §0.3)
+
+
+def test_kd_loss_is_zero_for_identical_logits():
+    s = torch.randn(16, 10) * 3
+    assert kd_loss(s, s.clone()).abs().item() < 1e-6
+    assert kd_loss(s, s.clone(), temperature=1.0).abs().item() < 1e-6
+    assert kd_loss(s, torch.randn(16, 10)).item() > 0.01
+
+
+def test_kd_loss_gradient_scale_is_roughly_temperature_independent():
+    gen = torch.Generator().manual_seed(0)
+    s0, t = torch.randn(64, 10, generator=gen), torch.randn(64, 10, generator=gen)
+    norms = {}
+    for temp in (1.0, 4.0):
+        s = s0.clone().requires_grad_(True)
+        kd_loss(s, t, temperature=temp).backward()
+        norms[temp] = s.grad.norm().item()
+    ratio = norms[4.0] / norms[1.0]
+    assert 1 / 3 < ratio < 3, norms  # without T^2 the ratio would be about 1/16 smaller
+
+
+def test_kd_loss_matches_torchdistill_at_alpha_half():
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(32, 10, generator=gen), torch.randn(32, 10, generator=gen)
+    y = torch.randint(0, 10, (32,), generator=gen)
+    for temp in (1.0, 4.0):
+        ours = 0.5 * F.cross_entropy(s, y) + 0.5 * kd_loss(s, t, temperature=temp)
+        torch.testing.assert_close(ours, torchdistill_kd_loss(s, t, y, temperature=temp, alpha=0.5))
+
+
+def test_kd_loss_reductions_mask_and_logprob_teacher():
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 5, 7, generator=gen), torch.randn(3, 5, 7, generator=gen)
+    mask = torch.rand(3, 5, generator=gen) > 0.4
+    rows_s, rows_t = s[mask], t[mask]
+    torch.testing.assert_close(kd_loss(s, t, mask=mask), kd_loss(rows_s, rows_t))
+    per_token = kd_loss(s, t, mask=mask, reduction="none")
+    assert per_token.shape == (3, 5) and bool((per_token[~mask] == 0).all())
+    torch.testing.assert_close(per_token.sum() / mask.sum(), kd_loss(s, t, mask=mask))
+    torch.testing.assert_close(kd_loss(s, t, reduction="mean") * 7, kd_loss(s, t))
+    log_t = torch.log_softmax(t / 2.0, dim=-1)
+    torch.testing.assert_close(kd_loss(s, log_t, temperature=2.0, teacher_is_logprob=True), kd_loss(s, t, 2.0))
+    assert top1_agreement(s, s, mask=mask).item() == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        kd_loss(s, t, temperature=0.0)
+    with pytest.raises(ValueError, match=r"\(3, 5, 7\).*\(3, 5, 6\)"):
+        kd_loss(s, t[..., :6])
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"temperature": 0.0}, ValueError, "temperature must be > 0"),
+        ({"temperature": -1.0}, ValueError, "temperature"),
+        ({"weight": 1.5}, ValueError, r"weight must be in \[0, 1\], got 1.5"),
+        ({"weight": -0.1}, ValueError, "weight"),
+        ({"teacher": 3}, TypeError, "teacher must be an nn.Module or a str"),
+        ({"teacher": None}, TypeError, "teacher"),
+        ({"teacher_class": "no_colon"}, ValueError, "teacher_class"),
+        ({"teacher": "model.ckpt"}, ValueError, "teacher_class"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    kwargs = {"teacher": make_teacher(), **kwargs}
+    with pytest.raises(error, match=match):
+        KnowledgeDistillation(**kwargs)
+
+
+def test_weight_semantics_and_torchdistill_alias():
+    kd = KnowledgeDistillation(make_teacher(), weight=0.9)
+    assert kd.loss_term_weight == 0.9 and kd.task_loss_scale == pytest.approx(0.1)
+    assert KnowledgeDistillation.from_torchdistill(make_teacher(), alpha=0.9).weight == pytest.approx(0.1)
+    assert KnowledgeDistillation(make_teacher(), name="kd2").loss_term_name == "kd2"
+
+
+def test_teacher_from_files(tmp_path):
+    teacher = make_teacher()
+    torch.save(teacher, tmp_path / "teacher.pt")
+    kd = KnowledgeDistillation(str(tmp_path / "teacher.pt"))
+    torch.testing.assert_close(kd.teacher[0].weight, teacher[0].weight)
+
+    trainer = fit_tiny([], module=TinyClassifier(), max_steps=1)
+    trainer.save_checkpoint(tmp_path / "teacher.ckpt")
+    kd = KnowledgeDistillation(str(tmp_path / "teacher.ckpt"), teacher_class="litmix.testing:TinyClassifier")
+    assert isinstance(kd.teacher, TinyClassifier) and not kd.teacher.training
+    fit_tiny([kd], max_steps=2)
+
+    torch.save({"not": "a module"}, tmp_path / "dict.pt")
+    with pytest.raises(TypeError, match="nn.Module"):
+        KnowledgeDistillation(str(tmp_path / "dict.pt"))
+
+
+# --------------------------------------------------------------------------- behaviour in a Trainer
+
+
+class InlineTorchdistill(TinyClassifier):
+    """Reference: torchdistill's KDLoss computed inline with a fixed teacher."""
+
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
+        super().__init__()
+        self.teacher = [teacher]  # a list hides it from the module's parameters
+        self.temperature, self.alpha = temperature, alpha
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = split_batch(batch)
+        with torch.no_grad():
+            t = self.teacher[0](x)
+        return torchdistill_kd_loss(self(x), t, y, temperature=self.temperature, alpha=self.alpha)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.1])
+def test_callback_matches_torchdistill_formula(alpha):
+    teacher = make_teacher()
+    pl.seed_everything(0)
+    a = TinyClassifier()
+    fit_tiny([KnowledgeDistillation.from_torchdistill(teacher, alpha=alpha, temperature=4.0)], module=a, max_steps=6)
+    pl.seed_everything(0)
+    b = InlineTorchdistill(make_teacher(), temperature=4.0, alpha=alpha)
+    fit_tiny([], module=b, max_steps=6)
+    assert_same_weights(a, b)
+
+
+def test_wrong_teacher_shape_fails_at_first_batch():
+    kd = KnowledgeDistillation(make_teacher(out=5))
+    with pytest.raises(ValueError, match=r"\(16, 5\).*\(16, 4\)"):
+        fit_tiny([kd], max_steps=1)
+
+
+class TrainTeacherBehindOurBack(Callback):
+    """Simulates user code that flips the teacher to train mode before each step."""
+
+    def __init__(self, kd: KnowledgeDistillation) -> None:
+        self.kd = kd
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.kd.teacher.train()
+
+
+def test_teacher_stays_frozen_and_in_eval():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    kd = KnowledgeDistillation(teacher)
+    module = TinyClassifier()
+    trainer = fit_tiny([TrainTeacherBehindOurBack(kd), kd], module=module, max_steps=4)
+    assert not kd.teacher.training
+    assert not any(p.requires_grad for p in kd.teacher.parameters())
+    assert all(p.grad is None for p in kd.teacher.parameters())
+    for key, value in kd.teacher.state_dict().items():  # BN running stats untouched: it ran in eval mode
+        assert torch.equal(value, before[key]), key
+    assert "training_step" not in module.__dict__  # the loss wrapper is gone after teardown
+    assert 0.0 <= float(trainer.callback_metrics["kd/agreement"]) <= 1.0
+    pickle.dumps(kd)
+
+
+class CallsSubmodule(TinyClassifier):
+    """training_step bypasses self.forward, so a hook on the LightningModule never fires."""
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = split_batch(batch)
+        return F.cross_entropy(self.net(x), y)
+
+
+def test_hook_that_never_fires_asks_for_student_path():
+    with pytest.raises(MisconfigurationException, match="student_path"):
+        fit_tiny([KnowledgeDistillation(make_teacher())], module=CallsSubmodule(), max_steps=1)
+    trainer = fit_tiny([KnowledgeDistillation(make_teacher(), student_path="net")], module=CallsSubmodule())
+    assert "kd/loss" in trainer.callback_metrics
+    with pytest.raises(MisconfigurationException, match="no such submodule"):
+        fit_tiny([KnowledgeDistillation(make_teacher(), student_path="nope")], module=CallsSubmodule())
+
+
+class HFStyle(TinyClassifier):
+    """Returns an object with ``.logits`` like Hugging Face models."""
+
+    def forward(self, x):
+        return SimpleNamespace(logits=self.net(x), hidden=None)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = split_batch(batch)
+        return F.cross_entropy(self(x).logits, y)
+
+
+class HFTeacher(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = make_teacher()
+
+    def forward(self, x):
+        return SimpleNamespace(logits=self.inner(x))
+
+
+def test_hf_style_outputs_match_plain_tensors():
+    pl.seed_everything(0)
+    a = HFStyle()
+    fit_tiny([KnowledgeDistillation(HFTeacher())], module=a, max_steps=4)
+    pl.seed_everything(0)
+    b = TinyClassifier()
+    fit_tiny([KnowledgeDistillation(make_teacher())], module=b, max_steps=4)
+    assert_same_weights(a, b)
+
+
+class TwoForwards(TinyClassifier):
+    def training_step(self, batch, batch_idx):
+        x, _, _ = split_batch(batch)
+        self(x)
+        return super().training_step(batch, batch_idx)
+
+
+def test_second_forward_in_a_step_warns():
+    with pytest.warns(UserWarning, match="more than once"):
+        fit_tiny([KnowledgeDistillation(make_teacher())], module=TwoForwards(), max_steps=2)
+
+
+class CountingTeacher(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = make_teacher()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_cached_teacher_outputs_give_the_same_weights():
+    live_teacher, cached_teacher = CountingTeacher(), CountingTeacher()
+    pl.seed_everything(0)
+    a = TinyClassifier()
+    fit_tiny([KnowledgeDistillation(live_teacher)], module=a, max_epochs=2, max_steps=-1)
+    pl.seed_everything(0)
+    b = TinyClassifier()
+    fit_tiny([KnowledgeDistillation(cached_teacher, cache_teacher_outputs=True)], module=b, max_epochs=2, max_steps=-1)
+    assert_same_weights(a, b, rtol=0, atol=0)
+    assert (live_teacher.calls, cached_teacher.calls) == (8, 4)  # 4 batches per epoch, the 2nd epoch cached
+
+
+class NoIndexData(TinyDataModule):
+    def train_dataloader(self):
+        x = torch.stack([self.dataset[i][0] for i in range(len(self.dataset))])
+        y = torch.stack([self.dataset[i][1] for i in range(len(self.dataset))])
+        return DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def test_cache_needs_sample_indices():
+    kd = KnowledgeDistillation(make_teacher(), cache_teacher_outputs=True)
+    with pytest.raises(MisconfigurationException, match="IndexedDataset"):
+        fit_tiny([kd], datamodule=NoIndexData(), max_steps=1)
+
+
+class L2Penalty(LossTermCallback):
+    def __init__(self, coef: float) -> None:
+        super().__init__(name="l2")
+        self.loss_term_name, self.loss_term_weight, self.calls = "l2", coef, 0
+
+    def loss_term(self, trainer, pl_module, batch, batch_idx, outputs):
+        self.calls += 1
+        return pl_module.net[0].weight.pow(2).sum()
+
+
+class InlineKDPlusL2(TinyClassifier):
+    def __init__(self, teacher: nn.Module, weight: float, temperature: float, coef: float) -> None:
+        super().__init__()
+        self.teacher = [teacher]
+        self.w, self.temperature, self.coef = weight, temperature, coef
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = split_batch(batch)
+        s = self(x)
+        with torch.no_grad():
+            t = self.teacher[0](x)
+        kd = kd_loss(s, t, temperature=self.temperature)
+        return (1 - self.w) * F.cross_entropy(s, y) + self.w * kd + self.coef * self.net[0].weight.pow(2).sum()
+
+
+def test_composes_with_another_loss_term_each_counted_once():
+    kd, l2 = KnowledgeDistillation(make_teacher(), weight=0.7, temperature=3.0), L2Penalty(0.01)
+    pl.seed_everything(0)
+    a = TinyClassifier()
+    trainer = fit_tiny([kd, l2], module=a, max_steps=5)
+    pl.seed_everything(0)
+    b = InlineKDPlusL2(make_teacher(), weight=0.7, temperature=3.0, coef=0.01)
+    fit_tiny([], module=b, max_steps=5)
+    assert_same_weights(a, b)
+    assert l2.calls == 5
+    assert {"kd/loss", "l2/loss", "kd/agreement"} <= set(trainer.callback_metrics)
+
+
+class CollectingManual(TinyClassifier):
+    collects_loss_terms = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        loss = apply_loss_terms(self.trainer, self, batch, batch_idx, super().training_step(batch, batch_idx))
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+
+
+def test_protocol_mechanism_matches_wrapping():
+    pl.seed_everything(0)
+    a = CollectingManual()
+    fit_tiny([KnowledgeDistillation(make_teacher())], module=a, max_steps=4)
+    assert "training_step" not in a.__dict__  # the protocol module is not wrapped
+    pl.seed_everything(0)
+    b = TinyClassifier()
+    fit_tiny([KnowledgeDistillation(make_teacher())], module=b, max_steps=4)
+    assert_same_weights(a, b)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _all_tensors(obj: Any):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _all_tensors(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from _all_tensors(v)
+
+
+def test_checkpoint_holds_no_teacher(tmp_path):
+    teacher = make_teacher()
+    kd = KnowledgeDistillation(teacher)
+    assert not list(_all_tensors(kd.state_dict()))
+    module = TinyClassifier()
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    make_trainer(callbacks=[kd, ckpt_cb], max_steps=3, enable_checkpointing=True).fit(module, TinyDataModule())
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert set(ckpt["state_dict"]) == set(module.state_dict())
+    assert ckpt["callbacks"][kd.state_key] == {"version": 1}
+    teacher_params = [p.detach() for p in teacher.parameters()]
+    for tensor in _all_tensors(ckpt):
+        assert not any(t.shape == tensor.shape and torch.equal(t, tensor) for t in teacher_params)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_resume_matches_uninterrupted(tmp_path, cache):
+    assert_resume_matches(
+        lambda: [KnowledgeDistillation(make_teacher(), cache_teacher_outputs=cache)],
+        TinyClassifier,
+        TinyDataModule,
+        tmp_path,
+    )
+
+
+def test_plugin_contract(tmp_path):
+    kd = KnowledgeDistillation.example()
+    assert kd.family == "distillation" and kd.requires_teacher and kd.modifies_loss
+    check_plugin(KnowledgeDistillation, tmp_path)
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+class AssertTeacherFrozen(Callback):
+    def __init__(self, kd: KnowledgeDistillation) -> None:
+        self.kd = kd
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        teacher = self.kd.teacher
+        assert not teacher.training
+        assert not any(p.requires_grad for p in teacher.parameters())
+        assert "training_step" in pl_module.__dict__  # the loss wrapper is installed on this rank
+        assert trainer.world_size == 2
+        pl_module.log("check/teacher_frozen", 1.0)
+        pl_module.log("check/world_size", float(trainer.world_size))
+
+
+@pytest.mark.ddp
+def test_ddp_two_ranks():
+    kd = KnowledgeDistillation(make_teacher())
+    trainer = run_ddp([kd, AssertTeacherFrozen(kd)], TinyClassifier(), TinyDataModule(), max_steps=3)
+    assert float(trainer.callback_metrics["check/teacher_frozen"]) == 1.0
+    assert float(trainer.callback_metrics["check/world_size"]) == 2.0
+    assert "kd/loss" in trainer.callback_metrics
+    assert 0.0 <= float(trainer.callback_metrics["kd/agreement"]) <= 1.0
+
+
+# --------------------------------------------------------------------------- effect on real data (catalogue §0.8)
+
+
+def _digits_split():
+    from litmix.datamodules.digits import DigitsDataModule
+
+    dm = DigitsDataModule(batch_size=64, seed=0)
+    dm.setup("fit")
+    x, y = dm.full_dataset.dataset.tensors
+    return x, y, torch.tensor(dm.train_dataset.indices), torch.tensor(dm.val_dataset.indices)
+
+
+def _train_teacher(seed: int) -> nn.Module:
+    """Catalogue §0.8 teacher: MLP 64-256-256-10, dropout 0.2, Adam 1e-2, wd 5e-4, 40 epochs, batch 128."""
+    x, y, train_idx, _ = _digits_split()
+    xt, yt = x[train_idx], y[train_idx]
+    torch.manual_seed(seed)
+    teacher = nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(256, 10),
+    )  # fmt: skip
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2, weight_decay=5e-4)
+    for _ in range(40):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 128):
+            b = perm[i : i + 128]
+            opt.zero_grad()
+            F.cross_entropy(teacher(xt[b]), yt[b]).backward()
+            opt.step()
+    return teacher.eval()
+
+
+def _noisy_digits(seed: int, rate: float = 0.4):
+    """Digits with ``rate`` of the training labels flipped to another class (validation labels clean)."""
+    from litmix.datamodules.digits import DigitsDataModule
+
+    dm = DigitsDataModule(batch_size=64, seed=0)
+    dm.setup("fit")
+    x, y, train_idx, _ = _digits_split()
+    gen = torch.Generator().manual_seed(seed)
+    noisy = y.clone()
+    flip = train_idx[torch.randperm(len(train_idx), generator=gen)[: round(rate * len(train_idx))]]
+    noisy[flip] = (y[flip] + torch.randint(1, 10, (len(flip),), generator=gen)) % 10
+    dm.train_dataset = Subset(IndexedDataset(TensorDataset(x, noisy)), train_idx.tolist())
+    return dm
+
+
+def _val_accuracy(module: nn.Module) -> float:
+    x, y, _, val_idx = _digits_split()
+    module.eval()
+    with torch.no_grad():
+        return (module(x[val_idx]).argmax(-1) == y[val_idx]).float().mean().item()
+
+
+@pytest.mark.slow
+def test_effect_label_noise():
+    """(N): 40 % flipped labels, clean teacher; KD student beats the CE student by >= 0.05.
+
+    Measured (60 epochs, seeds 0-6): CE 84.42 / 81.45 / 84.60 / 83.30 / 85.71 / 83.49 / 82.19 %, KD 94.43 / 96.29 /
+    96.10 / 95.92 / 96.29 / 94.99 / 97.22 %, gain >= +0.100 on every seed (with 30 epochs seed 3 gained only
+    +0.048). One seed here to stay well under 60 s.
+    """
+    seed = 0
+    teacher = _train_teacher(seed)
+    accs = {}
+    for mode in ("ce", "kd"):
+        pl.seed_everything(seed, verbose=False)
+        student = TinyClassifier(in_features=64, hidden=16, num_classes=10, lr=0.01)
+        cbs = [KnowledgeDistillation(teacher, temperature=4.0, weight=0.9)] if mode == "kd" else []
+        make_trainer(max_epochs=60, callbacks=cbs).fit(student, datamodule=_noisy_digits(seed))
+        accs[mode] = _val_accuracy(student)
+    assert _val_accuracy(teacher) > 0.95
+    assert accs["kd"] - accs["ce"] >= 0.05, accs
+
+
+@pytest.mark.slow
+def test_effect_unlabeled_transfer():
+    """(B): a student with 50 labels vs a student distilled on all training inputs with weight=1 (no labels).
+
+    Measured (3 seeds, 400 steps, T=1, hidden 32): CE 85.34 / 81.82 / 81.45 %, KD 95.73 / 96.47 / 96.85 %.
+    """
+    from litmix.datamodules.digits import DigitsDataModule
+
+    seed = 0
+    teacher = _train_teacher(seed)
+    accs = {}
+    for mode in ("ce", "kd"):
+        pl.seed_everything(seed, verbose=False)
+        student = TinyClassifier(in_features=64, hidden=32, num_classes=10, lr=0.01)
+        if mode == "kd":  # weight=1: the (present) labels get weight 0, only the teacher teaches
+            cbs = [KnowledgeDistillation(teacher, temperature=1.0, weight=1.0)]
+            dm = DigitsDataModule(batch_size=64, seed=0)
+        else:
+            cbs, dm = [], DigitsDataModule(batch_size=64, train_size=50, seed=0)
+        make_trainer(max_steps=400, callbacks=cbs).fit(student, datamodule=dm)
+        accs[mode] = _val_accuracy(student)
+    assert accs["kd"] - accs["ce"] >= 0.08, accs

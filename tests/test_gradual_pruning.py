@@ -1,0 +1,446 @@
+import csv
+import itertools
+import pickle
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from litmix.callbacks.gradual_pruning import GradualPruning
+from litmix.data import split_batch
+from litmix.functional.sparsity import (
+    cubic_sparsity,
+    default_parameter_names,
+    magnitude_masks,
+    mask_optimizer_state,
+    remove_masks,
+    sparsity_report,
+)
+from litmix.testing import (
+    TinyClassifier,
+    TinyDataModule,
+    assert_resume_matches,
+    assert_state_roundtrip,
+    check_plugin,
+    fit_tiny,
+    make_trainer,
+    run_ddp,
+)
+
+# ----------------------------------------------------------------------------- functional core
+
+
+def test_cubic_schedule_matches_formula():
+    t0, t1, si, sf = 10, 110, 0.1, 0.9
+    for t in range(t0, t1 + 1):
+        expected = sf + (si - sf) * (1 - (t - t0) / (t1 - t0)) ** 3
+        assert cubic_sparsity(t, t0, t1, si, sf) == pytest.approx(expected, abs=1e-12)
+    assert cubic_sparsity(0, t0, t1, si, sf) == si
+    assert cubic_sparsity(500, t0, t1, si, sf) == sf
+    values = [cubic_sparsity(t, t0, t1, si, sf) for t in range(t0, t1 + 1)]
+    assert all(b >= a for a, b in itertools.pairwise(values))
+    steps = [b - a for a, b in itertools.pairwise(values)]
+    assert steps[0] > steps[-1]  # prunes fast early, slowly late
+    with pytest.raises(ValueError, match="end_step"):
+        cubic_sparsity(0, 5, 5, 0.0, 0.5)
+
+
+def _weights(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "big": torch.randn(40, 30, generator=gen) * 1.0,
+        "small": torch.randn(20, 10, generator=gen) * 0.1,
+        "vec": torch.randn(17, generator=gen) * 0.5,
+    }
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9, 0.97, 1.0])
+def test_global_masks_exact_count_and_threshold(sparsity):
+    w = _weights()
+    masks = magnitude_masks(w, sparsity, "global")
+    total = sum(v.numel() for v in w.values())
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    assert pruned == round(sparsity * total)
+    for name, m in masks.items():
+        assert m.dtype == torch.bool
+        assert m.shape == w[name].shape
+    if 0 < pruned < total:  # every pruned |w| <= every kept |w| across all tensors
+        allw = torch.cat([v.abs().flatten() for v in w.values()])
+        allm = torch.cat([m.flatten() for m in masks.values()])
+        assert allw[~allm].max() <= allw[allm].min()
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.9])
+def test_layer_masks_exact_count_per_tensor(sparsity):
+    w = _weights()
+    masks = magnitude_masks(w, sparsity, "layer")
+    for name, m in masks.items():
+        assert int((~m).sum()) == round(sparsity * w[name].numel())
+        if sparsity > 0:
+            assert w[name].abs()[~m].max() <= w[name].abs()[m].min()
+
+
+def test_global_differs_from_layer():
+    w = _weights()
+    glob = magnitude_masks(w, 0.5, "global")
+    layer = magnitude_masks(w, 0.5, "layer")
+    # the 10x smaller tensor is pruned (almost) entirely under a global ranking, half under a per-layer one
+    assert (~glob["small"]).float().mean() > 0.95
+    assert (~layer["small"]).float().mean() == pytest.approx(0.5)
+
+
+def test_masks_are_monotone_and_ties_deterministic():
+    w = _weights()
+    m1 = magnitude_masks(w, 0.5, "global")
+    # after pruning, change the weights so that the old ranking would differ; pruned weights stay pruned
+    w2 = {n: v.masked_fill(~m1[n], 0) + 0.01 * torch.randn_like(v) for n, v in w.items()}
+    w2 = {n: v.masked_fill(~m1[n], 0) for n, v in w2.items()}
+    m2 = magnitude_masks(w2, 0.7, "global", masks=m1)
+    for n in w:
+        assert not (m2[n] & ~m1[n]).any()
+    ties = {"a": torch.ones(2, 3), "b": torch.ones(4)}
+    tm = magnitude_masks(ties, 0.5, "global")
+    assert tm["a"].flatten().tolist() == [False] * 5 + [True]
+    assert tm["b"].tolist() == [True] * 4
+
+
+def test_mask_optimizer_state_sgd_and_adam():
+    mask = torch.tensor([[True, False], [False, True]])
+    for opt_cls, kwargs, keys in (
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, ["momentum_buffer"]),
+        (torch.optim.Adam, {"lr": 0.1}, ["exp_avg", "exp_avg_sq"]),
+        (torch.optim.AdamW, {"lr": 0.1, "amsgrad": True}, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
+    ):
+        p = nn.Parameter(torch.ones(2, 2))
+        opt = opt_cls([p], **kwargs)
+        p.grad = torch.ones(2, 2)
+        opt.step()
+        assert mask_optimizer_state(opt, p, mask) == len(keys)
+        for key in keys:
+            assert (opt.state[p][key][~mask] == 0).all()
+            assert (opt.state[p][key][mask] != 0).all()
+
+
+def test_sparsity_report_and_remove_masks():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert default_parameter_names(net) == ["0.weight", "2.weight"]
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[0] = False
+    net[0].register_buffer("weight_mask", mask)
+    assert sparsity_report(net) == {"0.weight": 0.0, "global": 0.0}  # mask not applied yet
+    assert remove_masks(net) == ["0.weight"]
+    assert "0.weight_mask" not in net.state_dict()
+    assert sparsity_report(net)["0.weight"] == pytest.approx(4 / 12)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"target_sparsity": 1.0}, ValueError, r"target_sparsity must be in \[0, 1\), got 1.0"),
+        ({"target_sparsity": 1.3}, ValueError, "target_sparsity"),
+        ({"target_sparsity": -0.1}, ValueError, "target_sparsity"),
+        ({"target_sparsity": "0.9"}, TypeError, "target_sparsity"),
+        ({"initial_sparsity": 0.95}, ValueError, "initial_sparsity"),
+        ({"start_fraction": 1.0}, ValueError, "start_fraction"),
+        ({"start_fraction": 0.5, "end_fraction": 0.5}, ValueError, "end_fraction"),
+        ({"end_fraction": 1.5}, ValueError, "end_fraction"),
+        ({"start_step": -1}, ValueError, "start_step"),
+        ({"start_step": 10, "end_step": 10}, ValueError, "end_step"),
+        ({"end_step": 2.5}, TypeError, "end_step"),
+        ({"every_n_steps": 0}, ValueError, "every_n_steps"),
+        ({"scope": "row"}, ValueError, "scope"),
+        ({"parameter_names": []}, TypeError, "parameter_names"),
+        ({"parameter_names": "net.0.weight"}, TypeError, "parameter_names"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        GradualPruning(**kwargs)
+
+
+def test_unknown_parameter_names_error_lists_available():
+    cb = GradualPruning(parameter_names=["net.0.weight", "net.9.weight"])
+    with pytest.raises(ValueError, match=r"net\.9\.weight.*available.*net\.0\.bias"):
+        fit_tiny([cb], max_steps=1)
+
+
+def test_manual_optimization_is_refused():
+    class Manual(TinyClassifier):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+    with pytest.raises(MisconfigurationException, match="automatic optimization"):
+        fit_tiny([GradualPruning.example()], module=Manual(), max_steps=1)
+
+
+def test_pickle_state_roundtrip_and_contract(tmp_path):
+    cb = GradualPruning(0.8, parameter_names=["net.0.weight"], name="a")
+    assert pickle.loads(pickle.dumps(cb)).parameter_names == ["net.0.weight"]
+    cb.last_update_step, cb.current_sparsity = 7, 0.3
+    assert_state_roundtrip(cb)
+    assert cb.state_key != GradualPruning().state_key
+    check_plugin(GradualPruning, tmp_path)
+
+
+# ----------------------------------------------------------------------------- behaviour in training
+
+
+class Recorder(Callback):
+    """Placed after GradualPruning: checks masked weights are 0 before every forward; records mask sparsity."""
+
+    def __init__(self, cb: GradualPruning):
+        self.cb = cb
+        self.history: list[tuple[int, float]] = []
+        self.violations = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pruned = total = 0
+        for name in self.cb._names:
+            path, _, leaf = name.rpartition(".")
+            owner = pl_module.get_submodule(path)
+            mask = getattr(owner, leaf + "_mask")
+            self.violations += int((getattr(owner, leaf)[~mask] != 0).sum())
+            pruned, total = pruned + int((~mask).sum()), total + mask.numel()
+        self.history.append((trainer.global_step, pruned / total))
+
+
+class MomentumClassifier(TinyClassifier):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+
+
+class AdamWClassifier(TinyClassifier):
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=0.01, weight_decay=0.1)
+
+
+@pytest.mark.parametrize("module_cls", [TinyClassifier, MomentumClassifier, AdamWClassifier])
+def test_pruned_weights_and_moments_stay_zero_for_100_steps(module_cls):
+    pl.seed_everything(0)
+    model = module_cls()
+    cb = GradualPruning(0.75, start_step=2, end_step=30, every_n_steps=4, scope="layer")
+    rec = Recorder(cb)
+    trainer = fit_tiny([cb, rec], module=model, max_steps=100)
+    assert rec.violations == 0  # checked before every one of the 100 forwards
+    opt = trainer.optimizers[0]
+    for name, p in model.named_parameters():
+        if not name.endswith("weight"):
+            continue
+        mask = model.get_submodule(name.rsplit(".", 1)[0]).weight_mask
+        assert int((~mask).sum()) == round(0.75 * mask.numel())  # per layer, exact
+        assert (p[~mask] == 0).all()
+        assert (p[mask] != 0).all()
+        moments = [v for v in opt.state[p].values() if v.shape == p.shape]
+        assert moments
+        for v in moments:
+            assert (v[~mask] == 0).all()  # zeroed at pruning time, never refilled
+    assert sparsity_report(model)["global"] == pytest.approx(0.75, abs=1e-6)
+
+
+def test_schedule_followed_step_by_step_with_accumulation():
+    pl.seed_everything(0)
+    cb = GradualPruning(0.9, initial_sparsity=0.1, start_step=3, end_step=17, every_n_steps=5)
+    rec = Recorder(cb)
+    fit_tiny([cb, rec], accumulate_grad_batches=2, max_steps=25)
+    n = sum(p.numel() for name, p in TinyClassifier().named_parameters() if name.endswith("weight"))
+    # micro-batches: two per optimizer step, the mask only changes on the first of each window
+    expected, current = [], 0.0
+    for step in range(25):
+        if step in (3, 8, 13, 17):  # t0, t0 + 5, t0 + 10, and t1 itself
+            current = round(cubic_sparsity(step, 3, 17, 0.1, 0.9) * n) / n
+        expected += [(step, current)] * 2
+    assert [(s, round(v, 6)) for s, v in rec.history] == [(s, round(v, 6)) for s, v in expected]
+    assert cb.last_update_step == 17
+    assert cb.current_sparsity == 0.9
+
+
+def test_fraction_schedule_uses_estimated_stepping_batches():
+    cb = GradualPruning(0.5, start_fraction=0.25, end_fraction=0.5, every_n_steps=1)
+    rec = Recorder(cb)
+    fit_tiny([cb, rec], max_steps=40)  # t0 = 10, t1 = 20
+    assert (cb._t0, cb._t1) == (10, 20)
+    assert dict(rec.history)[10] == 0.0
+    assert dict(rec.history)[11] > 0
+    assert dict(rec.history)[20] == pytest.approx(0.5, abs=0.01)
+
+
+def test_parameter_names_subset_and_logging(tmp_path):
+    model = TinyClassifier()
+    cb = GradualPruning(0.6, start_step=0, end_step=4, every_n_steps=2, parameter_names=["net.2.weight"])
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = fit_tiny([cb], module=model, max_steps=8, logger=logger, log_every_n_steps=1)
+    assert not hasattr(model.net[0], "weight_mask")
+    assert sparsity_report(model, ["net.0.weight"])["global"] == 0.0
+    assert sparsity_report(model)["net.2.weight"] == pytest.approx(0.6, abs=0.02)
+    assert trainer.callback_metrics["pruning/sparsity"] == pytest.approx(0.6, abs=0.02)
+    assert trainer.callback_metrics["pruning/sparsity/net.2.weight"] == pytest.approx(0.6, abs=0.02)
+    assert "pruning/sparsity" in trainer.progress_bar_metrics
+    with open(logger.log_dir + "/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    final = [r for r in rows if r.get("pruning/final_sparsity/net.2.weight")]
+    assert len(final) == 1
+    assert float(final[0]["pruning/final_sparsity/net.2.weight"]) == pytest.approx(0.6, abs=0.02)
+
+
+def test_wandb_bar_chart(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(save_dir=str(tmp_path), project="litmix-test")
+    fit_tiny([GradualPruning(0.5, start_step=0, end_step=2, every_n_steps=1)], max_steps=3, logger=logger)
+    logger.experiment.finish()
+    images = list(tmp_path.rglob("media/images/pruning/sparsity_per_layer*.png"))
+    assert images, sorted(str(p) for p in tmp_path.rglob("*"))[:50]
+
+
+def test_make_permanent_removes_buffers_keeps_zeros():
+    model = TinyClassifier()
+    fit_tiny([GradualPruning(0.75, start_step=0, end_step=3, every_n_steps=1)], module=model, max_steps=5)
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("_mask")}
+    assert {k for k in model.state_dict() if k.endswith("_mask")} == {"net.0.weight_mask", "net.2.weight_mask"}
+    assert GradualPruning.make_permanent(model) == ["net.0.weight", "net.2.weight"]
+    state = model.state_dict()
+    assert not any(k.endswith("_mask") for k in state)
+    for k, v in before.items():
+        assert torch.equal(state[k], v)
+    assert sparsity_report(model)["global"] == 0.75
+    plain = TinyClassifier()
+    plain.load_state_dict(state)  # strict: loads into the plain architecture
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    # 8 steps over 2 epochs; mask updates at steps 1, 4, 7: the epoch-0 checkpoint (global_step 4) holds the
+    # step-1 masks, the resumed run must make the step-4 and step-7 updates itself
+    def make():
+        return [GradualPruning(0.8, start_step=1, end_step=7, every_n_steps=3)]
+
+    full, resumed = assert_resume_matches(make, TinyClassifier, TinyDataModule, tmp_path)
+    cb_full = next(c for c in full.callbacks if isinstance(c, GradualPruning))
+    cb_res = next(c for c in resumed.callbacks if isinstance(c, GradualPruning))
+    assert cb_full.state_dict() == cb_res.state_dict()
+    assert cb_res.current_sparsity == 0.8
+    ckpt = torch.load(sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))[0], weights_only=False)
+    assert "net.0.weight_mask" in ckpt["state_dict"]
+    assert ckpt["callbacks"]["GradualPruning"]["last_update_step"] == 1
+    assert ckpt["global_step"] == 4
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+class PerturbRank1(Callback):
+    """Before the mask update, makes rank 1's weights differ so that locally computed masks would differ."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1:
+            with torch.no_grad():
+                for p in (pl_module.net[0].weight, pl_module.net[2].weight):
+                    p.add_(torch.randn_like(p) * (p != 0))
+
+
+class MaskChecksum(Callback):
+    """After the mask update: all-gather a checksum of the masks; log the largest difference between ranks."""
+
+    def __init__(self):
+        self.max_diff = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        masks = [pl_module.net[0].weight_mask, pl_module.net[2].weight_mask]
+        flat = torch.cat([m.flatten() for m in masks]).double()
+        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1).double()).sum()])
+        gathered = pl_module.all_gather(checksum)
+        self.max_diff = max(self.max_diff, float((gathered - gathered[0]).abs().max()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pl_module.log("test/mask_diff", self.max_diff, reduce_fx="max", sync_dist=True)
+
+
+class LocalMasks(GradualPruning):
+    """Negative control: every rank decides its own masks (no broadcast)."""
+
+    def _decide_masks(self, trainer, entries, sparsity):
+        weights = {n: p.detach() for n, p, _ in entries}
+        return magnitude_masks(weights, sparsity, self.scope, {n: m for n, _, m in entries})
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("cb_cls", "identical"), [(GradualPruning, True), (LocalMasks, False)])
+def test_ddp_masks_identical_on_both_ranks(cb_cls, identical):
+    cb = cb_cls(0.8, start_step=0, end_step=6, every_n_steps=2)
+    trainer = run_ddp([PerturbRank1(), cb, MaskChecksum()], TinyClassifier(), TinyDataModule(), max_steps=8)
+    diff = float(trainer.callback_metrics["test/mask_diff"])
+    if identical:
+        assert diff == 0.0
+        assert float(trainer.callback_metrics["pruning/sparsity"]) == pytest.approx(0.8, abs=0.01)
+    else:
+        assert diff > 0  # the check can fail: without the broadcast the perturbed rank disagrees
+
+
+# ----------------------------------------------------------------------------- effect on MNIST
+
+
+class MLP(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = split_batch(batch)
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def _test_accuracy(model, dm):
+    x, y = dm.test_dataset.dataset.tensors
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).float().mean())
+
+
+@pytest.mark.slow
+def test_gradual_pruning_keeps_mnist_accuracy_at_90_percent(mnist_root):
+    """Measured (20k train images, 6 epochs, Adam 1e-3, batch 128, full t10k test), seeds 0/1/2:
+    dense 0.9658/0.9649/0.9629, GMP-90 % 0.9639/0.9666/0.9658, one-shot 90 % no fine-tuning 0.8944/0.9358/0.8925.
+    """
+    from litmix.datamodules.mnist import MNISTDataModule
+
+    dm = MNISTDataModule(str(mnist_root), batch_size=128, val_size=0, train_size=20000, flatten=True, seed=0)
+    dm.setup()
+    pl.seed_everything(0)
+    dense = MLP()
+    make_trainer(max_epochs=6).fit(dense, datamodule=dm)
+    acc_dense = _test_accuracy(dense, dm)
+
+    pl.seed_everything(0)
+    pruned = MLP()
+    cb = GradualPruning(0.9, start_fraction=0.0, end_fraction=0.6, every_n_steps=20, scope="global")
+    make_trainer(max_epochs=6, callbacks=[cb]).fit(pruned, datamodule=dm)
+    acc_pruned = _test_accuracy(pruned, dm)
+    sparsity = sparsity_report(pruned)["global"]
+
+    names = default_parameter_names(dense)
+    params = dict(dense.named_parameters())
+    masks = magnitude_masks({n: params[n] for n in names}, 0.9, "global")
+    with torch.no_grad():
+        for n in names:
+            params[n].mul_(masks[n])
+    acc_oneshot = _test_accuracy(dense, dm)
+
+    assert abs(sparsity - 0.9) < 0.01
+    assert acc_dense > 0.95
+    assert acc_pruned >= acc_dense - 0.015  # measured: -0.002 / +0.002 / +0.003
+    assert acc_pruned >= acc_oneshot + 0.015  # measured: +0.070 / +0.031 / +0.073

@@ -47,7 +47,7 @@ def kendall_tau(scores: ArrayLike, truth: ArrayLike) -> float:
     x, y = _pair(scores, truth)
     if x.numel() < 2:
         return math.nan
-    return float(kendall_rank_corrcoef(x, y))
+    return float(kendall_rank_corrcoef(x, y))  # type: ignore[arg-type]
 
 
 def spearman_rho(scores: ArrayLike, truth: ArrayLike) -> float:

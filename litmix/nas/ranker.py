@@ -1,0 +1,241 @@
+"""Score many architectures with zero-cost proxies on a fixed batch, optionally sharded over DDP ranks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from litmix.functional.proxies import zero_cost_proxies
+from litmix.nas.nb201 import build_nb201_network, code_to_arch, parse_code
+from litmix.nas.rank_metrics import rank_report
+
+__all__ = ["ProxyRanker"]
+
+ArchSpec = str | Sequence[int] | Callable[[], nn.Module]
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ProxyRanker:
+    """Score a list of architectures with named zero-cost proxies and compare the ranking to ground truth.
+
+    Every architecture is built under ``torch.manual_seed(seed)`` and scored by
+    :func:`litmix.functional.proxies.zero_cost_proxies` with ``seed=seed`` on one cached batch, so a score
+    depends only on the architecture, never on the order, the process or the number of processes. When
+    ``torch.distributed`` is initialised (e.g. inside any hook of a Lightning ``ddp``/``ddp_fork`` run, or
+    under ``torchrun``) and ``distributed=True``, rank ``r`` scores architectures ``r, r + W, r + 2W, ...``
+    and the rows are exchanged with ``all_gather_object``: every rank returns the same full table. This
+    follows the evaluation protocol of the zero-cost proxy literature (Abdelfattah et al., "Zero-Cost Proxies
+    for Lightweight NAS", https://arxiv.org/abs/2101.08134): Kendall τ, Spearman ρ, precision@K and best-rank@K
+    against the ground truth (:mod:`litmix.nas.rank_metrics`).
+
+    Args:
+        archs: NAS-Bench-201 arch strings or codes (built with :func:`~litmix.nas.nb201.build_nb201_network`
+            at ``C``, ``N``, ``num_classes``, ``in_channels``), or zero-argument callables returning a module.
+        names: proxy names (see :func:`litmix.functional.proxies.list_proxies`).
+        inputs: the scoring batch; default a Gaussian batch of ``batch_size`` x ``input_shape`` drawn from
+            ``seed`` (enough for the data-free proxies, which only use its shape).
+        targets: labels for label-based proxies; default uniform random labels in ``range(num_classes)``.
+        seed: seed of the network initialisation and of every proxy.
+        C: NB201 first-stage channels.
+        N: NB201 cells per stage.
+        num_classes: classifier outputs (NB201) and range of the default labels.
+        in_channels: NB201 input channels.
+        input_shape: ``(C, H, W)`` of the default batch.
+        batch_size: size of the default batch.
+        per_layer: return per-layer dicts (see ``zero_cost_proxies(per_layer=True)``) instead of floats.
+        nan_policy: passed to ``zero_cost_proxies``.
+        proxy_options: per-proxy options passed to ``zero_cost_proxies``.
+        distributed: shard across ranks when ``torch.distributed`` is initialised.
+        log_every: report progress with ``rank_zero_info`` every this many architectures (0 = never).
+
+    Raises:
+        ValueError: for an empty ``archs``, no ``names``, a non-positive ``C``/``N``/``batch_size``, or an
+            architecture that is neither an NB201 string/code nor a callable.
+
+    Example:
+        >>> ranker = ProxyRanker([(2,) * 6, (1,) * 6, (3,) * 6], names=["params", "synflow"], C=4, N=1)
+        >>> table = ranker.score_all()
+        >>> [row["params"] for row in table]
+        [23374.0, 4894.0, 7246.0]
+        >>> report = ranker.evaluate(table, truth=[3.0, 1.0, 2.0], ks=[1])
+        >>> report["params"]["kendall"], report["params"]["p@1"]
+        (1.0, 1.0)
+    """
+
+    def __init__(
+        self,
+        archs: Sequence[ArchSpec],
+        names: Sequence[str] = ("synflow", "params", "flops"),
+        inputs: Any = None,
+        targets: Tensor | None = None,
+        *,
+        seed: int = 0,
+        C: int = 16,
+        N: int = 5,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        input_shape: Sequence[int] = (3, 32, 32),
+        batch_size: int = 16,
+        per_layer: bool = False,
+        nan_policy: str | float = "nan",
+        proxy_options: Mapping[str, Mapping[str, Any]] | None = None,
+        distributed: bool = True,
+        log_every: int = 0,
+    ) -> None:
+        if len(archs) == 0:
+            raise ValueError("ProxyRanker(archs=[]): archs must hold at least one architecture")
+        if isinstance(names, str) or len(names) == 0:
+            raise ValueError(f"ProxyRanker(names={names!r}): names must be a non-empty list of proxy names")
+        for arg, value in (("C", C), ("N", N), ("batch_size", batch_size), ("num_classes", num_classes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ProxyRanker({arg}={value!r}): {arg} must be a positive integer")
+        self.archs: list[ArchSpec] = list(archs)
+        self.keys: list[str] = [self._key(i, a) for i, a in enumerate(self.archs)]
+        self.names: list[str] = list(names)
+        self.seed = int(seed)
+        self.C, self.N, self.num_classes, self.in_channels = C, N, num_classes, in_channels
+        self.per_layer = bool(per_layer)
+        self.nan_policy = nan_policy
+        self.proxy_options = {k: dict(v) for k, v in (proxy_options or {}).items()}
+        self.distributed = bool(distributed)
+        self.log_every = int(log_every)
+        gen = torch.Generator().manual_seed(self.seed)
+        if inputs is None:
+            inputs = torch.randn((batch_size, *input_shape), generator=gen)
+        if targets is None:
+            first = inputs if isinstance(inputs, Tensor) else None
+            n = first.shape[0] if first is not None else batch_size
+            targets = torch.randint(0, num_classes, (n,), generator=gen)
+        self.inputs = inputs
+        self.targets = targets
+
+    @staticmethod
+    def _key(i: int, arch: ArchSpec) -> str:
+        if callable(arch):
+            name = getattr(arch, "__name__", "")
+            return name if name and name != "<lambda>" else f"arch_{i}"
+        try:
+            return code_to_arch(parse_code(arch))
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"ProxyRanker(archs[{i}]={arch!r}): an architecture must be an NB201 arch string or code, or a "
+                "zero-argument callable returning an nn.Module"
+            ) from err
+
+    def build(self, i: int) -> nn.Module:
+        """Build architecture ``i`` under ``torch.manual_seed(seed)`` (the global RNG state is restored)."""
+        arch = self.archs[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            if callable(arch):
+                return arch()
+            return build_nb201_network(arch, self.C, self.N, self.num_classes, self.in_channels)
+
+    def score_one(self, i: int) -> dict[str, Any]:
+        """Row of architecture ``i``: ``{"arch": key, <proxy>: value, ...}``."""
+        scores = zero_cost_proxies(
+            self.build(i),
+            self.inputs,
+            self.targets,
+            names=self.names,
+            per_layer=self.per_layer,
+            seed=self.seed,
+            nan_policy=self.nan_policy,  # type: ignore[arg-type]
+            options=self.proxy_options,
+        )
+        return {"arch": self.keys[i], **scores}
+
+    def score_all(self) -> list[dict[str, Any]]:
+        """Score every architecture (this rank's shard when distributed) and return the full, ordered table.
+
+        Returns:
+            One row per architecture in input order: ``{"arch": key, <proxy>: float | per-layer dict}``;
+            identical on all ranks.
+        """
+        rank, world = _dist_info() if self.distributed else (0, 1)
+        mine = range(rank, len(self.archs), world)
+        local: list[tuple[int, dict[str, Any]]] = []
+        for done, i in enumerate(mine, start=1):
+            local.append((i, self.score_one(i)))
+            if self.log_every and done % self.log_every == 0:
+                rank_zero_info(f"ProxyRanker: rank 0 scored {done}/{len(mine)} architectures")
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, local)
+            local = [item for part in gathered for item in part]
+        rows = dict(local)
+        return [rows[i] for i in range(len(self.archs))]
+
+    def truth_vector(self, truth: Mapping[str, Any] | Sequence[float]) -> list[float]:
+        """Ground truth aligned with the architectures: a sequence in input order, or a mapping by arch key.
+
+        Mapping values may be numbers or records with a ``val_accuracy`` field (:func:`~litmix.nas.nb201.load_nb201`).
+
+        Raises:
+            ValueError: for a sequence of the wrong length or an architecture missing from the mapping.
+        """
+        if isinstance(truth, Mapping):
+            out = []
+            for key in self.keys:
+                if key not in truth:
+                    raise ValueError(f"ProxyRanker.evaluate: architecture {key!r} is missing from truth")
+                value = truth[key]
+                out.append(float(getattr(value, "val_accuracy", value)))
+            return out
+        if len(truth) != len(self.archs):
+            raise ValueError(f"ProxyRanker.evaluate: truth has {len(truth)} values for {len(self.archs)} architectures")
+        return [float(v) for v in truth]
+
+    def evaluate(
+        self,
+        table: Sequence[Mapping[str, Any]],
+        truth: Mapping[str, Any] | Sequence[float],
+        ks: Sequence[int] = (10, 50),
+    ) -> dict[str, dict[str, float]]:
+        """Per proxy: Kendall τ, Spearman ρ, Pearson r, precision@K, best-rank@K and the number of finite pairs.
+
+        Raises:
+            ValueError: see :meth:`truth_vector`.
+        """
+        y = self.truth_vector(truth)
+        out = {}
+        for name in self.names:
+            scores = [self._total(row[name]) for row in table]
+            out[name] = rank_report(scores, y, ks)
+        return out
+
+    @staticmethod
+    def _total(value: Any) -> float:
+        if isinstance(value, Mapping):
+            return float(value["total"])
+        return float(value) if value is not None else math.nan
+
+    @staticmethod
+    def to_markdown(report: Mapping[str, Mapping[str, float]], digits: int = 3) -> str:
+        """Render :meth:`evaluate`'s output as a Markdown table (one row per proxy).
+
+        Example:
+            >>> print(ProxyRanker.to_markdown({"params": {"kendall": 0.5, "n": 3.0}}))
+            | proxy | kendall | n |
+            |---|---|---|
+            | params | 0.500 | 3 |
+        """
+        cols = list(next(iter(report.values())).keys())
+        lines = ["| proxy | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+        for name, row in report.items():
+            cells = []
+            for c in cols:
+                v = row[c]
+                cells.append(str(int(v)) if c == "n" or c.startswith("br@") else f"{v:.{digits}f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)

@@ -265,11 +265,14 @@ def test_schedule_followed_step_by_step_with_accumulation():
 def test_fraction_schedule_uses_estimated_stepping_batches():
     cb = GradualPruning(0.5, start_fraction=0.25, end_fraction=0.5, every_n_steps=1)
     rec = Recorder(cb)
-    fit_tiny([cb, rec], max_steps=40)  # t0 = 10, t1 = 20
+    trainer = fit_tiny([cb, rec], max_steps=40)  # t0 = 10, t1 = 20
     assert (cb._t0, cb._t1) == (10, 20)
     assert dict(rec.history)[10] == 0.0
     assert dict(rec.history)[11] > 0
     assert dict(rec.history)[20] == pytest.approx(0.5, abs=0.01)
+    # logged when the masks change, not only every log_every_n_steps (50 here): the last value is current
+    assert trainer.callback_metrics["pruning/sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert trainer.progress_bar_metrics["pruning/sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_parameter_names_subset_and_logging(tmp_path):

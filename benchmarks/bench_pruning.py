@@ -1,0 +1,260 @@
+"""Train-step cost of GradualPruning vs dense training vs Lightning's ModelPruning (MNIST MLP, 1 CPU thread).
+
+Usage: ``python benchmarks/bench_pruning.py [--root ../shared/data/mnist] [--epochs 6] [--repeats 1] [--out ...]``
+
+All three runs train the same 784-300-100-10 MLP (Adam 1e-3, batch 128, 20k MNIST training images, same seed) to
+90 % global unstructured magnitude sparsity on the same cubic schedule (0 -> 90 % over the first 60 % of the
+steps): GradualPruning updates the masks every 20 steps, ModelPruning at epoch ends (the only granularity it has),
+with per-epoch amounts converted to its compounding semantics. Step time = median wall time between consecutive
+``on_train_batch_start`` calls (forward, backward, optimizer step and every callback hook). A second part checks
+what a ``ckpt_path`` resume does to each method's masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelPruning
+from torch import nn
+
+from litmix.callbacks.gradual_pruning import GradualPruning
+from litmix.data import split_batch
+from litmix.datamodules.mnist import MNISTDataModule
+from litmix.functional.sparsity import cubic_sparsity, sparsity_report
+from litmix.testing import make_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET, END_FRACTION, EVERY = 0.9, 0.6, 20
+
+
+class MLP(pl.LightningModule):
+    """784-300-100-10 ReLU MLP, Adam 1e-3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = split_batch(batch)
+        assert y is not None
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class StepTimer(Callback):
+    """Wall and CPU time between consecutive batch starts, tagged with the epoch."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[int, float, float]] = []
+        self._last: tuple[float, float] | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        now = (time.perf_counter(), time.process_time())
+        if self._last is not None and idx > 0:
+            self.times.append((trainer.current_epoch, now[0] - self._last[0], now[1] - self._last[1]))
+        self._last = now
+
+
+def linear_weights(model: MLP) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.net if isinstance(m, nn.Linear)]
+
+
+def model_pruning_amounts(steps_per_epoch: int, epochs: int) -> list[float]:
+    """Per-epoch ModelPruning amounts that reach the cubic schedule's absolute targets at each epoch end.
+
+    A float amount prunes that fraction of the *remaining* weights, so amount_e = 1 - (1 - s_e) / (1 - s_{e-1}).
+    """
+    total = steps_per_epoch * epochs
+    t1 = round(END_FRACTION * total)
+    amounts, prev = [], 0.0
+    for e in range(epochs):
+        s = cubic_sparsity((e + 1) * steps_per_epoch, 0, t1, 0.0, TARGET)
+        amounts.append(1 - (1 - s) / (1 - prev) if s > prev else 0.0)
+        prev = s
+    return amounts
+
+
+class EpochAmount:
+    """Picklable callable amount for ModelPruning."""
+
+    def __init__(self, amounts: list[float]) -> None:
+        self.amounts = amounts
+
+    def __call__(self, epoch: int) -> float:
+        return self.amounts[epoch] if epoch < len(self.amounts) else 0.0
+
+
+def test_accuracy(model: nn.Module, dm: MNISTDataModule) -> float:
+    x, y = dm.test_dataset.dataset.tensors  # type: ignore[attr-defined]
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).float().mean())
+
+
+def run(method: str, dm: MNISTDataModule, epochs: int, seed: int) -> dict[str, Any]:
+    pl.seed_everything(seed, verbose=False)
+    model = MLP()
+    timer = StepTimer()
+    steps_per_epoch = len(dm.train_dataloader())
+    callbacks: list[Callback] = [timer]
+    if method == "GradualPruning":
+        callbacks.append(GradualPruning(TARGET, end_fraction=END_FRACTION, every_n_steps=EVERY, scope="global"))
+    elif method == "ModelPruning":
+        amounts = model_pruning_amounts(steps_per_epoch, epochs)
+        callbacks.append(
+            ModelPruning(
+                "l1_unstructured",
+                parameters_to_prune=linear_weights(model),
+                amount=EpochAmount(amounts),
+                use_global_unstructured=True,
+                use_lottery_ticket_hypothesis=False,
+                verbose=0,
+            )
+        )
+    start = time.perf_counter()
+    make_trainer(max_epochs=epochs, callbacks=callbacks).fit(model, datamodule=dm)
+    wall = time.perf_counter() - start
+    if method == "GradualPruning":
+        GradualPruning.make_permanent(model)
+    return {
+        "times": timer.times,
+        "fit": wall,
+        "sparsity": sparsity_report(model)["global"],
+        "acc": test_accuracy(model, dm),
+    }
+
+
+def resume_check(dm_small: MNISTDataModule, tmp: Path, method: str) -> tuple[float, float, list[str]]:
+    """Final sparsity of an uninterrupted 2-epoch run and of a run resumed from the epoch-0 checkpoint."""
+
+    def callbacks(model: MLP) -> list[Callback]:
+        if method == "ModelPruning":  # 0.5 per epoch, compounding: 50 % after epoch 0, 75 % after epoch 1
+            return [
+                ModelPruning(
+                    "l1_unstructured",
+                    parameters_to_prune=linear_weights(model),
+                    amount=0.5,
+                    use_global_unstructured=True,
+                    use_lottery_ticket_hypothesis=False,
+                    verbose=0,
+                )
+            ]
+        return [GradualPruning(0.75, start_step=0, end_step=2 * len(dm_small.train_dataloader()) - 1, every_n_steps=5)]
+
+    out = tmp / method
+    pl.seed_everything(0, verbose=False)
+    full = MLP()
+    ckpt = ModelCheckpoint(dirpath=out, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
+    make_trainer(max_epochs=2, callbacks=[*callbacks(full), ckpt], enable_checkpointing=True).fit(
+        full, datamodule=dm_small
+    )
+    first = sorted(out.glob("epoch=0-*.ckpt"))[0]
+    keys = [k for k in torch.load(first, weights_only=False)["state_dict"] if k.startswith("net.0.")]
+    pl.seed_everything(0, verbose=False)
+    resumed = MLP()
+    make_trainer(max_epochs=2, callbacks=callbacks(resumed)).fit(resumed, datamodule=dm_small, ckpt_path=str(first))
+    if method == "GradualPruning":
+        GradualPruning.make_permanent(full)
+        GradualPruning.make_permanent(resumed)
+    return sparsity_report(full)["global"], sparsity_report(resumed)["global"], keys
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--train-size", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pruning.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    dm = MNISTDataModule(args.root, batch_size=128, val_size=0, train_size=args.train_size, flatten=True, seed=0)
+    dm.setup()
+    methods = ("dense", "GradualPruning", "ModelPruning")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for _ in range(args.repeats):  # interleaved, so that load changes on a shared machine hit all methods
+        for m in methods:
+            runs[m].append(run(m, dm, args.epochs, args.seed))
+    results: dict[str, dict[str, float]] = {}
+    for m, rs in runs.items():
+        steps = [t for r in rs for t in r["times"] if t[0] >= 1]
+        results[m] = {
+            "cpu": statistics.median(c for _, _, c in steps),
+            "wall": statistics.median(w for _, w, _ in steps),
+            "fit": statistics.median(r["fit"] for r in rs),
+            "sparsity": rs[0]["sparsity"],
+            "acc": rs[0]["acc"],
+        }
+
+    dense, mp = results["dense"], results["ModelPruning"]
+    lines = [
+        f"Machine: {cpu_model()} ({os.cpu_count()} cores, shared), 1 thread (torch.set_num_threads(1)), "
+        f"torch {torch.__version__}, lightning {lightning.__version__}, Python {platform.python_version()}.",
+        "",
+        f"MNIST MLP 784-300-100-10, Adam 1e-3, batch 128, {args.train_size} training images, {args.epochs} epochs, "
+        f"seed {args.seed}, {args.repeats} interleaved repeat(s); target {TARGET:.0%} global unstructured magnitude "
+        f"sparsity, cubic schedule over the first {END_FRACTION:.0%} of the steps (GradualPruning: every {EVERY} "
+        "steps; ModelPruning: at epoch ends, its only granularity). Step = median time between consecutive batch "
+        "starts (forward, backward, optimizer step, all hooks) over epochs >= 1, when ModelPruning's forward "
+        "pre-hooks are active; CPU = process time (robust to other load on the machine), wall = wall clock. "
+        "Test accuracy on the full t10k set.",
+        "",
+        "| method | CPU ms/step | vs dense | vs ModelPruning | wall ms/step | vs dense | vs ModelPruning "
+        "| fit wall (s) | final sparsity | test acc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['cpu'] * 1e3:.2f} | {r['cpu'] / dense['cpu']:.2f}x | {r['cpu'] / mp['cpu']:.2f}x | "
+            f"{r['wall'] * 1e3:.2f} | {r['wall'] / dense['wall']:.2f}x | {r['wall'] / mp['wall']:.2f}x | "
+            f"{r['fit']:.1f} | {r['sparsity']:.4f} | {r['acc']:.4f} |"
+        )
+
+    small = MNISTDataModule(args.root, batch_size=128, val_size=0, train_size=2560, flatten=True, seed=0)
+    small.setup()
+    tmp = Path(__import__("tempfile").mkdtemp(prefix="bench_pruning_"))
+    lines += [
+        "",
+        "Resume check (2 epochs of 20 steps on 2560 images; resume from the epoch-0 checkpoint with `ckpt_path`):",
+        "",
+        "| method | final sparsity, uninterrupted | final sparsity, resumed | `net.0.*` keys in the checkpoint |",
+        "|---|---|---|---|",
+    ]
+    for method in ("GradualPruning", "ModelPruning"):
+        a, b, keys = resume_check(small, tmp, method)
+        lines.append(f"| {method} | {a:.4f} | {b:.4f} | {', '.join(keys)} |")
+    lines += ["", f"Total benchmark time: {time.perf_counter() - t_start:.0f} s."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("# GradualPruning benchmark\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
@@ -79,7 +79,8 @@ def test_kd_loss_reductions_mask_and_logprob_teacher():
     rows_s, rows_t = s[mask], t[mask]
     torch.testing.assert_close(kd_loss(s, t, mask=mask), kd_loss(rows_s, rows_t))
     per_token = kd_loss(s, t, mask=mask, reduction="none")
-    assert per_token.shape == (3, 5) and bool((per_token[~mask] == 0).all())
+    assert per_token.shape == (3, 5)
+    assert bool((per_token[~mask] == 0).all())
     torch.testing.assert_close(per_token.sum() / mask.sum(), kd_loss(s, t, mask=mask))
     torch.testing.assert_close(kd_loss(s, t, reduction="mean") * 7, kd_loss(s, t))
     log_t = torch.log_softmax(t / 2.0, dim=-1)
@@ -115,7 +116,8 @@ def test_bad_arguments(kwargs, error, match):
 
 def test_weight_semantics_and_torchdistill_alias():
     kd = KnowledgeDistillation(make_teacher(), weight=0.9)
-    assert kd.loss_term_weight == 0.9 and kd.task_loss_scale == pytest.approx(0.1)
+    assert kd.loss_term_weight == 0.9
+    assert kd.task_loss_scale == pytest.approx(0.1)
     assert KnowledgeDistillation.from_torchdistill(make_teacher(), alpha=0.9).weight == pytest.approx(0.1)
     assert KnowledgeDistillation(make_teacher(), name="kd2").loss_term_name == "kd2"
 
@@ -129,11 +131,12 @@ def test_teacher_from_files(tmp_path):
     trainer = fit_tiny([], module=TinyClassifier(), max_steps=1)
     trainer.save_checkpoint(tmp_path / "teacher.ckpt")
     kd = KnowledgeDistillation(str(tmp_path / "teacher.ckpt"), teacher_class="litmix.testing:TinyClassifier")
-    assert isinstance(kd.teacher, TinyClassifier) and not kd.teacher.training
+    assert isinstance(kd.teacher, TinyClassifier)
+    assert not kd.teacher.training
     fit_tiny([kd], max_steps=2)
 
     torch.save({"not": "a module"}, tmp_path / "dict.pt")
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         KnowledgeDistillation(str(tmp_path / "dict.pt"))
 
 
@@ -401,7 +404,9 @@ def test_resume_matches_uninterrupted(tmp_path, cache):
 
 def test_plugin_contract(tmp_path):
     kd = KnowledgeDistillation.example()
-    assert kd.family == "distillation" and kd.requires_teacher and kd.modifies_loss
+    assert kd.family == "distillation"
+    assert kd.requires_teacher
+    assert kd.modifies_loss
     check_plugin(KnowledgeDistillation, tmp_path)
 
 

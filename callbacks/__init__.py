@@ -1,3 +1,5 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
-__all__: list[str] = []
+from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
+
+__all__ = ["KnowledgeDistillation"]

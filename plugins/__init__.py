@@ -1,3 +1,5 @@
 """LightningModules: methods that own the training step (unlearning, NAS, ...)."""
 
-__all__: list[str] = []
+from litmix.plugins.unlearning_module import UnlearningModule
+
+__all__ = ["UnlearningModule"]

@@ -1,0 +1,456 @@
+"""Registry, model handling and the :func:`zero_cost_proxies` entry point of the zero-cost proxies.
+
+Numerics follow the reference code (SamsungLabs/zero-cost-nas ``foresight``, automl/NASLib) with its
+pitfalls fixed: every proxy scores a ``copy.deepcopy`` of the (DDP-unwrapped) model, autocast is disabled,
+hooks are always removed, symmetric eigenproblems use ``eigvalsh`` and log-determinants ``slogdet``, every
+requested proxy is returned (NASLib's ``find_measures`` returns only the last one), and every proxy is
+"higher is better".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = [
+    "LayerFilter",
+    "ProxyContext",
+    "ProxySpec",
+    "get_proxy",
+    "list_proxies",
+    "register_proxy",
+    "resolve_layer_filter",
+    "weight_of",
+    "zero_cost_proxies",
+]
+
+BnMode = Literal["train", "identity"]
+NanPolicy = Union[Literal["nan", "raise", "naslib"], float]  # noqa: UP007 (runtime alias)
+LayerFilter = Union[str, tuple[type, ...], Callable[[str, nn.Module], bool], None]  # noqa: UP007
+
+ProxyValue = Union[float, Tensor, dict[str, Tensor]]  # noqa: UP007
+ProxyFn = Callable[["ProxyContext"], ProxyValue]
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """A registered proxy.
+
+    Attributes:
+        name: registry name.
+        fn: ``fn(ctx) -> value``; a dict of per-layer values is summed into the total.
+        needs_labels: the proxy needs ``targets``.
+        needs_data: the proxy reads the given inputs' values (data-free proxies only use their shapes).
+        bn_mode: ``"train"`` (BN in train mode, the reference default) or ``"identity"`` (BN forward replaced by
+            identity, as synflow does).
+        dtype: dtype the model copy and floating inputs are cast to.
+        log_scale: report ``signed_log(total)`` (synflow).
+        doc: one-line description.
+    """
+
+    name: str
+    fn: ProxyFn
+    needs_labels: bool = False
+    needs_data: bool = True
+    bn_mode: BnMode = "train"
+    dtype: torch.dtype = torch.float32
+    log_scale: bool = False
+    doc: str = ""
+
+
+_PROXIES: dict[str, ProxySpec] = {}
+
+
+def register_proxy(
+    name: str,
+    needs_labels: bool = False,
+    needs_data: bool = True,
+    bn_mode: BnMode = "train",
+    dtype: torch.dtype = torch.float32,
+    log_scale: bool = False,
+) -> Callable[[ProxyFn], ProxyFn]:
+    """Decorator registering a pure scoring function ``fn(ctx: ProxyContext) -> float | Tensor | dict``.
+
+    Raises:
+        ValueError: for a name registered twice by different functions or an unknown ``bn_mode``.
+
+    Example:
+        >>> @register_proxy("_doc_params", needs_data=False)
+        ... def _doc_params(ctx):
+        ...     return float(sum(p.numel() for p in ctx.model.parameters()))
+        >>> zero_cost_proxies(nn.Linear(3, 2), torch.randn(4, 3), names=["_doc_params"])
+        {'_doc_params': 8.0}
+        >>> _ = _PROXIES.pop("_doc_params")
+    """
+    if bn_mode not in ("train", "identity"):
+        raise ValueError(f"register_proxy(bn_mode={bn_mode!r}): bn_mode must be 'train' or 'identity'")
+
+    def decorator(fn: ProxyFn) -> ProxyFn:
+        old = _PROXIES.get(name)
+        if old is not None and old.fn.__qualname__ != fn.__qualname__:
+            raise ValueError(f"register_proxy: proxy {name!r} is already registered by {old.fn!r}")
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        _PROXIES[name] = ProxySpec(name, fn, needs_labels, needs_data, bn_mode, dtype, log_scale, doc)
+        return fn
+
+    return decorator
+
+
+def list_proxies() -> list[str]:
+    """Names of the registered proxies, sorted.
+
+    Example:
+        >>> {"synflow", "snip", "naswot", "zen", "params", "flops"} <= set(list_proxies())
+        True
+    """
+    return sorted(_PROXIES)
+
+
+def get_proxy(name: str) -> ProxySpec:
+    """The :class:`ProxySpec` registered as ``name``.
+
+    Raises:
+        ValueError: naming the unknown proxy and listing the available ones.
+    """
+    try:
+        return _PROXIES[name]
+    except KeyError:
+        raise ValueError(f"unknown proxy {name!r}; available proxies: {list_proxies()}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layer selection
+
+
+def _extended_types() -> tuple[type, ...]:
+    types: list[type] = [nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.Embedding, nn.Bilinear]
+    pyg_linear = sys.modules.get("torch_geometric.nn.dense.linear")  # a model using it has imported it
+    if pyg_linear is not None:
+        types.append(pyg_linear.Linear)
+    return tuple(types)
+
+
+def resolve_layer_filter(layer_filter: LayerFilter = None) -> Callable[[str, nn.Module], bool]:
+    """Turn a layer selection into a predicate ``(qualified_name, module) -> bool``.
+
+    Args:
+        layer_filter: ``None`` or ``"reference"``: ``nn.Conv2d`` and ``nn.Linear`` only (the reference code's
+            coverage, for comparable numbers); ``"extended"``: also ``Conv1d/3d``, ``ConvTranspose2d``,
+            ``Embedding``, ``Bilinear``, torch_geometric's ``Linear`` and Hugging Face's ``Conv1D`` (GPT-2);
+            ``"all"``: every module owning a ``weight`` parameter with at least 2 dimensions; a tuple of module
+            types; or a callable predicate.
+
+    Raises:
+        ValueError: for an unknown preset name.
+        TypeError: for any other type.
+
+    Example:
+        >>> pred = resolve_layer_filter("extended")
+        >>> pred("emb", nn.Embedding(4, 2)), resolve_layer_filter(None)("emb", nn.Embedding(4, 2))
+        (True, False)
+    """
+    if layer_filter is None or layer_filter == "reference":
+        return lambda name, m: isinstance(m, nn.Conv2d | nn.Linear)
+    if isinstance(layer_filter, str):
+        if layer_filter == "extended":
+            types = _extended_types()
+            return lambda name, m: isinstance(m, types) or type(m).__name__ == "Conv1D"
+        if layer_filter == "all":
+            return lambda name, m: isinstance(w := getattr(m, "weight", None), nn.Parameter) and w.dim() >= 2
+        raise ValueError(f"layer_filter={layer_filter!r}: must be 'reference', 'extended', 'all', types or a callable")
+    if isinstance(layer_filter, tuple) and all(isinstance(t, type) for t in layer_filter):
+        types_ = layer_filter
+        return lambda name, m: isinstance(m, types_)
+    if callable(layer_filter):
+        return layer_filter
+    raise TypeError(f"layer_filter must be None, a preset name, a tuple of types or a callable, got {layer_filter!r}")
+
+
+def weight_of(module: nn.Module) -> Tensor:
+    """The ``weight`` tensor of a layer.
+
+    Raises:
+        TypeError: if the module has no tensor ``weight``.
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
+
+
+def _select_layers(model: nn.Module, predicate: Callable[[str, nn.Module], bool]) -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if (
+            predicate(name, module)
+            and isinstance(weight, Tensor)
+            and not isinstance(weight, nn.parameter.UninitializedParameter)
+        ):
+            out.append((name, module))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The context handed to each proxy
+
+
+def default_output_fn(output: Any) -> Tensor:
+    """Tensor of a model output: the tensor itself, ``.logits`` (Hugging Face) or the first element."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    raise TypeError(f"cannot find a tensor in the model output of type {type(output).__name__}; pass output_fn")
+
+
+def default_loss_fn(output: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy over the last dimension (classification, node classification, language modelling)."""
+    return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1))
+
+
+@dataclass
+class ProxyContext:
+    """Everything a proxy function sees: a private model copy, the batch, the selected layers and options.
+
+    Attributes:
+        model: a deep copy in train mode, cast to the proxy's dtype; the proxy may mutate it.
+        args: positional forward arguments (floating tensors cast to the proxy's dtype).
+        kwargs: keyword forward arguments.
+        targets: labels or ``None``.
+        layers: ``(name, module)`` pairs selected by the layer filter (their ``.weight`` is scored).
+        loss_fn: ``loss_fn(output_tensor, targets) -> scalar``.
+        output_fn: maps the raw model output to a tensor.
+        options: per-proxy keyword options.
+    """
+
+    model: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    targets: Tensor | None
+    layers: list[tuple[str, nn.Module]]
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = default_loss_fn
+    output_fn: Callable[[Any], Tensor] = default_output_fn
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def forward(self, args: tuple[Any, ...] | None = None, method: str | None = None) -> Tensor:
+        """Model output tensor for ``args`` (default: the batch); ``method`` names another forward method."""
+        fn = getattr(self.model, method) if method else self.model
+        return self.output_fn(fn(*(self.args if args is None else args), **self.kwargs))
+
+    def loss(self) -> Tensor:
+        """Loss of the batch.
+
+        Raises:
+            ValueError: if no targets were given.
+        """
+        if self.targets is None:
+            raise ValueError("this proxy needs targets; pass targets=")
+        return self.loss_fn(self.forward(), self.targets)
+
+    def input_index(self) -> int:
+        """Position of the first floating-point tensor argument (the input that gradients flow to).
+
+        Raises:
+            ValueError: when no argument is a floating-point tensor (token ids only, for example).
+        """
+        for i, a in enumerate(self.args):
+            if isinstance(a, Tensor) and a.is_floating_point():
+                return i
+        raise ValueError("this proxy needs a floating-point input tensor (input Jacobian or noise inputs)")
+
+    def with_input(self, x: Tensor) -> tuple[Any, ...]:
+        """The argument tuple with the floating input replaced by ``x``."""
+        i = self.input_index()
+        return (*self.args[:i], x, *self.args[i + 1 :])
+
+    def weights(self) -> list[Tensor]:
+        """The scored weight tensors, in layer order."""
+        return [weight_of(m) for _, m in self.layers]
+
+
+@contextlib.contextmanager
+def hooks_removed(handles: list[Any]) -> Iterator[list[Any]]:
+    """Yield ``handles`` (a list to append hook handles to) and remove them all on exit, even on error."""
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def signed_log(x: float) -> float:
+    """NASLib's signed log: ``log(x)`` for x > 0, ``-log(-x)`` for x < 0, ``-inf`` at 0."""
+    if x > 0:
+        return math.log(x)
+    if x < 0:
+        return -math.log(-x)
+    return -math.inf
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while isinstance(model, DistributedDataParallel | DataParallel):
+        model = model.module
+    return model
+
+
+def _bn_to_identity(model: nn.Module) -> nn.Module:
+    if isinstance(model, _BatchNorm):
+        return nn.Identity()
+    for name, child in model.named_children():
+        setattr(model, name, _bn_to_identity(child))
+    return model
+
+
+def _cast(obj: Any, dtype: torch.dtype, device: torch.device | None) -> Any:
+    if isinstance(obj, Tensor):
+        obj = obj.to(device) if device is not None else obj
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple | list):
+        return type(obj)(_cast(o, dtype, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype, device) for k, v in obj.items()}
+    return obj
+
+
+def _apply_nan_policy(name: str, value: float, policy: NanPolicy) -> float:
+    if math.isfinite(value):
+        return value
+    if policy == "nan":
+        return value
+    if policy == "raise":
+        raise ValueError(f"proxy {name!r} is not finite ({value}); pass nan_policy='nan' or a replacement value")
+    if policy == "naslib":
+        return -1e8
+    return float(policy)
+
+
+def zero_cost_proxies(
+    model: nn.Module,
+    inputs: Any,
+    targets: Tensor | None = None,
+    names: Sequence[str] = ("synflow", "snip", "grad_norm", "naswot", "params", "flops"),
+    *,
+    per_layer: bool = False,
+    layer_filter: LayerFilter = None,
+    seed: int | None = None,
+    nan_policy: NanPolicy = "nan",
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    output_fn: Callable[[Any], Tensor] | None = None,
+    return_timings: bool = False,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Score ``model`` with zero-cost proxies ("higher is better"), never touching the model itself.
+
+    Each proxy gets its own ``copy.deepcopy`` of the model (DDP's ``.module`` unwrapped), in train mode, with
+    autocast disabled and cast to the proxy's dtype (synflow: float64, BN replaced by identity).
+
+    Args:
+        model: any ``nn.Module`` (a LightningModule works: its ``forward`` is called).
+        inputs: a tensor, a tuple of positional forward arguments (e.g. ``(x, edge_index)`` for a PyG GNN) or a
+            dict of keyword arguments (e.g. ``{"input_ids": ids}``).
+        targets: labels for the loss-based proxies (class indices; for language models the next-token ids).
+        names: proxies to compute, see :func:`list_proxies`.
+        per_layer: return ``{name: {"total": value, layer_name: value, ...}}`` (layer entries for layer-wise
+            proxies; synflow's layer entries are the raw, un-logged sums).
+        layer_filter: which layers' weights are scored, see :func:`resolve_layer_filter`.
+        seed: seed of the torch RNG for each proxy (global RNG state is restored afterwards).
+        nan_policy: for non-finite scores: ``"nan"`` keep, ``"raise"``, ``"naslib"`` (-1e8) or a replacement.
+        loss_fn: ``loss_fn(output, targets)``; default cross-entropy over the last dimension.
+        output_fn: maps the model output to a tensor; default: the tensor, ``.logits`` or the first element.
+        return_timings: also return ``<name>_seconds`` (wall time incl. the copy).
+        options: per-proxy options, e.g. ``{"zen": {"bn_scaling": "batch"}, "fisher": {"samsung_broadcast": False}}``.
+
+    Returns:
+        ``{name: float}`` (or per-layer dicts), plus ``<name>_seconds`` when asked.
+
+    Raises:
+        ValueError: for unknown proxy names (listing the available ones), a label-based proxy without targets,
+            or a non-finite score under ``nan_policy="raise"``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+        >>> scores = zero_cost_proxies(net, x, y, names=["synflow", "snip", "naswot", "params", "flops"], seed=0)
+        >>> scores["params"], scores["flops"]
+        (195.0, 176.0)
+        >>> sorted(zero_cost_proxies(net, x, y, names=["snip"], per_layer=True)["snip"])
+        ['0', '2', 'total']
+    """
+    specs = [get_proxy(n) for n in names]
+    for spec in specs:
+        if spec.needs_labels and targets is None:
+            raise ValueError(f"proxy {spec.name!r} needs labels: pass targets=")
+    base = _unwrap(model)
+    predicate = resolve_layer_filter(layer_filter)
+    if isinstance(inputs, dict):
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = dict(inputs)
+    elif isinstance(inputs, tuple | list):
+        args, kwargs = tuple(inputs), {}
+    else:
+        args, kwargs = (inputs,), {}
+    param = next(base.parameters(), None)
+    device = param.device if param is not None else None
+    options = options or {}
+    out: dict[str, Any] = {}
+    for spec in specs:
+        start = time.perf_counter()
+        devices = [device] if device is not None and device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.autocast(device_type="cpu", enabled=False):
+            if seed is not None:
+                torch.manual_seed(seed)
+            net = copy.deepcopy(base)
+            if spec.bn_mode == "identity":
+                net = _bn_to_identity(net)
+            net = net.to(spec.dtype).train()
+            for p in net.parameters():
+                p.requires_grad_(True)
+            ctx = ProxyContext(
+                model=net,
+                args=_cast(args, spec.dtype, device),
+                kwargs=_cast(kwargs, spec.dtype, device),
+                targets=targets.to(device) if isinstance(targets, Tensor) and device is not None else targets,
+                layers=_select_layers(net, predicate),
+                loss_fn=loss_fn or default_loss_fn,
+                output_fn=output_fn or default_output_fn,
+                options=dict(options.get(spec.name, {})),
+            )
+            ctx_manager = torch.autocast(device_type="cuda", enabled=False) if devices else contextlib.nullcontext()
+            with ctx_manager:
+                value = spec.fn(ctx)
+            del net, ctx
+        layer_values: dict[str, float] = {}
+        if isinstance(value, dict):
+            layer_values = {k: float(v) for k, v in value.items()}
+            total = float(sum(layer_values.values()))
+        else:
+            total = float(value)
+        if spec.log_scale:
+            total = signed_log(total)
+        total = _apply_nan_policy(spec.name, total, nan_policy)
+        out[spec.name] = {"total": total, **layer_values} if per_layer else total
+        if return_timings:
+            out[f"{spec.name}_seconds"] = time.perf_counter() - start
+    return out

@@ -180,7 +180,7 @@ class RoBoTSearch:
 
     def _optimizer(self) -> tuple[Any, Any]:
         bo = _bayes_opt()
-        bounds = {name: (-1.0, 1.0) for name in self.proxy_names}
+        bounds = dict.fromkeys(self.proxy_names, (-1.0, 1.0))
         try:  # bayesian-optimization >= 2.0
             from bayes_opt import acquisition
 

@@ -28,6 +28,11 @@ class MembershipInferenceAUC(Metric):
         >>> m.update(torch.tensor([1.0, 2.0]), torch.tensor([0, 1]), holdout=True)    # holdout losses
         >>> m.compute()
         tensor(1.)
+        >>> m.reset()                                  # large losses are fine (no sigmoid squashing)
+        >>> m.update(torch.tensor([50.0, 70.0]), torch.tensor([0, 1]), holdout=False)
+        >>> m.update(torch.tensor([60.0, 80.0]), torch.tensor([0, 1]), holdout=True)
+        >>> m.compute()
+        tensor(0.7500)
     """
 
     full_state_update = False
@@ -58,4 +63,8 @@ class MembershipInferenceAUC(Metric):
         scores, targets = scores[keep], targets[keep]
         if targets.numel() == 0 or bool((targets == 0).all()) or bool((targets == 1).all()):
             return torch.tensor(float("nan"), device=scores.device)
-        return binary_auroc(scores, targets)
+        # binary_auroc applies a sigmoid to scores outside [0, 1], which ties large losses: pass dense ranks
+        # in [0, 1] instead (AUROC only depends on the order, ties are kept).
+        _, ranks = torch.unique(scores, return_inverse=True)
+        preds = ranks.float() / max(int(ranks.max()), 1)
+        return binary_auroc(preds, targets)

@@ -1,0 +1,227 @@
+"""PA&DA data sampling: draw training samples in proportion to their gradient norms (mixed with uniform)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from litmix.base import LitmixCallback
+from litmix.data import IndexedDataset, split_batch
+from litmix.functional.nas_sampling import make_generator, pada_data_probs, softmax_ce_grad_norm
+from litmix.registry import register
+
+
+class _WeightedIndexSampler(Sampler[int]):
+    """``num_samples`` positions drawn with replacement from ``probs``, seeded by ``(seed, epoch)``."""
+
+    def __init__(self, probs: Tensor, seed: int) -> None:
+        self.probs = probs
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = make_generator(self.seed, self.epoch, 7)
+        return iter(torch.multinomial(self.probs.double(), len(self.probs), replacement=True, generator=gen).tolist())
+
+
+def _index_values(dataset: Dataset) -> Tensor | None:
+    """The ``index`` value each position of ``dataset`` yields, resolved without loading items when possible."""
+    if isinstance(dataset, IndexedDataset):
+        return torch.arange(len(dataset))
+    if isinstance(dataset, Subset):
+        inner = _index_values(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    return None
+
+
+@register(
+    "callback",
+    "nas",
+    paper="PA&DA: Jointly Sampling PAth and DAta for Consistent NAS (https://arxiv.org/abs/2302.14772)",
+)
+class PADASampling(LitmixCallback):
+    """Importance-sample training data by per-sample gradient norm (the data half of PA&DA).
+
+    Lu et al., https://arxiv.org/abs/2302.14772. During an epoch every seen sample ``i`` records
+    ``g_i = ||softmax(z_i) - onehot(y_i)||`` (the norm of dCE/dlogits, from the ``"logits"`` entry of the
+    ``training_step`` output, or a no-grad forward pass when absent). At the epoch end the per-sample means are
+    summed over DDP ranks (``strategy.reduce``) and the next epoch draws ``N`` samples **with replacement** from
+    ``p_i = tau * g_i / sum(g) + (1 - tau) / N`` with ``tau = min(tau_max, (epoch + 1) / max_epochs)``. Samples not
+    seen in an epoch keep their previous importance. The loss is not re-weighted (as in the reference
+    training script): the sampler concentrates steps on hard samples.
+
+    Mechanism: ``setup`` wraps the datamodule's ``train_dataloader`` so that its loader uses a sampler owned by
+    this callback (same dataset, batch size, collate function, workers); ``teardown`` removes the wrapper. Draws
+    are seeded by ``(seed, epoch)``, identical on all ranks (Lightning shards them with its
+    ``DistributedSamplerWrapper``) and after a resume. Items must carry their dataset index
+    (``(x, y, index)`` as :class:`litmix.data.IndexedDataset` yields). Hooks: ``setup``, ``on_train_epoch_start``,
+    ``on_train_batch_end``, ``on_train_epoch_end``, ``teardown``. Logs ``pada/data_tau`` and
+    ``pada/data_prob_max``.
+
+    Args:
+        tau_max: cap of the ramp ``tau``, in ``[0, 1]``.
+        seed: seed of the draws (>= 0).
+        name: optional name making the checkpoint key unique.
+
+    Raises:
+        ValueError: for ``tau_max`` outside ``[0, 1]`` or a negative seed.
+        MisconfigurationException: in ``setup`` without a datamodule, or when batches carry no targets or indices.
+
+    Example:
+        >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        >>> from litmix.testing import fit_tiny
+        >>> cb = PADASampling()
+        >>> _ = fit_tiny([cb], max_epochs=2, max_steps=-1)
+        >>> round(float(cb.probs.sum()), 4), bool(cb.probs.max() > cb.probs.min())
+        (1.0, True)
+    """
+
+    family = "nas"
+
+    def __init__(self, tau_max: float = 1.0, seed: int = 0, name: str | None = None) -> None:
+        super().__init__(name=name)
+        if not 0.0 <= tau_max <= 1.0:
+            raise ValueError(f"PADASampling(tau_max={tau_max}): tau_max must be in [0, 1]")
+        if seed < 0:
+            raise ValueError(f"PADASampling(seed={seed}): seed must be >= 0")
+        self.tau_max, self.seed = float(tau_max), int(seed)
+        self.probs = torch.empty(0, dtype=torch.float64)
+        self.importance = torch.empty(0, dtype=torch.float64)
+        self._sum = torch.empty(0, dtype=torch.float64)
+        self._count = torch.empty(0, dtype=torch.float64)
+        self._pos_of_index: dict[int, int] | None = None
+        self._sampler: _WeightedIndexSampler | None = None
+        self._datamodule: Any = None
+
+    @classmethod
+    def example(cls) -> PADASampling:
+        """A default instance (runs on :class:`~litmix.testing.TinyClassifier`)."""
+        return cls()
+
+    # ------------------------------------------------------------------------------------------ wiring
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Wrap ``trainer.datamodule.train_dataloader`` to use the PA&DA sampler."""
+        if stage != "fit":
+            return
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None:
+            raise MisconfigurationException(
+                "PADASampling needs a LightningDataModule (trainer.fit(model, datamodule=...)); got plain dataloaders"
+            )
+        if "train_dataloader" in vars(dm):  # already wrapped (a second fit)
+            return
+        original = dm.train_dataloader
+
+        def train_dataloader() -> DataLoader:
+            loader = original()
+            if not isinstance(loader, DataLoader):
+                raise MisconfigurationException(
+                    f"PADASampling: train_dataloader() must return one DataLoader, got {type(loader).__name__}"
+                )
+            self._bind(loader.dataset)
+            assert self._sampler is not None
+            return DataLoader(
+                loader.dataset,
+                batch_size=loader.batch_size,
+                sampler=self._sampler,
+                num_workers=loader.num_workers,
+                collate_fn=loader.collate_fn,
+                pin_memory=loader.pin_memory,
+                drop_last=loader.drop_last,
+            )
+
+        dm.train_dataloader = train_dataloader
+        self._datamodule = dm
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Remove the dataloader wrapper."""
+        if self._datamodule is not None and "train_dataloader" in vars(self._datamodule):
+            del self._datamodule.train_dataloader
+        self._datamodule = None
+
+    def _bind(self, dataset: Dataset) -> None:
+        n = len(dataset)  # type: ignore[arg-type]
+        values = _index_values(dataset)
+        if values is None:  # generic dataset: read each item's trailing index once
+            values = torch.tensor([int(dataset[i][-1]) for i in range(n)])
+        self._pos_of_index = {int(v): p for p, v in enumerate(values.tolist())}
+        if len(self.probs) != n:
+            self.probs = torch.full((n,), 1.0 / n, dtype=torch.float64)
+            self.importance = torch.zeros(n, dtype=torch.float64)
+        if len(self._sum) != n:
+            self._sum = torch.zeros(n, dtype=torch.float64)
+            self._count = torch.zeros(n, dtype=torch.float64)
+        self._sampler = _WeightedIndexSampler(self.probs, self.seed)
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Hand the current probabilities and epoch to the sampler."""
+        if self._sampler is not None:
+            self._sampler.probs = self.probs
+            self._sampler.set_epoch(trainer.current_epoch)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Record ``||softmax(z) - onehot(y)||`` for the batch's samples."""
+        x, y, idx = split_batch(batch)
+        if y is None or idx is None:
+            raise MisconfigurationException("PADASampling needs (x, y, index) batches (see litmix.data.IndexedDataset)")
+        logits = outputs.get("logits") if isinstance(outputs, dict) else None
+        if logits is None:
+            with torch.no_grad():
+                logits = pl_module(x)
+        g = softmax_ce_grad_norm(logits, y).double().cpu()
+        assert self._pos_of_index is not None
+        pos = torch.tensor([self._pos_of_index[int(i)] for i in idx.tolist()], dtype=torch.long)
+        self._sum.index_add_(0, pos, g)
+        self._count.index_add_(0, pos, torch.ones_like(g))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Reduce the statistics over ranks and compute the next epoch's distribution."""
+        if len(self._sum) == 0:
+            return
+        device = pl_module.device
+        total = trainer.strategy.reduce(self._sum.to(device), reduce_op="sum").double().cpu()
+        count = trainer.strategy.reduce(self._count.to(device), reduce_op="sum").double().cpu()
+        seen = count > 0
+        self.importance[seen] = total[seen] / count[seen]
+        tau = min(self.tau_max, (trainer.current_epoch + 1) / max(int(trainer.max_epochs or 1), 1))
+        self.probs = pada_data_probs(self.importance, tau)
+        self._sum.zero_()
+        self._count.zero_()
+        pl_module.log("pada/data_tau", float(tau))
+        pl_module.log("pada/data_prob_max", float(self.probs.max()))
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Probabilities, importances and the running epoch statistics."""
+        return {
+            **super().state_dict(),
+            "probs": self.probs.clone(),
+            "importance": self.importance.clone(),
+            "sum": self._sum.clone(),
+            "count": self._count.clone(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        empty = torch.empty(0, dtype=torch.float64)
+        self.probs = state_dict.get("probs", empty).clone()
+        self.importance = state_dict.get("importance", empty).clone()
+        self._sum = state_dict.get("sum", empty).clone()
+        self._count = state_dict.get("count", empty).clone()
+        if self._sampler is not None:
+            self._sampler.probs = self.probs

@@ -1,0 +1,124 @@
+"""DεpS: delayed, gradual shrinking of a Once-for-All supernet's sampled space."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from litmix.base import LitmixCallback
+from litmix.functional.nas_sampling import deps_subnet_lr_scale, deps_width_lower_bound
+from litmix.registry import register
+
+
+@register(
+    "callback",
+    "nas",
+    paper="DεpS: Delayed ε-Shrinking for Faster Once-For-All Training (https://arxiv.org/abs/2407.06167)",
+)
+class ShrinkingSchedule(LitmixCallback):
+    """Delay subnet sampling until the full model is partly trained, then grow the space and ramp subnet LRs.
+
+    Annavajjala, Khare et al., https://arxiv.org/abs/2407.06167. With ``progress = global_step /
+    trainer.estimated_stepping_batches``, before every training batch the callback calls
+    ``pl_module.set_shrinking(width_lower_bound, subnet_scale)``:
+
+    - **delayed shrinking (FM-Warmup)**: before ``start_frac`` (default 0.5) the lower bound is 1 and the
+      subnet scale 0: only the full model trains;
+    - the sampled space then grows monotonically: the width lower bound falls linearly to the module's
+      ``min_width_ratio`` over a further ``grow_frac`` of training (0 opens the whole space at once);
+    - **ε-shrinking**: the subnets' loss weight (equal to a learning-rate factor for SGD) ramps from
+      ``eps_start`` to 1 over ``eps_frac`` of training, so small subnets do not disrupt the full model.
+
+    The schedule is a pure function of ``global_step``, so it needs no checkpoint state and is identical on all
+    ranks. The module must provide ``set_shrinking(float, float)`` and ``min_width_ratio`` (as
+    :class:`litmix.plugins.OFASupernetModule` does). Logs ``deps/width_lower_bound`` and ``deps/subnet_scale``.
+    DεpS's third component (in-place distillation from the partly trained full model) is the module's
+    ``kd_ratio``.
+
+    Args:
+        start_frac: fraction of training before shrinking starts, in ``[0, 1]``.
+        grow_frac: fraction of training over which the space grows to its full size, >= 0.
+        eps_frac: length of the subnet learning-rate ramp, >= 0.
+        eps_start: subnet scale when shrinking starts, in ``[0, 1]``.
+        name: optional name making the checkpoint key unique.
+
+    Raises:
+        ValueError: for out-of-range arguments.
+        MisconfigurationException: in ``setup`` when the module lacks ``set_shrinking`` / ``min_width_ratio``.
+
+    Example:
+        >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        >>> from litmix.testing import make_trainer
+        >>> module, dm = ShrinkingSchedule.example_module(), ShrinkingSchedule.example_datamodule()
+        >>> make_trainer(max_steps=8, callbacks=[ShrinkingSchedule(start_frac=0.5)]).fit(module, datamodule=dm)
+        >>> [lb for step, lb, _ in module.sampled_log if step < 4] == [1.0] * 4
+        True
+    """
+
+    family = "nas"
+
+    def __init__(
+        self,
+        start_frac: float = 0.5,
+        grow_frac: float = 0.25,
+        eps_frac: float = 0.25,
+        eps_start: float = 0.1,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        cls = type(self).__name__
+        for arg, value in (("start_frac", start_frac), ("eps_start", eps_start)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{cls}({arg}={value}): {arg} must be in [0, 1]")
+        for arg, value in (("grow_frac", grow_frac), ("eps_frac", eps_frac)):
+            if value < 0:
+                raise ValueError(f"{cls}({arg}={value}): {arg} must be >= 0")
+        self.start_frac, self.grow_frac = float(start_frac), float(grow_frac)
+        self.eps_frac, self.eps_start = float(eps_frac), float(eps_start)
+
+    @classmethod
+    def example(cls) -> ShrinkingSchedule:
+        """The DεpS defaults."""
+        return cls()
+
+    @classmethod
+    def example_module(cls) -> pl.LightningModule:
+        """A tiny :class:`~litmix.plugins.OFASupernetModule` (imported lazily: callbacks import only the core)."""
+        from litmix.plugins.ofa_supernet import OFASupernetModule
+
+        return OFASupernetModule.example()[0]
+
+    @classmethod
+    def example_datamodule(cls) -> pl.LightningDataModule:
+        """The module example's digits."""
+        from litmix.plugins.ofa_supernet import OFASupernetModule
+
+        return OFASupernetModule.example()[1]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check that the module is an elastic supernet."""
+        if not callable(getattr(pl_module, "set_shrinking", None)) or not hasattr(pl_module, "min_width_ratio"):
+            raise MisconfigurationException(
+                f"ShrinkingSchedule needs a module with set_shrinking(width_lower_bound, subnet_scale) and "
+                f"min_width_ratio (e.g. litmix.plugins.OFASupernetModule); got {type(pl_module).__name__}"
+            )
+
+    def values(self, progress: float, min_ratio: float) -> tuple[float, float]:
+        """``(width_lower_bound, subnet_scale)`` at ``progress``."""
+        lower = deps_width_lower_bound(progress, self.start_frac, self.grow_frac, min_ratio)
+        scale = deps_subnet_lr_scale(progress, self.start_frac, self.eps_frac, self.eps_start)
+        return lower, scale
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Set the sampled space and the subnet scale for this step."""
+        total = trainer.estimated_stepping_batches
+        progress = trainer.global_step / total if math.isfinite(total) and total > 0 else 1.0
+        lower, scale = self.values(progress, float(pl_module.min_width_ratio))  # type: ignore[arg-type]
+        pl_module.set_shrinking(lower, scale)  # type: ignore[operator]
+        pl_module.log("deps/width_lower_bound", lower)
+        pl_module.log("deps/subnet_scale", scale)

@@ -1,0 +1,201 @@
+"""Once-for-All elastic-width MLP supernet with step-seeded subnet sampling and in-place distillation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from litmix.data import split_batch
+from litmix.functional.nas_sampling import make_generator, width_choices_allowed
+from litmix.registry import register
+
+
+class _ElasticLinear(nn.Linear):
+    """A linear layer whose first ``in``/``out`` features can be used alone (weight slicing, shared weights)."""
+
+    def forward_slice(self, x: Tensor, out_features: int) -> Tensor:
+        return nn.functional.linear(x, self.weight[:out_features, : x.shape[-1]], self.bias[:out_features])
+
+
+@register(
+    "plugin",
+    "nas",
+    paper="Once-for-All: Train One Network and Specialize it for Efficient Deployment (https://arxiv.org/abs/1908.09791)",
+)
+class OFASupernetModule(pl.LightningModule):
+    """Once-for-All training of an elastic-width MLP: the full net plus sampled narrower subnets share weights.
+
+    Cai et al., https://arxiv.org/abs/1908.09791. Each hidden layer ``l`` may use the first
+    ``round(r * hidden[l])`` units for a width ratio ``r`` in ``width_ratios``. Every step trains the full
+    model (cross-entropy) and ``num_subnets`` subnets whose per-layer ratios are drawn from a generator seeded
+    by ``(seed, global_step, k)`` (OFA's ``random.seed(f"{epoch*nBatch+i}{k:03d}000")``: every DDP rank draws
+    the same subnets, and a resumed run continues the same sequence). A subnet's loss is
+    ``CE + kd_ratio * KL(softmax(full / T) || softmax(sub / T)) * T^2`` with the full model's detached logits as
+    the in-place teacher, scaled by ``subnet_scale``; all losses are summed into one optimizer step.
+
+    The sampled space is controlled by :meth:`set_shrinking` (``width_lower_bound``: only ratios at or above it
+    are drawn; ``subnet_scale``: weight of the subnet losses, 0 skips the subnets). Without a schedule the whole
+    space is sampled from step 0 (BigNAS-style). :class:`litmix.callbacks.ShrinkingSchedule` sets both per step
+    (DεpS). Validation logs ``ofa/val_acc_max`` and ``ofa/val_acc_min`` (largest and smallest subnet). There is
+    no BatchNorm, so subnets need no BN recalibration.
+
+    Args:
+        in_features: input features (> 0); images are flattened.
+        hidden: maximum widths of the hidden layers (each > 0).
+        num_classes: classes.
+        width_ratios: elastic width ratios, each in ``(0, 1]``; 1 is always added.
+        num_subnets: subnets per step (OFA's ``dynamic_batch_size``), >= 0.
+        kd_ratio: weight of the in-place distillation term (>= 0).
+        kd_temperature: distillation temperature (> 0).
+        lr: Adam learning rate (> 0).
+        seed: base seed of the subnet sequence (>= 0).
+
+    Raises:
+        ValueError: for out-of-range arguments.
+
+    Example:
+        >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        >>> from litmix.testing import make_trainer
+        >>> module, dm = OFASupernetModule.example()
+        >>> make_trainer(max_steps=2).fit(module, datamodule=dm)
+        >>> module.sample_widths(3) == module.sample_widths(3), module.max_widths
+        (True, (32, 32))
+    """
+
+    family: ClassVar[str] = "nas"
+
+    def __init__(
+        self,
+        in_features: int = 64,
+        hidden: list[int] | None = None,
+        num_classes: int = 10,
+        width_ratios: list[float] | None = None,
+        num_subnets: int = 2,
+        kd_ratio: float = 1.0,
+        kd_temperature: float = 1.0,
+        lr: float = 3e-3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        hidden = list(hidden) if hidden is not None else [128, 128]
+        ratios = sorted({float(r) for r in (width_ratios if width_ratios is not None else [0.25, 0.5, 0.75])} | {1.0})
+        if in_features < 1 or num_classes < 1 or not hidden or any(h < 1 for h in hidden):
+            raise ValueError(
+                f"{name}(in_features={in_features}, hidden={hidden}, num_classes={num_classes}): all must be >= 1"
+            )
+        if any(not 0.0 < r <= 1.0 for r in ratios):
+            raise ValueError(f"{name}(width_ratios={width_ratios}): ratios must be in (0, 1]")
+        if num_subnets < 0 or kd_ratio < 0 or seed < 0:
+            raise ValueError(f"{name}(num_subnets={num_subnets}, kd_ratio={kd_ratio}, seed={seed}): must be >= 0")
+        if not kd_temperature > 0 or not lr > 0:
+            raise ValueError(f"{name}(kd_temperature={kd_temperature}, lr={lr}): must be > 0")
+        self.save_hyperparameters()
+        dims = [in_features, *hidden]
+        self.layers = nn.ModuleList(_ElasticLinear(a, b) for a, b in itertools.pairwise(dims))
+        self.head = _ElasticLinear(hidden[-1], num_classes)
+        self.hidden, self.width_ratios, self.num_classes = hidden, ratios, num_classes
+        self.num_subnets, self.kd_ratio, self.kd_temperature = num_subnets, kd_ratio, kd_temperature
+        self.lr, self.seed = lr, seed
+        self.width_lower_bound = min(ratios)
+        self.subnet_scale = 1.0
+        self.sampled_log: list[tuple[int, float, tuple[int, ...]]] = []  # (step, lower bound, widths); last 10k
+
+    @classmethod
+    def example(cls) -> tuple[OFASupernetModule, pl.LightningDataModule]:
+        """A 2x32 elastic MLP on 64 flattened digits."""
+        from litmix.datamodules.digits import DigitsDataModule
+
+        return cls(hidden=[32, 32], lr=1e-2), DigitsDataModule(batch_size=16, train_size=64)
+
+    @property
+    def max_widths(self) -> tuple[int, ...]:
+        """Widths of the full model."""
+        return tuple(self.hidden)
+
+    @property
+    def min_width_ratio(self) -> float:
+        """The smallest ratio of the space."""
+        return min(self.width_ratios)
+
+    def set_shrinking(self, width_lower_bound: float, subnet_scale: float) -> None:
+        """Restrict sampling to ratios >= ``width_lower_bound`` and weight subnet losses by ``subnet_scale``."""
+        self.width_lower_bound, self.subnet_scale = float(width_lower_bound), float(subnet_scale)
+
+    def widths_of(self, ratios: list[float] | tuple[float, ...]) -> tuple[int, ...]:
+        """Per-layer widths for per-layer ratios."""
+        return tuple(max(1, round(r * h)) for r, h in zip(ratios, self.hidden, strict=True))
+
+    def sample_widths(self, step: int, k: int = 0) -> tuple[int, ...]:
+        """Per-layer widths of subnet ``k`` at ``step``, drawn among ratios >= ``width_lower_bound``."""
+        allowed = width_choices_allowed(self.width_ratios, self.width_lower_bound)
+        gen = make_generator(self.seed, step, k)
+        picks = torch.randint(len(allowed), (len(self.hidden),), generator=gen).tolist()
+        return self.widths_of([allowed[i] for i in picks])
+
+    def forward(self, x: Tensor, widths: tuple[int, ...] | None = None) -> Tensor:
+        """Logits of the subnet with hidden ``widths`` (the full model when None)."""
+        h = x.flatten(1)
+        for layer, w in zip(self.layers, widths or self.max_widths, strict=True):
+            assert isinstance(layer, _ElasticLinear)
+            h = torch.relu(layer.forward_slice(h, w))
+        return self.head.forward_slice(h, self.num_classes)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Full model + ``num_subnets`` step-seeded subnets with in-place distillation, one summed loss."""
+        x, y, _ = split_batch(batch)
+        assert y is not None, f"{type(self).__name__} needs (x, y) batches"
+        full_logits = self(x)
+        loss = nn.functional.cross_entropy(full_logits, y)
+        self.log("ofa/full_loss", loss, prog_bar=True)
+        step = self.global_step
+        if self.subnet_scale > 0 and self.width_lower_bound < 1.0:
+            t = self.kd_temperature
+            teacher = torch.log_softmax(full_logits.detach() / t, dim=-1)
+            for k in range(self.num_subnets):
+                widths = self.sample_widths(step, k)
+                self.sampled_log.append((step, self.width_lower_bound, widths))
+                logits = self(x, widths)
+                sub = nn.functional.cross_entropy(logits, y)
+                if self.kd_ratio > 0:
+                    student = torch.log_softmax(logits / t, dim=-1)
+                    kd = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean") * t * t
+                    sub = sub + self.kd_ratio * kd
+                loss = loss + self.subnet_scale * sub / max(self.num_subnets, 1)
+        else:
+            self.sampled_log.append((step, self.width_lower_bound, self.max_widths))
+        del self.sampled_log[:-10_000]
+        self.log("ofa/width_lower_bound", self.width_lower_bound)
+        self.log("ofa/loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Accuracy of the largest and the smallest subnet."""
+        x, y, _ = split_batch(batch)
+        smallest = self.widths_of([self.min_width_ratio] * len(self.hidden))
+        self.log("ofa/val_acc_max", (self(x).argmax(-1) == y).float().mean())
+        self.log("ofa/val_acc_min", (self(x, smallest).argmax(-1) == y).float().mean())
+
+    @torch.no_grad()
+    def subnet_accuracy(self, widths: tuple[int, ...] | None, dataloader: Any) -> float:
+        """Accuracy of one subnet on ``dataloader``."""
+        correct = total = 0
+        for batch in dataloader:
+            x, y, _ = split_batch(batch)
+            assert y is not None, "subnet_accuracy needs (x, y) batches"
+            correct += int((self(x.to(self.device), widths).argmax(-1) == y.to(self.device)).sum())
+            total += len(y)
+        return correct / max(total, 1)
+
+    def configure_optimizers(self) -> Any:
+        """Adam with a per-step cosine schedule."""
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        total = self.trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) and total > 0 else 1
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

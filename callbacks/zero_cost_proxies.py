@@ -1,0 +1,172 @@
+"""Score the model with zero-cost proxies once, at the start of training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, IterableDataset
+
+from litmix.base import LitmixCallback
+from litmix.data import split_batch
+from litmix.functional.proxies import get_proxy, list_proxies, zero_cost_proxies
+from litmix.registry import register
+
+_PAPER = "Zero-Cost Proxies for Lightweight NAS (https://arxiv.org/abs/2101.08134)"
+_FILTERS = ("reference", "extended", "all")
+_NAN_POLICIES = ("nan", "raise", "naslib")
+
+
+@register("callback", "proxy", paper=_PAPER)
+class ZeroCostProxies(LitmixCallback):
+    """Compute zero-cost proxies (synflow, snip, NASWOT, ...) of the untrained model at fit start and log them.
+
+    Zero-cost proxies (Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS", ICLR 2021,
+    https://arxiv.org/abs/2101.08134) rank untrained architectures by a score computed from one mini-batch;
+    see :func:`litmix.functional.proxies.zero_cost_proxies` for the definitions and numerics. The scores are
+    computed **once**, on global rank 0, on a deep copy of the LightningModule (the training model is never
+    touched, the global RNG is restored), from the first ``batch_size`` samples of the training set
+    (``trainer.datamodule.train_dataloader()`` in ``on_fit_start``, else ``trainer.train_dataloader`` in
+    ``on_train_start``), then broadcast to every rank. ``on_train_start`` logs them as ``zc/<name>``
+    (``pl_module.log``, epoch-level, so they reach every logger and ``trainer.callback_metrics``) and, under
+    a ``WandbLogger`` on rank 0, as the W&B table ``zc_proxies``. The scores live in :attr:`scores` and in the
+    checkpoint state, so a resumed run does not score again.
+
+    The module's ``forward`` is called with the batch's inputs (``split_batch(batch)[0]``); the targets feed
+    the label-based proxies.
+
+    Args:
+        names: proxies to compute (see :func:`litmix.functional.proxies.list_proxies`).
+        batch_size: samples in the scoring batch (>= 2).
+        log_table: also log a W&B table (only under a ``WandbLogger``).
+        seed: torch seed of every proxy.
+        layer_filter: ``"reference"`` (Conv2d and Linear weights, as the reference code), ``"extended"`` or
+            ``"all"``.
+        nan_policy: ``"nan"``, ``"raise"``, ``"naslib"`` (-1e8) or a replacement value for non-finite scores.
+        name: optional instance name (unique checkpoint key).
+
+    Raises:
+        ValueError: for unknown proxy names (listing the available ones), ``batch_size < 2``, an unknown
+            ``layer_filter`` or ``nan_policy``.
+
+    Example:
+        >>> from litmix.testing import fit_tiny
+        >>> cb = ZeroCostProxies(names=["synflow", "snip", "params"], batch_size=16)
+        >>> trainer = fit_tiny([cb], max_steps=1)
+        >>> sorted(cb.scores), cb.scores["params"]
+        (['params', 'snip', 'synflow'], 212.0)
+        >>> float(trainer.callback_metrics["zc/params"])
+        212.0
+    """
+
+    family = "proxy"
+
+    def __init__(
+        self,
+        names: list[str] | tuple[str, ...] = ("synflow", "snip", "grad_norm", "naswot", "params", "flops"),
+        batch_size: int = 64,
+        log_table: bool = True,
+        seed: int = 0,
+        layer_filter: str = "reference",
+        nan_policy: str | float = "nan",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in list_proxies()]
+        if not names or unknown:
+            raise ValueError(
+                f"ZeroCostProxies(names={names!r}): unknown or no proxy names {unknown}; "
+                f"available proxies: {list_proxies()}"
+            )
+        if not isinstance(batch_size, int) or batch_size < 2:
+            raise ValueError(f"ZeroCostProxies(batch_size={batch_size!r}): batch_size must be an int >= 2")
+        if layer_filter not in _FILTERS:
+            raise ValueError(f"ZeroCostProxies(layer_filter={layer_filter!r}): layer_filter must be one of {_FILTERS}")
+        if isinstance(nan_policy, str) and nan_policy not in _NAN_POLICIES:
+            raise ValueError(
+                f"ZeroCostProxies(nan_policy={nan_policy!r}): nan_policy must be one of {_NAN_POLICIES} or a float"
+            )
+        self.names: list[str] = names
+        self.batch_size = int(batch_size)
+        self.log_table = bool(log_table)
+        self.seed = int(seed)
+        self.layer_filter = layer_filter
+        self.nan_policy: str | float = nan_policy
+        self.scores: dict[str, float] | None = None
+        self.seconds: dict[str, float] = {}
+        self.computed_here = False  # True on the process that ran the proxies (global rank 0)
+
+    @classmethod
+    def example(cls) -> ZeroCostProxies:
+        """The default proxies on a 16-sample batch."""
+        return cls(batch_size=16)
+
+    # ------------------------------------------------------------------------------------------------------
+    def _first_batch(self, loader: Any) -> Any:
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and not isinstance(dataset, IterableDataset):
+            collate = getattr(loader, "collate_fn", None)
+            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
+        return next(iter(loader))
+
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any) -> None:
+        scores: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            x, y, _ = split_batch(self._first_batch(loader))
+            x = pl_module.transfer_batch_to_device(x, pl_module.device, 0)
+            needs_labels = any(get_proxy(n).needs_labels for n in self.names)
+            if y is None and needs_labels:
+                raise ValueError(f"ZeroCostProxies(names={self.names}): label-based proxies need (x, y) batches")
+            y = y.to(pl_module.device) if isinstance(y, torch.Tensor) else None
+            result = zero_cost_proxies(
+                pl_module,
+                x,
+                y,
+                names=self.names,
+                seed=self.seed,
+                layer_filter=self.layer_filter,
+                nan_policy=self.nan_policy,  # type: ignore[arg-type]
+                return_timings=True,
+            )
+            scores = {k: float(v) for k, v in result.items()}
+            self.computed_here = True
+            rank_zero_info(f"ZeroCostProxies: {', '.join(f'{n}={scores[n]:.4g}' for n in self.names)}")
+        scores = trainer.strategy.broadcast(scores, src=0)
+        assert scores is not None
+        self.scores = {n: scores[n] for n in self.names}
+        self.seconds = {n: scores[f"{n}_seconds"] for n in self.names}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Score from the datamodule's first batch (unless restored from a checkpoint)."""
+        if self.scores is None and trainer.datamodule is not None:
+            self._score(trainer, pl_module, trainer.datamodule.train_dataloader())
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Score from ``trainer.train_dataloader`` if not done yet; log ``zc/<name>`` and the W&B table."""
+        if self.scores is None:
+            self._score(trainer, pl_module, trainer.train_dataloader)
+        assert self.scores is not None
+        pl_module.log_dict(
+            {f"zc/{k}": float(v) for k, v in self.scores.items()}, on_step=False, on_epoch=True, sync_dist=False
+        )
+        if self.log_table and trainer.is_global_zero:
+            from lightning.pytorch.loggers import WandbLogger
+
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    rows = [[n, self.scores[n], self.seconds.get(n, float("nan"))] for n in self.names]
+                    logger.log_table(key="zc_proxies", columns=["proxy", "score", "seconds"], data=rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scores (``None`` before the first fit) and their timings."""
+        return {**super().state_dict(), "scores": self.scores, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the scores: a resumed run does not score again."""
+        scores = state_dict.get("scores")
+        if scores is not None and set(self.names) <= set(scores):  # else: other proxies requested, score again
+            self.scores = {n: scores[n] for n in self.names}
+            self.seconds = dict(state_dict.get("seconds", {}))

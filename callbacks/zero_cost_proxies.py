@@ -141,8 +141,9 @@ class ZeroCostProxies(LitmixCallback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Score from the datamodule's first batch (unless restored from a checkpoint)."""
-        if self.scores is None and trainer.datamodule is not None:
-            self._score(trainer, pl_module, trainer.datamodule.train_dataloader())
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.scores is None and datamodule is not None:
+            self._score(trainer, pl_module, datamodule.train_dataloader())
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Score from ``trainer.train_dataloader`` if not done yet; log ``zc/<name>`` and the W&B table."""

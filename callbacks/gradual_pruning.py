@@ -38,7 +38,8 @@ class GradualPruning(LitmixCallback):
     compression" (https://arxiv.org/abs/1710.01878): the sparsity follows
     ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3`` over optimizer steps ``t``; every
     ``every_n_steps`` steps between ``t0`` and ``t1`` the smallest-magnitude weights (globally or per layer)
-    are pruned up to ``s_t`` of the pruned parameters; the mask is fixed afterwards.
+    are pruned up to ``s_t`` of the pruned parameters; the mask is fixed afterwards. Masks only grow: pruned
+    weights stay pruned, and masks already on the module (from an earlier fit) are kept as a floor.
 
     Masks are persistent bool buffers ``<param>_mask`` on the owning module (``net.0.weight_mask``), created
     in ``setup(stage="fit")`` so they are saved with the model and restored by ``ckpt_path`` resume. There
@@ -236,6 +237,8 @@ class GradualPruning(LitmixCallback):
                 )
             names = list(dict.fromkeys(self.parameter_names))
         self._names = names
+        # a fresh fit starts the schedule afresh; on resume the checkpointed state is loaded after setup
+        self.last_update_step, self.last_applied_step, self.current_sparsity = -1, -1, 0.0
         for n in names:
             path, _, leaf = n.rpartition(".")
             owner = pl_module.get_submodule(path) if path else pl_module
@@ -275,6 +278,10 @@ class GradualPruning(LitmixCallback):
         if not self._is_update_step(step):
             return
         sparsity = cubic_sparsity(step, self._t0, self._t1, self.initial_sparsity, self.target_sparsity)
+        # masks never shrink: masks already on the module (e.g. from an earlier fit) are a floor
+        layers = [v for n, v in self._layer_sparsity.items() if n != "global"]
+        floor = self._layer_sparsity.get("global", 0.0) if self.scope == "global" else min(layers, default=0.0)
+        sparsity = max(sparsity, floor)
         entries = self._params(pl_module)
         new_masks = self._decide_masks(trainer, entries, sparsity)
         with torch.no_grad():
@@ -368,6 +375,10 @@ class GradualPruning(LitmixCallback):
         fig.tight_layout()
         logger.experiment.log({f"{self.log_prefix}/sparsity_per_layer": wandb.Image(fig), "trainer/global_step": step})
         plt.close(fig)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Drop the cached references to parameters (the mask buffers stay on the module)."""
+        self._dense_masks = []
 
     # ------------------------------------------------------------------ state and export
     def state_dict(self) -> dict[str, Any]:

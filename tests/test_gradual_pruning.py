@@ -447,3 +447,18 @@ def test_gradual_pruning_keeps_mnist_accuracy_at_90_percent(mnist_root):
     assert acc_dense > 0.95
     assert acc_pruned >= acc_dense - 0.015  # measured: -0.002 / +0.002 / +0.003
     assert acc_pruned >= acc_oneshot + 0.015  # measured: +0.070 / +0.031 / +0.073
+
+
+def test_second_fit_keeps_existing_masks_as_floor():
+    model = TinyClassifier()
+    cb = GradualPruning(0.5, start_step=2, end_step=4, every_n_steps=1)
+    fit_tiny([cb], module=model, max_steps=6)
+    first = model.net[0].weight_mask.clone()
+    assert sparsity_report(model)["global"] == 0.5
+    cb2 = GradualPruning(0.75, start_step=2, end_step=4, every_n_steps=1)
+    rec = Recorder(cb2)
+    fit_tiny([cb2, rec], module=model, max_steps=6)  # a new fit restarts the schedule from 0 ...
+    # step 2: the schedule says 0 < 0.5, so the old masks stay; step 3: 0.656 > 0.5; step 4: 0.75
+    assert [v for _, v in rec.history] == [0.5, 0.5, 0.5, 0.65625, 0.75, 0.75]  # never shrinks the masks
+    assert not (model.net[0].weight_mask & ~first).any()
+    assert rec.violations == 0

@@ -341,3 +341,18 @@ def test_analytic_params_kendall_all_cells(nb201):
     tau = kendalltau([nb201_param_count(a) for a in archs], [nb201[a].val_accuracy for a in archs])[0]
     assert tau == pytest.approx(0.538, abs=0.005)
     assert count_ops(archs[0])  # decoding sanity
+
+
+def test_epe_nas_reference():
+    net = mlp()
+    x, y = batch(n=12)
+    xg = x.clone().requires_grad_(True)
+    out = copy.deepcopy(net)(xg)
+    out.backward(torch.ones_like(out))
+    jac = xg.grad.numpy().astype(np.float64)
+    expect = 0.0
+    for c in np.unique(y.numpy()):
+        rows = jac[y.numpy() == c]
+        corr = np.corrcoef(rows) if len(rows) > 1 else np.ones((1, 1))
+        expect += abs(np.sum(np.log(np.abs(corr) + 1e-5)))
+    assert zero_cost_proxies(net, x, y, names=["epe_nas"])["epe_nas"] == pytest.approx(expect, rel=1e-6)

@@ -27,14 +27,14 @@ def _log(v: float) -> float:
 ACTIVATIONS: tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU)
 
 
-def input_jacobian(ctx: ProxyContext) -> Tensor:
-    """Per-sample input Jacobian of ``Σ_c f_c(x)`` (backward of ones), flattened to ``(B, D)``, float64."""
+def input_jacobian(ctx: ProxyContext) -> tuple[Tensor, Tensor]:
+    """Per-sample input Jacobian of ``Σ_c f_c(x)`` (backward of ones) flattened to ``(B, D)`` float64, and f(x)."""
     x = ctx.args[ctx.input_index()].detach().clone().requires_grad_(True)
     ctx.model.zero_grad(set_to_none=True)
     y = ctx.forward(ctx.with_input(x))
     y.backward(torch.ones_like(y))
     assert x.grad is not None
-    return x.grad.detach().reshape(x.shape[0], -1).double()
+    return x.grad.detach().reshape(x.shape[0], -1).double(), y.detach()
 
 
 @register_proxy("jacob_cov")
@@ -43,7 +43,7 @@ def jacob_cov(ctx: ProxyContext) -> float:
 
     NaN when a sample's Jacobian is constant (e.g. an all-``none`` NB201 cell); the NaN policy applies.
     """
-    corr = torch.corrcoef(input_jacobian(ctx))
+    corr = torch.corrcoef(input_jacobian(ctx)[0])
     if not bool(torch.isfinite(corr).all()):
         return math.nan
     v = torch.linalg.eigvalsh(corr)
@@ -57,10 +57,10 @@ def epe_nas(ctx: ProxyContext) -> float:
     With more than 100 output classes NASLib's variant is used: each s_c is divided by the class's sample count
     and the score is the mean over class pairs of |s_c − s_c'|.
     """
-    jac = input_jacobian(ctx)
+    jac, out = input_jacobian(ctx)
     assert ctx.targets is not None
     labels = ctx.targets.reshape(-1)
-    n_classes = int(ctx.forward().shape[-1])
+    n_classes = int(out.shape[-1])
     scores: list[Tensor] = []
     for c in torch.unique(labels):
         rows = jac[labels == c]

@@ -1,6 +1,15 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
 from litmix.callbacks.gradual_pruning import GradualPruning
+from litmix.callbacks.inference_cost import InferenceCostCallback
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
+from litmix.callbacks.save_init import SaveInitCallback
+from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
-__all__ = ["GradualPruning", "KnowledgeDistillation"]
+__all__ = [
+    "GradualPruning",
+    "InferenceCostCallback",
+    "KnowledgeDistillation",
+    "SaveInitCallback",
+    "ZeroCostProxies",
+]

@@ -2,6 +2,7 @@
 
 from litmix.datamodules.char_lm import CharLMDataModule
 from litmix.datamodules.digits import DigitsDataModule
+from litmix.datamodules.forget_retain import ForgetRetainDataModule
 from litmix.datamodules.mnist import MNISTDataModule
 
-__all__ = ["CharLMDataModule", "DigitsDataModule", "MNISTDataModule"]
+__all__ = ["CharLMDataModule", "DigitsDataModule", "ForgetRetainDataModule", "MNISTDataModule"]

@@ -323,6 +323,36 @@ def test_ddp_two_ranks_metrics_agree_with_single_process():
         assert abs(metrics[key] - single[key]) < 1e-5, key
 
 
+@pytest.mark.parametrize("base", ["digits", "mnist"])
+def test_lightning_cli_yaml_builds_module_and_datamodule(tmp_path, base, request):
+    pytest.importorskip("jsonargparse")
+    from lightning.pytorch.cli import LightningCLI
+
+    d_in = 64 if base == "digits" else 784
+    torch.save(nn.Sequential(nn.Linear(d_in, 10)), tmp_path / "net.pt")
+    data = f"  base: {base}\n  forget_classes: [3]\n  batch_size: 16\n"
+    if base == "mnist":
+        root = request.getfixturevalue("mnist_root")
+        data += f"  root: {root}\n  base_kwargs:\n    train_size: 300\n    val_size: 100\n    test_size: 200\n"
+    config = (
+        f"model:\n  model: {tmp_path / 'net.pt'}\n  method: npo\n  retain_loss: nll\n  cache_reference: true\n"
+        f"data:\n{data}"
+        "trainer:\n  max_steps: 2\n  accelerator: cpu\n  logger: false\n  enable_checkpointing: false\n"
+        "  enable_progress_bar: false\n  enable_model_summary: false\n  limit_val_batches: 0\n"
+    )
+    (tmp_path / "config.yaml").write_text(config)
+    cli = LightningCLI(
+        UnlearningModule,
+        ForgetRetainDataModule,
+        args=["fit", "--config", str(tmp_path / "config.yaml")],
+        save_config_callback=None,
+    )
+    assert cli.trainer.global_step == 2
+    assert cli.datamodule.forget_classes == [3]
+    assert isinstance(cli.model.model, nn.Sequential)
+    assert "unlearn/forget_loss" in cli.trainer.callback_metrics
+
+
 # ----------------------------------------------------------------------------- Hugging Face causal LM
 BOS, EOS, PAD, VOCAB = 256, 257, 258, 259
 

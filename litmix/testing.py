@@ -186,7 +186,8 @@ def assert_resume_matches(
         raise AssertionError(f"no first-epoch checkpoint written in {tmp / 'ckpt'}")
     pl.seed_everything(0, verbose=False)
     module_b = make_module()
-    resumed = make_trainer(callbacks=make_callbacks(), max_epochs=max_epochs)
+    ckpt_b = ModelCheckpoint(dirpath=tmp / "ckpt", save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
+    resumed = make_trainer(callbacks=[*make_callbacks(), ckpt_b], max_epochs=max_epochs, enable_checkpointing=True)
     resumed.fit(module_b, datamodule=make_datamodule(), ckpt_path=str(first[0]))
     if resumed.global_step != full.global_step:
         raise AssertionError(f"resumed global_step {resumed.global_step} != uninterrupted {full.global_step}")

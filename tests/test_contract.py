@@ -67,7 +67,8 @@ def test_callback_state_key_is_per_instance(cls):
 
 @pytest.mark.parametrize("cls", PLUGINS, ids=_ids(PLUGINS))
 def test_module_contract(cls):
-    module, datamodule = cls.example()
+    example = cls.example()
+    module, datamodule = example if isinstance(example, tuple) else (example, cls.example_datamodule())
     pickle.loads(pickle.dumps(module))
     trainer = litmix.testing.make_trainer(max_steps=2)
     trainer.fit(module, datamodule=datamodule)

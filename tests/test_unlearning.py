@@ -291,6 +291,16 @@ def test_resume_matches_uninterrupted(tmp_path, cache):
 class RankCheckModule(UnlearningModule):
     """Logs the spread across ranks of the synced metrics and of the reference cache (0 = ranks agree)."""
 
+    def training_step(self, batch, batch_idx):
+        self._seen = [*getattr(self, "_seen", []), batch["index"]]
+        return super().training_step(batch, batch_idx)
+
+    def on_train_epoch_end(self):
+        gathered = self.all_gather(torch.cat(self._seen))  # [world, 7]: each rank's forget positions
+        self._seen = []
+        self.log("check/train_items", float(gathered.numel()))
+        self.log("check/train_unique", float(gathered.unique().numel()))
+
     def _log_eval(self):
         values = [cast(IndexedMean, self.accuracy[s]).compute() for s in ("forget", "retain", "test")]
         values += [self.mia_auc.compute(), self.ref_nll_cache.float().sum()]
@@ -308,6 +318,8 @@ def test_ddp_two_ranks_metrics_agree_with_single_process():
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert metrics["check/world_size"] == 2.0
     assert metrics["check/rank_spread"] == 0.0
+    assert metrics["check/train_items"] == 14.0  # 13 forget items, padded to 7 per rank
+    assert metrics["check/train_unique"] == 13.0  # the ranks' shards cover the forget set
     for key in ("unlearn/forget_acc", "unlearn/retain_acc", "unlearn/test_acc", "unlearn/mia_auc", "unlearn/loss"):
         assert key in metrics, key
     single = make_trainer(limit_val_batches=1.0).validate(

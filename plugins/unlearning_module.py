@@ -108,7 +108,8 @@ class UnlearningModule(pl.LightningModule):
     optimizer, the state_dict and DDP. With ``cache_reference=True`` (NPO) the reference NLL of every
     forget item is computed once in ``on_fit_start`` on rank 0, broadcast, and the reference model is
     dropped (kept if ``retain_loss="kl"``). Dropout in the wrapped model makes step 0 differ from
-    ``(2/beta) log 2``; put the model in eval mode or use none.
+    ``(2/beta) log 2``; Lightning keeps the wrapped model's train/eval mode (``from_pretrained`` returns
+    eval mode), so a model in eval mode is unlearned without dropout.
 
     Metrics (validation and test; loaders named by the datamodule's ``val_loader_names``, default
     forget, retain, test, holdout): ``unlearn/{split}_acc`` (token accuracy for LMs) and

@@ -158,6 +158,15 @@ class ProxyFeatureDataModule(pl.LightningDataModule):
         self._targets = targets
         self.archs = archs
 
+    @classmethod
+    def example(cls) -> tuple[pl.LightningModule, ProxyFeatureDataModule]:
+        """A tiny ``(ParZCPredictor, ProxyFeatureDataModule)`` pair on synthetic features (for contract tests)."""
+        from litmix.plugins.parzc_predictor import ParZCPredictor  # lazy: example only
+
+        module, dm = ParZCPredictor.example()
+        assert isinstance(dm, ProxyFeatureDataModule)
+        return module, dm
+
     @staticmethod
     def save(
         path: str | os.PathLike[str], features: Tensor, targets: Tensor, archs: Sequence[str] | None = None

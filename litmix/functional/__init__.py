@@ -1,1 +1,36 @@
-"""Pure-tensor algorithms behind the litmix plugins, one module per method family."""
+"""Pure-tensor algorithms behind the litmix plugins, one module per method family.
+
+The most used entry points are re-exported here; the family modules hold the rest
+(:mod:`litmix.functional.distillation`, :mod:`~litmix.functional.sparsity`, :mod:`~litmix.functional.proxies`,
+:mod:`~litmix.functional.unlearning`, ...).
+"""
+
+from litmix.functional.distillation import kd_loss, top1_agreement
+from litmix.functional.proxies import (
+    ProxyContext,
+    ProxySpec,
+    get_proxy,
+    list_proxies,
+    register_proxy,
+    resolve_layer_filter,
+    zero_cost_proxies,
+)
+from litmix.functional.sparsity import cubic_sparsity, magnitude_masks, mask_optimizer_state, sparsity_report
+from litmix.functional.unlearning import npo_loss
+
+__all__ = [
+    "ProxyContext",
+    "ProxySpec",
+    "cubic_sparsity",
+    "get_proxy",
+    "kd_loss",
+    "list_proxies",
+    "magnitude_masks",
+    "mask_optimizer_state",
+    "npo_loss",
+    "register_proxy",
+    "resolve_layer_filter",
+    "sparsity_report",
+    "top1_agreement",
+    "zero_cost_proxies",
+]

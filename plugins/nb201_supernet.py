@@ -47,7 +47,8 @@ class NB201SupernetModule(pl.LightningModule):
     Optimiser: SGD (Nesterov) with a per-step cosine schedule over ``trainer.estimated_stepping_batches``,
     gradient-norm clipping at ``grad_clip``. Validation logs ``supernet/val_acc`` of code ``eval_code`` (or of a
     fixed random code per batch when None). :meth:`subnet_accuracy` ranks architectures by inherited weights.
-    PA&DA statistics and probabilities are buffers, so they are checkpointed.
+    PA&DA statistics and probabilities are buffers, so they are checkpointed. Only the sampled path's weights
+    get gradients, so DDP needs ``DDPStrategy(find_unused_parameters=True)``.
 
     Args:
         C: channels of the first stage (> 0).

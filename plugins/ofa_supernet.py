@@ -54,6 +54,7 @@ class OFASupernetModule(pl.LightningModule):
         kd_temperature: distillation temperature (> 0).
         lr: Adam learning rate (> 0).
         seed: base seed of the subnet sequence (>= 0).
+        sandwich: make the last subnet of each step the smallest allowed one (BigNAS sandwich rule).
 
     Raises:
         ValueError: for out-of-range arguments.
@@ -80,6 +81,7 @@ class OFASupernetModule(pl.LightningModule):
         kd_temperature: float = 1.0,
         lr: float = 3e-3,
         seed: int = 0,
+        sandwich: bool = True,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -101,7 +103,7 @@ class OFASupernetModule(pl.LightningModule):
         self.head = _ElasticLinear(hidden[-1], num_classes)
         self.hidden, self.width_ratios, self.num_classes = hidden, ratios, num_classes
         self.num_subnets, self.kd_ratio, self.kd_temperature = num_subnets, kd_ratio, kd_temperature
-        self.lr, self.seed = lr, seed
+        self.lr, self.seed, self.sandwich = lr, seed, sandwich
         self.width_lower_bound = min(ratios)
         self.subnet_scale = 1.0
         self.sampled_log: list[tuple[int, float, tuple[int, ...]]] = []  # (step, lower bound, widths); last 10k
@@ -132,8 +134,13 @@ class OFASupernetModule(pl.LightningModule):
         return tuple(max(1, round(r * h)) for r, h in zip(ratios, self.hidden, strict=True))
 
     def sample_widths(self, step: int, k: int = 0) -> tuple[int, ...]:
-        """Per-layer widths of subnet ``k`` at ``step``, drawn among ratios >= ``width_lower_bound``."""
+        """Per-layer widths of subnet ``k`` at ``step``, drawn among ratios >= ``width_lower_bound``.
+
+        With ``sandwich`` the last subnet (``k = num_subnets - 1``) is the smallest allowed one.
+        """
         allowed = width_choices_allowed(self.width_ratios, self.width_lower_bound)
+        if self.sandwich and k == self.num_subnets - 1:
+            return self.widths_of([allowed[0]] * len(self.hidden))
         gen = make_generator(self.seed, step, k)
         picks = torch.randint(len(allowed), (len(self.hidden),), generator=gen).tolist()
         return self.widths_of([allowed[i] for i in picks])

@@ -1,0 +1,119 @@
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader
+
+from litmix.callbacks.pada_sampler import PADASampling, _WeightedIndexSampler
+from litmix.datamodules.digits import DigitsDataModule
+from litmix.functional.nas_sampling import pada_data_probs, pada_op_probs, softmax_ce_grad_norm
+from litmix.plugins.nb201_supernet import NB201SupernetModule
+from litmix.testing import (
+    TinyClassifier,
+    TinyDataModule,
+    assert_resume_matches,
+    assert_state_roundtrip,
+    make_trainer,
+    run_ddp,
+)
+
+
+def test_data_probs_sum_to_one_and_ramp():
+    g = torch.rand(100, generator=torch.Generator().manual_seed(0))
+    for tau in (0.0, 0.3, 1.0):
+        p = pada_data_probs(g, tau)
+        assert float(p.sum()) == pytest.approx(1.0)
+    assert torch.allclose(pada_data_probs(g, 0.0), torch.full((100,), 0.01))
+    assert torch.allclose(pada_data_probs(g, 1.0), g / g.sum())
+    spread = [float(pada_data_probs(g, t).std()) for t in (0.0, 0.25, 0.5, 1.0)]
+    assert spread == sorted(spread)
+    with pytest.raises(ValueError, match="tau"):
+        pada_data_probs(g, 1.5)
+
+
+def test_op_probs_reference_and_quirk():
+    norm_sum = torch.tensor([[0.0, 0.0, 6.0, 2.0, 0.0]])
+    counts = torch.tensor([[3.0, 2.0, 3.0, 2.0, 1.0]])
+    p = pada_op_probs(norm_sum, counts, 0.5)
+    # means: conv3x3 2, conv1x1 1 -> shares 2/3, 1/3
+    expected = 0.5 * torch.tensor([[0.0, 0.0, 2 / 3, 1 / 3, 0.0]]) + 0.5 / 5
+    assert torch.allclose(p, expected)
+    assert float(pada_op_probs(norm_sum, counts, 1.0)[0, [0, 1, 4]].sum()) == 0.0
+
+
+def test_grad_norm_matches_autograd():
+    logits = torch.randn(5, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    torch.nn.functional.cross_entropy(logits, y, reduction="sum").backward()
+    assert torch.allclose(softmax_ce_grad_norm(logits, y), logits.grad.norm(dim=-1), atol=1e-6)
+
+
+def test_sampler_draws_high_importance_samples_more():
+    probs = pada_data_probs(torch.tensor([1.0] * 9 + [9.0]), 1.0)
+    sampler = _WeightedIndexSampler(probs, seed=0)
+    draws = torch.tensor([i for e in range(50) for i in (sampler.set_epoch(e) or list(sampler))])
+    freq = torch.bincount(draws, minlength=10).double() / len(draws)
+    assert abs(float(freq[9]) - 0.5) < 0.03
+    sampler.set_epoch(3)
+    first = list(sampler)
+    assert first == list(sampler)  # same (seed, epoch) -> same draws
+
+
+def test_callback_concentrates_on_hard_samples():
+    cb = PADASampling()
+    module = TinyClassifier()
+    make_trainer(callbacks=[cb], max_epochs=3).fit(module, datamodule=TinyDataModule())
+    assert float(cb.probs.sum()) == pytest.approx(1.0)
+    # after the last epoch tau = 1: p is proportional to the last epoch's gradient norms
+    assert torch.allclose(cb.probs, cb.importance / cb.importance.sum())
+    order = cb.importance.argsort()
+    assert float(cb.probs[order[-8:]].mean()) > 2 * float(cb.probs[order[:8]].mean())
+    assert_state_roundtrip(cb)
+
+
+def test_needs_a_datamodule():
+    dm = TinyDataModule()
+    with pytest.raises(MisconfigurationException, match="datamodule"):
+        make_trainer(callbacks=[PADASampling()], max_steps=1).fit(TinyClassifier(), dm.train_dataloader())
+    with pytest.raises(ValueError, match="tau_max"):
+        PADASampling(tau_max=2.0)
+
+
+class _Digits(DigitsDataModule):
+    def train_dataloader(self):
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=False)
+
+
+def test_resume_matches_with_module(tmp_path):
+    assert_resume_matches(
+        lambda: [PADASampling(seed=1)],
+        lambda: NB201SupernetModule(C=4, N=1, in_channels=1, reduction="light", path_sampling="pada"),
+        lambda: _Digits(batch_size=16, flatten=False, train_size=48),
+        tmp_path,
+        max_epochs=3,
+    )
+
+
+class _ProbsConsistency(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        cb = next(c for c in trainer.callbacks if isinstance(c, PADASampling))
+        probs = cb.probs.float().to(pl_module.device)
+        gathered = pl_module.all_gather(probs)
+        pl_module.log("test/probs_mismatch", float((gathered - gathered[0]).abs().max()), reduce_fx="max")
+        pl_module.log("test/probs_spread", float(probs.max() - probs.min()), reduce_fx="max")
+
+
+@pytest.mark.ddp
+def test_ddp_probabilities_identical_across_ranks():
+    trainer = run_ddp(
+        [PADASampling(), _ProbsConsistency()],
+        NB201SupernetModule(C=4, N=1, in_channels=1, reduction="light", path_sampling="pada"),
+        DigitsDataModule(batch_size=8, flatten=False, train_size=64),
+        strategy=DDPStrategy(start_method="fork", find_unused_parameters=True),
+        max_epochs=3,
+        max_steps=-1,
+    )
+    assert trainer.state.finished
+    assert float(trainer.callback_metrics["test/probs_mismatch"]) == 0.0
+    assert float(trainer.callback_metrics["test/probs_spread"]) > 0.0

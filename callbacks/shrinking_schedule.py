@@ -54,6 +54,8 @@ class ShrinkingSchedule(LitmixCallback):
         >>> from litmix.testing import make_trainer
         >>> module, dm = ShrinkingSchedule.example_module(), ShrinkingSchedule.example_datamodule()
         >>> make_trainer(max_steps=8, callbacks=[ShrinkingSchedule(start_frac=0.5)]).fit(module, datamodule=dm)
+        >>> module.sampled_log[-1][1] < 1.0  # the space has opened by the last step
+        True
         >>> [lb for step, lb, _ in module.sampled_log if step < 4] == [1.0] * 4
         True
     """
@@ -86,17 +88,13 @@ class ShrinkingSchedule(LitmixCallback):
 
     @classmethod
     def example_module(cls) -> pl.LightningModule:
-        """A tiny :class:`~litmix.plugins.OFASupernetModule` (imported lazily: callbacks import only the core)."""
+        """A tiny :class:`~litmix.plugins.OFASupernetModule` for :class:`~litmix.testing.TinyDataModule`.
+
+        Imported lazily: callbacks import only the core at module level.
+        """
         from litmix.plugins.ofa_supernet import OFASupernetModule
 
-        return OFASupernetModule.example()[0]
-
-    @classmethod
-    def example_datamodule(cls) -> pl.LightningDataModule:
-        """The module example's digits."""
-        from litmix.plugins.ofa_supernet import OFASupernetModule
-
-        return OFASupernetModule.example()[1]
+        return OFASupernetModule(in_features=8, hidden=[16, 16], num_classes=4, lr=1e-2)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Check that the module is an elastic supernet."""

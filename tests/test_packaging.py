@@ -44,8 +44,14 @@ def test_all_matches_registry(kind):
 
 
 def test_no_second_copy_from_folder_names():
-    assert "callbacks" not in sys.modules
-    assert "plugins" not in sys.modules
+    code = "import sys, litmix; litmix.load_all(); print(sorted({'callbacks', 'plugins', 'datamodules'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
+
+
+def test_registry_holds_the_canonical_classes():
+    for info in litmix.list_plugins():
+        assert info.cls.__module__.startswith("litmix."), info
 
 
 def test_cli_lists_plugins():

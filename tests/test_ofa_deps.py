@@ -106,16 +106,16 @@ def test_ddp_ranks_sample_identical_subnets():
 def test_ofa_deps_largest_and_smallest_subnets_accurate(seed):
     """P17 on digits with the DεpS schedule (subnets only in the second half of training).
 
-    Measured (seeds 0, 1, 2): largest 0.965 / 0.959 / 0.972, smallest (2 x 32 units) 0.892 / 0.913 / 0.928.
-    The catalogue's "smallest > 0.9" missed on seed 0, so the smallest-subnet floor is 0.85.
+    Measured (seeds 0, 1, 2, DεpS defaults, 30 epochs): largest 0.965 / 0.972 / 0.978, smallest (2 x 32 units)
+    0.918 / 0.926 / 0.937. (With 15 epochs, grow/eps 0.1 the smallest reached 0.892 / 0.913 / 0.928.)
     """
     pl.seed_everything(seed, verbose=False)
     dm = DigitsDataModule(batch_size=64, seed=seed)
     module = OFASupernetModule(hidden=[128, 128], lr=3e-3, seed=seed)
-    make_trainer(max_epochs=15, callbacks=[ShrinkingSchedule(grow_frac=0.1, eps_frac=0.1)]).fit(module, datamodule=dm)
+    make_trainer(max_epochs=30, callbacks=[ShrinkingSchedule()]).fit(module, datamodule=dm)
     smallest = module.widths_of([module.min_width_ratio] * 2)
     acc_max = module.subnet_accuracy(None, dm.val_dataloader())
     acc_min = module.subnet_accuracy(smallest, dm.val_dataloader())
     print(f"seed {seed}: largest {acc_max:.3f} smallest {acc_min:.3f}")
-    assert acc_max > 0.93
-    assert acc_min > 0.85
+    assert acc_max > 0.94
+    assert acc_min > 0.9

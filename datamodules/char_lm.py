@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from litmix.data import EpochShuffleSampler
 from litmix.registry import register
 
 
@@ -107,9 +108,9 @@ class CharLMDataModule(pl.LightningDataModule):
         self.val_dataset = _Windows(ids[-n_val:], self.block_size, self.block_size)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled non-overlapping windows."""
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=gen)
+        """Shuffled non-overlapping windows; the order depends only on (seed, epoch)."""
+        sampler = EpochShuffleSampler(len(self.train_dataset), seed=self.seed)  # type: ignore[arg-type]
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         """Validation windows."""

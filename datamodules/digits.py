@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from litmix.data import IndexedDataset, stratified_split
+from litmix.data import EpochShuffleSampler, IndexedDataset, stratified_split
 from litmix.registry import register
 
 
@@ -76,9 +76,9 @@ class DigitsDataModule(pl.LightningDataModule):
         self.val_dataset = Subset(self.full_dataset, val_idx.tolist())
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (seeded)."""
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=gen)
+        """Shuffled training batches; the order depends only on (seed, epoch), so resumed runs match."""
+        sampler = EpochShuffleSampler(len(self.train_dataset), seed=self.seed)  # type: ignore[arg-type]
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches."""

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from litmix.data import IndexedDataset, stratified_split
+from litmix.data import EpochShuffleSampler, IndexedDataset, stratified_split
 from litmix.registry import register
 
 MNIST_FILES = (
@@ -133,9 +133,9 @@ class MNISTDataModule(pl.LightningDataModule):
         self.test_dataset = IndexedDataset(TensorDataset(tx, ty))
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (seeded)."""
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=gen)
+        """Shuffled training batches; the order depends only on (seed, epoch), so resumed runs match."""
+        sampler = EpochShuffleSampler(len(self.train_dataset), seed=self.seed)  # type: ignore[arg-type]
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches."""

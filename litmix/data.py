@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -77,3 +77,32 @@ def stratified_split(targets: Tensor, fraction: float, seed: int = 0) -> tuple[T
         first.append(idx[:k])
         second.append(idx[k:])
     return torch.cat(first).sort().values, torch.cat(second).sort().values
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """Random order that depends only on ``(seed, epoch)``, so a resumed run sees the same batches.
+
+    Lightning calls :meth:`set_epoch` at the start of every training epoch (as for a ``DistributedSampler``);
+    a plain ``shuffle=True`` DataLoader would instead continue one generator, which a resumed run cannot
+    reproduce.
+
+    Example:
+        >>> s = EpochShuffleSampler(5, seed=0)
+        >>> first = list(s); s.set_epoch(1); second = list(s); s.set_epoch(0)
+        >>> first == list(s), first != second, sorted(second)
+        (True, True, [0, 1, 2, 3, 4])
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=gen).tolist())

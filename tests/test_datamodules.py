@@ -92,3 +92,11 @@ def test_char_lm_errors(tmp_path):
         CharLMDataModule(str(short), block_size=8)
     with pytest.raises(ValueError, match="block_size"):
         CharLMDataModule(str(short), block_size=0)
+
+
+def test_shuffled_digits_resume_matches_uninterrupted(tmp_path):
+    from litmix.testing import TinyClassifier, assert_resume_matches
+
+    assert_resume_matches(
+        lambda: [], lambda: TinyClassifier(64, 16, 10), lambda: DigitsDataModule(batch_size=256), tmp_path
+    )

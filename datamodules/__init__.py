@@ -4,5 +4,12 @@ from litmix.datamodules.char_lm import CharLMDataModule
 from litmix.datamodules.digits import DigitsDataModule
 from litmix.datamodules.forget_retain import ForgetRetainDataModule
 from litmix.datamodules.mnist import MNISTDataModule
+from litmix.datamodules.proxy_features import ProxyFeatureDataModule
 
-__all__ = ["CharLMDataModule", "DigitsDataModule", "ForgetRetainDataModule", "MNISTDataModule"]
+__all__ = [
+    "CharLMDataModule",
+    "DigitsDataModule",
+    "ForgetRetainDataModule",
+    "MNISTDataModule",
+    "ProxyFeatureDataModule",
+]

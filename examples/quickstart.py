@@ -15,6 +15,7 @@ Every phase logs to Weights & Biases (offline unless WANDB_MODE says otherwise) 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -39,7 +40,7 @@ class MLPClassifier(pl.LightningModule):
         self.save_hyperparameters()
         sizes = [784, *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], 10))
         self.lr = lr
@@ -121,7 +122,12 @@ def main() -> None:
     proxies = ZeroCostProxies(names=["synflow", "snip", "grad_norm", "naswot", "params", "flops"])
     pruning = GradualPruning(target_sparsity=args.sparsity, start_fraction=0.1, end_fraction=0.7, every_n_steps=20)
     kd = KnowledgeDistillation(teacher, temperature=4.0, weight=0.9)
-    trainer = pl.Trainer(max_epochs=args.epochs, callbacks=[proxies, kd, pruning], logger=loggers(out, "student", use_wandb), **trainer_kw)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        callbacks=[proxies, kd, pruning],
+        logger=loggers(out, "student", use_wandb),
+        **trainer_kw,
+    )
     trainer.fit(student, datamodule=mnist)
     times["distil+prune+score"] = time.perf_counter() - t0
     student_acc = accuracy(student, mnist.test_dataloader())
@@ -130,12 +136,18 @@ def main() -> None:
 
     # 3. unlearn one class from the pruned student, keeping its sparsity
     t0 = time.perf_counter()
-    forget = ForgetRetainDataModule(mnist, forget_classes=[args.forget_class], batch_size=64, eval_retain_size=2000, seed=args.seed)
+    forget = ForgetRetainDataModule(
+        mnist, forget_classes=[args.forget_class], batch_size=64, eval_retain_size=2000, seed=args.seed
+    )
     unlearn = UnlearningModule(student.net, method="npo", retain_loss="nll", beta=0.1, lr=1e-3, cache_reference=True)
-    keep_sparse = GradualPruning(target_sparsity=args.sparsity, initial_sparsity=args.sparsity, start_step=0, end_step=1, every_n_steps=1)
+    keep_sparse = GradualPruning(
+        target_sparsity=args.sparsity, initial_sparsity=args.sparsity, start_step=0, end_step=1, every_n_steps=1
+    )
     forget.setup("fit")
     before = pl.Trainer(logger=False, **trainer_kw).validate(unlearn, datamodule=forget, verbose=False)
-    pl.Trainer(max_epochs=2, callbacks=[keep_sparse], logger=loggers(out, "unlearn", use_wandb), **trainer_kw).fit(unlearn, datamodule=forget)
+    pl.Trainer(max_epochs=2, callbacks=[keep_sparse], logger=loggers(out, "unlearn", use_wandb), **trainer_kw).fit(
+        unlearn, datamodule=forget
+    )
     after = pl.Trainer(logger=False, **trainer_kw).validate(unlearn, datamodule=forget, verbose=False)
     times["unlearn"] = time.perf_counter() - t0
 
@@ -147,9 +159,15 @@ def main() -> None:
         "student test accuracy (distilled, pruned)": student_acc,
         "student sparsity": sparsity,
         **{f"proxy {k}": v for k, v in proxies.scores.items()},
-        "forget accuracy before/after unlearning": (metric(before, "unlearn/forget_acc"), metric(after, "unlearn/forget_acc")),
+        "forget accuracy before/after unlearning": (
+            metric(before, "unlearn/forget_acc"),
+            metric(after, "unlearn/forget_acc"),
+        ),
         "retain accuracy before/after": (metric(before, "unlearn/retain_acc"), metric(after, "unlearn/retain_acc")),
-        "test accuracy (retained classes) before/after": (metric(before, "unlearn/test_acc"), metric(after, "unlearn/test_acc")),
+        "test accuracy (retained classes) before/after": (
+            metric(before, "unlearn/test_acc"),
+            metric(after, "unlearn/test_acc"),
+        ),
         "MIA AUC before/after": (metric(before, "unlearn/mia_auc"), metric(after, "unlearn/mia_auc")),
         **{f"wall time {k} (s)": v for k, v in times.items()},
         "wall time total (s)": sum(times.values()),

@@ -44,7 +44,10 @@ def test_all_matches_registry(kind):
 
 
 def test_no_second_copy_from_folder_names():
-    code = "import sys, litmix; litmix.load_all(); print(sorted({'callbacks', 'plugins', 'datamodules'} & set(sys.modules)))"
+    code = (
+        "import sys, litmix; litmix.load_all(); "
+        "print(sorted({'callbacks', 'plugins', 'datamodules'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
 

@@ -2,5 +2,6 @@
 
 from litmix.metrics.indexed_mean import IndexedMean
 from litmix.metrics.mia_auc import MembershipInferenceAUC
+from litmix.metrics.robust_fidelity import RobustFidelity
 
-__all__ = ["IndexedMean", "MembershipInferenceAUC"]
+__all__ = ["IndexedMean", "MembershipInferenceAUC", "RobustFidelity"]

@@ -1,5 +1,7 @@
 """Neural architecture search spaces and offline ground truth (NAS-Bench-201)."""
 
+from litmix.nas.gm_split import GradientMatchingSplitter
+from litmix.nas.losses import DiffKendallLoss
 from litmix.nas.nb201 import (
     DATASETS,
     EDGES,
@@ -22,26 +24,43 @@ from litmix.nas.nb201 import (
     nb201_param_count,
     parse_code,
 )
+from litmix.nas.rank_metrics import best_rank_at_k, kendall_tau, pearson_r, precision_at_k, rank_report, spearman_rho
+from litmix.nas.ranker import ProxyRanker
+from litmix.nas.robot import RoBoTResult, RoBoTSearch, minmax_normalize
+from litmix.nas.supernet import NB201Supernet
 
 __all__ = [
     "DATASETS",
     "EDGES",
     "NUM_CELLS",
     "OPS",
+    "DiffKendallLoss",
+    "GradientMatchingSplitter",
     "NB201Cell",
     "NB201Network",
     "NB201Record",
+    "NB201Supernet",
     "Pooling",
+    "ProxyRanker",
     "ReLUConvBN",
     "ResNetBasicBlock",
+    "RoBoTResult",
+    "RoBoTSearch",
     "Zero",
     "all_codes",
     "arch_to_code",
+    "best_rank_at_k",
     "build_nb201_network",
     "code_to_arch",
     "count_ops",
+    "kendall_tau",
     "load_nb201",
     "make_op",
+    "minmax_normalize",
     "nb201_param_count",
     "parse_code",
+    "pearson_r",
+    "precision_at_k",
+    "rank_report",
+    "spearman_rho",
 ]

@@ -1,6 +1,6 @@
 """litmix quickstart: distil + prune + score + unlearn on MNIST in one script (< 5 min on 2 CPU cores).
 
-1. a teacher MLP is trained briefly;
+1. a teacher MLP is trained briefly (and, for reference, the student alone);
 2. a small student is distilled from it (KnowledgeDistillation) while GradualPruning takes it to 80 %
    sparsity and ZeroCostProxies scores it at fit start -- three callbacks in one Trainer;
 3. one class is unlearned from the pruned student with NPO + a retain term (UnlearningModule on a
@@ -86,8 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data", help="folder holding mnist/ (the offline data sets)")
     parser.add_argument("--out", default="runs/quickstart", help="where logs, checkpoints and the summary go")
-    parser.add_argument("--train-size", type=int, default=20000, help="MNIST training images used")
-    parser.add_argument("--epochs", type=int, default=3, help="student epochs")
+    parser.add_argument("--train-size", type=int, default=None, help="MNIST training images used (default: all)")
+    parser.add_argument("--teacher-epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5, help="student epochs")
     parser.add_argument("--forget-class", type=int, default=3)
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--no-wandb", action="store_true", help="log to CSV only")
@@ -112,12 +113,25 @@ def main() -> None:
     # 1. teacher
     t0 = time.perf_counter()
     teacher = MLPClassifier([512, 256])
-    pl.Trainer(max_epochs=2, logger=loggers(out, "teacher", use_wandb), **trainer_kw).fit(teacher, datamodule=mnist)
+    pl.Trainer(max_epochs=args.teacher_epochs, logger=loggers(out, "teacher", use_wandb), **trainer_kw).fit(
+        teacher, datamodule=mnist
+    )
     times["teacher"] = time.perf_counter() - t0
     teacher_acc = accuracy(teacher, mnist.test_dataloader())
 
+    # reference: the same student trained alone, dense
+    t0 = time.perf_counter()
+    pl.seed_everything(args.seed, verbose=False)
+    alone = MLPClassifier([128])
+    pl.Trainer(max_epochs=args.epochs, logger=loggers(out, "student-alone", use_wandb), **trainer_kw).fit(
+        alone, datamodule=mnist
+    )
+    times["student alone"] = time.perf_counter() - t0
+    alone_acc = accuracy(alone, mnist.test_dataloader())
+
     # 2. student: distil + prune + score, three callbacks in one Trainer
     t0 = time.perf_counter()
+    pl.seed_everything(args.seed, verbose=False)
     student = MLPClassifier([128])
     proxies = ZeroCostProxies(names=["synflow", "snip", "grad_norm", "naswot", "params", "flops"])
     pruning = GradualPruning(target_sparsity=args.sparsity, start_fraction=0.1, end_fraction=0.7, every_n_steps=20)
@@ -156,6 +170,7 @@ def main() -> None:
 
     summary = {
         "teacher test accuracy": teacher_acc,
+        "student alone test accuracy (dense)": alone_acc,
         "student test accuracy (distilled, pruned)": student_acc,
         "student sparsity": sparsity,
         **{f"proxy {k}": v for k, v in proxies.scores.items()},

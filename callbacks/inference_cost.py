@@ -37,7 +37,8 @@ class InferenceCostCallback(LitmixCallback):
     broadcasts the fit. Logged through ``trainer.logger.log_metrics``: ``inference_cost/per_token_s``
     (``g``), ``inference_cost/prompt_intercept_s``, ``inference_cost/prompt_slope_s`` (seconds per prompt
     token), ``inference_cost/r2`` and ``inference_cost/reference_runtime_s`` (idealised runtime of
-    ``reference_query``). The fit is kept in :attr:`cost_model` and in the checkpoint.
+    ``reference_query``). The fit is kept in :attr:`cost_model` and in the checkpoint, with the prompt pool (a
+    resumed run profiles with the prompts of the original first batch).
 
     Args:
         prompt_lengths: prompt lengths ``p`` to profile (each >= 1).
@@ -187,14 +188,20 @@ class InferenceCostCallback(LitmixCallback):
         return self.cost_model
 
     def state_dict(self) -> dict[str, Any]:
-        """The fitted cost model (so a resumed run still reports it)."""
+        """The fitted cost model (so a resumed run still reports it) and the prompt pool (same prompts)."""
         m = self.cost_model
-        return {**super().state_dict(), "cost_model": None if m is None else m.__dict__.copy()}
+        return {
+            **super().state_dict(),
+            "cost_model": None if m is None else m.__dict__.copy(),
+            "prompt_pool": self._prompt_pool,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         m = state_dict.get("cost_model")
         self.cost_model = None if m is None else CostModel(**m)
+        pool = state_dict.get("prompt_pool")
+        self._prompt_pool = None if pool is None else pool.detach().cpu().clone()
 
 
 class _TinyTokenLM(pl.LightningModule):

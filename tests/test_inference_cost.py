@@ -4,11 +4,19 @@ import time
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from litmix.callbacks.inference_cost import InferenceCostCallback
+from litmix.callbacks.inference_cost import InferenceCostCallback, _TinyTokenLM
 from litmix.functional.inference_cost import fit_cost_model, profile_grid
-from litmix.testing import TinyDataModule, assert_resume_matches, assert_state_roundtrip, fit_tiny, make_trainer
+from litmix.testing import (
+    TinyDataModule,
+    assert_resume_matches,
+    assert_state_roundtrip,
+    fit_tiny,
+    make_trainer,
+    run_ddp,
+)
 
 
 def test_fit_recovers_piecewise_linear_prompt_cost():
@@ -79,6 +87,108 @@ def test_resume_matches(tmp_path):
         TinyDataModule,
         tmp_path,
     )
+
+
+class _TokenDataModule(pl.LightningDataModule):
+    """Integer token sequences ``(x, y, index)`` so that prompts come from the training batches."""
+
+    def train_dataloader(self):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 8, (32, 8), generator=gen)
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, torch.zeros(32, dtype=torch.long), torch.arange(32)), batch_size=8
+        )
+
+
+class _SeesRestoredState(Callback):
+    """Records the callback's cost model and prompt pool when training (re)starts, before any profiling."""
+
+    def __init__(self, cb):
+        self.cb = cb
+        self.at_start = None
+
+    def on_train_start(self, trainer, pl_module):
+        pool = self.cb._prompt_pool
+        self.at_start = (self.cb.cost_model, None if pool is None else pool.clone())
+
+
+class _Forgetful(InferenceCostCallback):
+    """Negative control: ignores its checkpoint state."""
+
+    def load_state_dict(self, state_dict):
+        pass
+
+
+@pytest.mark.parametrize(("cls", "restores"), [(InferenceCostCallback, True), (_Forgetful, False)])
+def test_resume_after_fit_restores_cost_model_and_prompts(tmp_path, cls, restores):
+    cb = InferenceCostCallback.example()
+    trainer = make_trainer(callbacks=[cb], max_steps=2)
+    trainer.fit(InferenceCostCallback.example_module(), datamodule=_TokenDataModule())
+    ckpt = tmp_path / "after_fit.ckpt"
+    trainer.save_checkpoint(ckpt)
+    assert cb.cost_model is not None
+    assert cb._prompt_pool is not None
+
+    fresh = cls.example()
+    probe = _SeesRestoredState(fresh)
+    resumed = make_trainer(callbacks=[fresh, probe], max_steps=4)
+    resumed.fit(InferenceCostCallback.example_module(), datamodule=_TokenDataModule(), ckpt_path=str(ckpt))
+    model, pool = probe.at_start
+    assert (model == cb.cost_model) == restores
+    assert (pool is not None and torch.equal(pool, cb._prompt_pool)) == restores
+    if restores:  # the re-profiling at the end of the resumed run used the original prompts
+        assert torch.equal(fresh._prompt_pool, cb._prompt_pool)
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+class _SlowerOnRank1(_TinyTokenLM):
+    """Every forward costs 2 ms more on rank 1, so that locally fitted cost models surely differ."""
+
+    def forward(self, idx):
+        if self._trainer is not None and self.trainer.global_rank == 1:
+            time.sleep(0.002)
+        return super().forward(idx)
+
+
+class _ProfileOnEveryRank(InferenceCostCallback):
+    """Negative control: every rank profiles itself (no broadcast)."""
+
+    def on_train_end(self, trainer, pl_module):
+        self.profile(pl_module)
+
+
+class _CostChecksum(Callback):
+    """After the profiling: all-gather the fitted model and report the largest difference between ranks.
+
+    ``self.log`` is refused in ``on_train_end``, so the (already all-gathered, hence rank-independent) value is
+    written into ``trainer.callback_metrics``, which ``ddp_fork`` sends back to the parent.
+    """
+
+    def __init__(self, cb):
+        self.cb = cb
+
+    def on_train_end(self, trainer, pl_module):
+        m = self.cb.cost_model
+        values = torch.tensor([m.intercept, m.prompt_slope, m.per_token, m.r2, *m.hinge_slopes], dtype=torch.float64)
+        gathered = trainer.strategy.all_gather(values)
+        assert gathered.shape[0] == 2
+        trainer.callback_metrics["test/cost_diff"] = (gathered - gathered[0]).abs().max()
+        trainer.callback_metrics["test/per_token"] = gathered[0, 2]
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("cls", "identical"), [(InferenceCostCallback, True), (_ProfileOnEveryRank, False)])
+def test_ddp_cost_model_identical_on_both_ranks(cls, identical):
+    cb = cls(prompt_lengths=[2, 6], output_lengths=[1, 3], repeats=2, vocab_size=8)
+    trainer = run_ddp([cb, _CostChecksum(cb)], _SlowerOnRank1(), TinyDataModule(), max_steps=2)
+    diff = float(trainer.callback_metrics["test/cost_diff"])
+    if identical:
+        assert diff == 0.0
+        assert float(trainer.callback_metrics["test/per_token"]) > 0
+    else:
+        assert diff > 1e-4  # the check can fail: rank 1's own profile is ~2 ms per token slower
 
 
 class _SleepLM(pl.LightningModule):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from litmix.base import LitmixCallback
-from litmix.functional.nas_sampling import deps_subnet_lr_scale, deps_width_lower_bound
+from litmix.functional.nas_sampling import deps_subnet_lr_scale, ofa_progressive_bounds
 from litmix.registry import register
 
 
@@ -23,18 +23,25 @@ class ShrinkingSchedule(LitmixCallback):
 
     Annavajjala, Khare et al., https://arxiv.org/abs/2407.06167. With ``progress = global_step /
     trainer.estimated_stepping_batches``, before every training batch the callback calls
-    ``pl_module.set_shrinking(width_lower_bound, subnet_scale)``:
+    ``pl_module.set_shrinking(width_lower_bound, subnet_scale[, depth_lower_bound])``:
 
     - **delayed shrinking (FM-Warmup)**: before ``start_frac`` (default 0.5) the lower bound is 1 and the
       subnet scale 0: only the full model trains;
-    - the sampled space then grows monotonically: the width lower bound falls linearly to the module's
-      ``min_width_ratio`` over a further ``grow_frac`` of training (0 opens the whole space at once);
+    - the sampled space then grows monotonically over a further ``grow_frac`` of training (0 opens the whole
+      space at once). For a module with elastic depth (``min_depth < max_depth``) and ``order="progressive"``
+      this follows Once-for-All's progressive shrinking (full -> kernel -> depth -> width; the module has no
+      kernel phase): the depth lower bound falls from ``max_depth`` to ``min_depth`` in the first half of the
+      window, then the width lower bound falls linearly from 1 to ``min_width_ratio`` in the second half
+      (:func:`~litmix.functional.nas_sampling.ofa_progressive_bounds`). ``order="joint"`` opens both over the
+      whole window; with a fixed depth the width uses the whole window;
     - **ε-shrinking**: the subnets' loss weight (equal to a learning-rate factor for SGD) ramps from
       ``eps_start`` to 1 over ``eps_frac`` of training, so small subnets do not disrupt the full model.
 
     The schedule is a pure function of ``global_step``, so it needs no checkpoint state and is identical on all
     ranks. The module must provide ``set_shrinking(float, float)`` and ``min_width_ratio`` (as
-    :class:`litmix.plugins.OFASupernetModule` does). Logs ``deps/width_lower_bound`` and ``deps/subnet_scale``.
+    :class:`litmix.plugins.OFASupernetModule` does), and ``min_depth``/``max_depth`` with a third
+    ``depth_lower_bound`` argument of ``set_shrinking`` for elastic depth. Logs ``deps/width_lower_bound``,
+    ``deps/depth_lower_bound`` and ``deps/subnet_scale``.
     DεpS's third component (in-place distillation from the partly trained full model) is the module's
     ``kd_ratio``.
 
@@ -43,10 +50,11 @@ class ShrinkingSchedule(LitmixCallback):
         grow_frac: fraction of training over which the space grows to its full size, >= 0.
         eps_frac: length of the subnet learning-rate ramp, >= 0.
         eps_start: subnet scale when shrinking starts, in ``[0, 1]``.
+        order: ``"progressive"`` (depth, then width) or ``"joint"`` (both together).
         name: optional name making the checkpoint key unique.
 
     Raises:
-        ValueError: for out-of-range arguments.
+        ValueError: for out-of-range arguments or an unknown ``order``.
         MisconfigurationException: in ``setup`` when the module lacks ``set_shrinking`` / ``min_width_ratio``.
 
     Example:
@@ -68,6 +76,7 @@ class ShrinkingSchedule(LitmixCallback):
         grow_frac: float = 0.25,
         eps_frac: float = 0.25,
         eps_start: float = 0.1,
+        order: Literal["progressive", "joint"] = "progressive",
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -78,6 +87,9 @@ class ShrinkingSchedule(LitmixCallback):
         for arg, value in (("grow_frac", grow_frac), ("eps_frac", eps_frac)):
             if value < 0:
                 raise ValueError(f"{cls}({arg}={value}): {arg} must be >= 0")
+        if order not in ("progressive", "joint"):
+            raise ValueError(f"{cls}(order={order!r}): order must be 'progressive' or 'joint'")
+        self.order = order
         self.start_frac, self.grow_frac = float(start_frac), float(grow_frac)
         self.eps_frac, self.eps_start = float(eps_frac), float(eps_start)
 
@@ -105,10 +117,17 @@ class ShrinkingSchedule(LitmixCallback):
             )
 
     def values(self, progress: float, min_ratio: float) -> tuple[float, float]:
-        """``(width_lower_bound, subnet_scale)`` at ``progress``."""
-        lower = deps_width_lower_bound(progress, self.start_frac, self.grow_frac, min_ratio)
+        """``(width_lower_bound, subnet_scale)`` at ``progress`` for a fixed-depth module."""
+        lower = ofa_progressive_bounds(progress, self.start_frac, self.grow_frac, min_ratio)[1]
         scale = deps_subnet_lr_scale(progress, self.start_frac, self.eps_frac, self.eps_start)
         return lower, scale
+
+    def bounds(self, progress: float, min_ratio: float, min_depth: int, max_depth: int) -> tuple[int, float, float]:
+        """``(depth_lower_bound, width_lower_bound, subnet_scale)`` at ``progress``."""
+        depth, lower = ofa_progressive_bounds(
+            progress, self.start_frac, self.grow_frac, min_ratio, min_depth, max_depth, self.order
+        )
+        return depth, lower, deps_subnet_lr_scale(progress, self.start_frac, self.eps_frac, self.eps_start)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -116,7 +135,13 @@ class ShrinkingSchedule(LitmixCallback):
         """Set the sampled space and the subnet scale for this step."""
         total = trainer.estimated_stepping_batches
         progress = trainer.global_step / total if math.isfinite(total) and total > 0 else 1.0
-        lower, scale = self.values(progress, float(pl_module.min_width_ratio))  # type: ignore[arg-type]
-        pl_module.set_shrinking(lower, scale)  # type: ignore[operator]
+        max_depth = int(getattr(pl_module, "max_depth", 1))
+        min_depth = int(getattr(pl_module, "min_depth", max_depth))
+        depth, lower, scale = self.bounds(progress, float(pl_module.min_width_ratio), min_depth, max_depth)  # type: ignore[arg-type]
+        if min_depth < max_depth:
+            pl_module.set_shrinking(lower, scale, depth)  # type: ignore[operator]
+            pl_module.log("deps/depth_lower_bound", float(depth))
+        else:
+            pl_module.set_shrinking(lower, scale)  # type: ignore[operator]
         pl_module.log("deps/width_lower_bound", lower)
         pl_module.log("deps/subnet_scale", scale)

@@ -1,4 +1,4 @@
-"""Once-for-All elastic-width MLP supernet with step-seeded subnet sampling and in-place distillation."""
+"""Once-for-All elastic-depth, elastic-width MLP supernet with step-seeded subnet sampling and in-place KD."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from litmix.data import split_batch
-from litmix.functional.nas_sampling import make_generator, width_choices_allowed
+from litmix.functional.nas_sampling import depth_choices_allowed, make_generator, width_choices_allowed
+from litmix.nas.bn_recalibration import recalibrate_bn
 from litmix.registry import register
 
 
@@ -22,33 +23,69 @@ class _ElasticLinear(nn.Linear):
         return nn.functional.linear(x, self.weight[:out_features, : x.shape[-1]], self.bias[:out_features])
 
 
+class _ElasticBatchNorm1d(nn.BatchNorm1d):
+    """A BatchNorm1d normalising the first ``x.shape[-1]`` features with the matching slice of its statistics."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = x.shape[-1]
+        if w == self.num_features:
+            return super().forward(x)
+        factor = 0.0
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or self.running_mean is None
+        return nn.functional.batch_norm(
+            x,
+            None if self.running_mean is None else self.running_mean[:w],
+            None if self.running_var is None else self.running_var[:w],
+            self.weight[:w],
+            self.bias[:w],
+            use_batch,
+            factor,
+            self.eps,
+        )
+
+
 @register(
     "plugin",
     "nas",
     paper="Once-for-All: Train One Network and Specialize it for Efficient Deployment (https://arxiv.org/abs/1908.09791)",
 )
 class OFASupernetModule(pl.LightningModule):
-    """Once-for-All training of an elastic-width MLP: the full net plus sampled narrower subnets share weights.
+    """Once-for-All training of an elastic-depth, elastic-width MLP: the full net and sampled subnets share weights.
 
-    Cai et al., https://arxiv.org/abs/1908.09791. Each hidden layer ``l`` may use the first
-    ``round(r * hidden[l])`` units for a width ratio ``r`` in ``width_ratios``. Every step trains the full
-    model (cross-entropy) and ``num_subnets`` subnets whose per-layer ratios are drawn from a generator seeded
-    by ``(seed, global_step, k)`` (OFA's ``random.seed(f"{epoch*nBatch+i}{k:03d}000")``: every DDP rank draws
-    the same subnets, and a resumed run continues the same sequence). A subnet's loss is
+    Cai et al., https://arxiv.org/abs/1908.09791. A subnet is a tuple of hidden widths, one per active layer: its
+    length is the **depth** ``d`` (one of ``depth_choices``: the first ``d`` hidden layers run, the rest are
+    skipped, as OFA drops the last blocks of a stage) and layer ``l`` uses the first ``round(r * hidden[l])``
+    units for a **width** ratio ``r`` in ``width_ratios`` (weight slicing). The head reads the first units of
+    the last active layer. Every step trains the full model (cross-entropy) and ``num_subnets`` subnets drawn
+    from a generator seeded by ``(seed, global_step, k)`` (OFA's ``random.seed(f"{epoch*nBatch+i}{k:03d}000")``:
+    every DDP rank draws the same subnets, and a resumed run continues the same sequence). A subnet's loss is
     ``CE + kd_ratio * KL(softmax(full / T) || softmax(sub / T)) * T^2`` with the full model's detached logits as
     the in-place teacher, scaled by ``subnet_scale``; all losses are summed into one optimizer step.
 
-    The sampled space is controlled by :meth:`set_shrinking` (``width_lower_bound``: only ratios at or above it
-    are drawn; ``subnet_scale``: weight of the subnet losses, 0 skips the subnets). Without a schedule the whole
-    space is sampled from step 0 (BigNAS-style). :class:`litmix.callbacks.ShrinkingSchedule` sets both per step
-    (DεpS). Validation logs ``ofa/val_acc_max`` and ``ofa/val_acc_min`` (largest and smallest subnet). There is
-    no BatchNorm, so subnets need no BN recalibration.
+    The sampled space is controlled by :meth:`set_shrinking` (``width_lower_bound`` / ``depth_lower_bound``:
+    only ratios / depths at or above them are drawn; ``subnet_scale``: weight of the subnet losses, 0 skips the
+    subnets). Without a schedule the whole space is sampled from step 0 (BigNAS-style).
+    :class:`litmix.callbacks.ShrinkingSchedule` sets them per step: DεpS delay, then OFA's progressive order
+    depth -> width. OFA's kernel phase does not apply: an MLP has no kernels (elastic kernel size needs
+    convolutions; this module keeps to MLPs so that it trains on CPU in seconds).
+
+    With ``batchnorm=True`` every hidden layer is ``Linear -> BatchNorm1d -> ReLU`` with sliced (shared)
+    BN statistics; their running statistics mix all sampled subnets, so evaluate a subnet after
+    :meth:`recalibrate` (OFA's BN re-calibration on a train subset, :func:`litmix.nas.bn_recalibration.recalibrate_bn`).
+    Validation logs ``ofa/val_acc_max`` and ``ofa/val_acc_min`` (largest and smallest subnet, running
+    statistics as they are).
 
     Args:
         in_features: input features (> 0); images are flattened.
         hidden: maximum widths of the hidden layers (each > 0).
         num_classes: classes.
         width_ratios: elastic width ratios, each in ``(0, 1]``; 1 is always added.
+        depth_choices: elastic depths (numbers of hidden layers), each in ``[1, len(hidden)]``; ``len(hidden)`` is
+            always added; None = fixed depth.
+        batchnorm: BatchNorm1d after every hidden linear layer.
         num_subnets: subnets per step (OFA's ``dynamic_batch_size``), >= 0.
         kd_ratio: weight of the in-place distillation term (>= 0).
         kd_temperature: distillation temperature (> 0).
@@ -66,6 +103,9 @@ class OFASupernetModule(pl.LightningModule):
         >>> make_trainer(max_steps=2).fit(module, datamodule=dm)
         >>> module.sample_widths(3) == module.sample_widths(3), module.max_widths
         (True, (32, 32))
+        >>> deep = OFASupernetModule(hidden=[16, 16, 16], depth_choices=[1, 2], batchnorm=True)
+        >>> deep.smallest_subnet(), len(deep(torch.rand(4, 64), (8, 4)))
+        ((4,), 4)
     """
 
     family: ClassVar[str] = "nas"
@@ -76,6 +116,8 @@ class OFASupernetModule(pl.LightningModule):
         hidden: list[int] | None = None,
         num_classes: int = 10,
         width_ratios: list[float] | None = None,
+        depth_choices: list[int] | None = None,
+        batchnorm: bool = False,
         num_subnets: int = 2,
         kd_ratio: float = 1.0,
         kd_temperature: float = 1.0,
@@ -93,6 +135,9 @@ class OFASupernetModule(pl.LightningModule):
             )
         if any(not 0.0 < r <= 1.0 for r in ratios):
             raise ValueError(f"{name}(width_ratios={width_ratios}): ratios must be in (0, 1]")
+        depths = sorted({int(d) for d in (depth_choices or [])} | {len(hidden)})
+        if any(not 1 <= d <= len(hidden) for d in depths):
+            raise ValueError(f"{name}(depth_choices={depth_choices}): depths must be in [1, {len(hidden)}]")
         if num_subnets < 0 or kd_ratio < 0 or seed < 0:
             raise ValueError(f"{name}(num_subnets={num_subnets}, kd_ratio={kd_ratio}, seed={seed}): must be >= 0")
         if not kd_temperature > 0 or not lr > 0:
@@ -100,11 +145,14 @@ class OFASupernetModule(pl.LightningModule):
         self.save_hyperparameters()
         dims = [in_features, *hidden]
         self.layers = nn.ModuleList(_ElasticLinear(a, b) for a, b in itertools.pairwise(dims))
-        self.head = _ElasticLinear(hidden[-1], num_classes)
-        self.hidden, self.width_ratios, self.num_classes = hidden, ratios, num_classes
+        self.norms = nn.ModuleList(_ElasticBatchNorm1d(h) if batchnorm else nn.Identity() for h in hidden)
+        self.head = _ElasticLinear(max(hidden), num_classes)
+        self.hidden, self.width_ratios, self.depth_choices = hidden, ratios, depths
+        self.num_classes, self.batchnorm = num_classes, batchnorm
         self.num_subnets, self.kd_ratio, self.kd_temperature = num_subnets, kd_ratio, kd_temperature
         self.lr, self.seed, self.sandwich = lr, seed, sandwich
         self.width_lower_bound = min(ratios)
+        self.depth_lower_bound = min(depths)
         self.subnet_scale = 1.0
         self.sampled_log: list[tuple[int, float, tuple[int, ...]]] = []  # (step, lower bound, widths); last 10k
 
@@ -125,32 +173,62 @@ class OFASupernetModule(pl.LightningModule):
         """The smallest ratio of the space."""
         return min(self.width_ratios)
 
-    def set_shrinking(self, width_lower_bound: float, subnet_scale: float) -> None:
-        """Restrict sampling to ratios >= ``width_lower_bound`` and weight subnet losses by ``subnet_scale``."""
+    @property
+    def min_depth(self) -> int:
+        """The smallest depth of the space."""
+        return min(self.depth_choices)
+
+    @property
+    def max_depth(self) -> int:
+        """The depth of the full model."""
+        return len(self.hidden)
+
+    def set_shrinking(
+        self, width_lower_bound: float, subnet_scale: float, depth_lower_bound: int | None = None
+    ) -> None:
+        """Restrict sampling to ratios >= ``width_lower_bound`` (and depths >= ``depth_lower_bound`` when given).
+
+        ``subnet_scale`` weights the subnet losses.
+        """
         self.width_lower_bound, self.subnet_scale = float(width_lower_bound), float(subnet_scale)
+        if depth_lower_bound is not None:
+            self.depth_lower_bound = int(depth_lower_bound)
 
     def widths_of(self, ratios: list[float] | tuple[float, ...]) -> tuple[int, ...]:
-        """Per-layer widths for per-layer ratios."""
-        return tuple(max(1, round(r * h)) for r, h in zip(ratios, self.hidden, strict=True))
+        """Widths of the first ``len(ratios)`` layers for per-layer ratios (the subnet of depth ``len(ratios)``)."""
+        if not 1 <= len(ratios) <= len(self.hidden):
+            raise ValueError(f"widths_of: need 1 to {len(self.hidden)} ratios, got {len(ratios)}")
+        return tuple(max(1, round(r * h)) for r, h in zip(ratios, self.hidden[: len(ratios)], strict=True))
+
+    def smallest_subnet(self) -> tuple[int, ...]:
+        """The subnet of minimum depth and minimum width."""
+        return self.widths_of([self.min_width_ratio] * self.min_depth)
+
+    def _space_open(self) -> bool:
+        return self.width_lower_bound < 1.0 or self.depth_lower_bound < self.max_depth
 
     def sample_widths(self, step: int, k: int = 0) -> tuple[int, ...]:
-        """Per-layer widths of subnet ``k`` at ``step``, drawn among ratios >= ``width_lower_bound``.
+        """Subnet ``k`` at ``step``: depth among depths >= ``depth_lower_bound``, ratios >= ``width_lower_bound``.
 
-        With ``sandwich`` the last subnet (``k = num_subnets - 1``) is the smallest allowed one.
+        With ``sandwich`` the last subnet (``k = num_subnets - 1``) is the smallest allowed one. The depth is
+        drawn (first) only when more than one depth is allowed.
         """
         allowed = width_choices_allowed(self.width_ratios, self.width_lower_bound)
+        depths = depth_choices_allowed(self.depth_choices, self.depth_lower_bound)
         if self.sandwich and k == self.num_subnets - 1:
-            return self.widths_of([allowed[0]] * len(self.hidden))
+            return self.widths_of([allowed[0]] * depths[0])
         gen = make_generator(self.seed, step, k)
-        picks = torch.randint(len(allowed), (len(self.hidden),), generator=gen).tolist()
+        depth = depths[int(torch.randint(len(depths), (1,), generator=gen))] if len(depths) > 1 else depths[-1]
+        picks = torch.randint(len(allowed), (depth,), generator=gen).tolist()
         return self.widths_of([allowed[i] for i in picks])
 
     def forward(self, x: Tensor, widths: tuple[int, ...] | None = None) -> Tensor:
-        """Logits of the subnet with hidden ``widths`` (the full model when None)."""
+        """Logits of the subnet with hidden ``widths`` (one per active layer; the full model when None)."""
         h = x.flatten(1)
-        for layer, w in zip(self.layers, widths or self.max_widths, strict=True):
+        widths = widths or self.max_widths
+        for layer, norm, w in zip(self.layers[: len(widths)], self.norms[: len(widths)], widths, strict=True):
             assert isinstance(layer, _ElasticLinear)
-            h = torch.relu(layer.forward_slice(h, w))
+            h = torch.relu(norm(layer.forward_slice(h, w)))
         return self.head.forward_slice(h, self.num_classes)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -161,7 +239,7 @@ class OFASupernetModule(pl.LightningModule):
         loss = nn.functional.cross_entropy(full_logits, y)
         self.log("ofa/full_loss", loss, prog_bar=True)
         step = self.global_step
-        if self.subnet_scale > 0 and self.width_lower_bound < 1.0:
+        if self.subnet_scale > 0 and self._space_open():
             t = self.kd_temperature
             teacher = torch.log_softmax(full_logits.detach() / t, dim=-1)
             for k in range(self.num_subnets):
@@ -178,25 +256,38 @@ class OFASupernetModule(pl.LightningModule):
             self.sampled_log.append((step, self.width_lower_bound, self.max_widths))
         del self.sampled_log[:-10_000]
         self.log("ofa/width_lower_bound", self.width_lower_bound)
+        self.log("ofa/depth_lower_bound", float(self.depth_lower_bound))
         self.log("ofa/loss", loss)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Accuracy of the largest and the smallest subnet."""
         x, y, _ = split_batch(batch)
-        smallest = self.widths_of([self.min_width_ratio] * len(self.hidden))
         self.log("ofa/val_acc_max", (self(x).argmax(-1) == y).float().mean())
-        self.log("ofa/val_acc_min", (self(x, smallest).argmax(-1) == y).float().mean())
+        self.log("ofa/val_acc_min", (self(x, self.smallest_subnet()).argmax(-1) == y).float().mean())
+
+    def recalibrate(self, widths: tuple[int, ...] | None, dataloader: Any, num_batches: int = 10) -> int:
+        """Re-estimate the BN statistics for subnet ``widths`` on ``num_batches`` train batches (OFA).
+
+        The shared running statistics are overwritten (their first ``widths[l]`` entries per layer): call it
+        before evaluating each subnet. Without BatchNorm it does nothing and returns 0.
+        """
+        if not self.batchnorm:
+            return 0
+        return recalibrate_bn(self, dataloader, num_batches, forward=lambda x: self(x, widths))
 
     @torch.no_grad()
     def subnet_accuracy(self, widths: tuple[int, ...] | None, dataloader: Any) -> float:
-        """Accuracy of one subnet on ``dataloader``."""
+        """Accuracy of one subnet on ``dataloader`` (eval mode: BN uses the current running statistics)."""
+        was_training = self.training
+        self.eval()
         correct = total = 0
         for batch in dataloader:
             x, y, _ = split_batch(batch)
             assert y is not None, "subnet_accuracy needs (x, y) batches"
             correct += int((self(x.to(self.device), widths).argmax(-1) == y.to(self.device)).sum())
             total += len(y)
+        self.train(was_training)
         return correct / max(total, 1)
 
     def configure_optimizers(self) -> Any:

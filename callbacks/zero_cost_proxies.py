@@ -1,4 +1,4 @@
-"""Score the model with zero-cost proxies once, at the start of training."""
+"""Score the model with zero-cost proxies at the start of training (and optionally every n epochs)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ class ZeroCostProxies(LitmixCallback):
     a ``WandbLogger`` on rank 0, as the W&B table ``zc_proxies``. The scores live in :attr:`scores` and in the
     checkpoint state, so a resumed run does not score again.
 
+    With ``every_n_epochs=n`` the *training* model is scored again (same batch, same seed, again on rank 0 and
+    broadcast) at the end of every n-th training epoch, i.e. after epochs ``n - 1, 2n - 1, ...`` (0-based),
+    and logged as ``zc/<name>`` for that epoch (the value of ``zc/<name>`` logged at the end of an epoch is
+    then the re-score, not the fit-start score). Each re-score is appended to :attr:`history` as
+    ``{"epoch": e, "step": global_step, "scores": {name: value}}``; the history is part of the checkpoint
+    state, so a resumed run keeps the entries of the epochs before the checkpoint (zero-cost-nas issue #4).
+
     The module's ``forward`` is called with the batch's inputs (``split_batch(batch)[0]``); the targets feed
     the label-based proxies.
 
@@ -45,11 +52,13 @@ class ZeroCostProxies(LitmixCallback):
         layer_filter: ``"reference"`` (Conv2d and Linear weights, as the reference code), ``"extended"`` or
             ``"all"``.
         nan_policy: ``"nan"``, ``"raise"``, ``"naslib"`` (-1e8) or a replacement value for non-finite scores.
+        every_n_epochs: also re-score the training model at the end of every n-th training epoch (>= 1), or
+            ``None`` (default) to score only at fit start.
         name: optional instance name (unique checkpoint key).
 
     Raises:
         ValueError: for unknown proxy names (listing the available ones), ``batch_size < 2``, an unknown
-            ``layer_filter`` or ``nan_policy``.
+            ``layer_filter`` or ``nan_policy``, or ``every_n_epochs < 1``.
 
     Example:
         >>> from litmix.testing import fit_tiny
@@ -59,6 +68,10 @@ class ZeroCostProxies(LitmixCallback):
         (['params', 'snip', 'synflow'], 212.0)
         >>> float(trainer.callback_metrics["zc/params"])
         212.0
+        >>> cb = ZeroCostProxies(names=["synflow", "params"], batch_size=16, every_n_epochs=2)
+        >>> trainer = fit_tiny([cb], max_epochs=4, max_steps=-1)
+        >>> [h["epoch"] for h in cb.history], cb.history[-1]["scores"]["synflow"] != cb.scores["synflow"]
+        ([1, 3], True)
     """
 
     family = "proxy"
@@ -71,6 +84,7 @@ class ZeroCostProxies(LitmixCallback):
         seed: int = 0,
         layer_filter: str = "reference",
         nan_policy: str | float = "nan",
+        every_n_epochs: int | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -89,6 +103,12 @@ class ZeroCostProxies(LitmixCallback):
             raise ValueError(
                 f"ZeroCostProxies(nan_policy={nan_policy!r}): nan_policy must be one of {_NAN_POLICIES} or a float"
             )
+        if every_n_epochs is not None and (
+            isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1
+        ):
+            raise ValueError(
+                f"ZeroCostProxies(every_n_epochs={every_n_epochs!r}): every_n_epochs must be an int >= 1 or None"
+            )
         self.names: list[str] = names
         self.batch_size = int(batch_size)
         self.log_table = bool(log_table)
@@ -97,6 +117,8 @@ class ZeroCostProxies(LitmixCallback):
         self.nan_policy: str | float = nan_policy
         self.scores: dict[str, float] | None = None
         self.seconds: dict[str, float] = {}
+        self.every_n_epochs = every_n_epochs
+        self.history: list[dict[str, Any]] = []
         self.computed_here = False  # True on the process that ran the proxies (global rank 0)
 
     @classmethod
@@ -112,7 +134,8 @@ class ZeroCostProxies(LitmixCallback):
             loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate)
         return next(iter(loader))
 
-    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any) -> None:
+    def _compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any) -> dict[str, float]:
+        """Scores and ``<name>_seconds`` timings, computed on global rank 0 and broadcast to every rank."""
         scores: dict[str, Any] | None = None
         if trainer.is_global_zero:
             x, y, _ = split_batch(self._first_batch(loader))
@@ -136,6 +159,10 @@ class ZeroCostProxies(LitmixCallback):
             rank_zero_info(f"ZeroCostProxies: {', '.join(f'{n}={scores[n]:.4g}' for n in self.names)}")
         scores = trainer.strategy.broadcast(scores, src=0)
         assert scores is not None
+        return scores
+
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any) -> None:
+        scores = self._compute(trainer, pl_module, loader)
         self.scores = {n: scores[n] for n in self.names}
         self.seconds = {n: scores[f"{n}_seconds"] for n in self.names}
 
@@ -161,13 +188,33 @@ class ZeroCostProxies(LitmixCallback):
                     rows = [[n, self.scores[n], self.seconds.get(n, float("nan"))] for n in self.names]
                     logger.log_table(key="zc_proxies", columns=["proxy", "score", "seconds"], data=rows)
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Every ``every_n_epochs`` epochs: re-score the training model, log ``zc/<name>``, extend the history."""
+        n = self.every_n_epochs
+        if n is None or (trainer.current_epoch + 1) % n != 0:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        loader = datamodule.train_dataloader() if datamodule is not None else trainer.train_dataloader
+        computed = self._compute(trainer, pl_module, loader)
+        scores = {k: float(computed[k]) for k in self.names}
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "scores": scores})
+        pl_module.log_dict({f"zc/{k}": v for k, v in scores.items()}, on_step=False, on_epoch=True, sync_dist=False)
+
     def state_dict(self) -> dict[str, Any]:
-        """The scores (``None`` before the first fit) and their timings."""
-        return {**super().state_dict(), "scores": self.scores, "seconds": self.seconds}
+        """The scores (``None`` before the first fit), their timings and the re-scoring history."""
+        return {
+            **super().state_dict(),
+            "scores": self.scores,
+            "seconds": self.seconds,
+            "history": [{**h, "scores": dict(h["scores"])} for h in self.history],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the scores: a resumed run does not score again."""
+        """Restore the scores (a resumed run does not score again) and the history."""
         scores = state_dict.get("scores")
         if scores is not None and set(self.names) <= set(scores):  # else: other proxies requested, score again
             self.scores = {n: scores[n] for n in self.names}
             self.seconds = dict(state_dict.get("seconds", {}))
+            self.history = [
+                {**h, "scores": {n: h["scores"][n] for n in self.names}} for h in state_dict.get("history", [])
+            ]

@@ -1,3 +1,4 @@
+import csv
 import math
 import pickle
 
@@ -7,6 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
+from litmix.data import split_batch
 from litmix.functional.proxies import zero_cost_proxies
 from litmix.testing import (
     TinyClassifier,
@@ -130,3 +132,117 @@ def test_ddp_ranks_hold_identical_scores():
     trainer = run_ddp([zc, SameScoresOnAllRanks(zc)], TinyClassifier(), TinyDataModule(), max_steps=2)
     assert all(f"zc/{n}" in trainer.callback_metrics for n in NAMES)
     assert float(trainer.callback_metrics["zc/params"]) == 212.0
+
+
+# ----------------------------------------------------------------------------- every_n_epochs
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_every_n_epochs_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        ZeroCostProxies(every_n_epochs=bad)
+
+
+def test_every_n_epochs_history_and_logged_values(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    pl.seed_everything(0)
+    module = TinyClassifier()
+    cb = ZeroCostProxies(names=["synflow", "snip", "params"], batch_size=16, every_n_epochs=2)
+    logger = CSVLogger(str(tmp_path), name="zc")
+    trainer = fit_tiny([cb], module=module, max_epochs=6, max_steps=-1, logger=logger)
+    assert [h["epoch"] for h in cb.history] == [1, 3, 5]
+    assert [h["step"] for h in cb.history] == [8, 16, 24]  # 4 batches per epoch
+    # the last re-score (end of training) is the functional API on the trained weights
+    x, y, _ = TinyDataModule().dataset[:16]
+    expect = zero_cost_proxies(module, x, y, names=["synflow", "snip", "params"], seed=0)
+    assert cb.history[-1]["scores"] == pytest.approx(expect)
+    assert cb.history[-1]["scores"]["synflow"] != pytest.approx(cb.scores["synflow"])  # training changed it
+    assert float(trainer.callback_metrics["zc/synflow"]) == pytest.approx(expect["synflow"], rel=1e-6)
+    # each re-score is logged as zc/<name> at its epoch; epoch 0 carries the fit-start score
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("zc/synflow")]
+    logged = {int(r["epoch"]): float(r["zc/synflow"]) for r in rows}
+    assert sorted(logged) == [0, 1, 3, 5]
+    assert logged[0] == pytest.approx(cb.scores["synflow"], rel=1e-6)
+    for h in cb.history:
+        assert logged[h["epoch"]] == pytest.approx(h["scores"]["synflow"], rel=1e-6)
+
+
+def test_without_every_n_epochs_no_history():
+    cb = ZeroCostProxies(names=["params"], batch_size=8)
+    fit_tiny([cb], max_epochs=2, max_steps=-1)
+    assert cb.history == []
+
+
+class _ForgetsHistory(ZeroCostProxies):
+    """Negative control: restores the scores but drops the history."""
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict({**state_dict, "history": []})
+
+
+@pytest.mark.parametrize(("cls", "keeps"), [(ZeroCostProxies, True), (_ForgetsHistory, False)])
+def test_resume_keeps_history(tmp_path, cls, keeps):
+    instances = []
+
+    def make():
+        instances.append(cls(names=["synflow", "snip", "params"], batch_size=16, every_n_epochs=1))
+        return [instances[-1]]
+
+    assert_resume_matches(make, TinyClassifier, TinyDataModule, tmp_path, max_epochs=3)
+    full, resumed = instances
+    assert [h["epoch"] for h in full.history] == [0, 1, 2]
+    if keeps:
+        assert resumed.history == full.history  # epoch 0 from the checkpoint, epochs 1-2 re-scored identically
+        assert_state_roundtrip(resumed)
+    else:  # the check can fail: without the restored history the epoch-0 entry is lost
+        assert [h["epoch"] for h in resumed.history] == [1, 2]
+
+
+class _PerturbRank1AtEpochEnd(Callback):
+    """Before the re-scoring: rank 1's weights drift away (the replicas differ only in this test)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.global_rank == 1:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.add_(torch.randn_like(p))
+
+
+class _ScoresOnEveryRank(ZeroCostProxies):
+    """Negative control: every rank re-scores its own replica (no broadcast)."""
+
+    def _compute(self, trainer, pl_module, loader):
+        x, y, _ = split_batch(self._first_batch(loader))
+        return zero_cost_proxies(pl_module, x, y, names=self.names, seed=self.seed, return_timings=True)
+
+
+class _HistoryChecksum(Callback):
+    """After the re-scoring: all-gather the latest history entry, log how many scores differ between ranks."""
+
+    def __init__(self, zc):
+        self.zc = zc
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        values = torch.tensor([self.zc.history[-1]["scores"][n] for n in NAMES], dtype=torch.float64)
+        gathered = pl_module.all_gather(values)
+        assert gathered.shape == (2, len(NAMES))
+        pl_module.log("test/history_len", float(len(self.zc.history)))
+        same = (gathered == gathered[0]) | (gathered.isnan() & gathered[0].isnan())
+        pl_module.log("test/zc_mismatches", float((~same).sum()), reduce_fx="max")
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("cls", "identical"), [(ZeroCostProxies, True), (_ScoresOnEveryRank, False)])
+def test_ddp_every_n_epochs_identical_on_both_ranks(cls, identical):
+    pl.seed_everything(0)
+    zc = cls(names=NAMES, batch_size=16, every_n_epochs=1)
+    callbacks = [_PerturbRank1AtEpochEnd(), zc, _HistoryChecksum(zc)]
+    trainer = run_ddp(callbacks, TinyClassifier(), TinyDataModule(), max_epochs=2, max_steps=-1)
+    assert float(trainer.callback_metrics["test/history_len"]) == 2
+    mismatches = float(trainer.callback_metrics["test/zc_mismatches"])
+    if identical:
+        assert mismatches == 0
+    else:
+        assert mismatches > 0  # the check can fail: rank 1's own scores of its drifted replica differ

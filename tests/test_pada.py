@@ -117,3 +117,49 @@ def test_ddp_probabilities_identical_across_ranks():
     assert trainer.state.finished
     assert float(trainer.callback_metrics["test/probs_mismatch"]) == 0.0
     assert float(trainer.callback_metrics["test/probs_spread"]) > 0.0
+
+
+class _SharedGradRecorder(Callback):
+    """Flattened gradient of the weights every path shares (stem, reductions, last BN, classifier), per step."""
+
+    def __init__(self, last_epochs):
+        self.last_epochs, self.grads = last_epochs, []
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.current_epoch < trainer.max_epochs - self.last_epochs:
+            return
+        in_cells = {id(p) for cell in pl_module.net.supernet_cells() for p in cell.parameters()}
+        shared = [p for p in pl_module.parameters() if id(p) not in in_cells]
+        self.grads.append(torch.cat([p.grad.flatten() for p in shared]).clone())
+
+
+def _trajectory_variance(path_sampling, with_data, seed):
+    import lightning.pytorch as pl
+
+    pl.seed_everything(seed, verbose=False)
+    rec = _SharedGradRecorder(last_epochs=2)
+    callbacks = [rec, PADASampling(seed=seed)] if with_data else [rec]
+    module = NB201SupernetModule(
+        C=8, N=1, in_channels=1, reduction="light", lr=0.1, seed=seed, path_sampling=path_sampling
+    )
+    make_trainer(max_epochs=10, callbacks=callbacks).fit(
+        module, datamodule=DigitsDataModule(batch_size=64, flatten=False, seed=seed)
+    )
+    grads = torch.stack(rec.grads).double()
+    return float((grads - grads.mean(0)).pow(2).sum(1).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pada_lowers_shared_weight_gradient_variance_during_training(seed):
+    """PA&DA (path + data importance sampling, reference weighting: plain mean CE) vs uniform SPOS on digits.
+
+    Variance = mean over the steps of the last 2 of 10 epochs of ||g_t - mean(g)||^2, g_t the gradient of the
+    weights shared by every path. Measured PA&DA / uniform (seeds 0, 1, 2): 0.533, 0.648, 0.776. Ablations:
+    path sampling alone 0.545, 0.562, 0.710; data sampling alone 0.888, 1.263, 1.146 (no reduction): the effect
+    comes from the path half (parameter-free ops fade out as tau -> 1).
+    """
+    uniform = _trajectory_variance("uniform", with_data=False, seed=seed)
+    pada = _trajectory_variance("pada", with_data=True, seed=seed)
+    print(f"seed {seed}: gradient variance uniform {uniform:.4g} PA&DA {pada:.4g} ratio {pada / uniform:.3f}")
+    assert pada < 0.9 * uniform

@@ -165,6 +165,7 @@ def test_ofa_deps_largest_and_smallest_subnets_accurate(seed):
 
     Measured (seeds 0, 1, 2, DεpS defaults, 30 epochs): largest 0.965 / 0.972 / 0.978, smallest (2 x 32 units)
     0.918 / 0.926 / 0.937. (With 15 epochs, grow/eps 0.1 the smallest reached 0.892 / 0.913 / 0.928.)
+    Re-measured on the current tree (seed 0, same accuracies with the pre-elastic-depth module): 0.967 / 0.933.
     """
     pl.seed_everything(seed, verbose=False)
     dm = DigitsDataModule(batch_size=64, seed=seed)

@@ -1,5 +1,6 @@
 """Neural architecture search spaces and offline ground truth (NAS-Bench-201)."""
 
+from litmix.nas.bn_recalibration import recalibrate_bn
 from litmix.nas.gm_split import GradientMatchingSplitter
 from litmix.nas.losses import DiffKendallLoss
 from litmix.nas.nb201 import (
@@ -62,5 +63,6 @@ __all__ = [
     "pearson_r",
     "precision_at_k",
     "rank_report",
+    "recalibrate_bn",
     "spearman_rho",
 ]

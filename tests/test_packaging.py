@@ -43,12 +43,12 @@ def test_all_matches_registry(kind):
     assert set(package.__all__) == registered
 
 
-def test_no_second_copy_from_folder_names():
+def test_no_second_copy_from_folder_names(tmp_path):
     code = (
         "import sys, litmix; litmix.load_all(); "
         "print(sorted({'callbacks', 'plugins', 'datamodules'} & set(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"
 
 

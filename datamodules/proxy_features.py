@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from litmix.data import IndexedDataset
+from litmix.data import EpochShuffleSampler, IndexedDataset
 from litmix.nas.nb201 import build_nb201_network, code_to_arch, parse_code
 from litmix.registry import register
 
@@ -108,7 +108,8 @@ class ProxyFeatureDataModule(pl.LightningDataModule):
         path: file written by :meth:`save` (or None with ``features``/``targets``).
         train_size: training architectures: a fraction in (0, 1) or a count >= 2.
         batch_size: training batch size (>= 2: ranking losses need pairs).
-        seed: seed of the split and the shuffling.
+        seed: seed of the split and of the shuffling (:class:`~litmix.data.EpochShuffleSampler`: the order depends
+            only on ``(seed, epoch)``, so a resumed run sees the same batches).
         standardize: standardise features and targets with the training statistics.
         features: ``(n, F)`` tensor (instead of ``path``).
         targets: ``(n,)`` tensor (instead of ``path``).
@@ -228,9 +229,9 @@ class ProxyFeatureDataModule(pl.LightningDataModule):
         self.val_dataset = Subset(full, self.val_idx.tolist())
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (seeded)."""
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=gen)
+        """Shuffled training batches; the order depends only on ``(seed, epoch)``, so resumed runs match."""
+        sampler = EpochShuffleSampler(len(self.train_dataset), seed=self.seed)
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         """Held-out architectures, in index order."""

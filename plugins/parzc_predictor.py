@@ -31,11 +31,27 @@ class _BayesianLinear(nn.Module):
         self.bias_rho = nn.Parameter(torch.full((out_features,), rho_init))
         nn.init.kaiming_uniform_(self.weight_mu, a=math.sqrt(5))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """One stochastic forward."""
-        w = self.weight_mu + nn.functional.softplus(self.weight_rho) * torch.randn_like(self.weight_mu)
-        b = self.bias_mu + nn.functional.softplus(self.bias_rho) * torch.randn_like(self.bias_mu)
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One stochastic forward; ε comes from ``generator`` (the global RNG when ``None``)."""
+        mu, b_mu = self.weight_mu, self.bias_mu
+        eps_w = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps_b = torch.randn(b_mu.shape, generator=generator, device=b_mu.device, dtype=b_mu.dtype)
+        w = mu + nn.functional.softplus(self.weight_rho) * eps_w
+        b = b_mu + nn.functional.softplus(self.bias_rho) * eps_b
         return nn.functional.linear(x, w, b)
+
+
+def _noise_seed(seed: int, step: int, micro: int) -> int:
+    """A 63-bit seed that depends only on ``(seed, step, micro)`` (splitmix64-style mixing).
+
+    Example:
+        >>> _noise_seed(0, 5, 1) == _noise_seed(0, 5, 1), _noise_seed(0, 5, 1) != _noise_seed(0, 6, 1)
+        (True, True)
+    """
+    z = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + micro * 0x94D049BB133111EB) & (2**64 - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (z ^ (z >> 31)) & (2**63 - 1)
 
 
 @register(
@@ -51,7 +67,10 @@ class ParZCPredictor(pl.LightningModule):
     per-layer values (e.g. ``grad_norm``, ``snip``, ``synflow`` on NAS-Bench-201's 98 layers, see
     :func:`litmix.datamodules.proxy_features.nb201_layer_features`) feed Bayesian linear layers (weights
     ``μ + softplus(ρ)·ε``, ε resampled per forward, ``μ`` Kaiming-uniform, ``ρ`` initialised to ``rho_init``)
-    ``F -> hidden[0] -> ... -> 1`` with ReLUs. Training on a few percent of the architectures uses
+    ``F -> hidden[0] -> ... -> 1`` with ReLUs. The noise ε never touches the global RNG: in training it comes
+    from a generator seeded by ``(seed, global_step, batch_idx)``, at evaluation from one seeded by ``seed``
+    alone, so a run resumed from a checkpoint draws the same noise as an uninterrupted one, and evaluating the
+    same weights twice gives the same scores. Training on a few percent of the architectures uses
     DiffKendall (:class:`~litmix.nas.losses.DiffKendallLoss`), MSE and/or the pairwise logistic loss; the
     prediction is the mean of ``mc_samples`` stochastic forwards. The full "MABN + PINAT graph transformer"
     model of the paper is not implemented.
@@ -72,10 +91,11 @@ class ParZCPredictor(pl.LightningModule):
         lr: Adam learning rate (> 0).
         weight_decay: Adam weight decay (>= 0).
         cosine: cosine learning-rate schedule over ``trainer.estimated_stepping_batches``.
+        seed: seed of the weight noise ε (any int >= 0).
 
     Raises:
         ValueError: for a non-positive ``in_features``/``alpha``/``lr``/``mc_samples``, negative weight decay,
-            an empty or unknown loss list, or ``loss_weights`` of the wrong length.
+            an empty or unknown loss list, ``loss_weights`` of the wrong length or a negative ``seed``.
 
     Example:
         >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -99,6 +119,7 @@ class ParZCPredictor(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-3,
         cosine: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         hidden = [160, 64] if hidden is None else list(hidden)
@@ -119,6 +140,8 @@ class ParZCPredictor(pl.LightningModule):
             raise ValueError(f"ParZCPredictor(mc_samples={mc_samples!r}): mc_samples must be an integer >= 1")
         if weight_decay < 0:
             raise ValueError(f"ParZCPredictor(weight_decay={weight_decay!r}): weight_decay must be >= 0")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"ParZCPredictor(seed={seed!r}): seed must be an integer >= 0")
         self.save_hyperparameters()
         self.in_features = in_features
         self.hidden = hidden
@@ -129,6 +152,7 @@ class ParZCPredictor(pl.LightningModule):
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.cosine = bool(cosine)
+        self.seed = seed
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -151,14 +175,21 @@ class ParZCPredictor(pl.LightningModule):
         dm = ProxyFeatureDataModule(features=x, targets=y, train_size=40, batch_size=20)
         return cls(in_features=12, hidden=[16, 8], lr=1e-2, mc_samples=2), dm
 
-    def forward(self, x: Tensor) -> Tensor:
-        """One stochastic forward: scores of shape ``(batch,)``."""
-        return self.net(x).squeeze(-1)
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One stochastic forward: scores of shape ``(batch,)`` (noise from ``generator``, else the global RNG)."""
+        for layer in self.net:
+            x = layer(x, generator) if isinstance(layer, _BayesianLinear) else layer(x)
+        return x.squeeze(-1)
+
+    def noise_generator(self, device: torch.device, step: int = -1, micro: int = 0) -> torch.Generator:
+        """A generator seeded by ``(seed, step, micro)``: training uses ``(global_step, batch_idx)``, evaluation -1."""
+        return torch.Generator(device=device).manual_seed(_noise_seed(self.seed, step + 1, micro))
 
     def predict_scores(self, x: Tensor) -> Tensor:
-        """Mean of ``mc_samples`` stochastic forwards (no gradient)."""
+        """Mean of ``mc_samples`` stochastic forwards (no gradient; the same noise at every call)."""
+        gen = self.noise_generator(x.device)
         with torch.no_grad():
-            return torch.stack([self(x) for _ in range(self.mc_samples)]).mean(0)
+            return torch.stack([self(x, gen) for _ in range(self.mc_samples)]).mean(0)
 
     def _loss(self, pred: Tensor, y: Tensor) -> Tensor:
         total = pred.new_zeros(())
@@ -178,7 +209,8 @@ class ParZCPredictor(pl.LightningModule):
         """Sum of the configured losses on one batch of architectures."""
         x, y, _ = split_batch(batch)
         assert y is not None
-        loss = self._loss(self(x), y)
+        gen = self.noise_generator(x.device, self.global_step, batch_idx)
+        loss = self._loss(self(x, gen), y)
         self.log("parzc/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 

@@ -186,7 +186,7 @@ def test_ddp_cost_model_identical_on_both_ranks(cls, identical):
     diff = float(trainer.callback_metrics["test/cost_diff"])
     if identical:
         assert diff == 0.0
-        assert float(trainer.callback_metrics["test/per_token"]) > 0
+        assert float(trainer.callback_metrics["test/per_token"]) < 1e-3  # rank 0's fit, not slow rank 1's (> 2 ms)
     else:
         assert diff > 1e-4  # the check can fail: rank 1's own profile is ~2 ms per token slower
 

@@ -248,6 +248,20 @@ def make_op(name: str, channels: int, affine: bool = True, track_running_stats: 
     raise ValueError(f"make_op(name={name!r}): name must be one of {OPS}")
 
 
+def cell_forward(edges: nn.ModuleList, x: Tensor) -> Tensor:
+    """Evaluate an NB201 cell: node ``j`` (2, 3, 4) sums the ops of its incoming edges; returns node 4.
+
+    ``edges`` holds one module per edge of :data:`EDGES`, in that order.
+    """
+    nodes: dict[int, Tensor] = {1: x}
+    for j in (2, 3, 4):
+        nodes[j] = sum(  # type: ignore[assignment]
+            (edges[k](nodes[i]) for k, (i, t) in enumerate(EDGES) if t == j),
+            start=torch.zeros((), dtype=x.dtype, device=x.device),
+        )
+    return nodes[4]
+
+
 class NB201Cell(nn.Module):
     """A NB201 cell: node ``j`` is the sum of the operations on its incoming edges; output = node 4."""
 
@@ -260,13 +274,7 @@ class NB201Cell(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate nodes 2, 3, 4 in order."""
-        nodes: dict[int, Tensor] = {1: x}
-        for j in (2, 3, 4):
-            nodes[j] = sum(  # type: ignore[assignment]
-                (self.edges[k](nodes[i]) for k, (i, t) in enumerate(EDGES) if t == j),
-                start=torch.zeros((), dtype=x.dtype, device=x.device),
-            )
-        return nodes[4]
+        return cell_forward(self.edges, x)
 
 
 class ResNetBasicBlock(nn.Module):

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
+import torch  # noqa: F401  (the doctests use it)
 from torch import Tensor, nn
 
-from litmix.nas.nb201 import EDGES, OPS, ResNetBasicBlock, make_op
+from litmix.nas.nb201 import EDGES, OPS, ResNetBasicBlock, cell_forward, make_op
 
 __all__ = ["LightReduction", "MixedEdge", "NB201Supernet", "SupernetCell"]
 
@@ -70,13 +70,7 @@ class SupernetCell(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate nodes 2, 3, 4 in order."""
-        nodes: dict[int, Tensor] = {1: x}
-        for j in (2, 3, 4):
-            nodes[j] = sum(  # type: ignore[assignment]
-                (self.edges[k](nodes[i]) for k, (i, t) in enumerate(EDGES) if t == j),
-                start=torch.zeros((), dtype=x.dtype, device=x.device),
-            )
-        return nodes[4]
+        return cell_forward(self.edges, x)
 
 
 class LightReduction(nn.Sequential):

@@ -12,7 +12,7 @@ import torch_geometric.transforms
 
 import litmix
 from litmix.base import LitmixCallback
-from litmix.testing import check_plugin, run_ddp
+from litmix.testing import assert_resume_matches, check_plugin, run_ddp
 
 CALLBACKS = [p.cls for p in litmix.list_plugins(kind="callback")]
 PLUGINS = [p.cls for p in litmix.list_plugins(kind="plugin")]
@@ -65,10 +65,31 @@ def test_callback_state_key_is_per_instance(cls):
     assert a.state_key != b.state_key
 
 
+def _module_example(cls):
+    example = cls.example()
+    return example if isinstance(example, tuple) else (example, cls.example_datamodule())
+
+
+@pytest.mark.parametrize("cls", PLUGINS, ids=_ids(PLUGINS))
+def test_module_resume_matches_uninterrupted(cls, tmp_path):
+    assert_resume_matches(
+        lambda: [], lambda: _module_example(cls)[0], lambda: _module_example(cls)[1], tmp_path, atol=1e-6
+    )
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("cls", PLUGINS, ids=_ids(PLUGINS))
+def test_module_ddp(cls):
+    module, datamodule = _module_example(cls)
+    strategy = "ddp_fork_find_unused_parameters_true"
+    trainer = litmix.testing.make_trainer(devices=2, strategy=strategy, max_steps=2)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.state.finished
+
+
 @pytest.mark.parametrize("cls", PLUGINS, ids=_ids(PLUGINS))
 def test_module_contract(cls):
-    example = cls.example()
-    module, datamodule = example if isinstance(example, tuple) else (example, cls.example_datamodule())
+    module, datamodule = _module_example(cls)
     pickle.loads(pickle.dumps(module))
     trainer = litmix.testing.make_trainer(max_steps=2)
     trainer.fit(module, datamodule=datamodule)

@@ -71,3 +71,25 @@ def test_cli_rejects_unknown_family():
     )
     assert proc.returncode != 0
     assert "nope" in proc.stderr
+
+
+def test_cli_fits_a_yaml_config_mixing_callbacks(tmp_path):
+    config = REPO / "examples" / "configs" / "digits_prune_score.yaml"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "litmix.cli",
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "global magnitude pruning 0.000 -> 0.800" in proc.stdout + proc.stderr

@@ -462,3 +462,26 @@ def test_second_fit_keeps_existing_masks_as_floor():
     assert [v for _, v in rec.history] == [0.5, 0.5, 0.5, 0.65625, 0.75, 0.75]  # never shrinks the masks
     assert not (model.net[0].weight_mask & ~first).any()
     assert rec.violations == 0
+
+
+def test_keeping_second_moments_still_keeps_pruned_weights_at_zero():
+    pl.seed_everything(0)
+    model = TinyClassifier()
+    cb = GradualPruning(0.75, start_step=2, end_step=30, every_n_steps=4, zero_second_moments=False)
+    rec = Recorder(cb)
+    trainer = fit_tiny([cb, rec], module=model, max_steps=100)
+    assert rec.violations == 0
+    opt = trainer.optimizers[0]
+    kept_second_moment = False
+    for name, p in model.named_parameters():
+        if name.endswith("weight"):
+            mask = model.get_submodule(name.rsplit(".", 1)[0]).weight_mask
+            assert (p[~mask] == 0).all()
+            assert (opt.state[p]["exp_avg"][~mask] == 0).all()
+            kept_second_moment |= bool((opt.state[p]["exp_avg_sq"][~mask] != 0).any())
+    assert kept_second_moment
+
+
+def test_zero_second_moments_must_be_bool():
+    with pytest.raises(TypeError, match="zero_second_moments"):
+        GradualPruning(zero_second_moments="no")

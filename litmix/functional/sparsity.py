@@ -121,7 +121,12 @@ def magnitude_masks(
     return out
 
 
-def mask_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, mask: Tensor) -> int:
+SECOND_MOMENTS: tuple[str, ...] = ("exp_avg_sq", "max_exp_avg_sq")
+
+
+def mask_optimizer_state(
+    optimizer: torch.optim.Optimizer, param: Tensor, mask: Tensor, skip: tuple[str, ...] = ()
+) -> int:
     """Zero every optimizer-state tensor of ``param``'s shape at the pruned coordinates (``~mask``).
 
     Covers ``exp_avg``/``exp_avg_sq`` (Adam, AdamW), ``momentum_buffer`` (SGD) and any other per-coordinate
@@ -131,6 +136,7 @@ def mask_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, mask: 
         optimizer: any ``torch.optim.Optimizer``.
         param: the parameter.
         mask: bool tensor of ``param``'s shape (``True`` = kept).
+        skip: state keys left alone (e.g. :data:`SECOND_MOMENTS`).
 
     Returns:
         The number of state tensors masked (0 before the first step).
@@ -145,8 +151,8 @@ def mask_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, mask: 
         [0.10000000149011612, 0.0, 0.10000000149011612]
     """
     count = 0
-    for value in optimizer.state.get(param, {}).values():
-        if isinstance(value, Tensor) and value.shape == param.shape:
+    for key, value in optimizer.state.get(param, {}).items():
+        if key not in skip and isinstance(value, Tensor) and value.shape == param.shape:
             value.masked_fill_(~mask.to(value.device), 0)
             count += 1
     return count

@@ -34,7 +34,7 @@ from litmix.testing import make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET, END_FRACTION, EVERY = 0.9, 0.6, 20
-ABLATION = "GradualPruning, exp_avg_sq not zeroed (ablation)"
+ABLATION = "GradualPruning(zero_second_moments=False)"
 
 
 class MLP(pl.LightningModule):
@@ -68,19 +68,6 @@ class StepTimer(Callback):
         if self._last is not None and idx > 0:
             self.times.append((trainer.current_epoch, now[0] - self._last[0], now[1] - self._last[1]))
         self._last = now
-
-
-class GradualPruningKeepSecondMoment(GradualPruning):
-    """Ablation: like GradualPruning, but Adam's ``exp_avg_sq`` keeps its values at pruned coordinates."""
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        if not self._is_update_step(trainer.global_step):
-            return
-        opt = trainer.optimizers[0]
-        saved = {p: opt.state[p]["exp_avg_sq"].clone() for p in opt.state if "exp_avg_sq" in opt.state[p]}
-        super().on_train_batch_start(trainer, pl_module, batch, idx)
-        for p, value in saved.items():
-            opt.state[p]["exp_avg_sq"].copy_(value)
 
 
 def linear_weights(model: MLP) -> list[tuple[nn.Module, str]]:
@@ -126,8 +113,12 @@ def run(method: str, dm: MNISTDataModule, epochs: int, seed: int) -> dict[str, A
     steps_per_epoch = len(dm.train_dataloader())
     callbacks: list[Callback] = [timer]
     if method.startswith("GradualPruning"):
-        cls = GradualPruning if method == "GradualPruning" else GradualPruningKeepSecondMoment
-        callbacks.append(cls(TARGET, end_fraction=END_FRACTION, every_n_steps=EVERY, scope="global"))
+        keep = method == ABLATION
+        callbacks.append(
+            GradualPruning(
+                TARGET, end_fraction=END_FRACTION, every_n_steps=EVERY, scope="global", zero_second_moments=not keep
+            )
+        )
     elif method == "ModelPruning":
         amounts = model_pruning_amounts(steps_per_epoch, epochs)
         callbacks.append(
@@ -286,9 +277,10 @@ def main() -> None:
         "",
         f"Where GradualPruning's extra step time goes: `Tensor.sqrt` of a 300x784 tensor takes {dense_sq:.0f} us "
         f"dense and {sparse_sq:.0f} us when 90 % of it is exactly 0 on this CPU. Adam takes `exp_avg_sq.sqrt()` every "
-        "step, and GradualPruning zeroes every optimizer moment, `exp_avg_sq` included, at pruned coordinates; "
+        "step, and GradualPruning zeroes every optimizer moment, `exp_avg_sq` included, at pruned coordinates "
+        "(default `zero_second_moments=True`); "
         "ModelPruning leaves the moments of `weight_orig` to decay (non-zero). "
-        f"The ablation row keeps `exp_avg_sq` (benchmark only; pruned weights still get no update because "
+        "The `zero_second_moments=False` row keeps `exp_avg_sq` (pruned weights still get no update because "
         "`exp_avg` and the gradients are zeroed); the rest is the callback's hooks (two `mul_` per masked tensor "
         "per step).",
         "",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -28,6 +27,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _machine import cpu_model
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -105,17 +105,6 @@ def run(mode: str, n: int, batch_size: int, epochs: int) -> list[tuple[float, fl
         callbacks.insert(0, KnowledgeDistillation(make_teacher(), cache_teacher_outputs=mode == "cached"))
     make_trainer(max_epochs=epochs, callbacks=callbacks).fit(student, datamodule=SyntheticMNIST(n, batch_size))
     return timer.times
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (or the platform string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -15,21 +15,12 @@ import statistics
 from pathlib import Path
 
 import torch
+from _machine import cpu_model
 
 from litmix.functional.proxies import list_proxies, zero_cost_proxies
 from litmix.nas.nb201 import build_nb201_network
 
 ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|avg_pool_3x3~0|skip_connect~1|skip_connect~2|"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import lightning
 import lightning.pytorch as pl
 import torch
+from _machine import cpu_model
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelPruning
 from torch import nn
 
@@ -192,16 +193,6 @@ def sqrt_cost(repeats: int = 200) -> tuple[float, float]:
             x.sqrt()
         out.append((time.perf_counter() - start) / repeats * 1e6)
     return out[0], out[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["robust_fidelity"]
+__all__ = ["check_fidelity_args", "robust_fidelity"]
 
 
 def _score(logits: Tensor, target: int, mode: str) -> Tensor:
@@ -47,6 +47,21 @@ def _edge_groups(edge_index: Tensor, undirected: bool) -> tuple[Tensor, int]:
 
 
 @torch.no_grad()
+def check_fidelity_args(owner: str, alpha1: float, alpha2: float, num_samples: int, mode: str) -> None:
+    """Validate the shared robust-fidelity arguments; errors name ``owner``, the argument and the value.
+
+    Raises:
+        ValueError: for ``alpha1``/``alpha2`` outside [0, 1], ``num_samples < 1`` or an unknown ``mode``.
+    """
+    for name, value in (("alpha1", alpha1), ("alpha2", alpha2)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{owner}({name}={value}): {name} must be in [0, 1]")
+    if num_samples < 1:
+        raise ValueError(f"{owner}(num_samples={num_samples}): num_samples must be >= 1")
+    if mode not in ("prob", "acc"):
+        raise ValueError(f"{owner}(mode={mode!r}): mode must be 'prob' or 'acc'")
+
+
 def robust_fidelity(
     model: nn.Module,
     x: Tensor,
@@ -95,13 +110,7 @@ def robust_fidelity(
         >>> fp > 0, fm > 0
         (True, True)
     """
-    for name, value in (("alpha1", alpha1), ("alpha2", alpha2)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"robust_fidelity({name}={value}): {name} must be in [0, 1]")
-    if num_samples < 1:
-        raise ValueError(f"robust_fidelity(num_samples={num_samples}): num_samples must be >= 1")
-    if mode not in ("prob", "acc"):
-        raise ValueError(f"robust_fidelity(mode={mode!r}): mode must be 'prob' or 'acc'")
+    check_fidelity_args("robust_fidelity", alpha1, alpha2, num_samples, mode)
     if edge_mask.shape != (edge_index.shape[1],):
         raise ValueError(
             f"robust_fidelity: edge_mask has shape {tuple(edge_mask.shape)}, expected ({edge_index.shape[1]},)"

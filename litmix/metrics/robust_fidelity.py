@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from litmix.functional.robust_fidelity import robust_fidelity
+from litmix.functional.robust_fidelity import check_fidelity_args, robust_fidelity
 
 
 class RobustFidelity(Metric):
@@ -66,13 +66,7 @@ class RobustFidelity(Metric):
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        for name, value in (("alpha1", alpha1), ("alpha2", alpha2)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"RobustFidelity({name}={value}): {name} must be in [0, 1]")
-        if num_samples < 1:
-            raise ValueError(f"RobustFidelity(num_samples={num_samples}): num_samples must be >= 1")
-        if mode not in ("prob", "acc"):
-            raise ValueError(f"RobustFidelity(mode={mode!r}): mode must be 'prob' or 'acc'")
+        check_fidelity_args("RobustFidelity", alpha1, alpha2, num_samples, mode)
         self.alpha1, self.alpha2, self.num_samples = float(alpha1), float(alpha2), int(num_samples)
         self.mode: Literal["prob", "acc"] = mode
         self.undirected, self.seed = bool(undirected), int(seed)

@@ -18,7 +18,6 @@ Usage (runtime on the 2-core CI box is printed at the end and written to the res
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -28,11 +27,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
+from _ranks import score_on_ranks
 
 from litmix.nas.nb201 import DATASETS, all_codes, code_to_arch, load_nb201, nb201_param_count
 from litmix.nas.rank_metrics import kendall_tau, spearman_rho
-from litmix.nas.ranker import ProxyRanker
 
 PUBLISHED = {  # catalogue proxies.md section 5 (all 15,625 cells)
     "synflow": ("ρ vs test acc (zero-cost-nas)", (0.737, 0.763, 0.751)),
@@ -50,33 +48,9 @@ PUBLISHED = {  # catalogue proxies.md section 5 (all 15,625 cells)
 }
 
 
-def _worker(rank: int, world: int, store: str, out: str, kwargs: dict) -> None:
-    torch.set_num_threads(1)
-    if world > 1:
-        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    inputs = kwargs.pop("inputs_path", None)
-    if inputs is not None:
-        kwargs["inputs"], kwargs["targets"] = torch.load(inputs)
-    table = ProxyRanker(**kwargs).score_all()
-    if rank == 0:
-        with open(out, "w") as fh:
-            json.dump(table, fh)
-    if world > 1:
-        torch.distributed.destroy_process_group()
-
-
 def score(procs: int, **kwargs: object) -> list[dict]:
     """Run ProxyRanker on ``procs`` ranks (fork + gloo) and return rank 0's full table."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "table.json")
-        if procs == 1:
-            _worker(0, 1, "", out, dict(kwargs))
-        else:
-            mp.start_processes(
-                _worker, args=(procs, os.path.join(tmp, "store"), out, dict(kwargs)), nprocs=procs, start_method="fork"
-            )
-        with open(out) as fh:
-            return json.load(fh)
+    return score_on_ranks(procs, **kwargs)[0]
 
 
 def mnist_batch(data: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:

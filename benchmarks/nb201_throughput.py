@@ -15,50 +15,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
+from _ranks import score_on_ranks
 
 from litmix.nas.nb201 import NUM_CELLS, all_codes, code_to_arch, load_nb201, nb201_param_count
 from litmix.nas.rank_metrics import kendall_tau, spearman_rho
-from litmix.nas.ranker import ProxyRanker
 
-
-def _worker(rank: int, world: int, store: str, out: str, kwargs: dict) -> None:
-    torch.set_num_threads(1)
-    if world > 1:
-        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    start = time.perf_counter()
-    table = ProxyRanker(**kwargs).score_all()
-    if world > 1:
-        torch.distributed.barrier()
-    if rank == 0:
-        with open(out, "w") as fh:
-            json.dump({"table": table, "seconds": time.perf_counter() - start}, fh)
-    if world > 1:
-        torch.distributed.destroy_process_group()
-
-
-def timed_score(procs: int, **kwargs: object) -> tuple[list[dict], float]:
-    """Score on ``procs`` processes; returns rank 0's table and its wall time (scoring only, no start-up)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "out.json")
-        if procs == 1:
-            _worker(0, 1, "", out, dict(kwargs))
-        else:
-            mp.start_processes(
-                _worker, args=(procs, os.path.join(tmp, "store"), out, dict(kwargs)), nprocs=procs, start_method="fork"
-            )
-        with open(out) as fh:
-            res = json.load(fh)
-    return res["table"], float(res["seconds"])
+timed_score = score_on_ranks
 
 
 def hms(seconds: float) -> str:

@@ -1,20 +1,37 @@
-"""Registry of every litmix plugin, by kind and family.
+"""Registry of every litmix item, by kind and family: the single source of their metadata.
 
-Plugins register themselves with :func:`register` when their module is imported;
-:func:`litmix.load_all` imports every subpackage so that the registry is complete.
+Callbacks, LightningModules ("plugin"), DataModules and the utilities, losses, metrics and functions the
+README names register themselves with :func:`register` when their module is imported;
+:func:`litmix.load_all` imports every subpackage so that the registry is complete. Kind, family and paper
+live here only (never as class attributes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-Kind = Literal["callback", "plugin", "datamodule"]
-Family = Literal["core", "distillation", "sparsity", "proxy", "unlearning", "data", "nas"]
+Kind = Literal["callback", "plugin", "datamodule", "utility", "loss", "metric", "function", "optimizer", "layer"]
+Family = Literal[
+    "core", "distillation", "sparsity", "quantization", "proxy", "unlearning", "data", "nas", "graph", "optimization"
+]
 
-KINDS: tuple[str, ...] = ("callback", "plugin", "datamodule")
-FAMILIES: tuple[str, ...] = ("core", "distillation", "sparsity", "proxy", "unlearning", "data", "nas")
+KINDS: tuple[str, ...] = ("callback", "plugin", "datamodule", "utility", "loss", "metric", "function", "optimizer", "layer")
+#: Kinds that are Lightning objects, exported from ``litmix.callbacks`` / ``litmix.plugins`` / ``litmix.datamodules``.
+LIGHTNING_KINDS: tuple[str, ...] = ("callback", "plugin", "datamodule")
+FAMILIES: tuple[str, ...] = (
+    "core",
+    "distillation",
+    "sparsity",
+    "quantization",
+    "proxy",
+    "unlearning",
+    "data",
+    "nas",
+    "graph",
+    "optimization",
+)
 
 
 @dataclass(frozen=True)
@@ -22,36 +39,44 @@ class PluginInfo:
     """One registry entry.
 
     Attributes:
-        name: the class name (the short name used by the CLI).
-        kind: ``"callback"``, ``"plugin"`` (LightningModule) or ``"datamodule"``.
-        family: the method family.
-        paper: title and link of the paper the plugin implements ("" for infrastructure).
-        cls: the class itself.
+        name: the class or function name (the short name used by the CLI).
+        kind: one of :data:`KINDS`: ``"callback"``, ``"plugin"`` (LightningModule), ``"datamodule"``,
+            ``"utility"`` (a class used outside the Trainer), ``"loss"``, ``"metric"`` (torchmetrics),
+            ``"function"`` (pure-tensor), ``"optimizer"`` or ``"layer"``.
+        family: the method family, one of :data:`FAMILIES`.
+        paper: title and link of the paper implemented ("" for infrastructure).
+        cls: the registered class or function.
+        module: the public module it is imported from.
     """
 
     name: str
     kind: str
     family: str
     paper: str
-    cls: type
+    cls: Any
+    module: str = ""
 
     @property
     def import_path(self) -> str:
         """Public import path, e.g. ``litmix.callbacks.KnowledgeDistillation``."""
-        return f"litmix.{self.kind}s.{self.name}"
+        if self.kind in LIGHTNING_KINDS:
+            return f"litmix.{self.kind}s.{self.name}"
+        return f"{self.module or self.cls.__module__}.{self.name}"
 
 
 _REGISTRY: dict[str, PluginInfo] = {}
-T = TypeVar("T", bound=type)
+T = TypeVar("T")
 
 
-def register(kind: Kind, family: Family, paper: str = "") -> Callable[[T], T]:
-    """Class decorator recording a plugin in the registry.
+def register(kind: Kind, family: Family, paper: str = "", module: str = "") -> Callable[[T], T]:
+    """Decorator recording a class or function in the registry.
 
     Args:
-        kind: one of ``"callback"``, ``"plugin"``, ``"datamodule"``.
+        kind: one of :data:`KINDS`.
         family: one of :data:`FAMILIES`.
         paper: the paper implemented, as ``"Title (arXiv link)"``.
+        module: the public module users import it from, when it differs from where it is defined
+            (e.g. ``"litmix.nas"``); ignored for callbacks, plugins and datamodules.
 
     Raises:
         ValueError: for an unknown kind or family, or a name registered twice by a different class.
@@ -70,16 +95,18 @@ def register(kind: Kind, family: Family, paper: str = "") -> Callable[[T], T]:
         raise ValueError(f"register(family={family!r}): family must be one of {FAMILIES}")
 
     def decorator(cls: T) -> T:
-        name = cls.__name__
+        name: str = cls.__name__  # type: ignore[attr-defined]
+        qualname: str = cls.__qualname__  # type: ignore[attr-defined]
+        defined_in: str = cls.__module__
         old = _REGISTRY.get(name)
         if old is not None:
-            if old.cls.__qualname__ != cls.__qualname__:
+            if old.cls.__qualname__ != qualname:
                 raise ValueError(f"register: plugin name {name!r} is already used by {old.cls!r}")
             # pytest's path-based doctest collection imports `callbacks/x.py` a second time as `callbacks.x`;
             # the registry keeps the canonical `litmix.*` class.
-            if old.cls.__module__.startswith("litmix.") and not cls.__module__.startswith("litmix."):
+            if old.cls.__module__.startswith("litmix.") and not defined_in.startswith("litmix."):
                 return cls
-        _REGISTRY[name] = PluginInfo(name=name, kind=kind, family=family, paper=paper, cls=cls)
+        _REGISTRY[name] = PluginInfo(name=name, kind=kind, family=family, paper=paper, cls=cls, module=module)
         return cls
 
     return decorator

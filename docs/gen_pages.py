@@ -1,0 +1,307 @@
+"""MkDocs hook: generates the documentation pages from the litmix registry, so the site cannot drift.
+
+Loaded by ``hooks:`` in ``mkdocs.yml``; nothing here is hand-maintained per method. At build time it
+
+* imports the installed ``litmix`` and calls :func:`litmix.load_all`, then reads :func:`litmix.list_plugins`;
+* writes one page per family that has registered items (``families/<family>.md``): the method table
+  (name, kind, paper, import line) and, per item, its one-line summary and the ``Example:`` section of its
+  docstring as the worked example;
+* writes one API-reference page per registered item (``reference/<family>/<Name>.md``, a mkdocstrings
+  ``::: <import path>`` block) and one per public core module (``reference/core/<module>.md``);
+* turns every ``benchmarks/results/*.md`` file into a page and ``README.md`` into the home page;
+* sets the navigation (``nav`` is not written in ``mkdocs.yml``);
+* builds ``build/docs-src/litmix``, a symlink tree of the installed package, for mkdocstrings' static
+  analysis (griffe): setuptools' ``package-dir`` maps ``litmix.callbacks`` to the folder ``callbacks/``,
+  which griffe cannot follow, and the bare folder names must never be importable as top-level packages.
+
+Build with ``mkdocs build --strict`` (or ``mkdocs serve``) from the repository root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import pkgutil
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File, Files
+
+log = logging.getLogger("mkdocs.hooks.litmix")
+
+#: One-paragraph introductions of the families; a family missing here gets a generic sentence.
+FAMILY_INTROS: dict[str, str] = {
+    "core": "Infrastructure every method builds on: base classes, loss-term plumbing, validation, test helpers.",
+    "distillation": "Train a student from a teacher's outputs or features (knowledge distillation and relatives).",
+    "sparsity": "Prune weights during or after training: masks, schedules, sparse training.",
+    "quantization": "Train or convert models to low-precision weights and activations.",
+    "proxy": "Zero-cost proxies and cheap estimators that score an architecture or a model without training it.",
+    "unlearning": "Remove the influence of a forget set from a trained model, and measure how well it worked.",
+    "data": "DataModules and data utilities the methods and examples use.",
+    "nas": "Neural architecture search: supernets, samplers, predictors and rankers.",
+    "graph": "Methods for graph neural networks (PyTorch Geometric).",
+    "optimization": "Optimizers, schedules and training-dynamics methods.",
+}
+#: Titles of the families in the navigation.
+FAMILY_TITLES: dict[str, str] = {"nas": "NAS", "proxy": "Proxies", "data": "Data"}
+
+SRC_TREE = Path("build") / "docs-src"  # relative to the directory of mkdocs.yml; `paths:` in mkdocs.yml
+PAPER_RE = re.compile(r"^(?P<title>.*?)\s*\((?P<url>https?://[^\s)]+)\)\s*(?P<rest>.*)$")
+SECTION_RE = re.compile(r"^(Examples?):\s*$")
+
+
+@dataclass
+class Item:
+    """A registry entry, flattened to what the pages need."""
+
+    name: str
+    kind: str
+    family: str
+    paper: str
+    import_path: str
+    summary: str
+    example: str | None
+
+    @property
+    def public_module(self) -> str:
+        """The module users import the item from."""
+        return self.import_path.rsplit(".", 1)[0]
+
+    @property
+    def ref_page(self) -> str:
+        """Source URI of its API-reference page."""
+        return f"reference/{self.family}/{self.name}.md"
+
+
+def _docstring_parts(obj: Any) -> tuple[str, str | None]:
+    """Return the summary line and the body of the ``Example:`` section (dedented) of ``obj``'s docstring."""
+    doc = inspect.getdoc(obj) or ""
+    lines = doc.splitlines()
+    summary = lines[0].strip() if lines else ""
+    example: list[str] = []
+    inside = False
+    for line in lines:
+        if not inside:
+            inside = bool(SECTION_RE.match(line))
+            continue
+        if line.strip() and not line[0].isspace():  # the next unindented line ends the section
+            break
+        example.append(line)
+    body = textwrap.dedent("\n".join(example)).strip("\n")
+    return summary, (body or None)
+
+
+def _registry() -> tuple[list[Item], tuple[str, ...], Any]:
+    import litmix
+    from litmix import registry
+
+    litmix.load_all()
+    items = []
+    for info in litmix.list_plugins():
+        summary, example = _docstring_parts(info.cls)
+        items.append(Item(info.name, info.kind, info.family, info.paper, info.import_path, summary, example))
+    families = tuple(getattr(registry, "FAMILIES", ()))
+    families += tuple(sorted({i.family for i in items} - set(families)))
+    return items, families, litmix
+
+
+def _build_source_tree(root: Path, litmix: Any) -> Path:
+    """Symlink tree ``<root>/litmix`` mirroring the installed package, subpackages mapped from other folders included.
+
+    Idempotent: links already right are kept, wrong or stale ones replaced, so repeated builds are cheap.
+    """
+    pkg_dir = Path(litmix.__path__[0]).resolve()
+    wanted: dict[str, Path] = {p.name: p for p in pkg_dir.iterdir() if p.name != "__pycache__"}
+    for sub in getattr(litmix, "SUBPACKAGES", ()):
+        mod = importlib.import_module(sub)
+        parts = sub.split(".")
+        if len(parts) == 2:
+            wanted[parts[1]] = Path(mod.__path__[0]).resolve()
+    tree = root / "litmix"
+    tree.mkdir(parents=True, exist_ok=True)
+    for entry in tree.iterdir():
+        stale = entry.name not in wanted or not entry.is_symlink() or entry.resolve() != wanted[entry.name]
+        if stale and (entry.is_symlink() or entry.is_file()):
+            entry.unlink()
+    for name, target in wanted.items():
+        link = tree / name
+        if not link.is_symlink():
+            with contextlib.suppress(FileExistsError):  # another build created it meanwhile
+                link.symlink_to(target, target_is_directory=target.is_dir())
+    return root
+
+
+def _paper_md(paper: str) -> str:
+    if not paper:
+        return "—"
+    m = PAPER_RE.match(paper)
+    if m is None:
+        return paper.replace("|", "\\|")
+    title = m["title"].replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
+    rest = f" {m['rest']}" if m["rest"] else ""
+    return f"[{title}]({m['url']}){rest.replace('|', chr(92) + '|')}"
+
+
+def _family_title(family: str) -> str:
+    return FAMILY_TITLES.get(family, family.capitalize())
+
+
+def _family_page(family: str, items: list[Item]) -> str:
+    out = [f"# {_family_title(family)}", "", FAMILY_INTROS.get(family, f"Methods of the `{family}` family."), ""]
+    out += [
+        "This page is generated from the registry (`litmix.list_plugins(family=...)`); "
+        f"`litmix list --family {family}` prints the same table.",
+        "",
+        "| method | kind | paper | import |",
+        "|---|---|---|---|",
+    ]
+    for it in items:
+        out.append(
+            f"| [`{it.name}`](#{it.name.lower()}) | {it.kind} | {_paper_md(it.paper)} | "
+            f"`from {it.public_module} import {it.name}` |"
+        )
+    for it in items:
+        out += ["", f"## {it.name} {{ #{it.name.lower()} }}", ""]
+        if it.summary:
+            out += [it.summary, ""]
+        out += [
+            f"**Kind:** {it.kind} · **Paper:** {_paper_md(it.paper)} · **API:** [`{it.import_path}`][{it.import_path}]",
+            "",
+        ]
+        if it.example:
+            lang = "pycon" if it.example.lstrip().startswith(">>>") else "python"
+            out += [f"```{lang}", it.example, "```"]
+        else:
+            out += ['!!! warning "No worked example"', "    The docstring has no `Example:` section."]
+    return "\n".join(out) + "\n"
+
+
+def _reference_page(it: Item) -> str:
+    return f"# {it.name}\n\n::: {it.import_path}\n"
+
+
+def _core_modules(litmix: Any) -> list[str]:
+    """Public, non-package modules directly under ``litmix`` (``litmix.base``, ``litmix.registry``, ...)."""
+    return sorted(
+        f"litmix.{m.name}" for m in pkgutil.iter_modules(litmix.__path__) if not m.ispkg and not m.name.startswith("_")
+    )
+
+
+def _reference_index(items: list[Item], families: tuple[str, ...], core: list[str]) -> str:
+    out = [
+        "# API reference",
+        "",
+        "Generated from the docstrings (Google style) by mkdocstrings, one page per registered item.",
+        "",
+        "| item | kind | family |",
+        "|---|---|---|",
+    ]
+    order = {f: i for i, f in enumerate(families)}
+    for it in sorted(items, key=lambda i: (order.get(i.family, 99), i.name)):
+        out.append(
+            f"| [`{it.import_path}`][{it.import_path}] | {it.kind} | [{it.family}](../families/{it.family}.md) |"
+        )
+    out += ["", "Core modules, for extension authors:", ""]
+    out += [f"- [`{mod}`][{mod}]" for mod in core]
+    return "\n".join(out) + "\n"
+
+
+def _benchmark_pages(repo: Path) -> list[tuple[str, str, str]]:
+    """``(src_uri, title, content)`` of every ``benchmarks/results/*.md``."""
+    pages = []
+    for path in sorted((repo / "benchmarks" / "results").glob("*.md")):
+        content = path.read_text(encoding="utf-8")
+        m = re.search(r"^#\s+(.+)$", content, flags=re.M)
+        title = m.group(1).strip() if m else path.stem.replace("_", " ")
+        note = f"\n\n---\n\n*Generated from `benchmarks/results/{path.name}`.*\n"
+        pages.append((f"benchmarks/{path.name}", title, content.rstrip("\n") + note))
+    return pages
+
+
+LINK_RE = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]+)\)")
+
+
+def _home_page(repo: Path, families: list[tuple[str, list[Item]]], bench: list[tuple[str, str, str]]) -> str:
+    """README.md, relative links rewritten for the site, and a generated map of the documentation."""
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    bench_uris = {f"benchmarks/results/{Path(uri).name}": uri for uri, _, _ in bench}
+
+    def relink(m: re.Match[str]) -> str:
+        target = m["target"]
+        if re.match(r"^[a-z]+:|^#", target):
+            return m.group(0)
+        path, _, anchor = target.partition("#")
+        if path.lstrip("./") in bench_uris:
+            return f"[{m['text']}]({bench_uris[path.lstrip('./')]}{'#' + anchor if anchor else ''})"
+        return m["text"] if m["text"] != path else f"`{path}`"  # files outside the site: plain text
+
+    out = [LINK_RE.sub(relink, readme).rstrip("\n"), "", "## Documentation map", ""]
+    out += ["| family | methods |", "|---|---|"]
+    for family, items in families:
+        names = ", ".join(f"[`{it.name}`](families/{family}.md#{it.name.lower()})" for it in items)
+        out.append(f"| [{_family_title(family)}](families/{family}.md) | {names} |")
+    out += ["", "Benchmarks: " + ", ".join(f"[{title}]({uri})" for uri, title, _ in bench) + "."]
+    out += ["", "API: [reference](reference/index.md), generated from the docstrings."]
+    return "\n".join(out) + "\n"
+
+
+class _State:
+    pages: ClassVar[dict[str, str]] = {}  # src_uri -> markdown
+
+
+@event_priority(100)  # before mkdocstrings creates its handler, which reads `paths`
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    """Read the registry, write the pages into memory, build the source tree, set the navigation."""
+    repo = Path(config.config_file_path).parent
+    items, family_order, litmix = _registry()
+    _build_source_tree(repo / SRC_TREE, litmix)
+    by_family = [(f, [i for i in items if i.family == f]) for f in family_order]
+    by_family = [(f, its) for f, its in by_family if its]
+    core = _core_modules(litmix)
+    bench = _benchmark_pages(repo)
+
+    pages: dict[str, str] = {"index.md": _home_page(repo, by_family, bench)}
+    for family, its in by_family:
+        pages[f"families/{family}.md"] = _family_page(family, its)
+    pages["reference/index.md"] = _reference_index(items, family_order, core)
+    for it in items:
+        pages[it.ref_page] = _reference_page(it)
+    for mod in core:
+        pages[f"reference/core/{mod.split('.', 1)[1]}.md"] = f"# {mod}\n\n::: {mod}\n"
+    for uri, _, content in bench:
+        pages[uri] = content
+    _State.pages = pages
+
+    config.nav = [
+        {"Home": "index.md"},
+        {"Families": [{_family_title(f): f"families/{f}.md"} for f, _ in by_family]},
+        {"Benchmarks": [{title: uri} for uri, title, _ in bench]},
+        {
+            "API reference": [
+                {"Overview": "reference/index.md"},
+                *({_family_title(f): [{it.name: it.ref_page} for it in its]} for f, its in by_family),
+                {"Core modules": [{mod: f"reference/core/{mod.split('.', 1)[1]}.md"} for mod in core]},
+            ]
+        },
+    ]
+    missing = [i.name for i in items if i.example is None]
+    if missing:
+        log.info("litmix: registered items without an Example: section: %s", ", ".join(missing))
+    return config
+
+
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    """Add the generated pages (they exist only in memory)."""
+    for uri, content in _State.pages.items():
+        old = files.get_file_from_path(uri)
+        if old is not None:
+            files.remove(old)
+        files.append(File.generated(config, uri, content=content))
+    return files

@@ -1,0 +1,119 @@
+"""The documentation site builds strictly and its family pages list every registered item.
+
+`mkdocs build --strict` fails on any broken link, anchor or cross-reference and on griffe docstring warnings,
+so this also checks the docstrings of every registered item and core module. Skipped where the `docs` extra
+(mkdocs-material, mkdocstrings[python]) is not installed.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
+pytest.importorskip("mkdocstrings_handlers.python", reason="the docs extra is not installed: pip install -e '.[docs]'")
+pytest.importorskip("material", reason="the docs extra is not installed: pip install -e '.[docs]'")
+
+import litmix
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_LIMIT_S = 60.0
+
+
+def _text(page: Path) -> str:
+    """Visible text of an HTML page (tags dropped, entities decoded)."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (REPO / "mkdocs.yml").is_file():
+        pytest.skip("mkdocs.yml not found: the tests run outside the checkout")
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    assert elapsed < BUILD_LIMIT_S, f"mkdocs build took {elapsed:.1f} s (limit {BUILD_LIMIT_S} s)"
+    return out
+
+
+def test_every_registered_item_is_on_its_family_page(site: Path) -> None:
+    items = litmix.list_plugins()
+    assert items, "the registry is empty"
+    missing = []
+    for info in items:
+        page = site / "families" / info.family / "index.html"
+        assert page.is_file(), f"no family page for {info.family!r} (item {info.name})"
+        text = _text(page)
+        # the table row, the worked-example section heading and the import line
+        if text.count(info.name) < 3 or f"from {info.import_path.rsplit('.', 1)[0]} import {info.name}" not in text:
+            missing.append(f"{info.family}/{info.name}")
+    assert not missing, f"registered items missing from their family pages: {missing}"
+
+
+def test_every_registered_item_has_an_api_page_with_its_docstring(site: Path) -> None:
+    for info in litmix.list_plugins():
+        page = site / "reference" / info.family / info.name / "index.html"
+        assert page.is_file(), f"no API page for {info.import_path}"
+        raw = page.read_text(encoding="utf-8")
+        assert f'id="{info.import_path}"' in raw, f"{page} does not document {info.import_path}"
+        summary = (info.cls.__doc__ or "").strip().splitlines()
+        if summary:
+            first_words = " ".join(summary[0].split()[:4])
+            assert first_words in _text(page), f"{page} lacks the docstring summary {summary[0]!r}"
+
+
+def test_benchmark_tables_are_pages(site: Path) -> None:
+    results = sorted((REPO / "benchmarks" / "results").glob("*.md"))
+    for path in results:
+        page = site / "benchmarks" / path.stem / "index.html"
+        assert page.is_file(), f"{path.name} has no page"
+        assert "<table>" in page.read_text(encoding="utf-8") or "|" not in path.read_text(encoding="utf-8")
+
+
+def test_gen_pages_example_extraction() -> None:
+    """The worked example shown on a family page is the docstring's Example: section, and only that."""
+    sys.path.insert(0, str(REPO / "docs"))
+    try:
+        import gen_pages
+    finally:
+        sys.path.remove(str(REPO / "docs"))
+
+    def f() -> None:
+        """Summary line.
+
+        Args:
+            x: nothing.
+
+        Example:
+            >>> 1 + 1
+            2
+
+        Raises:
+            ValueError: never.
+        """
+
+    summary, example = gen_pages._docstring_parts(f)
+    assert summary == "Summary line."
+    assert example == ">>> 1 + 1\n2"
+
+    def g() -> None:
+        """No example here."""
+
+    assert gen_pages._docstring_parts(g) == ("No example here.", None)

@@ -56,7 +56,7 @@ def test_registry_lists_all_and_rejects_unknown():
 def test_model_is_never_mutated_and_all_names_returned():
     net = mlp()
     before = copy.deepcopy(net.state_dict())
-    x, y = batch()
+    x, y = batch(n=12)  # naswot refuses more samples than its 12 + 1 activation units (K singular)
     out = zero_cost_proxies(net, x, y, names=ALL, seed=0, return_timings=True)
     assert set(out) == set(ALL) | {f"{n}_seconds" for n in ALL}  # every proxy, not only the last (NASLib bug)
     assert all(math.isfinite(out[n]) for n in ALL)
@@ -259,8 +259,12 @@ def test_works_on_tiny_gpt2():
     assert ext["snip"] > ref["snip"] > 0  # transformers' Conv1D layers only count with layer_filter="extended"
     assert ref["flops"] == 8 * 64 * 32  # reference predicate: only lm_head (nn.Linear); one 8-token sequence
     assert ext["flops"] > ref["flops"]
+    # token ids of a model with get_input_embeddings(): the embeddings are the floating input
+    assert math.isfinite(zero_cost_proxies(net, inputs, names=["jacob_cov"])["jacob_cov"])
+    # token ids of a model without get_input_embeddings(): refused, saying why
+    emb_net = nn.Sequential(nn.Embedding(64, 4), nn.Flatten(), nn.Linear(32, 3))
     with pytest.raises(ValueError, match="floating-point input"):
-        zero_cost_proxies(net, inputs, names=["jacob_cov"])
+        zero_cost_proxies(emb_net, inputs, names=["jacob_cov"])
 
 
 def test_register_custom_proxy():

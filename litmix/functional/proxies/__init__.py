@@ -4,7 +4,7 @@ Importing this package registers the built-in proxies: ``synflow, snip, grasp, f
 jacob_cov, naswot, zen, epe_nas, l2_norm, params, flops``.
 """
 
-from litmix.functional.proxies import activation, data_free, gradient  # noqa: F401  (registers the proxies)
+from litmix.functional.proxies import activation, data_free, gradient, shared  # noqa: F401  (registers them)
 from litmix.functional.proxies.core import (
     LayerFilter,
     ProxyContext,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import sys
 import time
@@ -22,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from litmix.registry import register
+
 __all__ = [
     "LayerFilter",
     "ProxyContext",
@@ -29,10 +32,13 @@ __all__ = [
     "get_proxy",
     "list_proxies",
     "register_proxy",
+    "register_shared_planner",
     "resolve_layer_filter",
     "weight_of",
     "zero_cost_proxies",
 ]
+
+_PAPER = "Zero-Cost Proxies for Lightweight NAS (https://arxiv.org/abs/2101.08134)"
 
 BnMode = Literal["train", "identity"]
 NanPolicy = Union[Literal["nan", "raise", "naslib"], float]  # noqa: UP007 (runtime alias)
@@ -224,6 +230,12 @@ def default_loss_fn(output: Tensor, targets: Tensor) -> Tensor:
     return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1))
 
 
+def _is_graph_data(obj: Any) -> bool:
+    """A PyG ``Data``/``Batch`` (or any ``BaseData``), detected without importing torch_geometric."""
+    pyg_data = sys.modules.get("torch_geometric.data")
+    return pyg_data is not None and isinstance(obj, pyg_data.Data | pyg_data.HeteroData)
+
+
 @dataclass
 class ProxyContext:
     """Everything a proxy function sees: a private model copy, the batch, the selected layers and options.
@@ -237,6 +249,8 @@ class ProxyContext:
         loss_fn: ``loss_fn(output_tensor, targets) -> scalar``.
         output_fn: maps the raw model output to a tensor.
         options: per-proxy keyword options.
+        sample_mask: boolean mask over the output's first dimension selecting the samples that the loss and the
+            label-based proxies use (a graph's ``train_mask``), or ``None`` for all of them.
     """
 
     model: nn.Module
@@ -247,24 +261,84 @@ class ProxyContext:
     loss_fn: Callable[[Tensor, Tensor], Tensor] = default_loss_fn
     output_fn: Callable[[Any], Tensor] = default_output_fn
     options: dict[str, Any] = field(default_factory=dict)
+    sample_mask: Tensor | None = None
 
     def forward(self, args: tuple[Any, ...] | None = None, method: str | None = None) -> Tensor:
         """Model output tensor for ``args`` (default: the batch); ``method`` names another forward method."""
         fn = getattr(self.model, method) if method else self.model
         return self.output_fn(fn(*(self.args if args is None else args), **self.kwargs))
 
-    def loss(self) -> Tensor:
-        """Loss of the batch.
+    def loss(self, output: Tensor | None = None) -> Tensor:
+        """Loss of ``output`` (default: a forward of the batch) against the targets, on the masked samples.
 
         Raises:
             ValueError: if no targets were given.
         """
         if self.targets is None:
             raise ValueError("this proxy needs targets; pass targets=")
-        return self.loss_fn(self.forward(), self.targets)
+        out = self.forward() if output is None else output
+        targets = self.targets
+        if self.sample_mask is not None:
+            out, targets = out[self.sample_mask], targets[self.sample_mask]
+        return self.loss_fn(out, targets)
+
+    # -- the floating input (input Jacobian, Gaussian inputs) -------------------------------------------------
+    def _token_ids(self) -> tuple[str, Tensor] | None:
+        """``("arg", ids)`` / ``("input_ids", ids)`` when the batch is integer token ids of an embedding model."""
+        if not callable(getattr(self.model, "get_input_embeddings", None)):
+            return None
+        ids = self.kwargs.get("input_ids")
+        if isinstance(ids, Tensor) and not ids.is_floating_point():
+            return "input_ids", ids
+        if self.args and isinstance(self.args[0], Tensor) and not self.args[0].is_floating_point():
+            return "arg", self.args[0]
+        return None
+
+    def float_input(self) -> Tensor:
+        """The floating input that gradients flow to and that noise replaces.
+
+        The first floating tensor argument; the ``x`` of a PyG ``Data`` argument; or, for token ids of a model
+        with ``get_input_embeddings()`` (Hugging Face), the input embeddings of the ids (the model is then
+        called with ``inputs_embeds=``).
+
+        Raises:
+            ValueError: when there is no floating input (token ids of a model without ``get_input_embeddings``).
+        """
+        for a in self.args:
+            if isinstance(a, Tensor) and a.is_floating_point():
+                return a
+            if _is_graph_data(a) and isinstance(getattr(a, "x", None), Tensor) and a.x.is_floating_point():
+                return a.x  # type: ignore[no-any-return]
+        tokens = self._token_ids()
+        if tokens is not None:
+            with torch.no_grad():
+                emb = self.model.get_input_embeddings()(tokens[1])  # type: ignore[operator]
+            return emb.detach()  # type: ignore[no-any-return]
+        raise ValueError(
+            "this proxy needs a floating-point input tensor (input Jacobian or noise inputs); the batch has none "
+            "(integer token ids of a model without get_input_embeddings(), for example)"
+        )
+
+    def forward_with_input(self, x: Tensor, method: str | None = None) -> Tensor:
+        """Model output tensor for the batch with its floating input (see :meth:`float_input`) replaced by ``x``."""
+        for i, a in enumerate(self.args):
+            if isinstance(a, Tensor) and a.is_floating_point():
+                return self.forward((*self.args[:i], x, *self.args[i + 1 :]), method)
+            if _is_graph_data(a) and isinstance(getattr(a, "x", None), Tensor) and a.x.is_floating_point():
+                data = copy.copy(a)
+                data.x = x
+                return self.forward((*self.args[:i], data, *self.args[i + 1 :]), method)
+        tokens = self._token_ids()
+        if tokens is None:
+            self.float_input()  # raises saying why
+        assert tokens is not None
+        fn = getattr(self.model, method) if method else self.model
+        kwargs = {k: v for k, v in self.kwargs.items() if k != "input_ids"}
+        args = self.args[1:] if tokens[0] == "arg" else self.args
+        return self.output_fn(fn(*args, inputs_embeds=x, **kwargs))
 
     def input_index(self) -> int:
-        """Position of the first floating-point tensor argument (the input that gradients flow to).
+        """Position of the first floating-point tensor argument.
 
         Raises:
             ValueError: when no argument is a floating-point tensor (token ids only, for example).
@@ -327,6 +401,12 @@ def _cast(obj: Any, dtype: torch.dtype, device: torch.device | None) -> Any:
     if isinstance(obj, Tensor):
         obj = obj.to(device) if device is not None else obj
         return obj.to(dtype) if obj.is_floating_point() else obj
+    if _is_graph_data(obj):
+        data = copy.copy(obj)
+        for key, value in obj.items():
+            if isinstance(value, Tensor):
+                data[key] = _cast(value, dtype, device)
+        return data
     if isinstance(obj, tuple | list):
         return type(obj)(_cast(o, dtype, device) for o in obj)
     if isinstance(obj, dict):
@@ -346,6 +426,67 @@ def _apply_nan_policy(name: str, value: float, policy: NanPolicy) -> float:
     return float(policy)
 
 
+_SHARED: list[tuple[Callable[..., list[list[str]]], Callable[..., dict[str, ProxyValue]]]] = []
+
+
+def register_shared_planner(
+    planner: Callable[..., list[list[str]]], runner: Callable[..., dict[str, ProxyValue]]
+) -> None:
+    """Register ``planner(names, options, model, float_arg) -> groups`` and ``runner(ctx, group, options)``.
+
+    :mod:`litmix.functional.proxies.shared` registers the built-in shared passes.
+    """
+    if (planner, runner) not in _SHARED:
+        _SHARED.append((planner, runner))
+
+
+def _has_float_arg(args: tuple[Any, ...]) -> bool:
+    for a in args:
+        if isinstance(a, Tensor) and a.is_floating_point():
+            return True
+        if _is_graph_data(a) and isinstance(getattr(a, "x", None), Tensor) and a.x.is_floating_point():
+            return True
+    return False
+
+
+def _graph_forward_args(model: nn.Module, data: Any) -> tuple[Any, ...]:
+    """Forward arguments for a PyG ``Data``/``Batch``: its attributes named by ``forward``'s leading parameters.
+
+    ``forward(x, edge_index, ...)`` gets ``(data.x, data.edge_index, ...)``: the leading positional parameters
+    that ``data`` holds (not ``None``), stopping at the first it lacks; a ``forward`` whose first parameter is not
+    an attribute of ``data`` (``forward(data)``, ``forward(batch)``) gets ``(data,)``.
+    """
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return (data,)
+    params = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    keys = set(data.keys())
+    if not params or params[0].name in ("data", "batch") or params[0].name not in keys:
+        return (data,)
+    args = []
+    for p in params:
+        value = getattr(data, p.name, None) if p.name in keys else None
+        if value is None:
+            break
+        args.append(value)
+    return tuple(args)
+
+
+def _sdpa_math() -> contextlib.AbstractContextManager[Any]:
+    """The math attention backend: differentiable twice (grasp), unlike the fused CPU/flash kernels."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+@register("function", "proxy", paper=_PAPER, module="litmix.functional")
 def zero_cost_proxies(
     model: nn.Module,
     inputs: Any,
@@ -360,16 +501,33 @@ def zero_cost_proxies(
     output_fn: Callable[[Any], Tensor] | None = None,
     return_timings: bool = False,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    shared: bool = True,
 ) -> dict[str, Any]:
     """Score ``model`` with zero-cost proxies ("higher is better"), never touching the model itself.
 
-    Each proxy gets its own ``copy.deepcopy`` of the model (DDP's ``.module`` unwrapped), in train mode, with
-    autocast disabled and cast to the proxy's dtype (synflow: float64, BN replaced by identity).
+    Implements the proxies of Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS" (ICLR 2021,
+    https://arxiv.org/abs/2101.08134) and the papers cited by each proxy. Each proxy is computed on a
+    ``copy.deepcopy`` of the model (DDP's ``.module`` unwrapped), in train mode, with autocast disabled, the math
+    attention backend (so that ``grasp``'s double backward works through ``scaled_dot_product_attention``) and
+    cast to the proxy's dtype (synflow: float64, BN replaced by identity). With ``shared=True`` (default) the
+    proxies that can share passes (``grad_norm, snip, plain, fisher, grasp, jacob_cov, epe_nas, naswot``) are
+    computed together on one copy from one forward (see :mod:`litmix.functional.proxies.shared`): the same
+    numbers up to float round-off, in about a third of the time.
+
+    Inputs beyond tensors:
+
+    * a PyG ``Data``/``Batch``: the model is called with the attributes its ``forward``'s leading parameters
+      name (``forward(x, edge_index)`` gets ``data.x, data.edge_index``), or with the ``Data`` itself when its
+      first parameter is not one (``forward(data)``); ``targets`` default to ``data.y``, and a boolean
+      ``data.train_mask`` restricts the loss, ``epe_nas`` and ``naswot`` to the training nodes;
+    * token ids of a model with ``get_input_embeddings()`` (Hugging Face): the proxies that need a floating input
+      (``jacob_cov``, ``epe_nas``, ``zen``, ``naswot(gaussian=True)``) take the input embeddings as that input and
+      call the model with ``inputs_embeds=``.
 
     Args:
         model: any ``nn.Module`` (a LightningModule works: its ``forward`` is called).
-        inputs: a tensor, a tuple of positional forward arguments (e.g. ``(x, edge_index)`` for a PyG GNN) or a
-            dict of keyword arguments (e.g. ``{"input_ids": ids}``).
+        inputs: a tensor, a tuple of positional forward arguments (e.g. ``(x, edge_index)`` for a PyG GNN), a dict
+            of keyword arguments (e.g. ``{"input_ids": ids}``) or a PyG ``Data``/``Batch``.
         targets: labels for the loss-based proxies (class indices; for language models the next-token ids).
         names: proxies to compute, see :func:`list_proxies`.
         per_layer: return ``{name: {"total": value, layer_name: value, ...}}`` (layer entries for layer-wise
@@ -379,15 +537,18 @@ def zero_cost_proxies(
         nan_policy: for non-finite scores: ``"nan"`` keep, ``"raise"``, ``"naslib"`` (-1e8) or a replacement.
         loss_fn: ``loss_fn(output, targets)``; default cross-entropy over the last dimension.
         output_fn: maps the model output to a tensor; default: the tensor, ``.logits`` or the first element.
-        return_timings: also return ``<name>_seconds`` (wall time incl. the copy).
+        return_timings: also return ``<name>_seconds`` (wall time incl. the copy; proxies computed by one shared
+            pass split its time equally).
         options: per-proxy options, e.g. ``{"zen": {"bn_scaling": "batch"}, "fisher": {"samsung_broadcast": False}}``.
+        shared: share passes between proxies (default); ``False`` computes each proxy on its own copy.
 
     Returns:
         ``{name: float}`` (or per-layer dicts), plus ``<name>_seconds`` when asked.
 
     Raises:
         ValueError: for unknown proxy names (listing the available ones), a label-based proxy without targets,
-            or a non-finite score under ``nan_policy="raise"``.
+            a non-finite score under ``nan_policy="raise"``, or a proxy that cannot score this model (saying why:
+            no floating input, no activation modules for naswot, no per-sample labels for epe_nas, ...).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -397,12 +558,26 @@ def zero_cost_proxies(
         (195.0, 176.0)
         >>> sorted(zero_cost_proxies(net, x, y, names=["snip"], per_layer=True)["snip"])
         ['0', '2', 'total']
+        >>> both = zero_cost_proxies(net, x, y, names=["snip", "grad_norm"])
+        >>> both == zero_cost_proxies(net, x, y, names=["snip", "grad_norm"], shared=False)
+        True
     """
+    if isinstance(names, str):
+        names = [names]
     specs = [get_proxy(n) for n in names]
+    base = _unwrap(model)
+    sample_mask: Tensor | None = None
+    if _is_graph_data(inputs):
+        data = inputs
+        if targets is None and isinstance(getattr(data, "y", None), Tensor):
+            targets = data.y
+        mask = getattr(data, "train_mask", None)
+        if isinstance(mask, Tensor) and mask.dtype == torch.bool:
+            sample_mask = mask
+        inputs = _graph_forward_args(base, data)
     for spec in specs:
         if spec.needs_labels and targets is None:
-            raise ValueError(f"proxy {spec.name!r} needs labels: pass targets=")
-    base = _unwrap(model)
+            raise ValueError(f"proxy {spec.name!r} needs labels: pass targets= (or a PyG Data with y)")
     predicate = resolve_layer_filter(layer_filter)
     if isinstance(inputs, dict):
         args: tuple[Any, ...] = ()
@@ -414,9 +589,28 @@ def zero_cost_proxies(
     param = next(base.parameters(), None)
     device = param.device if param is not None else None
     options = options or {}
-    out: dict[str, Any] = {}
-    for spec in specs:
+    if isinstance(targets, Tensor) and device is not None:
+        targets = targets.to(device)
+    if sample_mask is not None and device is not None:
+        sample_mask = sample_mask.to(device)
+
+    # units of work, each on its own copy: a shared group with its runner, or one proxy (runner None)
+    units: list[tuple[list[ProxySpec], Callable[..., dict[str, ProxyValue]] | None]] = []
+    grouped: set[str] = set()
+    if shared:
+        float_arg = _has_float_arg(args) or _has_float_arg(tuple(kwargs.values()))
+        unique = list(dict.fromkeys(spec.name for spec in specs))
+        for planner, shared_runner in _SHARED:
+            for group in planner([n for n in unique if n not in grouped], options, base, float_arg):
+                units.append(([get_proxy(n) for n in group], shared_runner))
+                grouped.update(group)
+    units += [([spec], None) for spec in specs if spec.name not in grouped]
+
+    values: dict[str, ProxyValue] = {}
+    seconds: dict[str, float] = {}
+    for unit, runner in units:
         start = time.perf_counter()
+        spec = unit[0]
         devices = [device] if device is not None and device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.autocast(device_type="cpu", enabled=False):
             if seed is not None:
@@ -431,16 +625,27 @@ def zero_cost_proxies(
                 model=net,
                 args=_cast(args, spec.dtype, device),
                 kwargs=_cast(kwargs, spec.dtype, device),
-                targets=targets.to(device) if isinstance(targets, Tensor) and device is not None else targets,
+                targets=targets,
                 layers=_select_layers(net, predicate),
                 loss_fn=loss_fn or default_loss_fn,
                 output_fn=output_fn or default_output_fn,
-                options=dict(options.get(spec.name, {})),
+                options=dict(options.get(spec.name, {})) if runner is None else {},
+                sample_mask=sample_mask,
             )
             ctx_manager = torch.autocast(device_type="cuda", enabled=False) if devices else contextlib.nullcontext()
-            with ctx_manager:
-                value = spec.fn(ctx)
+            with ctx_manager, _sdpa_math():
+                if runner is not None:
+                    values.update(runner(ctx, [s.name for s in unit], options))
+                else:
+                    values[spec.name] = spec.fn(ctx)
             del net, ctx
+        elapsed = time.perf_counter() - start
+        for s in unit:
+            seconds[s.name] = elapsed / len(unit)
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        value = values[spec.name]
         layer_values: dict[str, float] = {}
         if isinstance(value, dict):
             layer_values = {k: float(v) for k, v in value.items()}
@@ -452,5 +657,5 @@ def zero_cost_proxies(
         total = _apply_nan_policy(spec.name, total, nan_policy)
         out[spec.name] = {"total": total, **layer_values} if per_layer else total
         if return_timings:
-            out[f"{spec.name}_seconds"] = time.perf_counter() - start
+            out[f"{spec.name}_seconds"] = seconds[spec.name]
     return out

@@ -9,17 +9,27 @@ which :func:`~litmix.functional.proxies.zero_cost_proxies` sums.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from litmix.functional.proxies.core import ProxyContext, hooks_removed, register_proxy, weight_of
+from litmix.functional.proxies.core import ProxyContext, register_proxy, weight_of
 
-__all__ = ["fisher", "grad_norm", "grasp", "plain", "snip", "synflow"]
+__all__ = ["FisherHooks", "fisher", "grad_norm", "grasp", "grasp_z", "plain", "snip", "synflow"]
 
 
 def _backward_loss(ctx: ProxyContext) -> None:
     ctx.model.zero_grad(set_to_none=True)
     ctx.loss().backward()
+
+
+GRAD_FORMULAS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "grad_norm": lambda w, g: g.norm(),
+    "snip": lambda w, g: (g * w).abs().sum(),
+    "plain": lambda w, g: (g * w).sum(),
+}
 
 
 def _per_layer(ctx: ProxyContext, fn: type | object) -> dict[str, Tensor]:
@@ -34,21 +44,21 @@ def _per_layer(ctx: ProxyContext, fn: type | object) -> dict[str, Tensor]:
 def grad_norm(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ_l ‖∂L/∂W_l‖₂: the **sum of per-layer** gradient norms (not the global norm)."""
     _backward_loss(ctx)
-    return _per_layer(ctx, lambda w, g: g.norm())
+    return _per_layer(ctx, GRAD_FORMULAS["grad_norm"])
 
 
 @register_proxy("snip", needs_labels=True)
 def snip(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ |∂L/∂W ⊙ W| (equal to the reference's |∂L/∂m| for an all-ones mask multiplying W)."""
     _backward_loss(ctx)
-    return _per_layer(ctx, lambda w, g: (g * w).abs().sum())
+    return _per_layer(ctx, GRAD_FORMULAS["snip"])
 
 
 @register_proxy("plain", needs_labels=True)
 def plain(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ ∂L/∂W ⊙ W (signed); a weak proxy, useful as a negative control."""
     _backward_loss(ctx)
-    return _per_layer(ctx, lambda w, g: (g * w).sum())
+    return _per_layer(ctx, GRAD_FORMULAS["plain"])
 
 
 @register_proxy("grasp", needs_labels=True)
@@ -62,17 +72,22 @@ def grasp(ctx: ProxyContext) -> dict[str, Tensor]:
     temperature = float(ctx.options.get("T", 1.0))
     weights = ctx.weights()
     ctx.model.zero_grad(set_to_none=True)
-    loss = ctx.loss_fn(ctx.forward() / temperature, ctx.targets)  # type: ignore[arg-type]
+    loss = ctx.loss(ctx.forward() / temperature)
     grad_w = torch.autograd.grad(loss, weights, allow_unused=True)
-    loss = ctx.loss_fn(ctx.forward() / temperature, ctx.targets)  # type: ignore[arg-type]
+    loss = ctx.loss(ctx.forward() / temperature)
     grad_f = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
-    z = sum(
-        ((gw.detach() * gf).sum() for gw, gf in zip(grad_w, grad_f, strict=True) if gw is not None and gf is not None),
-        start=torch.zeros((), dtype=loss.dtype),
-    )
+    z = grasp_z(grad_w, grad_f, loss.dtype)
     if z.requires_grad:
         z.backward()
     return _per_layer(ctx, lambda w, hg: (-w * hg).sum())
+
+
+def grasp_z(grad_w: Sequence[Tensor | None], grad_f: Sequence[Tensor | None], dtype: torch.dtype) -> Tensor:
+    """GraSP's z = Σ_l g_l · ∂L/∂W_l (g detached), whose weight gradient is the Hessian-gradient product Hg."""
+    return sum(
+        ((gw.detach() * gf).sum() for gw, gf in zip(grad_w, grad_f, strict=True) if gw is not None and gf is not None),
+        start=torch.zeros((), dtype=dtype),
+    )
 
 
 @register_proxy("fisher", needs_labels=True)
@@ -86,11 +101,38 @@ def fisher(ctx: ProxyContext) -> dict[str, Tensor]:
     ``register_backward_hook`` on patched forwards leaks memory, and full backward hooks break on a following
     in-place ReLU; the tensor hooks vanish with the graph, the forward hooks are always removed.
     """
-    broadcast = bool(ctx.options.get("samsung_broadcast", True))
-    values: dict[str, Tensor] = {}
+    hooks = FisherHooks(ctx, bool(ctx.options.get("samsung_broadcast", True)))
+    try:
+        _backward_loss(ctx)
+    finally:
+        hooks.remove()
+    return hooks.values(ctx)
 
-    def make_hook(name: str, conv: bool, fan_in: int):  # type: ignore[no-untyped-def]
+
+class FisherHooks:
+    """Forward hooks on the scored layers that register gradient hooks on their outputs (fisher's F_k).
+
+    The gradient hooks add to the values only while :attr:`armed` is true, so that further backward passes
+    through the same graph (an input Jacobian, GraSP's double backward) do not count twice.
+    """
+
+    def __init__(self, ctx: ProxyContext, broadcast: bool) -> None:
+        self.broadcast = broadcast
+        self.armed = True
+        self._values: dict[str, Tensor] = {}
+        self.handles: list[Any] = []
+        for name, m in ctx.layers:
+            conv = isinstance(m, nn.modules.conv._ConvNd)
+            w = weight_of(m)
+            fan_in = w[0].numel() if conv else w.numel() // max(_out_features(m), 1)
+            self.handles.append(m.register_forward_hook(self._make_hook(name, conv, fan_in)))
+
+    def _make_hook(self, name: str, conv: bool, fan_in: int) -> Callable[..., None]:
+        values, broadcast = self._values, self.broadcast
+
         def grad_hook(act: Tensor, grad: Tensor) -> None:
+            if not self.armed:
+                return
             prod = act * grad.detach()
             if conv and prod.dim() > 2:
                 g_nk = prod.sum(dim=tuple(range(2, prod.dim())))
@@ -108,14 +150,15 @@ def fisher(ctx: ProxyContext) -> dict[str, Tensor]:
 
         return fwd_hook
 
-    with hooks_removed([]) as handles:
-        for name, m in ctx.layers:
-            conv = isinstance(m, nn.modules.conv._ConvNd)
-            w = weight_of(m)
-            fan_in = w[0].numel() if conv else w.numel() // max(_out_features(m), 1)
-            handles.append(m.register_forward_hook(make_hook(name, conv, fan_in)))
-        _backward_loss(ctx)
-    return {name: values.get(name, torch.zeros((), dtype=torch.float64)) for name, _ in ctx.layers}
+    def remove(self) -> None:
+        """Remove the forward hooks (the gradient hooks vanish with the graph)."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def values(self, ctx: ProxyContext) -> dict[str, Tensor]:
+        """Per-layer fisher values (0 for a layer no gradient reached)."""
+        return {name: self._values.get(name, torch.zeros((), dtype=torch.float64)) for name, _ in ctx.layers}
 
 
 def _out_features(m: nn.Module) -> int:

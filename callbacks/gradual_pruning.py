@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
-from litmix.base import LitmixCallback
+from litmix.base import Example, LitmixCallback
 from litmix.functional.sparsity import (
     MASK_SUFFIX,
     SECOND_MOMENTS,
+    canonical_parameter_names,
     cubic_sparsity,
-    default_parameter_names,
+    default_parameter_selection,
+    keeps_pruned_weights_zero,
     magnitude_masks,
     mask_optimizer_state,
+    pack_mask,
     remove_masks,
+    reset_optimizer_state,
+    unpack_mask,
 )
 from litmix.registry import register
+from litmix.validation import check_bool, check_choice, check_float, check_int, check_str, check_type
 
 __all__ = ["GradualPruning"]
 
@@ -29,6 +37,9 @@ PAPER = (
     "To prune, or not to prune: exploring the efficacy of pruning for model compression "
     "(https://arxiv.org/abs/1710.01878)"
 )
+
+#: strategies that shard parameters: a mask decided on a shard is not a global magnitude ranking
+_SHARDED: tuple[type, ...] = (FSDPStrategy, DeepSpeedStrategy)
 
 
 @register("callback", "sparsity", paper=PAPER)
@@ -40,42 +51,67 @@ class GradualPruning(LitmixCallback):
     ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3`` over optimizer steps ``t``; every
     ``every_n_steps`` steps between ``t0`` and ``t1`` the smallest-magnitude weights (globally or per layer)
     are pruned up to ``s_t`` of the pruned parameters; the mask is fixed afterwards. Masks only grow: pruned
-    weights stay pruned, and masks already on the module (from an earlier fit) are kept as a floor.
+    weights stay pruned, and masks already on the module (from an earlier fit of the same module object) are kept
+    as a floor.
 
-    Masks are persistent bool buffers ``<param>_mask`` on the owning module (``net.0.weight_mask``), created
-    in ``setup(stage="fit")`` so they are saved with the model and restored by ``ckpt_path`` resume. There
-    are no forward hooks: gradients are masked in ``on_before_optimizer_step``, the weights re-masked after
-    each optimizer step (``on_train_batch_end``), and the optimizer state (``exp_avg``, ``exp_avg_sq``,
-    ``momentum_buffer``, ...) zeroed at pruned coordinates whenever the masks change. Under DDP the masks
-    are computed on global rank 0 and broadcast. Call :meth:`make_permanent` to drop the buffers for export.
+    **Masks.** One bool per pruned weight (1 byte), held as *non-persistent* buffers ``<param>_mask`` on the owning
+    module (``net.0.weight_mask``): they follow the module across devices but are not in its ``state_dict``, so a
+    checkpoint of a pruned model loads with strict loading into the class that wrote it
+    (``MyModule.load_from_checkpoint(path)``). The masks are saved in this callback's state (one bit per weight),
+    so ``Trainer.fit(ckpt_path=...)`` restores every mask exactly. The pruned weights are exactly 0 in the saved
+    weights; :meth:`make_permanent` only drops the buffers.
+
+    **Engine** (one pass over each masked tensor per optimizer step). The gradients of pruned weights are zeroed
+    in ``on_before_optimizer_step`` (after AMP unscaling and before clipping, so clipping norms see the sparse
+    network), and first moments/momentum buffers are zeroed at newly pruned coordinates whenever the masks change.
+    For the optimizers in :data:`~litmix.functional.sparsity.EXACT_OPTIMIZERS` (SGD with momentum, Nesterov and
+    weight decay; Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, RMSprop, Adadelta; their ``foreach``/``fused``
+    variants) a coordinate whose gradient and first moment are zero gets an exactly zero update, so pruned weights
+    stay exactly 0 and momentum can never revive them without re-masking the weights. Second moments
+    (``exp_avg_sq``) are left alone: they only scale an update that is already zero. Any other optimizer
+    gets its weights re-masked after every step as well. Every ``Trainer(log_every_n_steps)`` steps the pruned
+    weights are checked; if something else wrote them (another callback, a custom step), a warning says so and
+    the weights are re-masked after every step from then on. Regrown coordinates (a mask going from pruned to
+    kept) start from fresh (zero) optimizer state. Under DDP the masks are computed on global rank 0 and broadcast.
+
     Pruning does not make dense kernels faster; it saves nothing until the weights are stored sparse.
 
-    Logs ``pruning/sparsity`` (mask sparsity, progress bar) whenever the masks change and every
-    ``Trainer(log_every_n_steps)`` steps, and ``pruning/sparsity/<param>`` at each epoch end; at the end of fit
-    every logger gets ``pruning/final_sparsity/<param>`` through ``log_metrics`` and a ``WandbLogger`` also a
-    bar chart image. ``name`` replaces the ``pruning`` prefix.
+    **Default selection** (``parameter_names=None``): the ``weight`` of every ``nn.Linear``, ``nn.Conv*``,
+    ``nn.Bilinear``, Hugging Face ``Conv1D`` (GPT-2 blocks), PyG ``Linear`` (inside ``GCNConv`` etc.) and timm
+    layer (they subclass ``nn.Linear``/``nn.Conv2d``; ``CondConv2d`` by name); embeddings, norms and biases stay
+    dense. A weight shared by several prunable layers is pruned once; a weight tied to a non-prunable layer (a
+    language model's ``lm_head`` tied to its input ``Embedding``) stays dense. The chosen parameters are listed in
+    an info log line at the start of fit. Explicit ``parameter_names`` may name any alias of a tied parameter.
+
+    Logs ``<prefix>/sparsity`` (mask sparsity, progress bar) whenever the masks change and every
+    ``Trainer(log_every_n_steps)`` steps, and ``<prefix>/sparsity/<param>`` at each epoch end; at the end of fit
+    every logger gets ``<prefix>/final_sparsity`` and ``<prefix>/final_sparsity/<param>`` through ``log_metrics``
+    and a ``WandbLogger`` also a bar chart image. ``<prefix>`` is ``name`` when given, else ``pruning``.
 
     Args:
         target_sparsity: final fraction of pruned weights ``s_f``, in [0, 1).
         initial_sparsity: sparsity ``s_i`` applied at ``t0``, in [0, ``target_sparsity``].
         start_fraction: ``t0`` as a fraction of ``trainer.estimated_stepping_batches``, in [0, 1).
-        end_fraction: ``t1`` as a fraction of ``trainer.estimated_stepping_batches``, in (``start_fraction``, 1].
+        end_fraction: ``t1`` as a fraction of ``trainer.estimated_stepping_batches``, in (``start_fraction``, 1]
+            (``t1`` is capped at the last step of the run).
         start_step: absolute ``t0`` (optimizer steps, >= 0); overrides ``start_fraction``.
-        end_step: absolute ``t1`` (> ``start_step``); overrides ``end_fraction``.
+        end_step: absolute ``t1`` (> ``start_step``); overrides ``end_fraction``. The run must reach it: fit
+            raises a ``ValueError`` before the first step when ``end_step`` is not below
+            ``trainer.estimated_stepping_batches``.
         every_n_steps: optimizer steps between mask updates (>= 1).
         scope: ``"global"`` (one magnitude ranking over all pruned parameters) or ``"layer"`` (each to
             the same sparsity).
-        parameter_names: parameters to prune as in ``named_parameters`` (``"net.0.weight"``); default: the
-            ``weight`` of every ``nn.Linear`` and ``nn.Conv{1,2,3}d``.
-        zero_second_moments: also zero second-moment states (Adam's ``exp_avg_sq``, ``max_exp_avg_sq``) at
-            pruned coordinates. First moments and momentum buffers are always zeroed, and since gradients are
-            masked a pruned weight gets no update either way; ``False`` only skips work that is slow on CPUs where
-            ``sqrt(0)`` is slow (``benchmarks/results/pruning.md``: 1.38x vs 1.07x the dense step).
+        parameter_names: parameters to prune as in ``named_parameters`` (``"net.0.weight"``); default (``None``):
+            see *Default selection* above.
+        zero_second_moments: deprecated, no effect on training. ``True`` also zeroes second moments
+            (``exp_avg_sq``, ...) at newly pruned coordinates, which only costs time (``sqrt(0)`` is slow on some
+            CPUs, ``benchmarks/results/pruning.md``); it will be removed.
         name: optional instance name (checkpoint key and logging prefix).
 
     Raises:
-        ValueError: for arguments out of range (in ``__init__``) and, in ``setup``, for parameter names the
-            module lacks (listing the available ones) or a schedule that does not fit the run.
+        ValueError: for arguments out of range (in ``__init__``) and, when fit starts, for parameter names the
+            module lacks (listing the available ones), a module without prunable layers (listing the candidate
+            parameters) or a schedule that does not fit the run (naming the argument, its value and the run length).
         TypeError: for arguments of the wrong type.
         MisconfigurationException: under manual optimization or a sharded strategy (FSDP, DeepSpeed).
 
@@ -87,12 +123,14 @@ class GradualPruning(LitmixCallback):
         >>> _ = fit_tiny([cb], module=model, max_steps=6)
         >>> round(sparsity_report(model)["global"], 2)
         0.5
+        >>> sorted(k for k in model.state_dict() if k.endswith("_mask"))  # masks live in the callback's state
+        []
         >>> GradualPruning.make_permanent(model)
         ['net.0.weight', 'net.2.weight']
     """
 
-    family: ClassVar[str] = "sparsity"
-    modifies_structure: ClassVar[bool] = True
+    default_log_prefix: ClassVar[str] = "pruning"
+    state_version: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -105,107 +143,96 @@ class GradualPruning(LitmixCallback):
         every_n_steps: int = 20,
         scope: Literal["global", "layer"] = "global",
         parameter_names: list[str] | None = None,
-        zero_second_moments: bool = True,
+        zero_second_moments: bool | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
         cls = type(self).__name__
-
-        def fail(arg: str, value: Any, allowed: str, exc: type[Exception] = ValueError) -> None:
-            raise exc(f"{cls}({arg}={value!r}): {arg} must be {allowed}, got {value!r}")
-
-        for arg, value in (
-            ("target_sparsity", target_sparsity),
-            ("initial_sparsity", initial_sparsity),
-            ("start_fraction", start_fraction),
-            ("end_fraction", end_fraction),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                fail(arg, value, "a float", TypeError)
-        for arg, opt in (("start_step", start_step), ("end_step", end_step), ("every_n_steps", every_n_steps)):
-            if opt is not None and (isinstance(opt, bool) or not isinstance(opt, int)):
-                fail(arg, opt, "an int", TypeError)
-        if not 0.0 <= target_sparsity < 1.0:
-            fail("target_sparsity", target_sparsity, "in [0, 1)")
-        if not 0.0 <= initial_sparsity <= target_sparsity:
-            fail("initial_sparsity", initial_sparsity, f"in [0, target_sparsity={target_sparsity}]")
-        if not 0.0 <= start_fraction < 1.0:
-            fail("start_fraction", start_fraction, "in [0, 1)")
-        if not start_fraction < end_fraction <= 1.0:
-            fail("end_fraction", end_fraction, f"in (start_fraction={start_fraction}, 1]")
-        if start_step is not None and start_step < 0:
-            fail("start_step", start_step, ">= 0")
-        if end_step is not None and end_step < 1:
-            fail("end_step", end_step, ">= 1")
-        if start_step is not None and end_step is not None and end_step <= start_step:
-            fail("end_step", end_step, f"> start_step={start_step}")
-        if every_n_steps < 1:
-            fail("every_n_steps", every_n_steps, ">= 1")
-        if scope not in ("global", "layer"):
-            fail("scope", scope, "'global' or 'layer'")
-        if parameter_names is not None and (
-            not isinstance(parameter_names, list | tuple)
-            or not parameter_names
-            or not all(isinstance(n, str) for n in parameter_names)
-        ):
-            fail("parameter_names", parameter_names, "a non-empty list of parameter names or None", TypeError)
-        if not isinstance(zero_second_moments, bool):
-            fail("zero_second_moments", zero_second_moments, "a bool", TypeError)
-        self.zero_second_moments = zero_second_moments
-        self.target_sparsity: float = float(target_sparsity)
-        self.initial_sparsity: float = float(initial_sparsity)
-        self.start_fraction: float = float(start_fraction)
-        self.end_fraction: float = float(end_fraction)
+        target_sparsity = check_float(cls, "target_sparsity", target_sparsity, low=0.0, high=1.0, high_open=True)
+        initial_sparsity = check_float(cls, "initial_sparsity", initial_sparsity, low=0.0, high=target_sparsity)
+        start_fraction = check_float(cls, "start_fraction", start_fraction, low=0.0, high=1.0, high_open=True)
+        end_fraction = check_float(cls, "end_fraction", end_fraction, low=start_fraction, high=1.0, low_open=True)
+        start_step = check_int(cls, "start_step", start_step, low=0, allow_none=True)
+        end_step = check_int(cls, "end_step", end_step, low=1 if start_step is None else start_step + 1, allow_none=True)
+        every_n_steps = check_int(cls, "every_n_steps", every_n_steps, low=1)
+        scope = check_choice(cls, "scope", scope, ("global", "layer"))
+        if parameter_names is not None:
+            check_type(cls, "parameter_names", parameter_names, (list, tuple))
+            if not parameter_names:
+                raise ValueError(
+                    f"{cls}(parameter_names=[]): parameter_names must be a non-empty list of parameter names or None"
+                )
+            for n in parameter_names:
+                check_str(cls, "parameter_names", n, allow_empty=False)
+        if zero_second_moments is not None:
+            check_bool(cls, "zero_second_moments", zero_second_moments)
+            warnings.warn(
+                f"{cls}(zero_second_moments={zero_second_moments}) is deprecated and will be removed: pruned weights "
+                "get an exactly zero update whatever their second moments, so zeroing them changes nothing and only "
+                "costs time (sqrt(0) is slow on some CPUs)",
+                FutureWarning,
+                stacklevel=2,
+            )
+        super().__init__(name=name)
+        self.zero_second_moments: bool = bool(zero_second_moments)
+        self.target_sparsity: float = target_sparsity
+        self.initial_sparsity: float = initial_sparsity
+        self.start_fraction: float = start_fraction
+        self.end_fraction: float = end_fraction
         self.start_step: int | None = start_step
         self.end_step: int | None = end_step
         self.every_n_steps: int = every_n_steps
         self.scope: Literal["global", "layer"] = scope
         self.parameter_names: list[str] | None = list(parameter_names) if parameter_names is not None else None
-        self.log_prefix: str = name or "pruning"
         # state (checkpointed)
         self.last_update_step: int = -1
         self.last_applied_step: int = -1
         self.current_sparsity: float = 0.0
-        # resolved at setup / train start (not checkpointed: derived from the module and the Trainer)
+        self._masks: dict[str, Tensor] = {}  # name -> bool mask (the module's non-persistent buffer once set up)
+        # resolved at setup / fit start (not checkpointed: derived from the module and the Trainer)
         self._names: list[str] = []
         self._t0: int = 0
         self._t1: int = 1
         self._layer_sparsity: dict[str, float] = {}
-        self._dense_masks: list[tuple[nn.Parameter, Tensor]] = []  # (param, mask in param dtype) for fast mul_
+        self._fast: list[tuple[nn.Parameter, Tensor]] = []  # (param, mask viewed as uint8: mul_ by it is fast)
+        self._remask_weights: bool = False
         self._log_pending: bool = True
 
     @classmethod
-    def example(cls) -> GradualPruning:
+    def example(cls) -> Example:
         """Prunes ``TinyClassifier`` to 50 % during the first half of the run, updating every step."""
-        return cls(target_sparsity=0.5, start_fraction=0.0, end_fraction=0.5, every_n_steps=1)
+        from litmix.testing import TinyClassifier, TinyDataModule
+
+        return Example(
+            TinyClassifier(),
+            TinyDataModule(),
+            [cls(target_sparsity=0.5, start_fraction=0.0, end_fraction=0.5, every_n_steps=1)],
+        )
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        """Unnamed instances on explicit parameters differ by them; the default selection keeps the class name."""
+        return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
 
     # ------------------------------------------------------------------ helpers
     def _params(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Parameter, Tensor]]:
         params = dict(pl_module.named_parameters())
-        out = []
-        for n in self._names:
-            path, _, leaf = n.rpartition(".")
-            owner = pl_module.get_submodule(path) if path else pl_module
-            mask = owner._buffers[leaf + MASK_SUFFIX]
-            assert mask is not None
-            out.append((n, params[n], mask))
-        return out
+        return [(n, params[n], self._masks[n]) for n in self._names]
 
     def _refresh(self, pl_module: pl.LightningModule) -> None:
-        """Recompute the per-parameter mask sparsity and the masks in parameter dtype (mul_ beats masked_fill_)."""
-        self._dense_masks = [(p, mask.to(p.dtype)) for _, p, mask in self._params(pl_module)]
+        """Recompute the per-parameter mask sparsity and the uint8 views of the masks (no copies)."""
+        self._fast = [(p, mask.view(torch.uint8)) for _, p, mask in self._params(pl_module)]
         self._log_pending = True
-        self._refresh_layer_sparsity(pl_module)
+        self._refresh_layer_sparsity()
 
     def _apply_masks(self) -> None:
         with torch.no_grad():
-            for p, mask in self._dense_masks:
+            for p, mask in self._fast:
                 p.mul_(mask)
 
-    def _refresh_layer_sparsity(self, pl_module: pl.LightningModule) -> None:
+    def _refresh_layer_sparsity(self) -> None:
         stats, pruned, total = {}, 0, 0
-        for n, _, mask in self._params(pl_module):
-            k = int((~mask).sum())
+        for n in self._names:
+            mask = self._masks[n]
+            k = mask.numel() - int(torch.count_nonzero(mask))
             stats[n] = k / mask.numel()
             pruned, total = pruned + k, total + mask.numel()
         stats["global"] = pruned / max(total, 1)
@@ -218,9 +245,33 @@ class GradualPruning(LitmixCallback):
             return (step - self._t0) % self.every_n_steps == 0 or step == self._t1
         return self.current_sparsity < self.target_sparsity  # t1 missed (e.g. resumed past it): catch up once
 
+    def _select(self, pl_module: pl.LightningModule) -> tuple[list[str], dict[str, str]]:
+        """Canonical names to prune and the aliases mapped or left out (alias -> why)."""
+        cls = type(self).__name__
+        canonical = canonical_parameter_names(pl_module)
+        if self.parameter_names is None:
+            names, excluded = default_parameter_selection(pl_module)
+            if not names:
+                candidates = [n for n, p in pl_module.named_parameters() if p.dim() >= 2]
+                raise ValueError(
+                    f"{cls}(parameter_names=None): found no prunable layer (nn.Linear, nn.Conv*, nn.Bilinear, "
+                    f"HF Conv1D, PyG Linear) in {type(pl_module).__name__}; pass parameter_names, e.g. from the "
+                    f"candidate parameters with >= 2 dimensions: {candidates or sorted(canonical)}"
+                    + (f" (left out as tied: {excluded})" if excluded else "")
+                )
+            return names, excluded
+        unknown = [n for n in self.parameter_names if n not in canonical]
+        if unknown:
+            raise ValueError(
+                f"{cls}(parameter_names=...): unknown parameters {unknown}; available: {sorted(canonical)}"
+            )
+        aliases = {n: f"alias of {canonical[n]}" for n in self.parameter_names if canonical[n] != n}
+        return list(dict.fromkeys(canonical[n] for n in self.parameter_names)), aliases
+
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check the environment and the parameter names; register the mask buffers (before weights load)."""
+        """Check the strategy and the parameters; register the masks (before a resumed checkpoint is loaded)."""
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         cls = type(self).__name__
@@ -228,55 +279,91 @@ class GradualPruning(LitmixCallback):
             raise MisconfigurationException(
                 f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
             )
-        strategy = type(trainer.strategy).__name__
-        if any(s in strategy for s in ("FSDP", "DeepSpeed", "ModelParallel")):
+        if isinstance(trainer.strategy, _SHARDED):
             raise MisconfigurationException(
-                f"{cls} does not support Trainer(strategy={strategy}); use a single device or DDP"
+                f"{cls} does not support Trainer(strategy={type(trainer.strategy).__name__}): it ranks whole "
+                "parameters by magnitude and a sharded strategy gives each rank a shard; use strategy='ddp' "
+                "(or a single device)"
             )
-        params = dict(pl_module.named_parameters())
-        if self.parameter_names is None:
-            names = default_parameter_names(pl_module)
-            if not names:
-                raise ValueError(f"{cls}: the module has no nn.Linear/nn.Conv*d weights; pass parameter_names")
-        else:
-            unknown = [n for n in self.parameter_names if n not in params]
-            if unknown:
-                raise ValueError(
-                    f"{cls}(parameter_names=...): unknown parameters {unknown}; available: {sorted(params)}"
-                )
-            names = list(dict.fromkeys(self.parameter_names))
+        names, excluded = self._select(pl_module)
         self._names = names
         # a fresh fit starts the schedule afresh; on resume the checkpointed state is loaded after setup
         self.last_update_step, self.last_applied_step, self.current_sparsity = -1, -1, 0.0
+        params = dict(pl_module.named_parameters())
+        self._masks = {}
         for n in names:
             path, _, leaf = n.rpartition(".")
             owner = pl_module.get_submodule(path) if path else pl_module
             buf = owner._buffers.get(leaf + MASK_SUFFIX)
-            if buf is None or buf.shape != params[n].shape:
-                owner.register_buffer(leaf + MASK_SUFFIX, torch.ones_like(params[n], dtype=torch.bool), persistent=True)
-        self._refresh_layer_sparsity(pl_module)
+            if buf is None or buf.shape != params[n].shape or buf.dtype != torch.bool:
+                buf = torch.ones_like(params[n], dtype=torch.bool)
+            # non-persistent: follows .to(device), stays out of the module's state_dict (strict loading works)
+            owner.register_buffer(leaf + MASK_SUFFIX, buf, persistent=False)
+            self._masks[n] = buf
+        self._refresh_layer_sparsity()
+        shown = ", ".join(names[:50]) + (f", ... ({len(names) - 50} more)" if len(names) > 50 else "")
+        how = "default selection" if self.parameter_names is None else "parameter_names"
+        left_out = f"; not pruned: {excluded}" if excluded else ""
+        rank_zero_info(f"{cls}: pruning {len(names)} parameters ({how}): {shown}{left_out}")
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Resolve the schedule in steps and apply the (possibly restored) masks to the weights."""
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resolve the schedule in optimizer steps; refuse one that the run does not reach."""
         cls = type(self).__name__
-        if self.start_step is None or self.end_step is None:
-            total = trainer.estimated_stepping_batches
-            if not math.isfinite(total):
+        total = trainer.estimated_stepping_batches
+        if (self.start_step is None or self.end_step is None) and not math.isfinite(total):
+            raise ValueError(
+                f"{cls}(start_fraction={self.start_fraction}, end_fraction={self.end_fraction}): the run length is "
+                f"unknown (trainer.estimated_stepping_batches={total}); pass start_step and end_step or set "
+                "max_steps/max_epochs"
+            )
+        last = int(total) - 1 if math.isfinite(total) else None  # the last optimizer step the run makes
+        for arg, value in (("start_step", self.start_step), ("end_step", self.end_step)):
+            if value is not None and last is not None and value > last:
                 raise ValueError(
-                    f"{cls}: the run length is unknown (estimated_stepping_batches={total}); "
-                    "pass start_step and end_step or set max_steps/max_epochs"
+                    f"{cls}({arg}={value}): the run makes only {int(total)} optimizer steps (0..{last}, "
+                    f"trainer.estimated_stepping_batches={int(total)}), so the schedule would stop at "
+                    f"{self._sparsity_reached(last):.4f} instead of target_sparsity={self.target_sparsity}; "
+                    f"pass {arg} <= {last} or lengthen the run"
                 )
         t0 = self.start_step if self.start_step is not None else int(self.start_fraction * total)
-        t1 = self.end_step if self.end_step is not None else max(round(self.end_fraction * total), t0 + 1)
+        if self.end_step is not None:
+            t1 = self.end_step
+        else:
+            t1 = max(min(round(self.end_fraction * total), int(total) - 1), t0 + 1)
         if t1 <= t0:
-            raise ValueError(f"{cls}: end step {t1} must be after start step {t0}")
+            raise ValueError(
+                f"{cls}(end_step={self.end_step}): the schedule must end after it starts (start step {t0}, from "
+                f"start_fraction={self.start_fraction} of {total} steps); pass a larger end_step or start_step"
+            )
         self._t0, self._t1 = t0, t1
+
+    def _sparsity_reached(self, last: int) -> float:
+        t0 = self.start_step if self.start_step is not None else 0
+        t1 = self.end_step if self.end_step is not None else t0 + 1
+        if last < t0:
+            return 0.0
+        done = t0 + (last - t0) // self.every_n_steps * self.every_n_steps
+        return cubic_sparsity(done, t0, max(t1, t0 + 1), self.initial_sparsity, self.target_sparsity)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Apply the (possibly restored) masks to weights and first moments; pick the masking engine."""
+        cls = type(self).__name__
         self._refresh(pl_module)
         self._apply_masks()
+        with torch.no_grad():
+            for _, p, mask in self._params(pl_module):
+                for opt in trainer.optimizers:
+                    mask_optimizer_state(opt, p, mask, skip=() if self.zero_second_moments else SECOND_MOMENTS)
+        inexact = [type(o).__name__ for o in trainer.optimizers if not keeps_pruned_weights_zero(o)]
+        self._remask_weights = bool(inexact)
+        engine = (
+            f"gradients and weights masked every step ({', '.join(inexact)} is not known to keep zeros at zero)"
+            if inexact
+            else "gradients masked every step"
+        )
         rank_zero_info(
-            f"{cls}: {len(self._names)} parameters, {self.scope} magnitude pruning "
-            f"{self.initial_sparsity:.3f} -> {self.target_sparsity:.3f} over steps {t0}..{t1} "
-            f"every {self.every_n_steps}"
+            f"{cls}: {self.scope} magnitude pruning {self.initial_sparsity:.3f} -> {self.target_sparsity:.3f} "
+            f"over steps {self._t0}..{self._t1} every {self.every_n_steps}; {engine}"
         )
 
     def on_train_batch_start(
@@ -293,12 +380,18 @@ class GradualPruning(LitmixCallback):
         sparsity = max(sparsity, floor)
         entries = self._params(pl_module)
         new_masks = self._decide_masks(trainer, entries, sparsity)
+        skip = () if self.zero_second_moments else SECOND_MOMENTS
         with torch.no_grad():
             for n, p, mask in entries:
-                mask.copy_(new_masks[n].to(mask.device))
-                p.masked_fill_(~mask, 0)
+                new = new_masks.pop(n).to(mask.device)
+                regrown = new & ~mask
+                mask.copy_(new)
+                del new
+                p.mul_(mask.view(torch.uint8))
                 for opt in trainer.optimizers:
-                    mask_optimizer_state(opt, p, mask, skip=() if self.zero_second_moments else SECOND_MOMENTS)
+                    mask_optimizer_state(opt, p, mask, skip=skip)  # momentum can never revive a pruned weight
+                    if regrown.any():
+                        reset_optimizer_state(opt, p, regrown)  # regrown weights start from fresh state
         self.last_update_step = step
         self.current_sparsity = sparsity
         self._refresh(pl_module)
@@ -319,22 +412,27 @@ class GradualPruning(LitmixCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Zero the gradients of pruned weights."""
-        for p, mask in self._dense_masks:
-            if p.grad is not None:
-                p.grad.mul_(mask)
+        """Zero the gradients of pruned weights (one in-place multiply per masked tensor)."""
+        for p, mask in self._fast:
+            grad = p.grad
+            if grad is not None:
+                grad.mul_(mask)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Re-apply the masks once per optimizer step (weight decay etc. cannot revive pruned weights); log."""
-        if trainer.global_step > self.last_applied_step:
-            self._apply_masks()
-            self.last_applied_step = trainer.global_step
+        """Re-mask the weights when the optimizer needs it; check them periodically; log the sparsity."""
+        step = trainer.global_step
+        every = int(getattr(trainer, "log_every_n_steps", 50) or 0)
+        if step > self.last_applied_step:
+            self.last_applied_step = step
+            if self._remask_weights:
+                self._apply_masks()
+            elif every > 0 and step % every == 0:
+                self._check_pruned_weights(pl_module)
         # `log` costs ~0.3 ms on CPU and the value only changes with the masks: log when it changed and on the
         # steps the loggers record (the progress bar and callback_metrics keep the last value in between)
-        every = int(getattr(trainer, "log_every_n_steps", 50) or 0)
-        if self._log_pending or (every > 0 and trainer.global_step % every == 0):
+        if self._log_pending or (every > 0 and step % every == 0):
             pl_module.log(
                 f"{self.log_prefix}/sparsity",
                 self._layer_sparsity.get("global", 0.0),
@@ -344,6 +442,21 @@ class GradualPruning(LitmixCallback):
                 batch_size=1,
             )
             self._log_pending = False
+
+    def _check_pruned_weights(self, pl_module: pl.LightningModule) -> None:
+        """Pruned weights must still be 0; if something wrote them, warn and re-mask after every step from now on."""
+        with torch.no_grad():
+            bad = {n: int(torch.logical_and(p != 0, ~mask).sum()) for n, p, mask in self._params(pl_module)}
+        bad = {n: k for n, k in bad.items() if k}
+        if not bad:
+            return
+        rank_zero_warn(
+            f"{type(self).__name__}: pruned weights became non-zero between optimizer steps ({bad}); something "
+            "other than the optimizer writes the weights (another callback, a custom step). Re-masking the weights "
+            "after every optimizer step from now on."
+        )
+        self._remask_weights = True
+        self._apply_masks()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Per-parameter mask sparsity."""
@@ -386,28 +499,57 @@ class GradualPruning(LitmixCallback):
         plt.close(fig)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Drop the cached references to parameters (the mask buffers stay on the module)."""
-        self._dense_masks = []
+        """Drop the cached references to parameters (the masks stay, for :meth:`state_dict`)."""
+        self._fast = []
 
     # ------------------------------------------------------------------ state and export
     def state_dict(self) -> dict[str, Any]:
-        """Schedule position: last mask update, last re-masked step and the current target sparsity."""
+        """Schedule position and every mask at one bit per weight (``{name: {"shape", "bits"}}``)."""
         return {
             **super().state_dict(),
             "last_update_step": self.last_update_step,
             "last_applied_step": self.last_applied_step,
             "current_sparsity": self.current_sparsity,
+            "masks": {n: {"shape": list(m.shape), "bits": pack_mask(m)} for n, m in self._masks.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`; masks are copied into the module's mask buffers when fit has set them up.
+
+        Raises:
+            ValueError: for a newer state version, or a mask whose shape differs from the parameter's.
+        """
+        super().load_state_dict(state_dict)
         self.last_update_step = int(state_dict.get("last_update_step", -1))
         self.last_applied_step = int(state_dict.get("last_applied_step", -1))
         self.current_sparsity = float(state_dict.get("current_sparsity", 0.0))
+        masks = state_dict.get("masks")
+        if masks is None:  # version 1 kept the masks in the module's state_dict
+            return
+        cls = type(self).__name__
+        for n, entry in masks.items():
+            mask = unpack_mask(entry["bits"], entry["shape"])
+            live = self._masks.get(n)
+            if live is None:
+                if self._names:
+                    raise ValueError(f"{cls}: the checkpoint holds a mask for {n!r}, which this fit does not prune")
+                self._masks[n] = mask  # not set up yet: kept until setup (and returned by state_dict)
+            elif live.shape != mask.shape:
+                raise ValueError(
+                    f"{cls}: the checkpoint's mask for {n!r} has shape {tuple(mask.shape)}, the parameter "
+                    f"{tuple(live.shape)}"
+                )
+            else:
+                live.copy_(mask)
+        if self._names:
+            self._refresh_layer_sparsity()
 
     @staticmethod
     def make_permanent(module: nn.Module) -> list[str]:
         """Bake the masks into the weights (zeros stay) and delete the ``*_mask`` buffers.
+
+        After a fit the pruned weights are already exactly 0 and the buffers are not in the ``state_dict``: this
+        only frees their memory (and handles modules pruned by litmix < 0.2, whose masks were persistent buffers).
 
         Returns:
             The names of the parameters whose masks were removed.

@@ -143,7 +143,8 @@ def test_sparsity_report_and_remove_masks():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"target_sparsity": 1.0}, ValueError, r"target_sparsity must be in \[0, 1\), got 1.0"),
+        ({"target_sparsity": 1.0}, ValueError, r"GradualPruning\(target_sparsity=1.0\): target_sparsity must be .*< 1.0"),
+        ({"target_sparsity": float("nan")}, ValueError, "target_sparsity"),
         ({"target_sparsity": 1.3}, ValueError, "target_sparsity"),
         ({"target_sparsity": -0.1}, ValueError, "target_sparsity"),
         ({"target_sparsity": "0.9"}, TypeError, "target_sparsity"),
@@ -156,7 +157,11 @@ def test_sparsity_report_and_remove_masks():
         ({"end_step": 2.5}, TypeError, "end_step"),
         ({"every_n_steps": 0}, ValueError, "every_n_steps"),
         ({"scope": "row"}, ValueError, "scope"),
-        ({"parameter_names": []}, TypeError, "parameter_names"),
+        ({"parameter_names": []}, ValueError, "parameter_names"),
+        ({"parameter_names": ["net.0.weight", 3]}, TypeError, "parameter_names"),
+        ({"every_n_steps": True}, TypeError, "every_n_steps"),
+        ({"scope": 1}, TypeError, "scope"),
+        ({"name": ""}, ValueError, "name"),
         ({"parameter_names": "net.0.weight"}, TypeError, "parameter_names"),
     ],
 )
@@ -178,7 +183,7 @@ def test_manual_optimization_is_refused():
             self.automatic_optimization = False
 
     with pytest.raises(MisconfigurationException, match="automatic optimization"):
-        fit_tiny([GradualPruning.example()], module=Manual(), max_steps=1)
+        fit_tiny(GradualPruning.example().callbacks, module=Manual(), max_steps=1)
 
 
 def test_pickle_state_roundtrip_and_contract(tmp_path):
@@ -238,10 +243,11 @@ def test_pruned_weights_and_moments_stay_zero_for_100_steps(module_cls):
         assert int((~mask).sum()) == round(0.75 * mask.numel())  # per layer, exact
         assert (p[~mask] == 0).all()
         assert (p[mask] != 0).all()
-        moments = [v for v in opt.state[p].values() if v.shape == p.shape]
-        assert moments
-        for v in moments:
-            assert (v[~mask] == 0).all()  # zeroed at pruning time, never refilled
+        state = opt.state[p]
+        first = [k for k in ("exp_avg", "momentum_buffer") if k in state]
+        assert first
+        for k in first:
+            assert (state[k][~mask] == 0).all()  # zeroed at pruning time, never refilled (gradients are masked)
     assert sparsity_report(model)["global"] == pytest.approx(0.75, abs=1e-6)
 
 
@@ -308,9 +314,11 @@ def test_wandb_bar_chart(tmp_path, monkeypatch):
 def test_make_permanent_removes_buffers_keeps_zeros():
     model = TinyClassifier()
     fit_tiny([GradualPruning(0.75, start_step=0, end_step=3, every_n_steps=1)], module=model, max_steps=5)
-    before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("_mask")}
-    assert {k for k in model.state_dict() if k.endswith("_mask")} == {"net.0.weight_mask", "net.2.weight_mask"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not any(k.endswith("_mask") for k in before)  # masks are non-persistent buffers: not in the state_dict
+    assert {k for k, _ in model.named_buffers() if k.endswith("_mask")} == {"net.0.weight_mask", "net.2.weight_mask"}
     assert GradualPruning.make_permanent(model) == ["net.0.weight", "net.2.weight"]
+    assert not any(k.endswith("_mask") for k, _ in model.named_buffers())
     state = model.state_dict()
     assert not any(k.endswith("_mask") for k in state)
     for k, v in before.items():
@@ -331,9 +339,13 @@ def test_resume_matches_uninterrupted(tmp_path):
     cb_res = next(c for c in resumed.callbacks if isinstance(c, GradualPruning))
     assert cb_full.state_dict() == cb_res.state_dict()
     assert cb_res.current_sparsity == 0.8
-    ckpt = torch.load(sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))[0], weights_only=False)
-    assert "net.0.weight_mask" in ckpt["state_dict"]
+    for n in ("net.0.weight", "net.2.weight"):  # every mask restored exactly
+        assert torch.equal(cb_full._masks[n], cb_res._masks[n])
+        assert int((~cb_res._masks[n]).sum()) > 0
+    ckpt = torch.load(sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))[0], weights_only=True)
+    assert not any(k.endswith("_mask") for k in ckpt["state_dict"])  # loads strictly into the user's class
     assert ckpt["callbacks"]["GradualPruning"]["last_update_step"] == 1
+    assert set(ckpt["callbacks"]["GradualPruning"]["masks"]) == {"net.0.weight", "net.2.weight"}
     assert ckpt["global_step"] == 4
 
 
@@ -467,7 +479,7 @@ def test_second_fit_keeps_existing_masks_as_floor():
 def test_keeping_second_moments_still_keeps_pruned_weights_at_zero():
     pl.seed_everything(0)
     model = TinyClassifier()
-    cb = GradualPruning(0.75, start_step=2, end_step=30, every_n_steps=4, zero_second_moments=False)
+    cb = GradualPruning(0.75, start_step=2, end_step=30, every_n_steps=4)  # the default keeps exp_avg_sq
     rec = Recorder(cb)
     trainer = fit_tiny([cb, rec], module=model, max_steps=100)
     assert rec.violations == 0
@@ -485,3 +497,14 @@ def test_keeping_second_moments_still_keeps_pruned_weights_at_zero():
 def test_zero_second_moments_must_be_bool():
     with pytest.raises(TypeError, match="zero_second_moments"):
         GradualPruning(zero_second_moments="no")
+
+
+def test_zero_second_moments_is_deprecated_but_still_zeroes_them():
+    with pytest.warns(FutureWarning, match="zero_second_moments.*deprecated"):
+        cb = GradualPruning(0.75, start_step=2, end_step=30, every_n_steps=4, zero_second_moments=True)
+    model = TinyClassifier()
+    trainer = fit_tiny([cb], module=model, max_steps=40)
+    opt = trainer.optimizers[0]
+    p, mask = model.net[0].weight, model.net[0].weight_mask
+    assert (opt.state[p]["exp_avg_sq"][~mask] == 0).all()
+    assert (p[~mask] == 0).all()

@@ -3,31 +3,58 @@
 Used by :class:`litmix.callbacks.GradualPruning` (gradual magnitude pruning, Zhu & Gupta, "To prune, or not to
 prune: exploring the efficacy of pruning for model compression", https://arxiv.org/abs/1710.01878).
 
-Masks are boolean tensors (``True`` = kept) stored as persistent buffers named ``<param>_mask`` on the module
-owning the parameter (``net.0.weight`` -> buffer ``net.0.weight_mask``).
+Masks are boolean tensors (``True`` = kept, one byte per weight) held as *non-persistent* buffers named
+``<param>_mask`` on the module owning the parameter (``net.0.weight`` -> buffer ``net.0.weight_mask``): they move
+with the module between devices but stay out of its ``state_dict``, so a pruned model's checkpoint loads strictly
+into its own class. :func:`pack_mask` / :func:`unpack_mask` store them at one bit per weight in checkpoints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "EXACT_OPTIMIZERS",
     "MASK_SUFFIX",
+    "PRUNABLE_CLASS_NAMES",
+    "PRUNABLE_TYPES",
+    "SECOND_MOMENTS",
+    "ParameterSelection",
+    "canonical_parameter_names",
     "cubic_sparsity",
     "default_parameter_names",
+    "default_parameter_selection",
     "find_masks",
+    "is_prunable_layer",
+    "keeps_pruned_weights_zero",
     "magnitude_masks",
     "mask_optimizer_state",
+    "pack_mask",
     "remove_masks",
+    "reset_optimizer_state",
     "sparsity_report",
+    "unpack_mask",
 ]
 
 MASK_SUFFIX = "_mask"
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: torch layer types whose ``weight`` the default selection prunes (``nn.Conv*`` includes transposed convolutions).
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)
+#: Ecosystem layers that are not subclasses of :data:`PRUNABLE_TYPES` (matched by qualified class name anywhere in
+#: the MRO, so nothing is imported): Hugging Face's GPT-2 style ``Conv1D``, PyG's ``Linear`` (inside ``GCNConv`` and
+#: most PyG convolutions) and timm's ``CondConv2d``. timm's other layers (``Linear``, ``StdConv2d``,
+#: ``Conv2dSame``, ``ScaledStdConv2d``, ...) subclass ``nn.Linear``/``nn.Conv2d`` and are covered by type.
+PRUNABLE_CLASS_NAMES: frozenset[str] = frozenset(
+    {
+        "transformers.pytorch_utils.Conv1D",
+        "torch_geometric.nn.dense.linear.Linear",
+        "timm.layers.cond_conv2d.CondConv2d",
+    }
+)
 
 
 def cubic_sparsity(step: int, start_step: int, end_step: int, initial: float, final: float) -> float:
@@ -98,16 +125,18 @@ def magnitude_masks(
         raise ValueError(f"magnitude_masks: sparsity must be in [0, 1], got {sparsity}")
     if scope not in ("global", "layer"):
         raise ValueError(f"magnitude_masks: scope must be 'global' or 'layer', got {scope!r}")
+    # scores in float32 (float64 only for float64 weights): |w| is exact in the weights' own precision
+    dtype = torch.float64 if any(w.dtype == torch.float64 for w in weights.values()) else torch.float32
     scores = {}
     for name, w in weights.items():
-        s = w.detach().abs().flatten().double()
+        s = w.detach().flatten().to(dtype=dtype, copy=True).abs_()
         if masks is not None and name in masks:
-            s = s.masked_fill(~masks[name].flatten().to(s.device), -1.0)
+            s.masked_fill_(~masks[name].flatten().to(s.device), -1.0)
         scores[name] = s
     groups = [list(weights)] if scope == "global" else [[n] for n in weights]
     out: dict[str, Tensor] = {}
     for names in groups:
-        flat = torch.cat([scores[n].cpu() for n in names]) if names else torch.zeros(0)
+        flat = torch.cat([scores.pop(n).cpu() for n in names]) if names else torch.zeros(0)
         k = round(sparsity * flat.numel())
         keep = torch.ones(flat.numel(), dtype=torch.bool)
         if k > 0:
@@ -116,12 +145,43 @@ def magnitude_masks(
         offset = 0
         for n in names:
             w = weights[n]
-            out[n] = keep[offset : offset + w.numel()].view(w.shape).to(w.device)
+            out[n] = keep[offset : offset + w.numel()].view(w.shape).to(w.device, copy=True)
             offset += w.numel()
     return out
 
 
-SECOND_MOMENTS: tuple[str, ...] = ("exp_avg_sq", "max_exp_avg_sq")
+#: Per-coordinate optimizer states that only scale a coordinate's update (Adam's ``exp_avg_sq``, Adagrad's ``sum``,
+#: RMSprop's and Adadelta's ``square_avg``/``acc_delta``, Adamax's ``exp_inf``): when the gradient and the first
+#: moment of a coordinate are zero its update is exactly zero whatever these hold, so they are never zeroed at
+#: pruning time (zeroing them makes ``sqrt`` slow on some CPUs and changes nothing).
+SECOND_MOMENTS: tuple[str, ...] = ("exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf")
+
+#: ``torch.optim`` classes (exact types: a subclass may change ``step``) for which a coordinate whose gradient and
+#: first-moment/momentum state are zero gets an exactly zero update, whatever its second moments, weight decay
+#: (coupled or decoupled: the decay of a zero weight is zero), Nesterov, ``maximize``, AMSGrad and the
+#: ``foreach``/``fused`` implementations. Masking the gradients once per step then keeps pruned weights at exactly 0.
+EXACT_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.Adamax,
+    torch.optim.Adagrad,
+    torch.optim.RMSprop,
+    torch.optim.Adadelta,
+)
+
+
+def keeps_pruned_weights_zero(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is one of :data:`EXACT_OPTIMIZERS` (by exact type), so masked gradients suffice.
+
+    Example:
+        >>> p = nn.Parameter(torch.ones(2))
+        >>> keeps_pruned_weights_zero(torch.optim.AdamW([p])), keeps_pruned_weights_zero(torch.optim.LBFGS([p]))
+        (True, False)
+    """
+    return type(optimizer) in EXACT_OPTIMIZERS
 
 
 def mask_optimizer_state(
@@ -151,25 +211,158 @@ def mask_optimizer_state(
         [0.10000000149011612, 0.0, 0.10000000149011612]
     """
     count = 0
+    pruned: Tensor | None = None
     for key, value in optimizer.state.get(param, {}).items():
         if key not in skip and isinstance(value, Tensor) and value.shape == param.shape:
-            value.masked_fill_(~mask.to(value.device), 0)
+            if pruned is None:
+                pruned = ~mask.to(value.device)
+            value.masked_fill_(pruned, 0)
             count += 1
     return count
 
 
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, coords: Tensor) -> int:
+    """Fresh optimizer state at ``coords`` (bool, ``param``'s shape): every per-coordinate state tensor zeroed there.
+
+    For weights that are regrown (dynamic sparse training): zero is the state a fresh ``torch.optim`` optimizer
+    starts from (moments, momentum buffers, Adagrad's ``sum`` with the default ``initial_accumulator_value=0``).
+
+    Returns:
+        The number of state tensors reset.
+
+    Example:
+        >>> p = nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.Adam([p], lr=0.1)
+        >>> p.grad = torch.ones(2); opt.step()
+        >>> reset_optimizer_state(opt, p, torch.tensor([False, True]))
+        2
+        >>> opt.state[p]["exp_avg_sq"].tolist()
+        [0.0010000000474974513, 0.0]
+    """
+    count = 0
+    for value in optimizer.state.get(param, {}).values():
+        if isinstance(value, Tensor) and value.shape == param.shape:
+            value.masked_fill_(coords.to(value.device), 0)
+            count += 1
+    return count
+
+
+def pack_mask(mask: Tensor) -> bytes:
+    """A bool mask at one bit per element (row-major), for checkpoints.
+
+    Example:
+        >>> m = torch.tensor([[True, False, True], [False, False, True]])
+        >>> torch.equal(unpack_mask(pack_mask(m), (2, 3)), m), len(pack_mask(torch.ones(100, dtype=torch.bool)))
+        (True, 13)
+    """
+    return bytes(np.packbits(mask.detach().to("cpu", torch.bool).numpy().reshape(-1)).tobytes())
+
+
+def unpack_mask(bits: bytes, shape: Iterable[int]) -> Tensor:
+    """Inverse of :func:`pack_mask`: a CPU bool tensor of ``shape``.
+
+    Raises:
+        ValueError: if ``bits`` is too short for ``shape``.
+    """
+    shape = tuple(int(s) for s in shape)
+    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(bits) * 8 < numel:
+        raise ValueError(f"unpack_mask: {len(bits)} bytes cannot hold a mask of shape {shape}")
+    flat = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=numel).astype(bool)
+    return torch.from_numpy(flat).view(shape)
+
+
+def is_prunable_layer(module: nn.Module) -> bool:
+    """Whether the default selection prunes ``module.weight``: a :data:`PRUNABLE_TYPES` instance or a layer named in
+    :data:`PRUNABLE_CLASS_NAMES`, with an initialised ``weight`` parameter of at least two dimensions.
+
+    Example:
+        >>> is_prunable_layer(nn.Linear(2, 3)), is_prunable_layer(nn.Embedding(5, 2)), is_prunable_layer(nn.LayerNorm(3))
+        (True, False, False)
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter) or isinstance(weight, nn.parameter.UninitializedParameter):
+        return False
+    if weight.dim() < 2:
+        return False
+    if isinstance(module, PRUNABLE_TYPES):
+        return True
+    return any(f"{c.__module__}.{c.__qualname__}" in PRUNABLE_CLASS_NAMES for c in type(module).__mro__)
+
+
+def canonical_parameter_names(module: nn.Module) -> dict[str, str]:
+    """Every name of every parameter (tied/shared ones under each alias) -> its canonical name.
+
+    The canonical name is the one ``module.named_parameters()`` reports (the first alias); a shared parameter appears
+    there once.
+
+    Example:
+        >>> emb, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+        >>> head.weight = emb.weight  # tied
+        >>> canonical_parameter_names(nn.ModuleDict({"emb": emb, "head": head}))
+        {'emb.weight': 'emb.weight', 'head.weight': 'emb.weight'}
+    """
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        out[name] = first.setdefault(id(p), name)
+    return out
+
+
+class ParameterSelection(NamedTuple):
+    """The default selection: canonical parameter names and the aliases left out (name -> reason)."""
+
+    names: list[str]
+    excluded: dict[str, str]
+
+
+def default_parameter_selection(module: nn.Module) -> ParameterSelection:
+    """The weights the default selection prunes, each once, and the shared weights it leaves out.
+
+    Selected: the ``weight`` of every layer for which :func:`is_prunable_layer` holds (``nn.Linear``, ``nn.Conv*``,
+    ``nn.Bilinear``, HF ``Conv1D``, PyG ``Linear``, timm layers). Not selected: embeddings, norms, biases and other
+    parameters. A weight shared by several layers (tied weights) is pruned once, under its canonical name, if every
+    layer holding it is prunable; a weight tied to a layer that is not (the usual language-model ``lm_head`` tied to
+    the input ``Embedding``) is left dense: pruning it would prune the embedding table.
+
+    Example:
+        >>> emb, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+        >>> head.weight = emb.weight
+        >>> net = nn.ModuleDict({"emb": emb, "mid": nn.Linear(3, 3), "head": head})
+        >>> default_parameter_selection(net)
+        ParameterSelection(names=['mid.weight'], excluded={'head.weight': 'tied to emb.weight, which is not a prunable layer (Embedding)'})
+    """
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for path, sub in module.named_modules(remove_duplicate=False):
+        for leaf, p in sub.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append((f"{path}.{leaf}" if path else leaf, sub))
+    canonical = canonical_parameter_names(module)
+    names: list[str] = []
+    excluded: dict[str, str] = {}
+    for path, sub in module.named_modules(remove_duplicate=False):
+        if not is_prunable_layer(sub):
+            continue
+        alias = f"{path}.weight" if path else "weight"
+        name = canonical.get(alias)
+        if name is None or name in names or alias in excluded:
+            continue
+        others = [(n, m) for n, m in holders[id(sub.weight)] if not (is_prunable_layer(m) and n.endswith("weight"))]
+        if others:
+            n, m = others[0]
+            excluded[alias] = f"tied to {n}, which is not a prunable layer ({type(m).__name__})"
+            continue
+        names.append(name)
+    return ParameterSelection(names, excluded)
+
+
 def default_parameter_names(module: nn.Module) -> list[str]:
-    """Names (as in ``named_parameters``) of the ``weight`` of every ``nn.Linear`` and ``nn.Conv{1,2,3}d``.
+    """Canonical names of the weights :func:`default_parameter_selection` prunes.
 
     Example:
         >>> default_parameter_names(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Conv1d(1, 1, 2)))
         ['0.weight', '2.weight']
     """
-    names = []
-    for path, sub in module.named_modules():
-        if isinstance(sub, PRUNABLE_TYPES) and isinstance(getattr(sub, "weight", None), nn.Parameter):
-            names.append(f"{path}.weight" if path else "weight")
-    return names
+    return default_parameter_selection(module).names
 
 
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -3,7 +3,7 @@
 Writes ``benchmarks/results/digits_ground_truth.md``. A script, not a test. Recipe:
 
 * NB201 cell space; macro = stem Conv3x3(1->C)+BN, 3 stages x N=1 :class:`~litmix.nas.nb201.NB201Cell` at
-  C, 2C, 4C (C=8) with :class:`~litmix.nas.supernet.LightReduction` (AvgPool2d(2) -> Conv1x1 -> BN) between
+  C, 2C, 4C (C=8) with :class:`~litmix.nas.nb201.LightReduction` (AvgPool2d(2) -> Conv1x1 -> BN) between
   stages, head BN-ReLU-GAP-Linear; 8x8x1 inputs, 10 classes;
 * sklearn digits, X/16 scaled to [-1, 1]; 400 training images (stratified, ``random_state=0``), the other
   1,397 are validation;
@@ -36,9 +36,8 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from litmix.functional import zero_cost_proxies
-from litmix.nas.nb201 import EDGES, OPS, NB201Cell, code_to_arch
+from litmix.nas.nb201 import EDGES, OPS, NB201Network, code_to_arch
 from litmix.nas.rank_metrics import kendall_tau, spearman_rho
-from litmix.nas.supernet import LightReduction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model
@@ -91,31 +90,9 @@ CATALOGUE_TRUTH_TAU = 0.76
 C, N_CLASSES, EPOCHS, BATCH, LR, TRAIN_SIZE, PROXY_BATCH = 8, 10, 6, 64, 0.1, 400, 64
 
 
-class DigitsNB201(nn.Module):
-    """NB201 macro with N=1 cell per stage and light reductions (catalogue §0.6)."""
-
-    def __init__(self, code: Sequence[int], channels: int = C, num_classes: int = N_CLASSES) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
-        layers: list[nn.Module] = []
-        c_prev = channels
-        for stage in range(3):
-            c = channels * 2**stage
-            if stage > 0:
-                layers.append(LightReduction(c_prev, c))
-            layers.append(NB201Cell(c, code))
-            c_prev = c
-        self.cells = nn.Sequential(*layers)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=False))
-        self.classifier = nn.Linear(c_prev, num_classes)
-
-    def forward_pre_gap(self, x: Tensor) -> Tensor:
-        """Feature map before global average pooling (Zen-score)."""
-        return self.lastact(self.cells(self.stem(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits."""
-        return self.classifier(self.forward_pre_gap(x).mean((2, 3)))
+def digits_nb201(code: Sequence[int], channels: int = C, num_classes: int = N_CLASSES) -> NB201Network:
+    """NB201 macro with N=1 cell per stage and light reductions (catalogue §0.6): the shared NB201 skeleton."""
+    return NB201Network(code, C=channels, N=1, num_classes=num_classes, in_channels=1, reduction="light")
 
 
 def is_degenerate(code: Sequence[int]) -> bool:
@@ -147,7 +124,7 @@ def train_eval(code: Sequence[int], seed: int, data: tuple[Tensor, Tensor, Tenso
     """Train one cell under ``seed``; return (validation accuracy, validation loss)."""
     x_tr, y_tr, x_va, y_va = data
     torch.manual_seed(seed)
-    net = DigitsNB201(code)
+    net = digits_nb201(code)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps = math.ceil(len(y_tr) / BATCH)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=EPOCHS * steps)
@@ -178,7 +155,7 @@ def score_cell(job: tuple[int, tuple[int, ...], int]) -> dict:
     pick = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(0))[:PROXY_BATCH]
     t0 = time.time()
     torch.manual_seed(1000 + n)
-    net = DigitsNB201(code)
+    net = digits_nb201(code)
     proxies = zero_cost_proxies(net, x_tr[pick], y_tr[pick], names=PROXIES, seed=1000 + n, return_timings=True)
     t1 = time.time()
     runs = [train_eval(code, s, data) for s in range(n_seeds)]

@@ -11,10 +11,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from litmix.base import LitmixCallback
+from litmix.base import Example, LitmixCallback
 from litmix.data import IndexedDataset, split_batch
-from litmix.functional.nas_sampling import make_generator, pada_data_probs, softmax_ce_grad_norm
+from litmix.nas.pada import pada_data_probs, pada_tau, softmax_ce_grad_norm
+from litmix.nas.sampling import make_generator
 from litmix.registry import register
+from litmix.validation import check_float, check_int
 
 
 class _WeightedIndexSampler(Sampler[int]):
@@ -58,7 +60,9 @@ class PADASampling(LitmixCallback):
     ``g_i = ||softmax(z_i) - onehot(y_i)||`` (the norm of dCE/dlogits, from the ``"logits"`` entry of the
     ``training_step`` output, or a no-grad forward pass when absent). At the epoch end the per-sample means are
     summed over DDP ranks (``strategy.reduce``) and the next epoch draws ``N`` samples **with replacement** from
-    ``p_i = tau * g_i / sum(g) + (1 - tau) / N`` with ``tau = min(tau_max, (epoch + 1) / max_epochs)``. Samples not
+    ``p_i = tau * g_i / sum(g) + (1 - tau) / N`` with ``tau = min(tau_max, fraction of training done)``
+    (:func:`litmix.nas.pada.pada_tau`, ``(epoch + 1) / max_epochs`` in an epoch-limited run; the same function
+    sets the path half's ``tau`` in :class:`litmix.plugins.NB201SupernetModule`). Samples not
     seen in an epoch keep their previous importance. The loss is not re-weighted by ``1 / (N p_i)`` (the paper's
     variance analysis assumes unbiased importance weights; the reference ``train_panda_201.py`` trains on the plain
     mean cross-entropy of the drawn batch, and so does this callback): the sampler concentrates steps on hard
@@ -73,16 +77,18 @@ class PADASampling(LitmixCallback):
     are seeded by ``(seed, epoch)``, identical on all ranks (Lightning shards them with its
     ``DistributedSamplerWrapper``) and after a resume. Items must carry their dataset index
     (``(x, y, index)`` as :class:`litmix.data.IndexedDataset` yields). Hooks: ``setup``, ``on_train_epoch_start``,
-    ``on_train_batch_end``, ``on_train_epoch_end``, ``teardown``. Logs ``pada/data_tau`` and
-    ``pada/data_prob_max``.
+    ``on_train_batch_end``, ``on_train_epoch_end``, ``teardown``. Logs ``<prefix>/data_tau`` and
+    ``<prefix>/data_prob_max`` to every logger, ``<prefix>`` being ``name`` or ``"pada"``.
 
     Args:
         tau_max: cap of the ramp ``tau``, in ``[0, 1]``.
         seed: seed of the draws (>= 0).
-        name: optional name making the checkpoint key unique.
+        name: prefix of the logged keys and of the checkpoint key (default ``"pada"``).
 
     Raises:
-        ValueError: for ``tau_max`` outside ``[0, 1]`` or a negative seed.
+        TypeError: for arguments of the wrong type.
+        ValueError: for ``tau_max`` outside ``[0, 1]``, a negative seed or an empty name; at an epoch end, when
+            the run's length is unknown.
         MisconfigurationException: in ``setup`` without a datamodule, or when batches carry no targets or indices.
 
     Example:
@@ -94,14 +100,12 @@ class PADASampling(LitmixCallback):
         (1.0, True)
     """
 
-    family = "nas"
+    default_log_prefix = "pada"
 
     def __init__(self, tau_max: float = 1.0, seed: int = 0, name: str | None = None) -> None:
+        check_float("PADASampling", "tau_max", tau_max, low=0.0, high=1.0)
+        check_int("PADASampling", "seed", seed, low=0)
         super().__init__(name=name)
-        if not 0.0 <= tau_max <= 1.0:
-            raise ValueError(f"PADASampling(tau_max={tau_max}): tau_max must be in [0, 1]")
-        if seed < 0:
-            raise ValueError(f"PADASampling(seed={seed}): seed must be >= 0")
         self.tau_max, self.seed = float(tau_max), int(seed)
         self.probs = torch.empty(0, dtype=torch.float64)
         self.importance = torch.empty(0, dtype=torch.float64)
@@ -112,13 +116,20 @@ class PADASampling(LitmixCallback):
         self._datamodule: Any = None
 
     @classmethod
-    def example(cls) -> PADASampling:
-        """A default instance (runs on :class:`~litmix.testing.TinyClassifier`)."""
-        return cls()
+    def example(cls) -> Example:
+        """A default instance on :class:`~litmix.testing.TinyClassifier` and its indexed blobs."""
+        from litmix.testing import TinyClassifier, TinyDataModule
+
+        return Example(TinyClassifier(), TinyDataModule(), [cls()])
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        """Two unnamed instances differ by their ramp cap and seed."""
+        return {"tau_max": self.tau_max, "seed": self.seed}
 
     # ------------------------------------------------------------------------------------------ wiring
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Wrap ``trainer.datamodule.train_dataloader`` to use the PA&DA sampler."""
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         dm = getattr(trainer, "datamodule", None)
@@ -204,12 +215,12 @@ class PADASampling(LitmixCallback):
         count = trainer.strategy.reduce(self._count.to(device), reduce_op="sum").double().cpu()
         seen = count > 0
         self.importance[seen] = total[seen] / count[seen]
-        tau = min(self.tau_max, (trainer.current_epoch + 1) / max(int(trainer.max_epochs or 1), 1))
+        tau = pada_tau(trainer, self.tau_max, owner=type(self).__name__)
         self.probs = pada_data_probs(self.importance, tau)
         self._sum.zero_()
         self._count.zero_()
-        pl_module.log("pada/data_tau", float(tau))
-        pl_module.log("pada/data_prob_max", float(self.probs.max()))
+        pl_module.log(f"{self.log_prefix}/data_tau", float(tau))
+        pl_module.log(f"{self.log_prefix}/data_prob_max", float(self.probs.max()))
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -224,6 +235,7 @@ class PADASampling(LitmixCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        super().load_state_dict(state_dict)
         empty = torch.empty(0, dtype=torch.float64)
         self.probs = state_dict.get("probs", empty).clone()
         self.importance = state_dict.get("importance", empty).clone()

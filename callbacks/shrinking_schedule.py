@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from litmix.base import LitmixCallback
-from litmix.functional.nas_sampling import deps_subnet_lr_scale, ofa_progressive_bounds
+from litmix.base import Example, LitmixCallback
+from litmix.nas.deps import deps_subnet_lr_scale
+from litmix.nas.ofa import ofa_progressive_bounds
+from litmix.nas.schedules import training_progress
 from litmix.registry import register
+from litmix.validation import check_choice, check_float
 
 
 @register(
@@ -22,7 +24,8 @@ class ShrinkingSchedule(LitmixCallback):
     """Delay subnet sampling until the full model is partly trained, then grow the space and ramp subnet LRs.
 
     Annavajjala, Khare et al., https://arxiv.org/abs/2407.06167. With ``progress = global_step /
-    trainer.estimated_stepping_batches``, before every training batch the callback calls
+    trainer.estimated_stepping_batches`` (:func:`litmix.nas.schedules.training_progress`; ``epoch / max_epochs``
+    when the step count is unknown), before every training batch the callback calls
     ``pl_module.set_shrinking(width_lower_bound, subnet_scale[, depth_lower_bound])``:
 
     - **delayed shrinking (FM-Warmup)**: before ``start_frac`` (default 0.5) the lower bound is 1 and the
@@ -32,7 +35,7 @@ class ShrinkingSchedule(LitmixCallback):
       this follows Once-for-All's progressive shrinking (full -> kernel -> depth -> width; the module has no
       kernel phase): the depth lower bound falls from ``max_depth`` to ``min_depth`` in the first half of the
       window, then the width lower bound falls linearly from 1 to ``min_width_ratio`` in the second half
-      (:func:`~litmix.functional.nas_sampling.ofa_progressive_bounds`). ``order="joint"`` opens both over the
+      (:func:`~litmix.nas.ofa.ofa_progressive_bounds`). ``order="joint"`` opens both over the
       whole window; with a fixed depth the width uses the whole window;
     - **ε-shrinking**: the subnets' loss weight (equal to a learning-rate factor for SGD) ramps from
       ``eps_start`` to 1 over ``eps_frac`` of training, so small subnets do not disrupt the full model.
@@ -40,8 +43,9 @@ class ShrinkingSchedule(LitmixCallback):
     The schedule is a pure function of ``global_step``, so it needs no checkpoint state and is identical on all
     ranks. The module must provide ``set_shrinking(float, float)`` and ``min_width_ratio`` (as
     :class:`litmix.plugins.OFASupernetModule` does), and ``min_depth``/``max_depth`` with a third
-    ``depth_lower_bound`` argument of ``set_shrinking`` for elastic depth. Logs ``deps/width_lower_bound``,
-    ``deps/depth_lower_bound`` and ``deps/subnet_scale``.
+    ``depth_lower_bound`` argument of ``set_shrinking`` for elastic depth. Logs ``<prefix>/width_lower_bound``,
+    ``<prefix>/depth_lower_bound`` and ``<prefix>/subnet_scale`` to every logger, ``<prefix>`` being ``name`` or
+    ``"deps"``.
     DεpS's third component (in-place distillation from the partly trained full model) is the module's
     ``kd_ratio``.
 
@@ -51,24 +55,26 @@ class ShrinkingSchedule(LitmixCallback):
         eps_frac: length of the subnet learning-rate ramp, >= 0.
         eps_start: subnet scale when shrinking starts, in ``[0, 1]``.
         order: ``"progressive"`` (depth, then width) or ``"joint"`` (both together).
-        name: optional name making the checkpoint key unique.
+        name: prefix of the logged keys and of the checkpoint key (default ``"deps"``).
 
     Raises:
-        ValueError: for out-of-range arguments or an unknown ``order``.
+        TypeError: for arguments of the wrong type.
+        ValueError: for out-of-range arguments or an unknown ``order``; at the first batch, when the run's
+            length is unknown.
         MisconfigurationException: in ``setup`` when the module lacks ``set_shrinking`` / ``min_width_ratio``.
 
     Example:
         >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         >>> from litmix.testing import make_trainer
-        >>> module, dm = ShrinkingSchedule.example_module(), ShrinkingSchedule.example_datamodule()
-        >>> make_trainer(max_steps=8, callbacks=[ShrinkingSchedule(start_frac=0.5)]).fit(module, datamodule=dm)
+        >>> module, dm, callbacks = ShrinkingSchedule.example()
+        >>> make_trainer(max_steps=8, callbacks=callbacks).fit(module, datamodule=dm)
         >>> module.sampled_log[-1][1] < 1.0  # the space has opened by the last step
         True
         >>> [lb for step, lb, _ in module.sampled_log if step < 4] == [1.0] * 4
         True
     """
 
-    family = "nas"
+    default_log_prefix = "deps"
 
     def __init__(
         self,
@@ -79,37 +85,42 @@ class ShrinkingSchedule(LitmixCallback):
         order: Literal["progressive", "joint"] = "progressive",
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
         cls = type(self).__name__
-        for arg, value in (("start_frac", start_frac), ("eps_start", eps_start)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{cls}({arg}={value}): {arg} must be in [0, 1]")
-        for arg, value in (("grow_frac", grow_frac), ("eps_frac", eps_frac)):
-            if value < 0:
-                raise ValueError(f"{cls}({arg}={value}): {arg} must be >= 0")
-        if order not in ("progressive", "joint"):
-            raise ValueError(f"{cls}(order={order!r}): order must be 'progressive' or 'joint'")
+        check_float(cls, "start_frac", start_frac, low=0.0, high=1.0)
+        check_float(cls, "grow_frac", grow_frac, low=0.0)
+        check_float(cls, "eps_frac", eps_frac, low=0.0)
+        check_float(cls, "eps_start", eps_start, low=0.0, high=1.0)
+        check_choice(cls, "order", order, ("progressive", "joint"))
+        super().__init__(name=name)
         self.order = order
         self.start_frac, self.grow_frac = float(start_frac), float(grow_frac)
         self.eps_frac, self.eps_start = float(eps_frac), float(eps_start)
 
     @classmethod
-    def example(cls) -> ShrinkingSchedule:
-        """The DεpS defaults."""
-        return cls()
+    def example(cls) -> Example:
+        """The DεpS defaults (shrinking from mid-run) on a tiny :class:`~litmix.plugins.OFASupernetModule`.
 
-    @classmethod
-    def example_module(cls) -> pl.LightningModule:
-        """A tiny :class:`~litmix.plugins.OFASupernetModule` for :class:`~litmix.testing.TinyDataModule`.
-
-        Imported lazily: callbacks import only the core at module level.
+        The module is imported lazily: callbacks import only the core at module level.
         """
         from litmix.plugins.ofa_supernet import OFASupernetModule
+        from litmix.testing import TinyDataModule
 
-        return OFASupernetModule(in_features=8, hidden=[16, 16], num_classes=4, lr=1e-2)
+        module = OFASupernetModule(in_features=8, hidden=[16, 16], num_classes=4, lr=1e-2)
+        return Example(module, TinyDataModule(), [cls(start_frac=0.5)])
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        """Two unnamed instances differ by their schedule."""
+        return {
+            "start_frac": self.start_frac,
+            "grow_frac": self.grow_frac,
+            "eps_frac": self.eps_frac,
+            "eps_start": self.eps_start,
+            "order": self.order,
+        }
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Check that the module is an elastic supernet."""
+        super().setup(trainer, pl_module, stage)
         if not callable(getattr(pl_module, "set_shrinking", None)) or not hasattr(pl_module, "min_width_ratio"):
             raise MisconfigurationException(
                 f"ShrinkingSchedule needs a module with set_shrinking(width_lower_bound, subnet_scale) and "
@@ -133,15 +144,14 @@ class ShrinkingSchedule(LitmixCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """Set the sampled space and the subnet scale for this step."""
-        total = trainer.estimated_stepping_batches
-        progress = trainer.global_step / total if math.isfinite(total) and total > 0 else 1.0
+        progress = training_progress(trainer, type(self).__name__)
         max_depth = int(getattr(pl_module, "max_depth", 1))
         min_depth = int(getattr(pl_module, "min_depth", max_depth))
         depth, lower, scale = self.bounds(progress, float(pl_module.min_width_ratio), min_depth, max_depth)  # type: ignore[arg-type]
         if min_depth < max_depth:
             pl_module.set_shrinking(lower, scale, depth)  # type: ignore[operator]
-            pl_module.log("deps/depth_lower_bound", float(depth))
+            pl_module.log(f"{self.log_prefix}/depth_lower_bound", float(depth))
         else:
             pl_module.set_shrinking(lower, scale)  # type: ignore[operator]
-        pl_module.log("deps/width_lower_bound", lower)
-        pl_module.log("deps/subnet_scale", scale)
+        pl_module.log(f"{self.log_prefix}/width_lower_bound", lower)
+        pl_module.log(f"{self.log_prefix}/subnet_scale", scale)

@@ -8,14 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from litmix.base import Example, LitmixDataModule
 from litmix.data import EpochShuffleSampler, IndexedDataset
 from litmix.nas.nb201 import build_nb201_network, code_to_arch, parse_code
 from litmix.registry import register
+from litmix.validation import check_bool, check_int, check_path, check_type
 
 __all__ = ["ProxyFeatureDataModule", "nb201_layer_features", "nb201_layer_names"]
 
@@ -93,8 +94,12 @@ def nb201_layer_features(
     return out
 
 
-@register("datamodule", "proxy")
-class ProxyFeatureDataModule(pl.LightningDataModule):
+@register(
+    "datamodule",
+    "proxy",
+    paper="ParZC: Parametric Zero-Cost Proxies for Efficient NAS (https://arxiv.org/abs/2402.02105)",
+)
+class ProxyFeatureDataModule(LitmixDataModule):
     """Architecture features (e.g. per-layer proxy statistics) and ground truth, split into train / held-out.
 
     The data of learned zero-cost proxies such as ParZC (Dong et al., "ParZC: Parametric Zero-Cost Proxies for
@@ -115,10 +120,15 @@ class ProxyFeatureDataModule(pl.LightningDataModule):
         targets: ``(n,)`` tensor (instead of ``path``).
         archs: optional architecture names, kept as ``self.archs``.
 
+    Under DDP Lightning wraps the training sampler in a ``DistributedSamplerWrapper``: every rank gets a
+    disjoint shard of the same ``(seed, epoch)`` permutation.
+
     Raises:
+        TypeError: for arguments of the wrong type.
         ValueError: for neither or both of ``path`` and ``features``, mismatched sizes, a bad ``train_size``
             or ``batch_size < 2``.
-        FileNotFoundError: for a missing ``path`` (in ``setup``).
+        FileNotFoundError: for a missing ``path`` (a :class:`litmix.validation.MissingPathError`, also a
+            ``ValueError``, naming the argument).
 
     Example:
         >>> dm = ProxyFeatureDataModule(features=torch.randn(50, 6), targets=torch.randn(50), train_size=0.2)
@@ -138,18 +148,32 @@ class ProxyFeatureDataModule(pl.LightningDataModule):
         targets: Tensor | None = None,
         archs: list[str] | None = None,
     ) -> None:
-        super().__init__()
+        name = "ProxyFeatureDataModule"
+        check_path(name, "path", path, must_exist=True, allow_none=True)
+        check_type(name, "features", features, Tensor, allow_none=True)
+        check_type(name, "targets", targets, Tensor, allow_none=True)
         if (path is None) == (features is None):
-            raise ValueError("ProxyFeatureDataModule: give exactly one of path= or features= (with targets=)")
+            raise ValueError(f"{name}: give exactly one of path= or features= (with targets=)")
         if features is not None and (targets is None or len(targets) != len(features) or features.dim() != 2):
-            raise ValueError("ProxyFeatureDataModule: features must be (n, F) and targets (n,) of the same length")
+            raise ValueError(f"{name}: features must be (n, F) and targets (n,) of the same length")
+        if isinstance(train_size, bool) or not isinstance(train_size, int | float):
+            raise TypeError(
+                f"{name}(train_size={train_size!r}): train_size must be a fraction in (0, 1) or a count >= 2, "
+                f"got {type(train_size).__name__}"
+            )
         if not (0.0 < train_size < 1.0 or (float(train_size).is_integer() and train_size >= 2)):
             raise ValueError(
-                f"ProxyFeatureDataModule(train_size={train_size!r}): train_size must be a fraction in (0, 1) or a "
-                "count >= 2"
+                f"{name}(train_size={train_size!r}): train_size must be a fraction in (0, 1) or a count >= 2"
             )
-        if batch_size < 2:
-            raise ValueError(f"ProxyFeatureDataModule(batch_size={batch_size}): batch_size must be >= 2")
+        if features is not None and train_size >= 1 and train_size >= len(features):
+            raise ValueError(
+                f"{name}(train_size={train_size!r}): a count must leave held-out architectures (< {len(features)})"
+            )
+        check_int(name, "batch_size", batch_size, low=2)
+        check_int(name, "seed", seed, low=0)
+        check_bool(name, "standardize", standardize)
+        check_type(name, "archs", archs, list, allow_none=True)
+        super().__init__()
         self.path = path
         self.train_size = train_size
         self.batch_size = batch_size
@@ -160,13 +184,11 @@ class ProxyFeatureDataModule(pl.LightningDataModule):
         self.archs = archs
 
     @classmethod
-    def example(cls) -> tuple[pl.LightningModule, ProxyFeatureDataModule]:
-        """A tiny ``(ParZCPredictor, ProxyFeatureDataModule)`` pair on synthetic features (for contract tests)."""
+    def example(cls) -> Example:
+        """A tiny :class:`~litmix.plugins.ParZCPredictor` on 120 synthetic architectures (40 train)."""
         from litmix.plugins.parzc_predictor import ParZCPredictor  # lazy: example only
 
-        module, dm = ParZCPredictor.example()
-        assert isinstance(dm, ProxyFeatureDataModule)
-        return module, dm
+        return ParZCPredictor.example()
 
     @staticmethod
     def save(
@@ -203,8 +225,7 @@ class ProxyFeatureDataModule(pl.LightningDataModule):
         if hasattr(self, "features"):
             return
         if self.path is not None:
-            if not Path(self.path).exists():
-                raise FileNotFoundError(f"ProxyFeatureDataModule(path={self.path!r}): file not found")
+            check_path("ProxyFeatureDataModule", "path", self.path)
             data = torch.load(self.path, map_location="cpu", weights_only=False)
             feats, targets = data["features"], data["targets"]
             self.archs = list(data.get("archs") or []) or self.archs

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from litmix._sharded import refuse_sharded_strategy
+from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
-from litmix.functional.nas_sampling import make_generator, pada_op_probs, sample_path
-from litmix.nas.nb201 import EDGES, OPS
+from litmix.nas.evaluation import subnet_accuracy
+from litmix.nas.nb201 import EDGES, OPS, REDUCTIONS
+from litmix.nas.pada import pada_op_probs, pada_tau
+from litmix.nas.sampling import make_generator, sample_path
+from litmix.nas.schedules import cosine_lr_scheduler
 from litmix.nas.supernet import NB201Supernet
 from litmix.registry import register
+from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
 PATH_SAMPLING = ("uniform", "pada")
 
@@ -26,7 +30,7 @@ PATH_SAMPLING = ("uniform", "pada")
     paper="Single Path One-Shot Neural Architecture Search with Uniform Sampling (https://arxiv.org/abs/1904.00420); "
     "PA&DA: Jointly Sampling PAth and DAta for Consistent NAS (https://arxiv.org/abs/2302.14772)",
 )
-class NB201SupernetModule(pl.LightningModule):
+class NB201SupernetModule(LitmixModule):
     """Train a weight-sharing NAS-Bench-201 supernet by sampling one cell per step (SPOS), optionally with PA&DA.
 
     Each training step activates one code (one op per edge, shared by all cells, see
@@ -39,16 +43,21 @@ class NB201SupernetModule(pl.LightningModule):
     - ``path_sampling="pada"``: PA&DA path importance (Lu et al., https://arxiv.org/abs/2302.14772). After each
       optimizer step the gradient norm of the sampled op's weights (summed over the cells) is accumulated per
       (edge, op); at each epoch end ``p_o = tau * m_o / sum(m) + (1 - tau) / O`` with ``m_o`` = mean norm per
-      sample and ``tau = epoch / epochs``. Parameter-free ops get 0 importance, so their probability decays
+      sample and ``tau`` = the fraction of training done (:func:`litmix.nas.pada.pada_tau`: ``(epoch + 1) /
+      max_epochs`` in an epoch-limited run; the same function sets the data half's ``tau`` in
+      :class:`litmix.callbacks.PADASampling`). Parameter-free ops get 0 importance, so their probability decays
       (the paper's behaviour). ``pada_per_edge=False`` pools the statistics per op type over edges (reference).
       Pair with :class:`litmix.callbacks.PADASampling` for the data half of PA&DA; ``training_step`` returns
       the logits for it.
 
-    Optimiser: SGD (Nesterov) with a per-step cosine schedule over ``trainer.estimated_stepping_batches``,
-    gradient-norm clipping at ``grad_clip``. Validation logs ``supernet/val_acc`` of code ``eval_code`` (or of a
-    fixed random code per batch when None). :meth:`subnet_accuracy` ranks architectures by inherited weights.
-    PA&DA statistics and probabilities are buffers, so they are checkpointed. Only the sampled path's weights
-    get gradients, so DDP needs ``DDPStrategy(find_unused_parameters=True)``.
+    Optimiser: SGD (Nesterov) with a per-step cosine schedule over ``trainer.estimated_stepping_batches``
+    (:func:`litmix.nas.schedules.cosine_lr_scheduler`), gradient-norm clipping at ``grad_clip``. Validation
+    logs ``supernet/val_acc`` of code ``eval_code`` (or of a fixed random code per batch when None).
+    :meth:`subnet_accuracy` ranks architectures by inherited weights. PA&DA statistics and probabilities are
+    buffers, so they are checkpointed; they are computed from gradients that DDP has already averaged, so every
+    rank holds the same values. Only the sampled path's weights get
+    gradients, so DDP needs ``DDPStrategy(find_unused_parameters=True)``. Sharded strategies (FSDP, DeepSpeed)
+    are refused in ``setup``: the per-op gradient norms need whole parameters.
 
     Args:
         C: channels of the first stage (> 0).
@@ -69,18 +78,19 @@ class NB201SupernetModule(pl.LightningModule):
         eval_code: code evaluated in validation, or None.
 
     Raises:
-        ValueError: for an unknown ``path_sampling``, out-of-range numbers or a malformed ``allowed_ops``.
+        TypeError: for arguments of the wrong type.
+        ValueError: for an unknown ``path_sampling``/``reduction``/op, out-of-range numbers or a malformed
+            ``allowed_ops``/``eval_code``.
+        MisconfigurationException: in ``setup`` under a sharded strategy (FSDP, DeepSpeed).
 
     Example:
         >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         >>> from litmix.testing import make_trainer
-        >>> module, dm = NB201SupernetModule.example()
+        >>> module, dm, _ = NB201SupernetModule.example()
         >>> make_trainer(max_steps=3).fit(module, datamodule=dm)
         >>> len(module.sample_code(0)), module.sample_code(5) == module.sample_code(5)
         (6, True)
     """
-
-    family: ClassVar[str] = "nas"
 
     def __init__(
         self,
@@ -101,24 +111,38 @@ class NB201SupernetModule(pl.LightningModule):
         seed: int = 0,
         eval_code: list[int] | None = None,
     ) -> None:
-        super().__init__()
         name = type(self).__name__
-        if path_sampling not in PATH_SAMPLING:
-            raise ValueError(f"{name}(path_sampling={path_sampling!r}): must be one of {PATH_SAMPLING}")
-        if not lr > 0:
-            raise ValueError(f"{name}(lr={lr}): lr must be > 0")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"{name}(momentum={momentum}): momentum must be in [0, 1)")
-        for arg, value in (("weight_decay", weight_decay), ("grad_clip", grad_clip), ("seed", seed)):
-            if value < 0:
-                raise ValueError(f"{name}({arg}={value}): {arg} must be >= 0")
+        for arg, value in (("C", C), ("N", N), ("num_classes", num_classes), ("in_channels", in_channels)):
+            check_int(name, arg, value, low=1)
+        check_choice(name, "reduction", reduction, REDUCTIONS)
+        check_choice(name, "path_sampling", path_sampling, PATH_SAMPLING)
+        check_bool(name, "pada_per_edge", pada_per_edge)
+        check_float(name, "lr", lr, low=0.0, low_open=True)
+        check_float(name, "momentum", momentum, low=0.0, high=1.0, high_open=True)
+        check_float(name, "weight_decay", weight_decay, low=0.0)
+        check_float(name, "grad_clip", grad_clip, low=0.0)
+        check_bool(name, "cosine", cosine)
+        check_int(name, "seed", seed, low=0)
+        check_type(name, "ops", ops, (list, tuple), allow_none=True)
+        check_type(name, "allowed_ops", allowed_ops, (list, tuple), allow_none=True)
+        check_type(name, "eval_code", eval_code, (list, tuple), allow_none=True)
+        op_names = list(ops) if ops is not None else list(OPS)
+        if eval_code is not None and (
+            len(eval_code) != len(EDGES)
+            or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(op_names) for c in eval_code)
+        ):
+            raise ValueError(f"{name}(eval_code={eval_code!r}): need {len(EDGES)} op indices in [0, {len(op_names)})")
+        super().__init__()
         self.save_hyperparameters()
-        self.net = NB201Supernet(C, N, num_classes, in_channels, reduction, ops if ops is not None else OPS)
+        self.net = NB201Supernet(C, N, num_classes, in_channels, reduction, op_names)
         num_ops = self.net.num_ops
         mask = torch.ones(len(EDGES), num_ops, dtype=torch.bool)
         if allowed_ops is not None:
             if len(allowed_ops) != len(EDGES) or any(
-                not row or any(not 0 <= int(o) < num_ops for o in row) for row in allowed_ops
+                not isinstance(row, list | tuple)
+                or not row
+                or any(isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < num_ops for o in row)
+                for row in allowed_ops
             ):
                 raise ValueError(
                     f"{name}(allowed_ops={allowed_ops!r}): need {len(EDGES)} non-empty lists of op indices in "
@@ -142,12 +166,21 @@ class NB201SupernetModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ examples
     @classmethod
-    def example(cls) -> tuple[NB201SupernetModule, pl.LightningDataModule]:
+    def example(cls) -> Example:
         """A 4-channel, 1-cell-per-stage supernet on 64 digits (1x8x8), PA&DA path sampling."""
         from litmix.datamodules.digits import DigitsDataModule
 
         module = cls(C=4, N=1, in_channels=1, reduction="light", path_sampling="pada", lr=0.05)
-        return module, DigitsDataModule(batch_size=16, flatten=False, train_size=64)
+        return Example(module, DigitsDataModule(batch_size=16, flatten=False, train_size=64), [])
+
+    def setup(self, stage: str) -> None:
+        """Refuse sharded strategies: the PA&DA statistics and single-path updates need whole parameters."""
+        refuse_sharded_strategy(
+            type(self).__name__,
+            self.trainer.strategy,
+            "the per-op gradient norms of PA&DA and the single-path updates need whole parameters",
+            "DDPStrategy(find_unused_parameters=True)",
+        )
 
     # ------------------------------------------------------------------------------------------ sampling
     def sample_code(self, step: int, k: int = 0) -> tuple[int, ...]:
@@ -195,10 +228,10 @@ class NB201SupernetModule(pl.LightningModule):
             self.clip_gradients(optimizer, self.grad_clip, "norm")
 
     def on_train_epoch_end(self) -> None:
-        """PA&DA: recompute the path distribution with ``tau = (epoch + 1) / max_epochs``."""
+        """PA&DA: recompute the path distribution with ``tau`` = :func:`litmix.nas.pada.pada_tau` (fraction done)."""
         if self.path_sampling != "pada":
             return
-        tau = self._progress()
+        tau = pada_tau(self.trainer, owner=type(self).__name__)
         norm_sum, count = self.pada_norm_sum, self.pada_count
         if not self.pada_per_edge:
             norm_sum = norm_sum.sum(0, keepdim=True).expand_as(self.pada_norm_sum)
@@ -209,13 +242,6 @@ class NB201SupernetModule(pl.LightningModule):
         self.path_probs.copy_(probs / probs.sum(-1, keepdim=True))
         self.log("pada/path_tau", tau)
         self.log("pada/path_prob_max", self.path_probs.max())
-
-    def _progress(self) -> float:
-        trainer = self.trainer
-        if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            return min(1.0, (trainer.current_epoch + 1) / trainer.max_epochs)
-        total = trainer.estimated_stepping_batches
-        return min(1.0, trainer.global_step / total) if math.isfinite(total) and total > 0 else 1.0
 
     # ------------------------------------------------------------------------------------------ evaluation
     def _eval_code(self, batch_idx: int) -> tuple[int, ...]:
@@ -229,40 +255,21 @@ class NB201SupernetModule(pl.LightningModule):
         self.net.set_active(self._eval_code(batch_idx))
         self.log("supernet/val_acc", (self.net(x).argmax(-1) == y).float().mean())
 
-    @torch.no_grad()
     def subnet_accuracy(
         self, codes: Iterable[Sequence[int]], dataloader: Iterable[Any] | DataLoader, batch_stats: bool = True
     ) -> list[float]:
-        """Inherited-weight accuracy of each code on ``dataloader``.
+        """Inherited-weight accuracy of each code on ``dataloader`` (:func:`litmix.nas.evaluation.subnet_accuracy`).
 
         With ``batch_stats=True`` every BatchNorm normalises with the evaluation batch's statistics (running
         statistics are left untouched): the running statistics of a weight-sharing supernet mix all paths, so
         batch statistics (or a BN recalibration) are needed for a fair ranking. Use large evaluation batches.
+        The batches are read once and reused for every code.
         """
-        was_training = self.training
-        self.eval()
-        bns = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batch_stats else []
-        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
-        for m in bns:
-            m.train()
-            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
-        batches = [split_batch(b)[:2] for b in dataloader]
+        batches = list(dataloader)
         out = []
-        try:
-            for code in codes:
-                self.net.set_active(code)
-                correct = total = 0
-                for x, y in batches:
-                    assert y is not None, "subnet_accuracy needs (x, y) batches"
-                    correct += int((self.net(x.to(self.device)).argmax(-1) == y.to(self.device)).sum())
-                    total += len(y)
-                out.append(correct / max(total, 1))
-        finally:
-            for m, (momentum, tracked) in zip(bns, saved, strict=True):
-                m.momentum = momentum
-                if tracked is not None and m.num_batches_tracked is not None:
-                    m.num_batches_tracked.copy_(tracked)
-            self.train(was_training)
+        for code in codes:
+            self.net.set_active(code)
+            out.append(subnet_accuracy(self, batches, forward=self.net, batch_stats=batch_stats))
         return out
 
     def configure_optimizers(self) -> Any:
@@ -276,11 +283,4 @@ class NB201SupernetModule(pl.LightningModule):
         )
         if not self.cosine:
             return opt
-        total = self.trainer.estimated_stepping_batches
-        total = int(total) if math.isfinite(total) and total > 0 else 1
-
-        def factor(step: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": cosine_lr_scheduler(opt, self.trainer, type(self).__name__)}

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import itertools
-import math
-from typing import Any, ClassVar
+from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from litmix._sharded import refuse_sharded_strategy
+from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
-from litmix.functional.nas_sampling import depth_choices_allowed, make_generator, width_choices_allowed
-from litmix.nas.bn_recalibration import recalibrate_bn
+from litmix.nas.evaluation import recalibrate_bn, subnet_accuracy
+from litmix.nas.ofa import depth_choices_allowed, width_choices_allowed
+from litmix.nas.sampling import make_generator
+from litmix.nas.schedules import cosine_lr_scheduler
 from litmix.registry import register
+from litmix.validation import check_bool, check_float, check_int, check_type
 
 
 class _ElasticLinear(nn.Linear):
@@ -52,7 +55,7 @@ class _ElasticBatchNorm1d(nn.BatchNorm1d):
     "nas",
     paper="Once-for-All: Train One Network and Specialize it for Efficient Deployment (https://arxiv.org/abs/1908.09791)",
 )
-class OFASupernetModule(pl.LightningModule):
+class OFASupernetModule(LitmixModule):
     """Once-for-All training of an elastic-depth, elastic-width MLP: the full net and sampled subnets share weights.
 
     Cai et al., https://arxiv.org/abs/1908.09791. A subnet is a tuple of hidden widths, one per active layer: its
@@ -74,7 +77,7 @@ class OFASupernetModule(pl.LightningModule):
 
     With ``batchnorm=True`` every hidden layer is ``Linear -> BatchNorm1d -> ReLU`` with sliced (shared)
     BN statistics; their running statistics mix all sampled subnets, so evaluate a subnet after
-    :meth:`recalibrate` (OFA's BN re-calibration on a train subset, :func:`litmix.nas.bn_recalibration.recalibrate_bn`).
+    :meth:`recalibrate` (OFA's BN re-calibration on a train subset, :func:`litmix.nas.evaluation.recalibrate_bn`).
     Validation logs ``ofa/val_acc_max`` and ``ofa/val_acc_min`` (largest and smallest subnet, running
     statistics as they are).
 
@@ -93,13 +96,21 @@ class OFASupernetModule(pl.LightningModule):
         seed: base seed of the subnet sequence (>= 0).
         sandwich: make the last subnet of each step the smallest allowed one (BigNAS sandwich rule).
 
+    Optimiser: Adam with a per-step cosine schedule over ``trainer.estimated_stepping_batches``
+    (:func:`litmix.nas.schedules.cosine_lr_scheduler`). Subnets are drawn from ``(seed, global_step, k)`` and the
+    shrinking bounds are a pure function of the step, so every DDP rank trains the same subnets. Sharded
+    strategies (FSDP, DeepSpeed) are refused in ``setup``: weight slicing of shared parameters needs whole
+    parameters.
+
     Raises:
+        TypeError: for arguments of the wrong type.
         ValueError: for out-of-range arguments.
+        MisconfigurationException: in ``setup`` under a sharded strategy (FSDP, DeepSpeed).
 
     Example:
         >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         >>> from litmix.testing import make_trainer
-        >>> module, dm = OFASupernetModule.example()
+        >>> module, dm, _ = OFASupernetModule.example()
         >>> make_trainer(max_steps=2).fit(module, datamodule=dm)
         >>> module.sample_widths(3) == module.sample_widths(3), module.max_widths
         (True, (32, 32))
@@ -107,8 +118,6 @@ class OFASupernetModule(pl.LightningModule):
         >>> deep.smallest_subnet(), len(deep(torch.rand(4, 64), (8, 4)))
         ((4,), 4)
     """
-
-    family: ClassVar[str] = "nas"
 
     def __init__(
         self,
@@ -125,23 +134,30 @@ class OFASupernetModule(pl.LightningModule):
         seed: int = 0,
         sandwich: bool = True,
     ) -> None:
-        super().__init__()
         name = type(self).__name__
+        check_int(name, "in_features", in_features, low=1)
+        check_int(name, "num_classes", num_classes, low=1)
+        for arg, value in (("hidden", hidden), ("width_ratios", width_ratios), ("depth_choices", depth_choices)):
+            check_type(name, arg, value, (list, tuple), allow_none=True)
         hidden = list(hidden) if hidden is not None else [128, 128]
+        if not hidden:
+            raise ValueError(f"{name}(hidden={hidden!r}): hidden must list at least one width")
+        for h in hidden:
+            check_int(name, "hidden", h, low=1)
+        for r in width_ratios if width_ratios is not None else []:
+            check_float(name, "width_ratios", r, low=0.0, high=1.0, low_open=True)
+        for d in depth_choices or []:
+            check_int(name, "depth_choices", d, low=1, high=len(hidden))
         ratios = sorted({float(r) for r in (width_ratios if width_ratios is not None else [0.25, 0.5, 0.75])} | {1.0})
-        if in_features < 1 or num_classes < 1 or not hidden or any(h < 1 for h in hidden):
-            raise ValueError(
-                f"{name}(in_features={in_features}, hidden={hidden}, num_classes={num_classes}): all must be >= 1"
-            )
-        if any(not 0.0 < r <= 1.0 for r in ratios):
-            raise ValueError(f"{name}(width_ratios={width_ratios}): ratios must be in (0, 1]")
         depths = sorted({int(d) for d in (depth_choices or [])} | {len(hidden)})
-        if any(not 1 <= d <= len(hidden) for d in depths):
-            raise ValueError(f"{name}(depth_choices={depth_choices}): depths must be in [1, {len(hidden)}]")
-        if num_subnets < 0 or kd_ratio < 0 or seed < 0:
-            raise ValueError(f"{name}(num_subnets={num_subnets}, kd_ratio={kd_ratio}, seed={seed}): must be >= 0")
-        if not kd_temperature > 0 or not lr > 0:
-            raise ValueError(f"{name}(kd_temperature={kd_temperature}, lr={lr}): must be > 0")
+        check_bool(name, "batchnorm", batchnorm)
+        check_int(name, "num_subnets", num_subnets, low=0)
+        check_float(name, "kd_ratio", kd_ratio, low=0.0)
+        check_float(name, "kd_temperature", kd_temperature, low=0.0, low_open=True)
+        check_float(name, "lr", lr, low=0.0, low_open=True)
+        check_int(name, "seed", seed, low=0)
+        check_bool(name, "sandwich", sandwich)
+        super().__init__()
         self.save_hyperparameters()
         dims = [in_features, *hidden]
         self.layers = nn.ModuleList(_ElasticLinear(a, b) for a, b in itertools.pairwise(dims))
@@ -157,11 +173,17 @@ class OFASupernetModule(pl.LightningModule):
         self.sampled_log: list[tuple[int, float, tuple[int, ...]]] = []  # (step, lower bound, widths); last 10k
 
     @classmethod
-    def example(cls) -> tuple[OFASupernetModule, pl.LightningDataModule]:
+    def example(cls) -> Example:
         """A 2x32 elastic MLP on 64 flattened digits."""
         from litmix.datamodules.digits import DigitsDataModule
 
-        return cls(hidden=[32, 32], lr=1e-2), DigitsDataModule(batch_size=16, train_size=64)
+        return Example(cls(hidden=[32, 32], lr=1e-2), DigitsDataModule(batch_size=16, train_size=64), [])
+
+    def setup(self, stage: str) -> None:
+        """Refuse sharded strategies: weight slicing of the shared layers needs whole parameters."""
+        refuse_sharded_strategy(
+            type(self).__name__, self.trainer.strategy, "weight slicing of the shared layers needs whole parameters"
+        )
 
     @property
     def max_widths(self) -> tuple[int, ...]:
@@ -276,24 +298,14 @@ class OFASupernetModule(pl.LightningModule):
             return 0
         return recalibrate_bn(self, dataloader, num_batches, forward=lambda x: self(x, widths))
 
-    @torch.no_grad()
     def subnet_accuracy(self, widths: tuple[int, ...] | None, dataloader: Any) -> float:
-        """Accuracy of one subnet on ``dataloader`` (eval mode: BN uses the current running statistics)."""
-        was_training = self.training
-        self.eval()
-        correct = total = 0
-        for batch in dataloader:
-            x, y, _ = split_batch(batch)
-            assert y is not None, "subnet_accuracy needs (x, y) batches"
-            correct += int((self(x.to(self.device), widths).argmax(-1) == y.to(self.device)).sum())
-            total += len(y)
-        self.train(was_training)
-        return correct / max(total, 1)
+        """Accuracy of one subnet on ``dataloader`` (eval mode: BN uses the current running statistics).
+
+        See :func:`litmix.nas.evaluation.subnet_accuracy`.
+        """
+        return subnet_accuracy(self, dataloader, forward=lambda x: self(x, widths))
 
     def configure_optimizers(self) -> Any:
-        """Adam with a per-step cosine schedule."""
+        """Adam with a per-step cosine schedule (:func:`litmix.nas.schedules.cosine_lr_scheduler`)."""
         opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        total = self.trainer.estimated_stepping_batches
-        total = int(total) if math.isfinite(total) and total > 0 else 1
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": cosine_lr_scheduler(opt, self.trainer, type(self).__name__)}

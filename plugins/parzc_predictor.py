@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
 
+from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
-from litmix.functional.rank_losses import pairwise_rank_loss
-from litmix.nas.losses import DiffKendallLoss
+from litmix.nas.rank_losses import DiffKendallLoss, pairwise_rank_loss
+from litmix.nas.schedules import cosine_lr_scheduler
 from litmix.registry import register
+from litmix.validation import check_bool, check_float, check_int, check_type
 
 __all__ = ["ParZCPredictor"]
 
@@ -59,7 +60,7 @@ def _noise_seed(seed: int, step: int, micro: int) -> int:
     "proxy",
     paper="ParZC: Parametric Zero-Cost Proxies for Efficient NAS (https://arxiv.org/abs/2402.02105)",
 )
-class ParZCPredictor(pl.LightningModule):
+class ParZCPredictor(LitmixModule):
     """ParZC's "simple model": a Bayesian MLP mapping per-layer proxy statistics to an architecture score.
 
     Dong et al., "ParZC: Parametric Zero-Cost Proxies for Efficient NAS" (https://arxiv.org/abs/2402.02105;
@@ -71,7 +72,7 @@ class ParZCPredictor(pl.LightningModule):
     from a generator seeded by ``(seed, global_step, batch_idx)``, at evaluation from one seeded by ``seed``
     alone, so a run resumed from a checkpoint draws the same noise as an uninterrupted one, and evaluating the
     same weights twice gives the same scores. Training on a few percent of the architectures uses
-    DiffKendall (:class:`~litmix.nas.losses.DiffKendallLoss`), MSE and/or the pairwise logistic loss; the
+    DiffKendall (:class:`~litmix.nas.rank_losses.DiffKendallLoss`), MSE and/or the pairwise logistic loss; the
     prediction is the mean of ``mc_samples`` stochastic forwards. The full "MABN + PINAT graph transformer"
     model of the paper is not implemented.
 
@@ -90,17 +91,20 @@ class ParZCPredictor(pl.LightningModule):
         mc_samples: stochastic forwards averaged at evaluation (>= 1).
         lr: Adam learning rate (> 0).
         weight_decay: Adam weight decay (>= 0).
-        cosine: cosine learning-rate schedule over ``trainer.estimated_stepping_batches``.
+        cosine: per-step cosine learning-rate schedule over ``trainer.estimated_stepping_batches``
+            (:func:`litmix.nas.schedules.cosine_lr_scheduler`; per epoch when the step count is unknown).
         seed: seed of the weight noise ε (any int >= 0).
 
     Raises:
+        TypeError: for arguments of the wrong type.
         ValueError: for a non-positive ``in_features``/``alpha``/``lr``/``mc_samples``, negative weight decay,
-            an empty or unknown loss list, ``loss_weights`` of the wrong length or a negative ``seed``.
+            an empty or unknown loss list, ``loss_weights`` of the wrong length or a negative ``seed``; in
+            ``configure_optimizers``, for ``cosine=True`` in a run of unknown length.
 
     Example:
         >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         >>> from litmix.testing import make_trainer
-        >>> module, dm = ParZCPredictor.example()
+        >>> module, dm, _ = ParZCPredictor.example()
         >>> trainer = make_trainer(max_epochs=30, limit_val_batches=1.0)
         >>> trainer.fit(module, datamodule=dm)
         >>> float(trainer.callback_metrics["parzc/kendall"]) > 0.5
@@ -121,27 +125,29 @@ class ParZCPredictor(pl.LightningModule):
         cosine: bool = True,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        name = type(self).__name__
+        check_int(name, "in_features", in_features, low=1)
+        for arg, value in (("hidden", hidden), ("losses", losses), ("loss_weights", loss_weights)):
+            check_type(name, arg, value, (list, tuple), allow_none=True)
         hidden = [160, 64] if hidden is None else list(hidden)
         losses = ["diffkendall"] if losses is None else list(losses)
-        if not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"ParZCPredictor(in_features={in_features!r}): in_features must be a positive integer")
-        if any(not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"ParZCPredictor(hidden={hidden!r}): hidden widths must be positive integers")
-        if not losses or any(loss not in LOSSES for loss in losses):
-            raise ValueError(f"ParZCPredictor(losses={losses!r}): losses must be a non-empty list from {LOSSES}")
+        for h in hidden:
+            check_int(name, "hidden", h, low=1)
+        if not losses or any(not isinstance(loss, str) or loss not in LOSSES for loss in losses):
+            raise ValueError(f"{name}(losses={losses!r}): losses must be a non-empty list from {LOSSES}")
+        for w in loss_weights or []:
+            check_float(name, "loss_weights", w)
         weights = [1.0] * len(losses) if loss_weights is None else [float(w) for w in loss_weights]
         if len(weights) != len(losses):
-            raise ValueError(f"ParZCPredictor(loss_weights={loss_weights!r}): need one weight per loss {losses}")
-        for arg, value in (("alpha", alpha), ("lr", lr)):
-            if not value > 0:
-                raise ValueError(f"ParZCPredictor({arg}={value!r}): {arg} must be > 0")
-        if not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"ParZCPredictor(mc_samples={mc_samples!r}): mc_samples must be an integer >= 1")
-        if weight_decay < 0:
-            raise ValueError(f"ParZCPredictor(weight_decay={weight_decay!r}): weight_decay must be >= 0")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"ParZCPredictor(seed={seed!r}): seed must be an integer >= 0")
+            raise ValueError(f"{name}(loss_weights={loss_weights!r}): need one weight per loss {losses}")
+        check_float(name, "alpha", alpha, low=0.0, low_open=True)
+        check_float(name, "rho_init", rho_init)
+        check_int(name, "mc_samples", mc_samples, low=1)
+        check_float(name, "lr", lr, low=0.0, low_open=True)
+        check_float(name, "weight_decay", weight_decay, low=0.0)
+        check_bool(name, "cosine", cosine)
+        check_int(name, "seed", seed, low=0)
+        super().__init__()
         self.save_hyperparameters()
         self.in_features = in_features
         self.hidden = hidden
@@ -165,7 +171,7 @@ class ParZCPredictor(pl.LightningModule):
         self.test_kendall, self.test_spearman = KendallRankCorrCoef(), SpearmanCorrCoef()
 
     @classmethod
-    def example(cls) -> tuple[ParZCPredictor, pl.LightningDataModule]:
+    def example(cls) -> Example:
         """A tiny instance and synthetic data (score = a noisy monotone function of 12 features)."""
         from litmix.datamodules.proxy_features import ProxyFeatureDataModule
 
@@ -173,7 +179,7 @@ class ParZCPredictor(pl.LightningModule):
         x = torch.randn(120, 12, generator=gen)
         y = torch.tanh(x[:, :4].sum(1)) + 0.1 * torch.randn(120, generator=gen)
         dm = ProxyFeatureDataModule(features=x, targets=y, train_size=40, batch_size=20)
-        return cls(in_features=12, hidden=[16, 8], lr=1e-2, mc_samples=2), dm
+        return Example(cls(in_features=12, hidden=[16, 8], lr=1e-2, mc_samples=2), dm, [])
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One stochastic forward: scores of shape ``(batch,)`` (noise from ``generator``, else the global RNG)."""
@@ -240,10 +246,8 @@ class ParZCPredictor(pl.LightningModule):
         return self.predict_scores(x)
 
     def configure_optimizers(self) -> Any:
-        """Adam (+ cosine schedule per step when ``cosine``)."""
+        """Adam (+ :func:`litmix.nas.schedules.cosine_lr_scheduler` when ``cosine``)."""
         opt = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if not self.cosine:
             return opt
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": cosine_lr_scheduler(opt, self.trainer, type(self).__name__)}

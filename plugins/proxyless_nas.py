@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from litmix._sharded import refuse_sharded_strategy
+from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
-from litmix.functional.nas_sampling import (
-    binarized_alpha_grad,
-    expected_latency,
-    make_generator,
-    sample_path,
-    sample_two_paths,
-)
+from litmix.nas.proxyless import binarized_alpha_grad, expected_latency, sample_two_paths
+from litmix.nas.sampling import make_generator, sample_path
 from litmix.registry import register
+from litmix.validation import check_float, check_int, check_type
 
 DEFAULT_OPS = ("skip", "mlp1", "mlp2", "mlp4")
 DEFAULT_LATENCY = (0.0, 1.0, 2.0, 4.0)
@@ -53,7 +50,7 @@ class _MixedLayer(nn.Module):
     "nas",
     paper="ProxylessNAS: Direct Neural Architecture Search on Target Task and Hardware (https://arxiv.org/abs/1812.00332)",
 )
-class ProxylessNASModule(pl.LightningModule):
+class ProxylessNASModule(LitmixModule):
     """Latency-aware ProxylessNAS with binarised path sampling on a stack of MLP choice layers.
 
     Cai, Zhu & Han, https://arxiv.org/abs/1812.00332. ``num_layers`` layers of width ``width`` between a stem
@@ -90,19 +87,22 @@ class ProxylessNASModule(pl.LightningModule):
         warmup_steps: batches with weight steps only (>= 0).
         seed: base seed of the path samples (>= 0).
 
+    Sharded strategies (FSDP, DeepSpeed) are refused in ``setup``: the hand-made architecture gradient and the
+    single-path weight steps need whole parameters.
+
     Raises:
+        TypeError: for arguments of the wrong type.
         ValueError: for an unknown op, a latency table of the wrong length, or out-of-range numbers.
+        MisconfigurationException: in ``setup`` under a sharded strategy (FSDP, DeepSpeed).
 
     Example:
         >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         >>> from litmix.testing import make_trainer
-        >>> module, dm = ProxylessNASModule.example()
+        >>> module, dm, _ = ProxylessNASModule.example()
         >>> make_trainer(max_steps=4).fit(module, datamodule=dm)
         >>> len(module.derived_code()), float(module.expected_latency().detach()) > 0
         (2, True)
     """
-
-    family: ClassVar[str] = "nas"
 
     def __init__(
         self,
@@ -119,22 +119,34 @@ class ProxylessNASModule(pl.LightningModule):
         warmup_steps: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         name = type(self).__name__
+        for arg, value in (("in_features", in_features), ("num_classes", num_classes), ("width", width)):
+            check_int(name, arg, value, low=1)
+        check_int(name, "num_layers", num_layers, low=1)
+        check_type(name, "ops", ops, (list, tuple), allow_none=True)
+        check_type(name, "latency", latency, (list, tuple), allow_none=True)
         op_names = tuple(ops) if ops is not None else DEFAULT_OPS
+        if not op_names:
+            raise ValueError(f"{name}(ops={ops!r}): ops must list at least one candidate")
+        for op in op_names:
+            if not isinstance(op, str):
+                raise TypeError(f"{name}(ops={ops!r}): every op must be a str, got {type(op).__name__}")
+            if op != "skip" and not (op.startswith("mlp") and op[3:].isdigit() and int(op[3:]) > 0):
+                raise ValueError(
+                    f"{name}(ops={ops!r}): unknown op {op!r}; use 'skip' or 'mlp<expansion>' (e.g. 'mlp2')"
+                )
+        for v in latency or []:
+            check_float(name, "latency", v, low=0.0)
         table = tuple(float(v) for v in latency) if latency is not None else DEFAULT_LATENCY[: len(op_names)]
-        if len(table) != len(op_names) or any(v < 0 for v in table):
+        if len(table) != len(op_names):
             raise ValueError(f"{name}(latency={latency}): need {len(op_names)} non-negative entries, one per op")
-        if min(in_features, num_classes, width, num_layers, len(op_names)) < 1:
-            raise ValueError(f"{name}: in_features, num_classes, width, num_layers and ops must be >= 1")
-        for arg, value in (("latency_weight", latency_weight), ("weight_decay", weight_decay)):
-            if value < 0:
-                raise ValueError(f"{name}({arg}={value}): {arg} must be >= 0")
-        for arg, value in (("lr", lr), ("arch_lr", arch_lr)):
-            if not value > 0:
-                raise ValueError(f"{name}({arg}={value}): {arg} must be > 0")
-        if warmup_steps < 0 or seed < 0:
-            raise ValueError(f"{name}(warmup_steps={warmup_steps}, seed={seed}): must be >= 0")
+        check_float(name, "latency_weight", latency_weight, low=0.0)
+        check_float(name, "lr", lr, low=0.0, low_open=True)
+        check_float(name, "arch_lr", arch_lr, low=0.0, low_open=True)
+        check_float(name, "weight_decay", weight_decay, low=0.0)
+        check_int(name, "warmup_steps", warmup_steps, low=0)
+        check_int(name, "seed", seed, low=0)
+        super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.stem = nn.Linear(in_features, width)
@@ -148,11 +160,21 @@ class ProxylessNASModule(pl.LightningModule):
         self.weight_decay, self.warmup_steps, self.seed = weight_decay, warmup_steps, seed
 
     @classmethod
-    def example(cls) -> tuple[ProxylessNASModule, pl.LightningDataModule]:
+    def example(cls) -> Example:
         """Two choice layers of width 16 on 64 flattened digits, with a latency penalty."""
         from litmix.datamodules.digits import DigitsDataModule
 
-        return cls(width=16, num_layers=2, latency_weight=0.1), DigitsDataModule(batch_size=16, train_size=64)
+        module = cls(width=16, num_layers=2, latency_weight=0.1)
+        return Example(module, DigitsDataModule(batch_size=16, train_size=64), [])
+
+    def setup(self, stage: str) -> None:
+        """Refuse sharded strategies: the architecture gradient is computed by hand on whole parameters."""
+        refuse_sharded_strategy(
+            type(self).__name__,
+            self.trainer.strategy,
+            "the binarised architecture gradient and the single-path weight steps need whole parameters",
+            "DDPStrategy(find_unused_parameters=True)",
+        )
 
     # ------------------------------------------------------------------------------------------ architecture
     def probs(self) -> Tensor:

@@ -3,8 +3,7 @@ import itertools
 import pytest
 import torch
 
-from litmix.functional.nas_sampling import gradient_match_distance, mincut_partition
-from litmix.nas.gm_split import GradientMatchingSplitter
+from litmix.nas.gm_split import GradientMatchingSplitter, gradient_match_distance, mincut_partition
 from litmix.nas.supernet import NB201Supernet
 
 

@@ -10,15 +10,11 @@ from torch.utils.data import DataLoader
 
 from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
 from litmix.datamodules.digits import DigitsDataModule
-from litmix.functional.nas_sampling import (
-    deps_subnet_lr_scale,
-    deps_width_lower_bound,
-    ofa_progressive_bounds,
-    width_choices_allowed,
-)
-from litmix.nas.bn_recalibration import recalibrate_bn
+from litmix.nas.deps import deps_subnet_lr_scale, deps_width_lower_bound
+from litmix.nas.evaluation import recalibrate_bn
+from litmix.nas.ofa import ofa_progressive_bounds, width_choices_allowed
 from litmix.plugins.ofa_supernet import OFASupernetModule
-from litmix.testing import TinyClassifier, assert_resume_matches, make_trainer, run_ddp
+from litmix.testing import TinyClassifier, TinyDataModule, assert_resume_matches, make_trainer, run_ddp
 
 
 def test_deps_functions_delay_and_monotone():
@@ -40,7 +36,7 @@ def test_deps_functions_delay_and_monotone():
 
 
 def test_no_small_subnets_before_start_and_space_grows():
-    module, dm = OFASupernetModule.example()
+    module, dm, _ = OFASupernetModule.example()
     total = 40
     make_trainer(max_steps=total, callbacks=[ShrinkingSchedule(start_frac=0.5, grow_frac=0.25)]).fit(
         module, datamodule=dm
@@ -60,9 +56,7 @@ def test_no_small_subnets_before_start_and_space_grows():
 
 def test_schedule_needs_an_elastic_module():
     with pytest.raises(MisconfigurationException, match="set_shrinking"):
-        make_trainer(max_steps=1, callbacks=[ShrinkingSchedule()]).fit(
-            TinyClassifier(), datamodule=ShrinkingSchedule.example_datamodule()
-        )
+        make_trainer(max_steps=1, callbacks=[ShrinkingSchedule()]).fit(TinyClassifier(), datamodule=TinyDataModule())
 
 
 def test_sampling_deterministic_in_step():
@@ -147,7 +141,7 @@ class _WidthConsistency(Callback):
 
 @pytest.mark.ddp
 def test_ddp_ranks_sample_identical_subnets():
-    module, _ = OFASupernetModule.example()
+    module, _, _ = OFASupernetModule.example()
     trainer = run_ddp(
         [ShrinkingSchedule(start_frac=0.25, grow_frac=0.25), _WidthConsistency()],
         module,

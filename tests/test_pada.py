@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from litmix.callbacks.pada_sampler import PADASampling, _WeightedIndexSampler
 from litmix.datamodules.digits import DigitsDataModule
-from litmix.functional.nas_sampling import pada_data_probs, pada_op_probs, softmax_ce_grad_norm
+from litmix.nas.pada import pada_data_probs, pada_op_probs, softmax_ce_grad_norm
 from litmix.plugins.nb201_supernet import NB201SupernetModule
 from litmix.testing import (
     TinyClassifier,

@@ -74,7 +74,7 @@ def test_layer_features_follow_the_fixed_layout():
 
 
 def test_example_fit_and_checkpoint_roundtrip(tmp_path):
-    module, dm = ParZCPredictor.example()
+    module, dm, _ = ParZCPredictor.example()
     trainer = make_trainer(max_epochs=2, limit_val_batches=1.0, enable_checkpointing=True, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     assert "parzc/kendall" in trainer.callback_metrics
@@ -94,7 +94,7 @@ def test_losses_each_improve_the_held_out_ranking():
     """Synthetic example: held-out tau rises from ~0 (untrained) to >0.5 (measured 0.52-0.68, 3 seeds x 4 losses)."""
     for losses in (["diffkendall"], ["mse"], ["pairwise"], ["diffkendall", "mse"]):
         torch.manual_seed(0)
-        _, dm = ParZCPredictor.example()
+        _, dm, _ = ParZCPredictor.example()
         module = ParZCPredictor(in_features=12, hidden=[16, 8], lr=1e-2, mc_samples=2, losses=losses)
         before = make_trainer(limit_val_batches=1.0).validate(module, datamodule=dm, verbose=False)[0]["parzc/kendall"]
         trainer = make_trainer(max_epochs=30, limit_val_batches=1.0, check_val_every_n_epoch=30)
@@ -121,7 +121,7 @@ class _OneOffShuffle(ProxyFeatureDataModule):
 
 
 def _example_data(cls=ProxyFeatureDataModule):
-    _, dm = ParZCPredictor.example()
+    _, dm, _ = ParZCPredictor.example()
     return cls(features=dm._features, targets=dm._targets, train_size=40, batch_size=20, seed=3)
 
 
@@ -180,7 +180,7 @@ def test_resume_is_exact(tmp_path, module_cls, data_cls, exact):
 
 @pytest.mark.ddp
 def test_two_rank_fit():
-    module, dm = ParZCPredictor.example()
+    module, dm, _ = ParZCPredictor.example()
     trainer = run_ddp([], module, dm, max_epochs=2, max_steps=-1, limit_val_batches=1.0)
     assert trainer.state.finished
     assert "parzc/kendall" in trainer.callback_metrics

@@ -2,8 +2,7 @@ import pytest
 import scipy.stats
 import torch
 
-from litmix.functional.rank_losses import diff_kendall_tau, pairwise_rank_loss, zscore
-from litmix.nas.losses import DiffKendallLoss
+from litmix.nas.rank_losses import DiffKendallLoss, diff_kendall_tau, pairwise_rank_loss, zscore
 
 
 def _data(n=200, seed=0):

@@ -10,8 +10,8 @@ from scipy.stats import kendalltau
 from torch.utils.data import DataLoader
 
 from litmix.datamodules.digits import DigitsDataModule
-from litmix.functional.nas_sampling import make_generator, sample_path, step_seed
 from litmix.nas.nb201 import all_codes
+from litmix.nas.sampling import make_generator, sample_path, step_seed
 from litmix.nas.supernet import NB201Supernet
 from litmix.plugins.nb201_supernet import NB201SupernetModule
 from litmix.testing import assert_resume_matches, make_trainer, run_ddp
@@ -68,7 +68,7 @@ def test_allowed_ops_restrict_sampling():
 
 
 def test_pada_path_probs_update_and_drop_parameter_free_ops():
-    module, dm = NB201SupernetModule.example()
+    module, dm, _ = NB201SupernetModule.example()
     make_trainer(max_epochs=2).fit(module, datamodule=dm)
     probs = module.path_probs
     assert torch.allclose(probs.sum(-1), torch.ones(6, dtype=probs.dtype))

@@ -1,8 +1,14 @@
-"""GM-NAS: split a weight-sharing supernet into sub-supernets by gradient matching."""
+"""GM-NAS: split a weight-sharing supernet into sub-supernets by gradient matching.
+
+Hu et al., "Generalizing Few-Shot NAS with Gradient Matching", https://arxiv.org/abs/2203.15207: the gradient
+distance between operations (:func:`gradient_match_distance`), the exhaustive min-cut partition
+(:func:`mincut_partition`) and the splitter (:class:`GradientMatchingSplitter`).
+"""
 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,11 +17,101 @@ import torch
 from torch import Tensor, nn
 
 from litmix.data import split_batch
-from litmix.functional.nas_sampling import gradient_match_distance, make_generator, mincut_partition, sample_path
 from litmix.nas.nb201 import EDGES
+from litmix.nas.sampling import make_generator, sample_path
 from litmix.nas.supernet import NB201Supernet
+from litmix.registry import register
+from litmix.validation import check_bool, check_choice, check_int
 
-__all__ = ["EdgeSplit", "GradientMatchingSplitter"]
+__all__ = ["EdgeSplit", "GradientMatchingSplitter", "gradient_match_distance", "mincut_partition"]
+
+GM_NAS_PAPER = "Generalizing Few-Shot NAS with Gradient Matching (https://arxiv.org/abs/2203.15207)"
+
+
+def gradient_match_distance(grads: Tensor, kind: str = "cos") -> Tensor:
+    """Pairwise distances between flattened gradients ``[O, P]``: ``1 - cos`` (GM-NAS default) or mean squared error.
+
+    Raises:
+        ValueError: for an unknown ``kind``.
+
+    Example:
+        >>> g = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+        >>> gradient_match_distance(g)
+        tensor([[0., 0., 1.],
+                [0., 0., 1.],
+                [1., 1., 0.]])
+    """
+    g = grads.flatten(1).double()
+    if kind == "cos":
+        unit = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        dist = 1.0 - unit @ unit.T
+    elif kind == "mse":
+        dist = torch.cdist(g, g).pow(2) / g.shape[1]
+    else:
+        raise ValueError(f"gradient_match_distance(kind={kind!r}): kind must be 'cos' or 'mse'")
+    dist.fill_diagonal_(0.0)
+    return dist.clamp_min(0.0).to(grads.dtype)
+
+
+def _partitions(n: int, k: int, balanced: bool) -> list[tuple[int, ...]]:
+    """Group labels of every partition of ``range(n)`` into ``k`` non-empty groups (canonical labelling)."""
+    out = []
+    sizes = {n // k, -(-n // k)}
+    for labels in itertools.product(range(k), repeat=n):
+        seen: list[int] = []
+        for lab in labels:
+            if lab not in seen:
+                seen.append(lab)
+        if seen != list(range(k)):  # canonical form: first occurrences in order 0, 1, ...
+            continue
+        if balanced and any(labels.count(g) not in sizes for g in range(k)):
+            continue
+        out.append(labels)
+    return out
+
+
+def mincut_partition(dist: Tensor, num_groups: int = 2, balanced: bool = True) -> tuple[list[list[int]], float]:
+    """Split ops into groups by exhaustive minimum cut on the gradient-similarity graph (GM-NAS).
+
+    Edge weights are similarities ``1 - dist``; the cut score is the summed similarity of pairs placed in
+    different groups, so ops whose gradients agree stay together. With ``balanced=True`` group sizes differ by
+    at most one (GM-NAS splits 5 NB201 ops into 2 + 3). The score is recomputed for every candidate partition
+    (the reference's ``split_num == 3`` branch forgets to reset it).
+
+    Args:
+        dist: ``[O, O]`` symmetric distances.
+        num_groups: number of groups (2 or 3 in GM-NAS), ``<= O``.
+        balanced: only consider near-equal group sizes.
+
+    Returns:
+        ``(groups, cut)``: op indices per group (sorted by first member), and the cut score.
+
+    Raises:
+        ValueError: for a non-square matrix or ``num_groups`` outside ``[2, O]``.
+
+    Example:
+        >>> d = gradient_match_distance(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]))
+        >>> mincut_partition(d)[0]
+        [[0, 1], [2, 3]]
+    """
+    if dist.dim() != 2 or dist.shape[0] != dist.shape[1]:
+        raise ValueError(f"mincut_partition: dist must be square, got shape {tuple(dist.shape)}")
+    n = dist.shape[0]
+    if not 2 <= num_groups <= n:
+        raise ValueError(f"mincut_partition(num_groups={num_groups}): must be in [2, {n}]")
+    sim = (1.0 - dist.double()).tolist()
+    best: tuple[float, tuple[int, ...]] | None = None
+    for labels in _partitions(n, num_groups, balanced):
+        cut = 0.0  # reset per candidate
+        for i, j in itertools.combinations(range(n), 2):
+            if labels[i] != labels[j]:
+                cut += sim[i][j]
+        if best is None or cut < best[0] - 1e-12:
+            best = (cut, labels)
+    assert best is not None
+    cut, labels = best
+    groups = [[i for i in range(n) if labels[i] == g] for g in range(num_groups)]
+    return groups, float(cut)
 
 
 @dataclass(frozen=True)
@@ -37,6 +133,7 @@ class EdgeSplit:
     ops: list[int]
 
 
+@register("utility", "nas", paper=GM_NAS_PAPER, module="litmix.nas")
 class GradientMatchingSplitter:
     """Few-shot NAS split by gradient matching (Hu et al., https://arxiv.org/abs/2203.15207).
 
@@ -44,7 +141,7 @@ class GradientMatchingSplitter:
     path, shared by all ``o`` within a repeat), back-propagate a batch and collect the gradient of the
     **shared** weights (every parameter except edge ``e``'s candidates), averaged over ``repeat`` batches.
     Ops are compared by ``d(o, o') = 1 - cos(g_o, g_o')`` (or MSE) and partitioned by exhaustive min-cut
-    (:func:`~litmix.functional.nas_sampling.mincut_partition`). :meth:`split` chooses the edge with the lowest
+    (:func:`mincut_partition`). :meth:`split` chooses the edge with the lowest
     cut score and returns sub-supernets (deep copies inheriting the weights) restricted to each group.
 
     Works with :class:`~litmix.nas.supernet.NB201Supernet` (or any module with ``set_active(code)``,
@@ -58,7 +155,8 @@ class GradientMatchingSplitter:
         seed: seed of the random paths on the other edges.
 
     Raises:
-        ValueError: for ``num_groups < 2``, ``repeat < 1`` or an unknown distance.
+        TypeError: for arguments of the wrong type.
+        ValueError: for ``num_groups < 2``, ``repeat < 1``, a negative seed or an unknown distance.
 
     Example:
         >>> net = NB201Supernet(C=4, N=1, in_channels=1, reduction="light")
@@ -76,14 +174,24 @@ class GradientMatchingSplitter:
         balanced: bool = True,
         seed: int = 0,
     ) -> None:
-        if num_groups < 2:
-            raise ValueError(f"GradientMatchingSplitter(num_groups={num_groups}): num_groups must be >= 2")
-        if repeat < 1:
-            raise ValueError(f"GradientMatchingSplitter(repeat={repeat}): repeat must be >= 1")
-        if distance not in ("cos", "mse"):
-            raise ValueError(f"GradientMatchingSplitter(distance={distance!r}): distance must be 'cos' or 'mse'")
+        owner = "GradientMatchingSplitter"
+        check_int(owner, "num_groups", num_groups, low=2)
+        check_int(owner, "repeat", repeat, low=1)
+        check_choice(owner, "distance", distance, ("cos", "mse"))
+        check_bool(owner, "balanced", balanced)
+        check_int(owner, "seed", seed, low=0)
         self.num_groups, self.repeat, self.distance = num_groups, repeat, distance
         self.balanced, self.seed = balanced, seed
+
+    @classmethod
+    def example(cls) -> GradientMatchingSplitter:
+        """A one-batch splitter for the tiny supernet of the class example.
+
+        Example:
+            >>> GradientMatchingSplitter.example().repeat
+            1
+        """
+        return cls(repeat=1)
 
     def edge_gradients(
         self,

@@ -21,20 +21,27 @@ import itertools
 import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from litmix.registry import register
+from litmix.validation import check_bool, check_choice, check_int
+
 __all__ = [
     "DATASETS",
     "EDGES",
+    "NB201_PAPER",
     "NUM_CELLS",
     "OPS",
+    "REDUCTIONS",
+    "LightReduction",
     "NB201Cell",
     "NB201Network",
     "NB201Record",
+    "NB201Skeleton",
     "Pooling",
     "ReLUConvBN",
     "ResNetBasicBlock",
@@ -57,6 +64,9 @@ EDGES: tuple[tuple[int, int], ...] = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3
 """Edges ``(from, to)`` of the code positions; node 1 is the cell input, node 4 the output."""
 
 NUM_CELLS = len(OPS) ** len(EDGES)
+NB201_PAPER = (
+    "NAS-Bench-201: Extending the Scope of Reproducible Neural Architecture Search (https://arxiv.org/abs/2001.00326)"
+)
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "ImageNet16-120")
 
 # Position of each code entry in the arch string: edges sorted (stably) by their target node.
@@ -118,6 +128,8 @@ def parse_code(arch: str | Sequence[int]) -> tuple[int, ...]:
         >>> parse_code("(1, 1, 2, 0, 2, 3)")
         (1, 1, 2, 0, 2, 3)
     """
+    if not isinstance(arch, str | Sequence):
+        raise TypeError(f"NB201 arch must be an arch string or a code of {len(EDGES)} integers, got {arch!r}")
     if isinstance(arch, str):
         if arch.strip().startswith("|"):
             return arch_to_code(arch)
@@ -293,42 +305,72 @@ class ResNetBasicBlock(nn.Module):
         return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
-class NB201Network(nn.Module):
-    """The NB201 macro network: stem, 3 stages of ``N`` cells at ``C, 2C, 4C`` with reductions, head.
+class LightReduction(nn.Sequential):
+    """``AvgPool2d(2) -> Conv1x1(c_in -> c_out) -> BN``: the cheap reduction of the digits recipe (catalogue §0.6).
+
+    Example:
+        >>> LightReduction(4, 8)(torch.ones(1, 4, 8, 8)).shape
+        torch.Size([1, 8, 4, 4])
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(nn.AvgPool2d(2), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+
+REDUCTIONS: tuple[str, ...] = ("resnet", "light")
+"""Reduction blocks between the stages: NB201's ResNet basic block, or :class:`LightReduction`."""
+
+
+class NB201Skeleton(nn.Module):
+    """The NB201 macro network around any cell: stem, 3 stages of ``N`` cells at ``C, 2C, 4C`` with reductions, head.
+
+    The one skeleton shared by :class:`NB201Network` (one fixed cell) and
+    :class:`~litmix.nas.supernet.NB201Supernet` (weight-sharing cells). Module names (``stem``, ``cells``,
+    ``lastact``, ``global_pooling``, ``classifier``) are those of SamsungLabs/zero-cost-nas ``nasbench2.py``.
 
     Args:
-        arch: arch string or code of the (shared) cell.
-        C: channels of the first stage.
-        N: cells per stage.
-        num_classes: classifier outputs.
-        in_channels: image channels.
-        cell_bn_affine: ``affine`` of the BNs inside the cells.
-        cell_bn_track_running_stats: ``track_running_stats`` of the BNs inside the cells.
+        make_cell: ``make_cell(channels)`` returns one cell of that width.
+        C: channels of the first stage (>= 1).
+        N: cells per stage (>= 1).
+        num_classes: classifier outputs (>= 1).
+        in_channels: image channels (>= 1).
+        reduction: ``"resnet"`` (:class:`ResNetBasicBlock`, NB201) or ``"light"`` (:class:`LightReduction`).
+        owner: class name used in error messages.
+
+    Raises:
+        TypeError: for non-integer sizes or a non-string ``reduction``.
+        ValueError: for sizes < 1 or an unknown ``reduction``.
+
+    Example:
+        >>> net = NB201Skeleton(lambda c: nn.Identity(), C=4, N=1, in_channels=1, reduction="light")
+        >>> net(torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(
         self,
-        arch: str | Sequence[int],
+        make_cell: Callable[[int], nn.Module],
         C: int = 16,
         N: int = 5,
         num_classes: int = 10,
         in_channels: int = 3,
-        cell_bn_affine: bool = True,
-        cell_bn_track_running_stats: bool = True,
+        reduction: str = "resnet",
+        owner: str = "NB201Skeleton",
     ) -> None:
         super().__init__()
-        self.code = parse_code(arch)
-        self.arch = code_to_arch(self.code)
+        for arg, value in (("C", C), ("N", N), ("num_classes", num_classes), ("in_channels", in_channels)):
+            check_int(owner, arg, value, low=1)
+        check_choice(owner, "reduction", reduction, REDUCTIONS)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        cells: list[nn.Module] = []
+        layers: list[nn.Module] = []
         c_prev = C
         for stage in range(3):
             c = C * 2**stage
             if stage > 0:
-                cells.append(ResNetBasicBlock(c_prev, c, 2))
-            cells.extend(NB201Cell(c, self.code, cell_bn_affine, cell_bn_track_running_stats) for _ in range(N))
+                layers.append(ResNetBasicBlock(c_prev, c, 2) if reduction == "resnet" else LightReduction(c_prev, c))
+            layers.extend(make_cell(c) for _ in range(N))
             c_prev = c
-        self.cells = nn.Sequential(*cells)
+        self.cells = nn.Sequential(*layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=False))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, num_classes)
@@ -342,6 +384,56 @@ class NB201Network(nn.Module):
         return self.classifier(self.global_pooling(self.forward_pre_gap(x)).flatten(1))
 
 
+class NB201Network(NB201Skeleton):
+    """The NB201 network of one cell: :class:`NB201Skeleton` with :class:`NB201Cell` s of code ``arch``.
+
+    Args:
+        arch: arch string or code of the (shared) cell.
+        C: channels of the first stage.
+        N: cells per stage.
+        num_classes: classifier outputs.
+        in_channels: image channels.
+        cell_bn_affine: ``affine`` of the BNs inside the cells.
+        cell_bn_track_running_stats: ``track_running_stats`` of the BNs inside the cells.
+        reduction: ``"resnet"`` (NB201) or ``"light"`` (the digits recipe).
+
+    Raises:
+        TypeError: for arguments of the wrong type.
+        ValueError: for a malformed ``arch``, sizes < 1 or an unknown ``reduction``.
+
+    Example:
+        >>> NB201Network((2, 2, 4, 3, 0, 0), C=4, N=1, in_channels=1, reduction="light")(torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        arch: str | Sequence[int],
+        C: int = 16,
+        N: int = 5,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        cell_bn_affine: bool = True,
+        cell_bn_track_running_stats: bool = True,
+        reduction: str = "resnet",
+    ) -> None:
+        code = parse_code(arch)
+        check_bool("NB201Network", "cell_bn_affine", cell_bn_affine)
+        check_bool("NB201Network", "cell_bn_track_running_stats", cell_bn_track_running_stats)
+        super().__init__(
+            lambda c: NB201Cell(c, code, cell_bn_affine, cell_bn_track_running_stats),
+            C,
+            N,
+            num_classes,
+            in_channels,
+            reduction,
+            owner="NB201Network",
+        )
+        self.code = code
+        self.arch = code_to_arch(code)
+
+
+@register("function", "nas", paper=NB201_PAPER, module="litmix.nas")
 def build_nb201_network(
     arch: str | Sequence[int],
     C: int = 16,
@@ -350,8 +442,13 @@ def build_nb201_network(
     in_channels: int = 3,
     cell_bn_affine: bool = True,
     cell_bn_track_running_stats: bool = True,
+    reduction: str = "resnet",
 ) -> NB201Network:
     """Build the NB201 network of a cell (see :class:`NB201Network` for the arguments).
+
+    Raises:
+        TypeError: for arguments of the wrong type.
+        ValueError: for a malformed ``arch``, sizes < 1 or an unknown ``reduction``.
 
     Example:
         >>> net = build_nb201_network("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_1x1~2|", N=1)
@@ -360,9 +457,12 @@ def build_nb201_network(
         >>> sum(p.numel() for p in net.parameters()) == nb201_param_count(net.arch, N=1)
         True
     """
-    return NB201Network(arch, C, N, num_classes, in_channels, cell_bn_affine, cell_bn_track_running_stats)
+    return NB201Network(
+        arch, C, N, num_classes, in_channels, cell_bn_affine, cell_bn_track_running_stats, reduction=reduction
+    )
 
 
+@register("function", "nas", paper=NB201_PAPER, module="litmix.nas")
 def nb201_param_count(
     arch: str | Sequence[int],
     C: int = 16,
@@ -370,21 +470,32 @@ def nb201_param_count(
     num_classes: int = 10,
     in_channels: int = 3,
     cell_bn_affine: bool = True,
+    reduction: str = "resnet",
 ) -> int:
     """Analytic parameter count of :func:`build_nb201_network` (no network is built).
+
+    Raises:
+        ValueError: for a malformed ``arch`` or an unknown ``reduction``.
 
     Example:
         >>> nb201_param_count((1,) * 6) < nb201_param_count((3,) * 6) < nb201_param_count((2,) * 6)
         True
+        >>> net = build_nb201_network((2,) * 6, C=4, N=1, in_channels=1, reduction="light")
+        >>> count = nb201_param_count((2,) * 6, 4, 1, in_channels=1, reduction="light")
+        >>> sum(p.numel() for p in net.parameters()) == count
+        True
     """
+    check_choice("nb201_param_count", "reduction", reduction, REDUCTIONS)
     ops = count_ops(arch)
     bn = 2 if cell_bn_affine else 0
     total = in_channels * C * 9 + 2 * C  # stem
     c_prev = C
     for stage in range(3):
         c = C * 2**stage
-        if stage > 0:  # reduction block: conv_a, conv_b (+BN each), shortcut 1x1
+        if stage > 0 and reduction == "resnet":  # reduction block: conv_a, conv_b (+BN each), shortcut 1x1
             total += c_prev * c * 9 + 2 * c + c * c * 9 + 2 * c + c_prev * c
+        elif stage > 0:  # light reduction: conv 1x1 + BN
+            total += c_prev * c + 2 * c
         per_cell = ops["nor_conv_3x3"] * (9 * c * c + bn * c) + ops["nor_conv_1x1"] * (c * c + bn * c)
         total += N * per_cell
         c_prev = c

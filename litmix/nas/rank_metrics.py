@@ -20,9 +20,13 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.regression import kendall_rank_corrcoef, pearson_corrcoef, spearman_corrcoef
 
+from litmix.registry import register
+from litmix.validation import check_int
+
 __all__ = ["best_rank_at_k", "kendall_tau", "pearson_r", "precision_at_k", "rank_report", "spearman_rho"]
 
 ArrayLike = Sequence[float] | Tensor
+PROTOCOL = "Zero-Cost Proxies for Lightweight NAS (https://arxiv.org/abs/2101.08134), evaluation protocol"
 
 
 def _pair(scores: ArrayLike, truth: ArrayLike) -> tuple[Tensor, Tensor]:
@@ -34,6 +38,7 @@ def _pair(scores: ArrayLike, truth: ArrayLike) -> tuple[Tensor, Tensor]:
     return x[keep], y[keep]
 
 
+@register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
 def kendall_tau(scores: ArrayLike, truth: ArrayLike) -> float:
     """Kendall τ-b (ties handled as scipy's default) via torchmetrics; NaN for fewer than 2 finite pairs.
 
@@ -50,6 +55,7 @@ def kendall_tau(scores: ArrayLike, truth: ArrayLike) -> float:
     return float(kendall_rank_corrcoef(x, y))  # type: ignore[arg-type]
 
 
+@register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
 def spearman_rho(scores: ArrayLike, truth: ArrayLike) -> float:
     """Spearman ρ (average ranks for ties) via torchmetrics; NaN for fewer than 2 finite pairs.
 
@@ -66,6 +72,7 @@ def spearman_rho(scores: ArrayLike, truth: ArrayLike) -> float:
     return float(spearman_corrcoef(x, y))
 
 
+@register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
 def pearson_r(scores: ArrayLike, truth: ArrayLike) -> float:
     """Pearson r via torchmetrics (signed; NASLib reports ``abs``); NaN for fewer than 2 finite pairs.
 
@@ -82,18 +89,18 @@ def pearson_r(scores: ArrayLike, truth: ArrayLike) -> float:
     return float(pearson_corrcoef(x, y))
 
 
-def _check_k(k: int, n: int) -> int:
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return min(k, n)
+def _check_k(owner: str, k: int, n: int) -> int:
+    return min(check_int(owner, "k", k, low=1), n)
 
 
+@register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
 def precision_at_k(scores: ArrayLike, truth: ArrayLike, k: int) -> float:
     """Fraction of the top-``k`` architectures by score that are also in the top-``k`` by truth.
 
     Ties are broken by position (stable sort), so a constant score picks the first ``k`` items.
 
     Raises:
+        TypeError: for a non-integer ``k``.
         ValueError: for ``k < 1`` or inputs of different length.
 
     Example:
@@ -101,7 +108,7 @@ def precision_at_k(scores: ArrayLike, truth: ArrayLike, k: int) -> float:
         0.5
     """
     x, y = _pair(scores, truth)
-    k = _check_k(k, x.numel())
+    k = _check_k("precision_at_k", k, x.numel())
     if k == 0:
         return math.nan
     top_x = set(torch.argsort(-x, stable=True)[:k].tolist())
@@ -109,12 +116,14 @@ def precision_at_k(scores: ArrayLike, truth: ArrayLike, k: int) -> float:
     return len(top_x & top_y) / k
 
 
+@register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
 def best_rank_at_k(scores: ArrayLike, truth: ArrayLike, k: int) -> int:
     """Best 1-based ground-truth rank among the top-``k`` architectures by score (1 = the true best was picked).
 
     Tied truths share the best (smallest) rank of their group.
 
     Raises:
+        TypeError: for a non-integer ``k``.
         ValueError: for ``k < 1`` or inputs of different length.
 
     Example:
@@ -124,7 +133,7 @@ def best_rank_at_k(scores: ArrayLike, truth: ArrayLike, k: int) -> int:
         2
     """
     x, y = _pair(scores, truth)
-    k = _check_k(k, x.numel())
+    k = _check_k("best_rank_at_k", k, x.numel())
     if k == 0:
         return 0
     picked = torch.argsort(-x, stable=True)[:k]
@@ -132,6 +141,7 @@ def best_rank_at_k(scores: ArrayLike, truth: ArrayLike, k: int) -> int:
     return int((y > best_truth).sum()) + 1
 
 
+@register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
 def rank_report(scores: ArrayLike, truth: ArrayLike, ks: Sequence[int] = (10, 50)) -> dict[str, float]:
     """All metrics at once: ``kendall``, ``spearman``, ``pearson``, ``p@K`` and ``br@K`` for each K, and ``n``.
 

@@ -10,9 +10,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from litmix.functional.proxies import zero_cost_proxies
+from litmix.functional.proxies import list_proxies, zero_cost_proxies
 from litmix.nas.nb201 import build_nb201_network, code_to_arch, parse_code
-from litmix.nas.rank_metrics import rank_report
+from litmix.nas.rank_metrics import PROTOCOL, rank_report
+from litmix.registry import register
+from litmix.validation import check_bool, check_float, check_int, check_type
 
 __all__ = ["ProxyRanker"]
 
@@ -25,6 +27,7 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+@register("utility", "proxy", paper=PROTOCOL, module="litmix.nas")
 class ProxyRanker:
     """Score a list of architectures with named zero-cost proxies and compare the ranking to ground truth.
 
@@ -59,8 +62,10 @@ class ProxyRanker:
         log_every: report progress with ``rank_zero_info`` every this many architectures (0 = never).
 
     Raises:
-        ValueError: for an empty ``archs``, no ``names``, a non-positive ``C``/``N``/``batch_size``, or an
-            architecture that is neither an NB201 string/code nor a callable.
+        TypeError: for arguments of the wrong type.
+        ValueError: for an empty ``archs``, no or unknown ``names``, a non-positive ``C``/``N``/``batch_size``,
+            a negative ``seed``/``log_every``, an unknown ``nan_policy``, or an architecture that is neither an
+            NB201 string/code nor a callable.
 
     Example:
         >>> ranker = ProxyRanker([(2,) * 6, (1,) * 6, (3,) * 6], names=["params", "synflow"], C=4, N=1)
@@ -92,13 +97,38 @@ class ProxyRanker:
         distributed: bool = True,
         log_every: int = 0,
     ) -> None:
+        owner = "ProxyRanker"
+        if isinstance(archs, str) or not isinstance(archs, Sequence):
+            raise TypeError(f"{owner}(archs={archs!r}): archs must be a list of NB201 arch strings/codes or callables")
         if len(archs) == 0:
             raise ValueError("ProxyRanker(archs=[]): archs must hold at least one architecture")
-        if isinstance(names, str) or len(names) == 0:
-            raise ValueError(f"ProxyRanker(names={names!r}): names must be a non-empty list of proxy names")
+        if isinstance(names, str) or not isinstance(names, Sequence):
+            raise TypeError(
+                f"{owner}(names={names!r}): names must be a list of proxy names, got {type(names).__name__}"
+            )
+        known = list_proxies()
+        if len(names) == 0 or any(n not in known for n in names):
+            raise ValueError(f"{owner}(names={names!r}): names must be a non-empty list of proxy names from {known}")
+        check_int(owner, "seed", seed, low=0)
         for arg, value in (("C", C), ("N", N), ("batch_size", batch_size), ("num_classes", num_classes)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ProxyRanker({arg}={value!r}): {arg} must be a positive integer")
+            check_int(owner, arg, value, low=1)
+        check_int(owner, "in_channels", in_channels, low=1)
+        if isinstance(input_shape, str) or not isinstance(input_shape, Sequence):
+            raise TypeError(f"{owner}(input_shape={input_shape!r}): input_shape must be a (C, H, W) sequence of ints")
+        for dim in input_shape:
+            check_int(owner, "input_shape", dim, low=1)
+        check_bool(owner, "per_layer", per_layer)
+        if isinstance(nan_policy, str):
+            if nan_policy not in ("nan", "raise", "naslib"):
+                raise ValueError(
+                    f"{owner}(nan_policy={nan_policy!r}): nan_policy must be 'nan', 'raise', 'naslib' or a number"
+                )
+        else:
+            check_float(owner, "nan_policy", nan_policy, finite=False)
+        check_type(owner, "proxy_options", proxy_options, Mapping, allow_none=True)
+        check_type(owner, "targets", targets, Tensor, allow_none=True)
+        check_bool(owner, "distributed", distributed)
+        check_int(owner, "log_every", log_every, low=0)
         self.archs: list[ArchSpec] = list(archs)
         self.keys: list[str] = [self._key(i, a) for i, a in enumerate(self.archs)]
         self.names: list[str] = list(names)
@@ -118,6 +148,16 @@ class ProxyRanker:
             targets = torch.randint(0, num_classes, (n,), generator=gen)
         self.inputs = inputs
         self.targets = targets
+
+    @classmethod
+    def example(cls) -> ProxyRanker:
+        """Three tiny NB201 cells scored by ``params`` and ``synflow`` (the class example).
+
+        Example:
+            >>> len(ProxyRanker.example().score_all())
+            3
+        """
+        return cls([(2,) * 6, (1,) * 6, (3,) * 6], names=["params", "synflow"], C=4, N=1)
 
     @staticmethod
     def _key(i: int, arch: ArchSpec) -> str:

@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from litmix.registry import register
+from litmix.validation import check_float, check_int
+
 __all__ = ["RoBoTResult", "RoBoTSearch", "minmax_normalize"]
 
 
@@ -89,6 +92,12 @@ def _fast_ucb(acquisition: Any, kappa: float, seed: int, n_random: int, n_smart:
     return _UCB(kappa=kappa, random_state=seed)
 
 
+@register(
+    "utility",
+    "proxy",
+    paper="Robustifying and Boosting Training-Free Neural Architecture Search (https://arxiv.org/abs/2403.07591)",
+    module="litmix.nas",
+)
 class RoBoTSearch:
     """RoBoT: Bayesian optimisation of proxy-ensemble weights, then greedy exploitation of the best ensemble.
 
@@ -113,7 +122,9 @@ class RoBoTSearch:
         gp_restarts: restarts of the GP hyperparameter fit (the library's default is 5).
 
     Raises:
-        ValueError: for empty/duplicate ``proxy_names``, ``budget < 1``, ``n_bo_iter < 1`` or ``kappa <= 0``; in
+        TypeError: for arguments of the wrong type.
+        ValueError: for empty/duplicate ``proxy_names``, ``budget < 1``, ``n_bo_iter < 1``, ``kappa <= 0`` or a
+            negative ``seed``/``acq_restarts``/``gp_restarts``; in
             :meth:`search`, for a proxy matrix whose shape does not match the pool and the names.
         ImportError: in :meth:`search`, when ``bayesian-optimization`` is missing (install the ``nas`` extra).
 
@@ -138,28 +149,37 @@ class RoBoTSearch:
         acq_restarts: int = 2,
         gp_restarts: int = 1,
     ) -> None:
+        owner = "RoBoTSearch"
+        if isinstance(proxy_names, str) or not isinstance(proxy_names, Sequence):
+            raise TypeError(f"{owner}(proxy_names={proxy_names!r}): proxy_names must be a list of names")
         names = list(proxy_names)
-        if isinstance(proxy_names, str) or not names or len(set(names)) != len(names):
-            raise ValueError(f"RoBoTSearch(proxy_names={proxy_names!r}): need a non-empty list of distinct names")
-        if not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"RoBoTSearch(budget={budget!r}): budget must be an integer >= 1")
-        if n_bo_iter is not None and (not isinstance(n_bo_iter, int) or n_bo_iter < 1):
-            raise ValueError(f"RoBoTSearch(n_bo_iter={n_bo_iter!r}): n_bo_iter must be an integer >= 1 or None")
-        if not kappa > 0:
-            raise ValueError(f"RoBoTSearch(kappa={kappa!r}): kappa must be > 0")
-        for arg, value, low in (
-            ("acq_samples", acq_samples, 1),
-            ("acq_restarts", acq_restarts, 0),
-            ("gp_restarts", gp_restarts, 0),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"RoBoTSearch({arg}={value!r}): {arg} must be an integer >= {low}")
+        if any(not isinstance(n, str) for n in names):
+            raise TypeError(f"{owner}(proxy_names={proxy_names!r}): every proxy name must be a str")
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"{owner}(proxy_names={proxy_names!r}): need a non-empty list of distinct names")
+        check_int(owner, "budget", budget, low=1)
+        check_int(owner, "n_bo_iter", n_bo_iter, low=1, allow_none=True)
+        check_float(owner, "kappa", kappa, low=0.0, low_open=True)
+        check_int(owner, "seed", seed, low=0)
+        check_int(owner, "acq_samples", acq_samples, low=1)
+        check_int(owner, "acq_restarts", acq_restarts, low=0)
+        check_int(owner, "gp_restarts", gp_restarts, low=0)
         self.acq_samples, self.acq_restarts, self.gp_restarts = acq_samples, acq_restarts, gp_restarts
         self.proxy_names = names
         self.budget = budget
         self.n_bo_iter = n_bo_iter if n_bo_iter is not None else max(budget - 1, 1)
         self.kappa = float(kappa)
         self.seed = int(seed)
+
+    @classmethod
+    def example(cls) -> RoBoTSearch:
+        """A two-proxy search with a budget of 8 queries (the class example).
+
+        Example:
+            >>> RoBoTSearch.example().budget
+            8
+        """
+        return cls(["good", "noise"], budget=8, seed=0)
 
     def _matrix(self, n: int, proxy_matrix: Any) -> np.ndarray:
         if isinstance(proxy_matrix, Mapping):

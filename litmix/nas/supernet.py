@@ -4,7 +4,7 @@ The single-path one-shot supernet of Guo et al. ("Single Path One-Shot Neural Ar
 Sampling", https://arxiv.org/abs/1904.00420) over the NB201 cell space (see :mod:`litmix.nas.nb201`). All cells
 share one active code (as in NB201, where one cell is repeated); :meth:`NB201Supernet.set_active` selects it and
 the forward pass then runs exactly the network :func:`~litmix.nas.nb201.build_nb201_network` would build for
-that code, with weights inherited from the supernet.
+that code, with weights inherited from the supernet (both share :class:`~litmix.nas.nb201.NB201Skeleton`).
 
 Cell BNs default to ``affine=False, track_running_stats=False`` (the usual choice for NB201 supernets): every
 forward pass normalises with batch statistics, so an inherited subnet needs no BN recalibration.
@@ -18,7 +18,8 @@ from typing import Literal
 import torch  # noqa: F401  (the doctests use it)
 from torch import Tensor, nn
 
-from litmix.nas.nb201 import EDGES, OPS, ResNetBasicBlock, cell_forward, make_op
+from litmix.nas.nb201 import EDGES, OPS, LightReduction, NB201Skeleton, cell_forward, make_op
+from litmix.validation import check_bool
 
 __all__ = ["LightReduction", "MixedEdge", "NB201Supernet", "SupernetCell"]
 
@@ -73,27 +74,21 @@ class SupernetCell(nn.Module):
         return cell_forward(self.edges, x)
 
 
-class LightReduction(nn.Sequential):
-    """``AvgPool2d(2) -> Conv1x1(c_in -> c_out) -> BN``: the cheap reduction of the digits recipe (catalogue §0.6)."""
-
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__(nn.AvgPool2d(2), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
-
-
-class NB201Supernet(nn.Module):
-    """NB201 macro network whose cells are weight-sharing :class:`SupernetCell` s.
+class NB201Supernet(NB201Skeleton):
+    """The NB201 macro network (:class:`~litmix.nas.nb201.NB201Skeleton`) with weight-sharing :class:`SupernetCell` s.
 
     Args:
         C: channels of the first stage (> 0).
         N: cells per stage (> 0).
         num_classes: classifier outputs.
         in_channels: image channels.
-        reduction: ``"resnet"`` (NB201's ResNet basic block) or ``"light"`` (:class:`LightReduction`).
+        reduction: ``"resnet"`` (NB201's ResNet basic block) or ``"light"`` (:class:`~litmix.nas.nb201.LightReduction`).
         ops: candidate operation names per edge (default all 5 NB201 ops, in code order).
         cell_bn_affine: ``affine`` of the cell BNs.
         cell_bn_track_running_stats: ``track_running_stats`` of the cell BNs.
 
     Raises:
+        TypeError: for arguments of the wrong type.
         ValueError: for ``C``/``N`` < 1, an unknown reduction or operation.
 
     Example:
@@ -114,28 +109,24 @@ class NB201Supernet(nn.Module):
         cell_bn_affine: bool = False,
         cell_bn_track_running_stats: bool = False,
     ) -> None:
-        super().__init__()
-        if C < 1 or N < 1:
-            raise ValueError(f"NB201Supernet(C={C}, N={N}): C and N must be >= 1")
-        if reduction not in ("resnet", "light"):
-            raise ValueError(f"NB201Supernet(reduction={reduction!r}): reduction must be 'resnet' or 'light'")
+        owner = "NB201Supernet"
+        if isinstance(ops, str) or not isinstance(ops, Sequence):
+            raise TypeError(f"{owner}(ops={ops!r}): ops must be a list of operation names from {OPS}")
         unknown = [o for o in ops if o not in OPS]
-        if unknown:
-            raise ValueError(f"NB201Supernet(ops={list(ops)!r}): unknown operations {unknown}; allowed {OPS}")
+        if unknown or len(ops) == 0:
+            raise ValueError(f"{owner}(ops={list(ops)!r}): unknown operations {unknown}; allowed {OPS}")
+        check_bool(owner, "cell_bn_affine", cell_bn_affine)
+        check_bool(owner, "cell_bn_track_running_stats", cell_bn_track_running_stats)
+        super().__init__(
+            lambda c: SupernetCell(c, ops, cell_bn_affine, cell_bn_track_running_stats),
+            C,
+            N,
+            num_classes,
+            in_channels,
+            reduction,
+            owner=owner,
+        )
         self.ops: tuple[str, ...] = tuple(ops)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        layers: list[nn.Module] = []
-        c_prev = C
-        for stage in range(3):
-            c = C * 2**stage
-            if stage > 0:
-                layers.append(ResNetBasicBlock(c_prev, c, 2) if reduction == "resnet" else LightReduction(c_prev, c))
-            layers.extend(SupernetCell(c, ops, cell_bn_affine, cell_bn_track_running_stats) for _ in range(N))
-            c_prev = c
-        self.cells = nn.Sequential(*layers)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=False))
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_prev, num_classes)
         self._code: tuple[int, ...] = (0,) * len(EDGES)
         self.set_active(self._code)
 
@@ -176,8 +167,3 @@ class NB201Supernet(nn.Module):
             for m in mods:
                 params.extend(m.parameters())
         return params
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits of the active subnet."""
-        feat = self.lastact(self.cells(self.stem(x)))
-        return self.classifier(self.global_pooling(feat).flatten(1))

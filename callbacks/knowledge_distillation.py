@@ -2,63 +2,63 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, ClassVar
+import os
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from litmix.base import Example
 from litmix.data import split_batch
-from litmix.functional.distillation import kd_loss, top1_agreement
+from litmix.functional.distillation import kd_loss
 from litmix.loss_terms import LossTermCallback
+from litmix.models import import_class, load_model, output_logits
 from litmix.registry import register
+from litmix.validation import check_bool, check_float, check_str, check_type
 
 _Captured = tuple[tuple[Any, ...], dict[str, Any], Any]
+_FOLD_EVERY = 64  # agreement counts are folded into one device tensor every this many steps
 
 
-def _logits(output: Any, who: str) -> Tensor:
-    """The logits in a model output: a tensor, an object with ``.logits`` (Hugging Face) or a dict."""
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, dict):
-        logits = output.get("logits")
-    if isinstance(logits, Tensor):
-        return logits
-    raise TypeError(
-        f"KnowledgeDistillation: the {who} output must be a logits tensor or have a `.logits` tensor, got "
-        f"{type(output).__name__}. Point `student_path` at the submodule that returns the logits."
-    )
+def _floating_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of the module's first floating-point parameter or buffer (``None`` if it has none)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
 
 
-def _load_teacher(path: str, teacher_class: str) -> nn.Module:
-    """Load a teacher saved with ``torch.save(module)`` or a Lightning checkpoint of ``teacher_class``."""
-    if teacher_class:
-        module_name, _, class_name = teacher_class.partition(":")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        if not hasattr(cls, "load_from_checkpoint"):
-            raise TypeError(
-                f"KnowledgeDistillation(teacher_class={teacher_class!r}): the class must be a LightningModule "
-                "with `load_from_checkpoint`"
-            )
-        return cls.load_from_checkpoint(path, map_location="cpu")
-    if path.endswith(".ckpt"):
-        raise ValueError(
-            f"KnowledgeDistillation(teacher={path!r}): a Lightning checkpoint needs "
-            "`teacher_class='package.module:ClassName'`"
-        )
-    # A whole pickled module: only load files you trust (pickle can run code).
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(obj, nn.Module):
-        raise TypeError(
-            f"KnowledgeDistillation(teacher={path!r}): the file must hold an nn.Module saved with "
-            f"torch.save(module), got {type(obj).__name__}"
-        )
-    return obj
+def _meta_tensor(module: nn.Module) -> str | None:
+    """The name of a parameter or buffer of ``module`` on the meta device, if any."""
+    for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+        if tensor.is_meta:
+            return name
+    return None
+
+
+def _cast_floating(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    if isinstance(value, tuple | list):
+        return type(value)(_cast_floating(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast_floating(v, dtype) for k, v in value.items()}
+    return value
+
+
+def _needs_cast(value: Any, dtype: torch.dtype) -> bool:
+    if isinstance(value, Tensor):
+        return value.is_floating_point() and value.dtype != dtype
+    if isinstance(value, tuple | list):
+        return any(_needs_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return any(_needs_cast(v, dtype) for v in value.values())
+    return False
 
 
 @register(
@@ -84,8 +84,9 @@ class KnowledgeDistillation(LossTermCallback):
 
     How it works: in ``setup`` a forward hook is put on the student module (``student_path``, default the
     LightningModule itself). During ``training_step`` the hook stores the student's output **and its inputs**;
-    the teacher is then run on the same inputs, so no batch-to-input function is needed. Hugging Face
-    style outputs with ``.logits`` work; for ``[B, L, V]`` logits the KD loss is averaged over tokens (those
+    the teacher is then run on the same inputs, so no batch-to-input function is needed. Outputs are read with
+    :func:`litmix.models.output_logits` (a tensor, ``.logits`` as in Hugging Face, a dict with ``"logits"`` or a
+    tuple whose first element is the logits); for ``[B, L, V]`` logits the KD loss is averaged over tokens (those
     with ``attention_mask == 1`` when the student was called with an ``attention_mask`` keyword).
 
     The teacher is held by the callback: it is frozen (``requires_grad_(False)``), put in eval mode at every
@@ -93,44 +94,57 @@ class KnowledgeDistillation(LossTermCallback):
     student's checkpoint (this callback's ``state_dict`` holds no teacher weights). Being outside the
     LightningModule it is also outside DDP: every rank runs its own copy on its own shard.
 
-    With ``cache_teacher_outputs=True`` the teacher logits are stored by sample index (the third batch element
-    or ``batch["index"]``, see :func:`litmix.data.split_batch`; wrap a dataset in
-    :class:`litmix.data.IndexedDataset` to get it): the first visit of a sample runs the teacher, later epochs
-    reuse the stored logits. This is **invalid with random data augmentation** (the stored logits belong to
-    the first augmented view) and stores ``N x C`` floats on the training device. The cache is not
-    checkpointed; after a resume it fills again.
+    **Precision.** A teacher may be kept in another floating dtype than the student (e.g. a bf16 teacher for a
+    float32 student, or float64): floating-point inputs are cast to the teacher's dtype before its forward and
+    its logits to float32 for the loss. With ``*-true`` precision the teacher is converted like the module.
 
-    Logs ``<name>/loss`` (the unweighted KD term, per step and epoch; logged by the loss-term core) and
-    ``<name>/agreement`` (teacher-student top-1 agreement over the epoch's samples of all ranks, counted on the
-    device and logged in ``on_train_epoch_end``: a per-step ``self.log`` call would cost more than a cached KD
-    step itself), ``<name>`` being ``name`` or ``"kd"``.
+    **FSDP and DeepSpeed** are allowed: the teacher is an independent module kept whole (not sharded) on every
+    device, outside the strategy's wrapped module, so it needs a full copy's memory per device; only the
+    student is sharded. (A teacher too large for one device needs a sharded teacher inside the module.)
+
+    With ``cache_teacher_outputs=True`` the teacher's log-probabilities at temperature ``T`` are stored by sample
+    index (the third batch element or ``batch["index"]``, see :func:`litmix.data.split_batch`; wrap a dataset in
+    :class:`litmix.data.IndexedDataset` to get it): the first visit of a sample runs the teacher, later epochs
+    reuse the stored values (changing ``temperature`` clears the cache). This is **invalid with random data
+    augmentation** (the stored outputs belong to the first augmented view) and stores ``N x C`` floats on the
+    training device. The cache is not checkpointed; after a resume it fills again.
+
+    Logs, under ``log_prefix`` (``name`` or ``"kd"``): ``kd/loss_step``, ``kd/loss_epoch`` and ``kd/loss`` (the
+    unweighted KD term, logged by the loss-term core at ``log_every_n_steps`` and as exact epoch means, see
+    :mod:`litmix.loss_terms`; a non-finite term stops the run) and ``kd/agreement`` (teacher-student top-1
+    agreement over the epoch's samples of all ranks, counted on the device and logged at epoch end).
 
     Limits: automatic optimization, or a module with ``collects_loss_terms = True``; the student module must
-    run exactly once per training step (a second call overwrites the first and warns once). With ``*-true``
-    precision the teacher is converted like the module.
+    run exactly once per training step (a second call overwrites the first and warns once).
 
     Args:
-        teacher: the teacher ``nn.Module``, or a path: a file written with ``torch.save(module)`` (unpickled
-            with ``weights_only=False``: only load files you trust), or a Lightning ``.ckpt`` together with
-            ``teacher_class``.
-        temperature: softmax temperature ``T > 0``; the KD term is multiplied by ``T²``.
+        teacher: the teacher ``nn.Module``, or a path (``str`` or ``os.PathLike``) loaded with
+            :func:`litmix.models.load_model`: a file written with ``torch.save(module)`` (unpickled with
+            ``weights_only=False``: only load files you trust), a Lightning ``.ckpt`` together with
+            ``teacher_class``, or a Hugging Face ``save_pretrained`` folder.
+        temperature: softmax temperature, a finite number ``T > 0``; the KD term is multiplied by ``T²``.
         weight: weight of the KD term in [0, 1]; the task loss gets ``1 - weight``.
         student_path: dotted path (``pl_module.get_submodule``) of the submodule whose forward output are
             the student logits; ``""`` means the LightningModule itself.
-        cache_teacher_outputs: compute teacher logits once per sample index and reuse them.
-        teacher_class: ``"package.module:ClassName"`` of a LightningModule whose ``load_from_checkpoint``
-            loads ``teacher`` when it is a ``.ckpt`` path.
-        name: instance name: the logging prefix and checkpoint key (default ``"kd"``).
+        cache_teacher_outputs: compute the teacher's outputs once per sample index and reuse them.
+        teacher_class: ``"package.module.ClassName"`` of the class that loads ``teacher`` when it is a ``.ckpt``
+            path (a LightningModule's ``load_from_checkpoint``) or a Hugging Face folder (``from_pretrained``).
+        name: instance name: the logging prefix and checkpoint key (default prefix ``"kd"``).
 
     Raises:
-        TypeError: if ``teacher`` is neither an ``nn.Module`` nor a str, or a loaded file is no module; if a
-            student or teacher output holds no logits tensor.
-        ValueError: for ``temperature <= 0``, ``weight`` outside [0, 1], a malformed ``teacher_class``, a
-            ``.ckpt`` without ``teacher_class``, or teacher and student logits of different shapes (at the
-            first batch, naming both shapes).
+        TypeError: for an argument of the wrong type (``teacher`` neither an ``nn.Module`` nor a path, a
+            non-number ``temperature``/``weight``, ...), a loaded file that holds no module, or a student or
+            teacher output that holds no logits tensor.
+        ValueError: for a ``temperature`` that is not a finite number > 0, a ``weight`` outside [0, 1], a
+            ``teacher_class`` not of the form ``"package.module.ClassName"`` or not importable, a
+            ``teacher_class`` with an ``nn.Module`` teacher, a ``.ckpt`` without ``teacher_class``, a teacher
+            path that does not exist (a :class:`litmix.validation.MissingPathError`, also a
+            ``FileNotFoundError``), a teacher with tensors on the meta device (at ``setup``), or teacher and
+            student logits of different shapes (at the first batch, naming both shapes).
         MisconfigurationException: if ``student_path`` names no submodule, if the hooked module did not run
             during a training step (set ``student_path``), or if ``cache_teacher_outputs=True`` and the batch
             has no sample indices.
+        FloatingPointError: when the KD term becomes NaN or infinite (naming the step).
 
     Example:
         >>> import torch
@@ -141,72 +155,74 @@ class KnowledgeDistillation(LossTermCallback):
         (0.09999999999999998, 0.9)
         >>> trainer = fit_tiny([kd], max_steps=2)
         >>> sorted(k for k in trainer.callback_metrics if k.startswith("kd/"))
-        ['kd/agreement', 'kd/loss', 'kd/loss_epoch', 'kd/loss_step']
+        ['kd/agreement', 'kd/loss', 'kd/loss_epoch']
         >>> kd.teacher.training, any(p.requires_grad for p in kd.teacher.parameters())
         (False, False)
     """
 
-    family: ClassVar[str] = "distillation"
-    requires_teacher: ClassVar[bool] = True
+    default_log_prefix = "kd"
 
     def __init__(
         self,
-        teacher: nn.Module | str,
+        teacher: nn.Module | str | os.PathLike[str],
         temperature: float = 4.0,
         weight: float = 0.9,
         student_path: str = "",
         cache_teacher_outputs: bool = False,
-        teacher_class: str = "",
+        teacher_class: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        cls_name = type(self).__name__
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            raise TypeError(f"{cls_name}(temperature={temperature!r}): temperature must be a float > 0")
-        if not temperature > 0:
-            raise ValueError(f"{cls_name}(temperature={temperature}): temperature must be > 0, got {temperature}")
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise TypeError(f"{cls_name}(weight={weight!r}): weight must be a float in [0, 1]")
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"{cls_name}(weight={weight}): weight must be in [0, 1], got {weight}")
-        if not isinstance(student_path, str):
-            raise TypeError(f"{cls_name}(student_path={student_path!r}): student_path must be a str")
-        if teacher_class and (":" not in teacher_class or not all(teacher_class.partition(":")[::2])):
+        owner = type(self).__name__
+        check_type(owner, "teacher", teacher, (nn.Module, str, os.PathLike))
+        self.temperature = check_float(owner, "temperature", temperature, low=0.0, low_open=True)
+        self.weight = check_float(owner, "weight", weight, low=0.0, high=1.0)
+        self.student_path = check_str(owner, "student_path", student_path)
+        self.cache_teacher_outputs = check_bool(owner, "cache_teacher_outputs", cache_teacher_outputs)
+        check_str(owner, "teacher_class", teacher_class, allow_none=True)
+        self.teacher_class = teacher_class or None
+        if self.teacher_class is not None:
+            if ":" in self.teacher_class:
+                raise ValueError(
+                    f"{owner}(teacher_class={teacher_class!r}): use 'package.module.ClassName' (a '.' before the "
+                    "class name, not ':')"
+                )
+            import_class(self.teacher_class, owner=owner, argument="teacher_class")
+            if isinstance(teacher, nn.Module):
+                raise ValueError(
+                    f"{owner}(teacher_class={teacher_class!r}): teacher_class only applies to a checkpoint or "
+                    "folder path, but teacher is already an nn.Module"
+                )
+        elif not isinstance(teacher, nn.Module) and os.fspath(teacher).endswith(".ckpt"):
             raise ValueError(
-                f"{cls_name}(teacher_class={teacher_class!r}): teacher_class must look like 'package.module:ClassName'"
+                f"{owner}(teacher={os.fspath(teacher)!r}): a Lightning checkpoint needs "
+                "teacher_class='package.module.ClassName'"
             )
-        self.temperature = float(temperature)
-        self.weight = float(weight)
-        self.student_path = student_path
-        self.cache_teacher_outputs = bool(cache_teacher_outputs)
-        self.teacher_class = teacher_class
-        self.loss_term_name = name or "kd"
         self.loss_term_weight = self.weight
         self.task_loss_scale = 1.0 - self.weight
         if isinstance(teacher, nn.Module):
-            if teacher_class:
-                raise ValueError(
-                    f"{cls_name}(teacher_class={teacher_class!r}): teacher_class only applies to a checkpoint "
-                    "path, but teacher is already an nn.Module"
-                )
             self.teacher_source = type(teacher).__name__
-            self._teacher = teacher
-        elif isinstance(teacher, str):
-            self.teacher_source = teacher
-            self._teacher = _load_teacher(teacher, teacher_class)
         else:
-            raise TypeError(
-                f"{cls_name}(teacher={type(teacher).__name__}): teacher must be an nn.Module or a str path to "
-                "a torch.save(module) file or a Lightning .ckpt"
-            )
+            self.teacher_source = os.fspath(teacher)
+        self._teacher = load_model(teacher, class_path=self.teacher_class, owner=owner, argument="teacher")
         self._freeze()
         self._handle: RemovableHandle | None = None
         self._armed = False
         self._captured: _Captured | None = None
         self._warned_rerun = False
-        self._cache: Tensor | None = None
+        self._teacher_dtype: torch.dtype | None = None
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        self._cache: Tensor | None = None  # teacher log-probabilities at self._cache_temperature, by sample index
         self._filled: Tensor | None = None
-        self._agree: Tensor | None = None  # [matching rows, rows] of the current epoch
+        self._cache_temperature = self.temperature
+        self._reset_agreement()
+
+    def _reset_agreement(self) -> None:
+        self._hits: list[Tensor] = []  # per step: number of rows where the top-1 classes agree
+        self._rows: list[Tensor | int] = []  # per step: number of rows
+        self._agree: Tensor | None = None  # folded [hits, rows] of the current epoch
 
     @classmethod
     def from_torchdistill(
@@ -217,19 +233,25 @@ class KnowledgeDistillation(LossTermCallback):
         torchdistill ``KDLoss``: ``alpha · CE + (1 - alpha) · T² · KL``; here ``weight = 1 - alpha``.
         (torchdistill drops the T² factor when ``alpha`` is 0; this class always applies it.)
 
+        Raises:
+            TypeError, ValueError: for an ``alpha`` that is not a number in [0, 1] (and as the constructor).
+
         Example:
             >>> KnowledgeDistillation.from_torchdistill(torch.nn.Linear(8, 4), alpha=0.25).weight
             0.75
         """
+        alpha = check_float(cls.__name__, "alpha", alpha, low=0.0, high=1.0)
         return cls(teacher, temperature=temperature, weight=1.0 - alpha, **kwargs)
 
     @classmethod
-    def example(cls) -> KnowledgeDistillation:
-        """A tiny instance: a seeded 8-16-4 MLP teacher matching :class:`litmix.testing.TinyClassifier`."""
+    def example(cls) -> Example:
+        """A :class:`litmix.testing.TinyClassifier` distilled from a seeded 8-16-4 MLP teacher."""
+        from litmix.testing import TinyClassifier, TinyDataModule
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1234)
             teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        return cls(teacher, temperature=2.0, weight=0.5)
+        return Example(TinyClassifier(), TinyDataModule(), [cls(teacher, temperature=2.0, weight=0.5)])
 
     @property
     def teacher(self) -> nn.Module:
@@ -241,21 +263,28 @@ class KnowledgeDistillation(LossTermCallback):
         self._teacher.requires_grad_(False)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Install the loss wrapper and the student hook; freeze and move the teacher."""
+        """Install the loss wrapper and the student hook; check, freeze and move the teacher."""
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        owner = type(self).__name__
+        meta = _meta_tensor(self._teacher)
+        if meta is not None:
+            raise ValueError(
+                f"{owner}(teacher={self.teacher_source!r}): the teacher's {meta!r} is on the meta device (no data); "
+                "materialize it and load its weights before fitting (e.g. load_state_dict(..., assign=True) or "
+                "to_empty() + load_state_dict)"
+            )
         try:
             student = pl_module.get_submodule(self.student_path) if self.student_path else pl_module
         except AttributeError as err:
             raise MisconfigurationException(
-                f"{type(self).__name__}(student_path={self.student_path!r}): {type(pl_module).__name__} has no such "
-                f"submodule ({err})"
+                f"{owner}(student_path={self.student_path!r}): {type(pl_module).__name__} has no such submodule ({err})"
             ) from None
         module_params = {id(p) for p in pl_module.parameters()}
         if any(id(p) in module_params for p in self._teacher.parameters()):
             rank_zero_warn(
-                f"{type(self).__name__}: the teacher's parameters are part of {type(pl_module).__name__}; they "
+                f"{owner}: the teacher's parameters are part of {type(pl_module).__name__}; they "
                 "will be saved in its checkpoints. Keep the teacher only in the callback."
             )
         if self._handle is not None:
@@ -264,8 +293,9 @@ class KnowledgeDistillation(LossTermCallback):
         self._teacher = trainer.strategy.precision_plugin.convert_module(self._teacher)
         self._teacher.to(trainer.strategy.root_device)
         self._freeze()
+        self._teacher_dtype = _floating_dtype(self._teacher)
         self._armed, self._captured, self._warned_rerun = False, None, False
-        self._cache, self._filled, self._agree = None, None, None
+        self._reset_caches()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Follow the module to its final device."""
@@ -280,16 +310,41 @@ class KnowledgeDistillation(LossTermCallback):
             self._handle.remove()
             self._handle = None
         self._armed, self._captured = False, None
-        self._cache, self._filled, self._agree = None, None, None
+        self._reset_caches()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the epoch's agreement count."""
+        super().on_train_epoch_start(trainer, pl_module)
+        self._reset_agreement()
+
+    def _fold_agreement(self) -> None:
+        if not self._hits:
+            return
+        hits = torch.stack(self._hits).sum().to(torch.float64)
+        counted = [r for r in self._rows if isinstance(r, Tensor)]
+        rows = hits.new_tensor(float(sum(r for r in self._rows if isinstance(r, int))))
+        if counted:
+            rows = rows + torch.stack(counted).sum().to(torch.float64)
+        counts = torch.stack([hits, rows])
+        self._agree = counts if self._agree is None else self._agree + counts
+        self._hits, self._rows = [], []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Log the epoch's teacher-student top-1 agreement (exact over all ranks: the counts are summed)."""
-        if self._agree is None:
-            return
-        counts = trainer.strategy.reduce(self._agree, reduce_op="sum")
-        self._agree = None
+        """Log the term's epoch mean and the epoch's teacher-student top-1 agreement (exact over all ranks)."""
+        super().on_train_epoch_end(trainer, pl_module)
+        self._fold_agreement()
+        local = self._agree if self._agree is not None else torch.zeros(2, dtype=torch.float64, device=pl_module.device)
+        self._reset_agreement()
+        counts = trainer.strategy.reduce(local, reduce_op="sum") if trainer.world_size > 1 else local
         if float(counts[1]) > 0:
-            pl_module.log(f"{self.loss_term_name}/agreement", counts[0] / counts[1], on_step=False, on_epoch=True)
+            pl_module.log(
+                f"{self.log_prefix}/agreement",
+                (counts[0] / counts[1]).float(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+                sync_dist=trainer.world_size > 1,  # identical on every rank already: no change, no warning
+            )
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -300,8 +355,9 @@ class KnowledgeDistillation(LossTermCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Stop capturing (validation forwards are ignored)."""
+        """Stop capturing (validation forwards are ignored); log the term at logging steps."""
         self._armed, self._captured = False, None
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         if not self._armed:
@@ -315,42 +371,59 @@ class KnowledgeDistillation(LossTermCallback):
         self._captured = (args, kwargs, output)
 
     def _run_teacher(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        self._teacher.eval()  # re-asserted every step: a user's .train() must never reach the teacher
+        """Teacher logits (float32, no graph) on the student's inputs, cast to the teacher's dtype if needed."""
+        teacher = self._teacher
+        teacher.eval()  # re-asserted every step: a user's .train() must never reach the teacher
+        dtype = self._teacher_dtype
+        if dtype is not None and _needs_cast((args, kwargs), dtype):
+            args, kwargs = _cast_floating(args, dtype), _cast_floating(kwargs, dtype)
         with torch.no_grad():
-            return _logits(self._teacher(*args, **kwargs), "teacher").detach().float()
+            output = teacher(*args, **kwargs)
+        return output_logits(output, owner=type(self).__name__, who="teacher").float()
 
     def _cached_teacher(self, batch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], student: Tensor) -> Tensor:
+        """Teacher log-probabilities at the current temperature for the batch's samples, from the cache."""
         _, _, index = split_batch(batch)
         if not isinstance(index, Tensor):
             raise MisconfigurationException(
                 f"{type(self).__name__}(cache_teacher_outputs=True) needs sample indices in every batch (a third "
                 "element or batch['index']); wrap the dataset in litmix.data.IndexedDataset"
             )
-        index = index.reshape(-1).to(device=student.device, dtype=torch.long)
+        if self._cache_temperature != self.temperature:  # the stored log-probabilities belong to another T
+            self._cache, self._filled, self._cache_temperature = None, None, self.temperature
+        index = index.reshape(-1)
         if index.numel() != student.shape[0]:
             raise ValueError(
                 f"{type(self).__name__}: {index.numel()} sample indices for student logits of shape "
                 f"{tuple(student.shape)}; caching needs one index per row of the logits"
             )
         cache, filled = self._cache, self._filled
-        if cache is not None and filled is not None and int(index.max()) < len(filled) and bool(filled[index].all()):
-            return cache[index]
+        if cache is not None and filled is not None:
+            if index.device.type == "cpu" and filled.device.type == "cpu":  # numpy: no kernel launches
+                idx, done = index.numpy(), filled.numpy()
+                hit = bool(idx.max() < len(done) and done[idx].all())
+            else:
+                hit = bool(int(index.max()) < len(filled) and bool(filled[index.to(filled.device)].all()))
+            if hit:
+                return cache[index.to(cache.device)]
         logits = self._run_teacher(args, kwargs)
         self._check_shapes(student, logits)
+        log_p = F.log_softmax(logits / self.temperature, dim=-1)
+        index = index.to(device=log_p.device, dtype=torch.long)
         needed = int(index.max()) + 1
         if self._cache is None or self._filled is None:
-            self._cache = logits.new_zeros((needed, *logits.shape[1:]))
-            self._filled = torch.zeros(needed, dtype=torch.bool, device=logits.device)
+            self._cache = log_p.new_zeros((needed, *log_p.shape[1:]))
+            self._filled = torch.zeros(needed, dtype=torch.bool, device=log_p.device)
         elif needed > len(self._filled):
             size = max(needed, 2 * len(self._filled))
-            cache = logits.new_zeros((size, *self._cache.shape[1:]))
-            cache[: len(self._cache)] = self._cache
-            filled = torch.zeros(size, dtype=torch.bool, device=logits.device)
+            grown = log_p.new_zeros((size, *self._cache.shape[1:]))
+            grown[: len(self._cache)] = self._cache
+            filled = torch.zeros(size, dtype=torch.bool, device=log_p.device)
             filled[: len(self._filled)] = self._filled
-            self._cache, self._filled = cache, filled
-        self._cache[index] = logits
+            self._cache, self._filled = grown, filled
+        self._cache[index] = log_p
         self._filled[index] = True
-        return logits
+        return log_p
 
     def _check_shapes(self, student: Tensor, teacher: Tensor) -> None:
         if teacher.shape != student.shape:
@@ -362,35 +435,46 @@ class KnowledgeDistillation(LossTermCallback):
     def loss_term(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, outputs: Any
     ) -> Tensor:
-        """The unweighted KD term of this step (also logs the top-1 agreement)."""
-        if self._captured is None:
+        """The unweighted KD term of this step (also counts the top-1 agreement)."""
+        captured = self._captured
+        if captured is None:
             where = f"submodule {self.student_path!r}" if self.student_path else type(pl_module).__name__
             raise MisconfigurationException(
                 f"{type(self).__name__}: the student hook on {where} did not fire during training_step, so no "
                 "student logits were captured. Set `student_path` to the submodule whose forward returns the "
                 "logits (e.g. student_path='model' when training_step calls self.model(x))."
             )
-        args, kwargs, output = self._captured
+        args, kwargs, output = captured
         self._captured = None
-        student = _logits(output, "student")
+        student = output_logits(output, owner=type(self).__name__, who="student")
         if self.cache_teacher_outputs:
             teacher = self._cached_teacher(batch, args, kwargs, student)
+            is_logprob = True
         else:
             teacher = self._run_teacher(args, kwargs)
-        self._check_shapes(student, teacher)
-        mask = kwargs.get("attention_mask")
+            self._check_shapes(student, teacher)
+            is_logprob = False
+        mask = kwargs.get("attention_mask") if kwargs else None
         if not (isinstance(mask, Tensor) and student.dim() > 2 and mask.shape == student.shape[:-1]):
             mask = None
-        loss = kd_loss(student, teacher, temperature=self.temperature, mask=mask)
-        n = mask.sum() if mask is not None else student.numel() // student.shape[-1]
-        rows = torch.as_tensor(n, dtype=torch.float32, device=student.device)  # no host sync
-        counts = torch.stack([top1_agreement(student, teacher, mask=mask) * rows, rows])
-        self._agree = counts if self._agree is None else self._agree + counts
+        loss = kd_loss(student, teacher, temperature=self.temperature, mask=mask, teacher_is_logprob=is_logprob)
+        # Top-1 agreement: three kernels per step, counts summed on the device and read once per epoch.
+        agree = student.detach().argmax(-1) == teacher.argmax(-1)
+        if mask is None:
+            self._hits.append(agree.sum())
+            self._rows.append(agree.numel())
+        else:
+            mask = mask.bool()
+            self._hits.append((agree & mask).sum())
+            self._rows.append(mask.sum())
+        if len(self._hits) >= _FOLD_EVERY:
+            self._fold_agreement()
         return loss
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(teacher={self.teacher_source!r}, temperature={self.temperature}, "
             f"weight={self.weight}, student_path={self.student_path!r}, "
-            f"cache_teacher_outputs={self.cache_teacher_outputs}, name={self.name!r})"
+            f"cache_teacher_outputs={self.cache_teacher_outputs}, teacher_class={self.teacher_class!r}, "
+            f"name={self.name!r})"
         )

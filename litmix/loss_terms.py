@@ -9,27 +9,63 @@ Lightning has no loss hook, so litmix supports exactly one of two mechanisms per
    ``pl_module.training_step`` by an instance attribute that calls the original and then
    :func:`apply_loss_terms`. One wrapper serves all providers, so every term is counted exactly once, and
    ``teardown`` removes it.
+
+**Logging, cheaply.** A per-step ``self.log(..., on_step=True, on_epoch=True)`` costs about as much as a small
+model's whole training step, so the core does not call it per step. Each :class:`LossTermCallback` keeps the
+detached terms of the current logging window (a list append: no device op, no host sync) and
+
+* at every step where Lightning writes step metrics (``trainer.log_every_n_steps``, the same rule Lightning
+  applies) logs ``<log_prefix>/loss_step``: the term of that step;
+* at the end of every training epoch logs ``<log_prefix>/loss_epoch`` (to the loggers) and
+  ``<log_prefix>/loss`` (callback metrics and progress bar only): the **mean of the term over the epoch's
+  training steps** (micro-batches), summed and counted on every rank and reduced across ranks, so under DDP it
+  is the mean over all ranks' steps.
+
+Lightning's own ``on_epoch=True`` mean weights each step by its batch size; the two agree whenever the batches
+of an epoch have equal sizes. After a mid-epoch resume the epoch mean covers the steps since the resume.
+
+**Non-finite terms.** The terms of each window are checked when the window is flushed, i.e. at every logging
+step and at the end of every epoch: a NaN or infinite term stops the run with :class:`FloatingPointError`
+naming the plugin's class and ``log_prefix`` and the global step at which the term first became non-finite.
+Detection therefore happens within ``log_every_n_steps`` steps (one host sync per window instead of one per
+step, which matters on accelerators).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import weakref
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from litmix.base import LitmixCallback
 from litmix.protocols import LossTermProvider
 
+__all__ = ["LossTermCallback", "apply_loss_terms", "install_loss_wrapper", "loss_term_providers", "remove_loss_wrapper"]
+
 _WRAPPED_ATTR = "_litmix_loss_wrapper"
+_MAX_WINDOW = 1024  # flush at least this often even when step logging is off
+# trainer -> (the callbacks list it was computed from, its length, the providers): the providers are looked up
+# once per fit instead of one runtime Protocol check per callback and step.
+_PROVIDERS: weakref.WeakKeyDictionary[pl.Trainer, tuple[list[Any], int, list[LossTermProvider]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def loss_term_providers(trainer: pl.Trainer) -> list[LossTermProvider]:
-    """The callbacks of ``trainer`` that contribute loss terms, in callback order."""
-    return [cb for cb in trainer.callbacks if isinstance(cb, LossTermProvider)]  # type: ignore[attr-defined]
+    """The callbacks of ``trainer`` that contribute loss terms, in callback order (cached per trainer)."""
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    cached = _PROVIDERS.get(trainer)
+    if cached is not None and cached[0] is callbacks and cached[1] == len(callbacks):
+        return cached[2]
+    providers = [cb for cb in callbacks if isinstance(cb, LossTermProvider)]
+    _PROVIDERS[trainer] = (callbacks, len(callbacks), providers)
+    return providers
 
 
 def apply_loss_terms(
@@ -37,9 +73,14 @@ def apply_loss_terms(
 ) -> Any:
     """Return ``output`` with every provider's weighted term added to its loss.
 
+    The total is ``prod(p.task_loss_scale) * loss + sum(p.loss_term_weight * term_p)``. Terms of
+    :class:`LossTermCallback` providers are recorded for the cheap window logging described in the module
+    docstring; other :class:`~litmix.protocols.LossTermProvider` objects are logged with a per-step
+    ``pl_module.log(f"{p.log_prefix}/loss", on_step=True, on_epoch=True)``.
+
     Args:
         trainer: the running trainer (its callbacks are the providers).
-        pl_module: the module being trained; terms are logged through it as ``<name>/loss``.
+        pl_module: the module being trained.
         batch: the training batch.
         batch_idx: its index.
         output: what ``training_step`` returned: a loss tensor, a dict with ``"loss"``, or ``None``.
@@ -64,13 +105,21 @@ def apply_loss_terms(
             "litmix loss terms need training_step to return a loss tensor or a dict with a 'loss' key, "
             f"got {type(output).__name__}"
         )
-    total = loss * math.prod(p.task_loss_scale for p in providers)
+    scale = math.prod(p.task_loss_scale for p in providers)
+    total = loss if scale == 1.0 else loss * scale
     for provider in providers:
         term = provider.loss_term(trainer, pl_module, batch, batch_idx, output)
         if term is None:
             continue
-        pl_module.log(f"{provider.loss_term_name}/loss", term.detach(), on_step=True, on_epoch=True)
-        total = total + provider.loss_term_weight * term
+        if isinstance(provider, LossTermCallback):
+            provider._record_term(term, trainer.global_step)
+        else:
+            pl_module.log(f"{provider.log_prefix}/loss", term.detach(), on_step=True, on_epoch=True)
+        weight = provider.loss_term_weight
+        if weight == 1.0:
+            total = total + term
+        elif weight != 0.0:
+            total = torch.add(total, term, alpha=weight)
     if isinstance(output, Tensor):
         return total
     return {**output, "loss": total}
@@ -99,17 +148,33 @@ def remove_loss_wrapper(pl_module: pl.LightningModule) -> None:
         pl_module.__dict__.pop("training_step", None)
 
 
+def _logs_this_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning writes step metrics to the loggers after the current batch (its own rule)."""
+    try:
+        if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
+            return False
+        return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - private Lightning API moved: fall back to the public step count
+        n = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        return bool(n) and trainer.global_step % n == 0
+
+
 class LossTermCallback(LitmixCallback):
     """Base class of callbacks that add a term to the training loss.
 
-    Subclasses set ``loss_term_name`` and implement :meth:`loss_term`. ``setup`` checks the module can take
-    the term and installs the shared wrapper; ``teardown`` removes it.
+    Subclasses implement :meth:`loss_term` and set ``loss_term_weight`` (factor of the term) and
+    ``task_loss_scale`` (factor of the module's own loss) and ``default_log_prefix``. ``setup`` checks the
+    module can take the term and installs the shared wrapper; ``teardown`` removes it. The term is logged as
+    described in :mod:`litmix.loss_terms` under ``<log_prefix>/loss_step``, ``<log_prefix>/loss_epoch`` and
+    ``<log_prefix>/loss``; a non-finite term stops the run with :class:`FloatingPointError`.
+
+    Subclasses that override ``setup``, ``teardown``, ``on_train_epoch_start``, ``on_train_batch_end`` or
+    ``on_train_epoch_end`` call ``super()``.
     """
 
-    modifies_loss: ClassVar[bool] = True
-    loss_term_name: str = "loss_term"
     loss_term_weight: float = 1.0
     task_loss_scale: float = 1.0
+    default_log_prefix: ClassVar[str] = "loss_term"
 
     def loss_term(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, outputs: Any
@@ -117,8 +182,91 @@ class LossTermCallback(LitmixCallback):
         """The unweighted term for this step (``None`` adds nothing)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ cheap term logging
+
+    def _term_state(self) -> dict[str, Any]:
+        state: dict[str, Any] | None = self.__dict__.get("_litmix_terms")
+        if state is None:
+            state = {"window": [], "steps": [], "sum": None, "count": 0}
+            self.__dict__["_litmix_terms"] = state
+        return state
+
+    def _reset_terms(self) -> None:
+        self.__dict__["_litmix_terms"] = None
+
+    def _record_term(self, term: Tensor, step: int) -> None:
+        """Keep the detached term of this step for the next flush (no device op, no host sync)."""
+        state = self._term_state()
+        state["window"].append(term.detach())
+        state["steps"].append(step)
+        if len(state["window"]) >= _MAX_WINDOW:
+            self._flush_terms()
+
+    def _flush_terms(self) -> Tensor | None:
+        """Fold the window into the epoch sum; raise on a non-finite term. Returns the window's last term."""
+        state = self._term_state()
+        window, steps = state["window"], state["steps"]
+        if not window:
+            return None
+        values = torch.stack([w.reshape(()).float() for w in window])
+        if not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).nonzero()[0, 0])
+            raise FloatingPointError(
+                f"{type(self).__name__}(name={self.name!r}): the loss term {self.log_prefix}/loss is "
+                f"{values[bad].item()} at global step {steps[bad]}; stopping the run. Check the plugin's inputs "
+                "(teacher, model outputs) and its arguments."
+            )
+        total = values.sum()
+        state["sum"] = total if state["sum"] is None else state["sum"] + total
+        state["count"] += len(window)
+        last = window[-1]
+        state["window"], state["steps"] = [], []
+        return last
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the epoch's term accumulation."""
+        self._reset_terms()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """At Lightning's logging steps: check the window's terms and log ``<log_prefix>/loss_step``."""
+        state = self.__dict__.get("_litmix_terms")
+        if not state or not state["window"] or not _logs_this_step(trainer):
+            return
+        last = self._flush_terms()
+        if last is not None:
+            pl_module.log(f"{self.log_prefix}/loss_step", last, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the last window and log the epoch mean of the term, reduced over all ranks."""
+        state = self.__dict__.get("_litmix_terms")
+        local = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
+        if state:
+            self._flush_terms()
+            if state["sum"] is not None:
+                local[0] = state["sum"].to(torch.float64)
+                local[1] = state["count"]
+        self._reset_terms()
+        totals = trainer.strategy.reduce(local, reduce_op="sum") if trainer.world_size > 1 else local
+        if float(totals[1]) == 0:  # no term this epoch on any rank (the collective ran on every rank)
+            return
+        mean = (totals[0] / totals[1]).float()
+        # sync_dist over values identical on every rank: no change, and no "use sync_dist" warning
+        kwargs: dict[str, Any] = {
+            "on_step": False,
+            "on_epoch": True,
+            "batch_size": 1,
+            "sync_dist": trainer.world_size > 1,
+        }
+        pl_module.log(f"{self.log_prefix}/loss_epoch", mean, **kwargs)
+        pl_module.log(f"{self.log_prefix}/loss", mean, logger=False, **kwargs)
+
+    # ------------------------------------------------------------------ lifecycle
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Check the optimization mode and install the loss wrapper for ``fit``."""
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         collects = getattr(pl_module, "collects_loss_terms", False)
@@ -129,8 +277,12 @@ class LossTermCallback(LitmixCallback):
                 "module and pass its loss through `litmix.loss_terms.apply_loss_terms(...)` before "
                 "`manual_backward`."
             )
+        _PROVIDERS.pop(trainer, None)
+        self._reset_terms()
         install_loss_wrapper(pl_module, trainer)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Remove the loss wrapper."""
+        """Remove the loss wrapper and drop the recorded terms."""
         remove_loss_wrapper(pl_module)
+        _PROVIDERS.pop(trainer, None)
+        self._reset_terms()

@@ -11,9 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from litmix.base import Example
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
 from litmix.data import IndexedDataset, split_batch
-from litmix.functional.distillation import kd_loss, top1_agreement, torchdistill_kd_loss
+from litmix.functional.distillation import kd_loss, top1_agreement
 from litmix.loss_terms import LossTermCallback, apply_loss_terms
 from litmix.testing import (
     TinyClassifier,
@@ -24,6 +25,24 @@ from litmix.testing import (
     make_trainer,
     run_ddp,
 )
+
+
+def torchdistill_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    """Reference formula of torchdistill's ``KDLoss``: ``alpha · CE + (1 − alpha) · T² · KL`` (batchmean).
+
+    torchdistill's ``alpha`` weights the cross-entropy term (litmix's ``weight = 1 - alpha``); ``alpha=0`` gives
+    the raw soft loss without T² scaling, as in torchdistill.
+    """
+    soft = F.kl_div(
+        torch.log_softmax(student_logits / temperature, dim=1),
+        torch.softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+    )
+    if alpha == 0:
+        return soft
+    return alpha * F.cross_entropy(student_logits, targets) + (1 - alpha) * temperature * temperature * soft
 
 
 def make_teacher(out: int = 4, seed: int = 1) -> nn.Module:
@@ -98,14 +117,27 @@ def test_kd_loss_reductions_mask_and_logprob_teacher():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"temperature": 0.0}, ValueError, "temperature must be > 0"),
-        ({"temperature": -1.0}, ValueError, "temperature"),
-        ({"weight": 1.5}, ValueError, r"weight must be in \[0, 1\], got 1.5"),
-        ({"weight": -0.1}, ValueError, "weight"),
-        ({"teacher": 3}, TypeError, "teacher must be an nn.Module or a str"),
-        ({"teacher": None}, TypeError, "teacher"),
-        ({"teacher_class": "no_colon"}, ValueError, "teacher_class"),
-        ({"teacher": "model.ckpt"}, ValueError, "teacher_class"),
+        ({"temperature": 0.0}, ValueError, r"temperature=0.0\): temperature must be a finite number > 0"),
+        ({"temperature": -1.0}, ValueError, r"temperature=-1.0\): temperature must be a finite number > 0"),
+        ({"temperature": float("inf")}, ValueError, r"temperature=inf\): temperature must be a finite number > 0"),
+        ({"temperature": float("nan")}, ValueError, r"temperature=nan\): temperature must be a finite number"),
+        ({"temperature": "4"}, TypeError, r"temperature='4'\): temperature must be a finite number"),
+        ({"temperature": True}, TypeError, "temperature"),
+        ({"weight": 1.5}, ValueError, r"weight=1.5\): weight must be a finite number >= 0.0 and <= 1.0"),
+        ({"weight": -0.1}, ValueError, r"weight=-0.1\): weight"),
+        ({"weight": float("nan")}, ValueError, r"weight=nan\): weight"),
+        ({"weight": None}, TypeError, r"weight=None\): weight"),
+        ({"teacher": 3}, TypeError, r"teacher=3\): teacher must be Module or str or PathLike"),
+        ({"teacher": None}, TypeError, r"teacher=None\): teacher"),
+        ({"student_path": 0}, TypeError, r"student_path=0\): student_path must be str"),
+        ({"cache_teacher_outputs": 1}, TypeError, r"cache_teacher_outputs=1\): cache_teacher_outputs must be True or"),
+        ({"teacher_class": 5}, TypeError, r"teacher_class=5\): teacher_class"),
+        ({"teacher_class": "no_dot"}, ValueError, r"teacher_class='no_dot'\): expected 'package.module.ClassName'"),
+        ({"teacher_class": "litmix.testing:TinyClassifier"}, ValueError, r"teacher_class=.*not ':'"),
+        ({"teacher_class": "litmix.testing.NoSuchClass"}, ValueError, r"teacher_class=.*cannot import"),
+        ({"teacher": "model.ckpt"}, ValueError, r"teacher='model.ckpt'\): a Lightning checkpoint needs teacher_class"),
+        ({"teacher": "/no/such/teacher.pt"}, ValueError, r"teacher='/no/such/teacher.pt'\): teacher: no such file"),
+        ({"name": ""}, ValueError, "name"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -119,7 +151,10 @@ def test_weight_semantics_and_torchdistill_alias():
     assert kd.loss_term_weight == 0.9
     assert kd.task_loss_scale == pytest.approx(0.1)
     assert KnowledgeDistillation.from_torchdistill(make_teacher(), alpha=0.9).weight == pytest.approx(0.1)
-    assert KnowledgeDistillation(make_teacher(), name="kd2").loss_term_name == "kd2"
+    assert KnowledgeDistillation(make_teacher(), name="kd2").log_prefix == "kd2"
+    assert KnowledgeDistillation(make_teacher()).log_prefix == "kd"
+    with pytest.raises(ValueError, match=r"alpha=1.5\): alpha"):
+        KnowledgeDistillation.from_torchdistill(make_teacher(), alpha=1.5)
 
 
 def test_teacher_from_files(tmp_path):
@@ -130,7 +165,7 @@ def test_teacher_from_files(tmp_path):
 
     trainer = fit_tiny([], module=TinyClassifier(), max_steps=1)
     trainer.save_checkpoint(tmp_path / "teacher.ckpt")
-    kd = KnowledgeDistillation(str(tmp_path / "teacher.ckpt"), teacher_class="litmix.testing:TinyClassifier")
+    kd = KnowledgeDistillation(str(tmp_path / "teacher.ckpt"), teacher_class="litmix.testing.TinyClassifier")
     assert isinstance(kd.teacher, TinyClassifier)
     assert not kd.teacher.training
     fit_tiny([kd], max_steps=2)
@@ -302,7 +337,7 @@ def test_cache_needs_sample_indices():
 class L2Penalty(LossTermCallback):
     def __init__(self, coef: float) -> None:
         super().__init__(name="l2")
-        self.loss_term_name, self.loss_term_weight, self.calls = "l2", coef, 0
+        self.loss_term_weight, self.calls = coef, 0
 
     def loss_term(self, trainer, pl_module, batch, batch_idx, outputs):
         self.calls += 1
@@ -334,7 +369,7 @@ def test_composes_with_another_loss_term_each_counted_once():
     fit_tiny([], module=b, max_steps=5)
     assert_same_weights(a, b)
     assert l2.calls == 5
-    assert {"kd/loss", "l2/loss", "kd/agreement"} <= set(trainer.callback_metrics)
+    assert {"kd/loss", "l2/loss", "kd/loss_epoch", "l2/loss_epoch", "kd/agreement"} <= set(trainer.callback_metrics)
 
 
 class CollectingManual(TinyClassifier):
@@ -403,10 +438,11 @@ def test_resume_matches_uninterrupted(tmp_path, cache):
 
 
 def test_plugin_contract(tmp_path):
-    kd = KnowledgeDistillation.example()
-    assert kd.family == "distillation"
-    assert kd.requires_teacher
-    assert kd.modifies_loss
+    example = KnowledgeDistillation.example()
+    assert isinstance(example, Example)
+    assert [type(cb) for cb in example.callbacks] == [KnowledgeDistillation]
+    for flag in ("family", "requires_teacher", "modifies_loss"):  # metadata lives in the registry only
+        assert not hasattr(example.callbacks[0], flag), flag
     check_plugin(KnowledgeDistillation, tmp_path)
 
 

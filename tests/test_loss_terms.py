@@ -13,9 +13,10 @@ from litmix.testing import TinyClassifier, TinyDataModule, assert_resume_matches
 class L2Term(LossTermCallback):
     """Adds coef * ||W||^2 of the first layer."""
 
+    default_log_prefix = "l2"
+
     def __init__(self, coef: float = 0.1, name: str | None = None, scale: float = 1.0) -> None:
         super().__init__(name=name)
-        self.loss_term_name = name or "l2"
         self.loss_term_weight = coef
         self.task_loss_scale = scale
         self.calls = 0

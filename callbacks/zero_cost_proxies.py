@@ -9,10 +9,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
-from litmix.base import LitmixCallback
+from litmix._sharded import refuse_sharded_strategy
+from litmix.base import Example, LitmixCallback
 from litmix.data import split_batch
 from litmix.functional.proxies import get_proxy, list_proxies, zero_cost_proxies
+from litmix.functional.proxies.core import _is_graph_data
 from litmix.registry import register
+from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
 _PAPER = "Zero-Cost Proxies for Lightweight NAS (https://arxiv.org/abs/2101.08134)"
 _FILTERS = ("reference", "extended", "all")
@@ -29,10 +32,12 @@ class ZeroCostProxies(LitmixCallback):
     computed **once**, on global rank 0, on a deep copy of the LightningModule (the training model is never
     touched, the global RNG is restored), from the first ``batch_size`` samples of the training set
     (``trainer.datamodule.train_dataloader()`` in ``on_fit_start``, else ``trainer.train_dataloader`` in
-    ``on_train_start``), then broadcast to every rank. ``on_train_start`` logs them as ``zc/<name>``
-    (``pl_module.log``, epoch-level, so they reach every logger and ``trainer.callback_metrics``) and, under
-    a ``WandbLogger`` on rank 0, as the W&B table ``zc_proxies``. The scores live in :attr:`scores` and in the
-    checkpoint state, so a resumed run does not score again.
+    ``on_train_start``), then broadcast to every rank. ``on_train_start`` logs them as ``<prefix>/<name>``
+    (prefix: ``name`` when given, else ``zc``; ``pl_module.log``, epoch-level, so they reach every logger and
+    ``trainer.callback_metrics``; ``sync_dist=True``, which averages the identical values of every rank exactly
+    and keeps Lightning from warning under DDP) and, under a ``WandbLogger`` on rank 0, as the W&B table
+    ``<prefix>_proxies``. The scores live in :attr:`scores` and in the checkpoint state, so a resumed run does
+    not score again.
 
     With ``every_n_epochs=n`` the *training* model is scored again (same batch, same seed, again on rank 0 and
     broadcast) at the end of every n-th training epoch, i.e. after epochs ``n - 1, 2n - 1, ...`` (0-based),
@@ -42,7 +47,12 @@ class ZeroCostProxies(LitmixCallback):
     state, so a resumed run keeps the entries of the epochs before the checkpoint (zero-cost-nas issue #4).
 
     The module's ``forward`` is called with the batch's inputs (``split_batch(batch)[0]``); the targets feed
-    the label-based proxies.
+    the label-based proxies. A PyG ``Data``/``Batch`` batch is handed over whole: ``forward(x, edge_index)``
+    gets ``data.x, data.edge_index``, the targets are ``data.y``, restricted to ``data.train_mask`` when present
+    (see :func:`~litmix.functional.proxies.zero_cost_proxies`).
+
+    Sharded strategies (FSDP, DeepSpeed) are refused at ``setup``: the copy scored on rank 0 would hold only
+    that rank's shard. Use DDP, or score the model before wrapping it with the functional API.
 
     Args:
         names: proxies to compute (see :func:`litmix.functional.proxies.list_proxies`).
@@ -54,11 +64,13 @@ class ZeroCostProxies(LitmixCallback):
         nan_policy: ``"nan"``, ``"raise"``, ``"naslib"`` (-1e8) or a replacement value for non-finite scores.
         every_n_epochs: also re-score the training model at the end of every n-th training epoch (>= 1), or
             ``None`` (default) to score only at fit start.
-        name: optional instance name (unique checkpoint key).
+        name: optional instance name (unique checkpoint key and log prefix).
 
     Raises:
+        TypeError: for an argument of the wrong type (naming it).
         ValueError: for unknown proxy names (listing the available ones), ``batch_size < 2``, an unknown
             ``layer_filter`` or ``nan_policy``, or ``every_n_epochs < 1``.
+        MisconfigurationException: at ``setup`` under ``FSDPStrategy`` or ``DeepSpeedStrategy``.
 
     Example:
         >>> from litmix.testing import fit_tiny
@@ -74,7 +86,7 @@ class ZeroCostProxies(LitmixCallback):
         ([1, 3], True)
     """
 
-    family = "proxy"
+    default_log_prefix = "zc"
 
     def __init__(
         self,
@@ -87,29 +99,27 @@ class ZeroCostProxies(LitmixCallback):
         every_n_epochs: int | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
+        owner = type(self).__name__
+        check_type(owner, "names", names, (list, tuple, str))
         names = [names] if isinstance(names, str) else list(names)
+        for n in names:
+            check_type(owner, "names", n, str)
         unknown = [n for n in names if n not in list_proxies()]
         if not names or unknown:
             raise ValueError(
-                f"ZeroCostProxies(names={names!r}): unknown or no proxy names {unknown}; "
-                f"available proxies: {list_proxies()}"
+                f"{owner}(names={names!r}): unknown or no proxy names {unknown}; available proxies: {list_proxies()}"
             )
-        if not isinstance(batch_size, int) or batch_size < 2:
-            raise ValueError(f"ZeroCostProxies(batch_size={batch_size!r}): batch_size must be an int >= 2")
-        if layer_filter not in _FILTERS:
-            raise ValueError(f"ZeroCostProxies(layer_filter={layer_filter!r}): layer_filter must be one of {_FILTERS}")
-        if isinstance(nan_policy, str) and nan_policy not in _NAN_POLICIES:
-            raise ValueError(
-                f"ZeroCostProxies(nan_policy={nan_policy!r}): nan_policy must be one of {_NAN_POLICIES} or a float"
-            )
-        if every_n_epochs is not None and (
-            isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1
-        ):
-            raise ValueError(
-                f"ZeroCostProxies(every_n_epochs={every_n_epochs!r}): every_n_epochs must be an int >= 1 or None"
-            )
-        self.names: list[str] = names
+        check_int(owner, "batch_size", batch_size, low=2)
+        check_bool(owner, "log_table", log_table)
+        check_int(owner, "seed", seed, low=0)
+        check_choice(owner, "layer_filter", layer_filter, _FILTERS)
+        if isinstance(nan_policy, str):
+            check_choice(owner, "nan_policy", nan_policy, _NAN_POLICIES)
+        else:
+            check_float(owner, "nan_policy", nan_policy, finite=False)
+        check_int(owner, "every_n_epochs", every_n_epochs, low=1, allow_none=True)
+        super().__init__(name=name)
+        self.names: list[str] = list(dict.fromkeys(names))
         self.batch_size = int(batch_size)
         self.log_table = bool(log_table)
         self.seed = int(seed)
@@ -122,9 +132,32 @@ class ZeroCostProxies(LitmixCallback):
         self.computed_here = False  # True on the process that ran the proxies (global rank 0)
 
     @classmethod
-    def example(cls) -> ZeroCostProxies:
-        """The default proxies on a 16-sample batch."""
-        return cls(batch_size=16)
+    def example(cls) -> Example:
+        """The default proxies on a 16-sample batch of :class:`litmix.testing.TinyClassifier`'s blobs."""
+        from litmix.testing import TinyClassifier, TinyDataModule
+
+        return Example(TinyClassifier(), TinyDataModule(), [cls(batch_size=16)])
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        """Two unnamed instances differ by what they score and how."""
+        return {
+            "names": ",".join(self.names),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "layer_filter": self.layer_filter,
+            "every_n_epochs": self.every_n_epochs,
+        }
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check state keys; refuse sharded strategies (the scored copy needs whole parameters)."""
+        super().setup(trainer, pl_module, stage)
+        refuse_sharded_strategy(
+            type(self).__name__,
+            trainer.strategy,
+            "the proxies score a deep copy of the whole model on rank 0, and sharded parameters are only a slice of it",
+            instead="strategy='ddp', or score the model before wrapping it with "
+            "litmix.functional.zero_cost_proxies(model, inputs, targets)",
+        )
 
     # ------------------------------------------------------------------------------------------------------
     def _first_batch(self, loader: Any) -> Any:
@@ -138,12 +171,19 @@ class ZeroCostProxies(LitmixCallback):
         """Scores and ``<name>_seconds`` timings, computed on global rank 0 and broadcast to every rank."""
         scores: dict[str, Any] | None = None
         if trainer.is_global_zero:
-            x, y, _ = split_batch(self._first_batch(loader))
+            batch = self._first_batch(loader)
+            if _is_graph_data(batch):  # a PyG Data/Batch: zero_cost_proxies reads x, edge_index, y, train_mask
+                x, y = batch, getattr(batch, "y", None)
+            else:
+                x, y, _ = split_batch(batch)
             x = pl_module.transfer_batch_to_device(x, pl_module.device, 0)
-            needs_labels = any(get_proxy(n).needs_labels for n in self.names)
+            needs_labels = [n for n in self.names if get_proxy(n).needs_labels]
             if y is None and needs_labels:
-                raise ValueError(f"ZeroCostProxies(names={self.names}): label-based proxies need (x, y) batches")
-            y = y.to(pl_module.device) if isinstance(y, torch.Tensor) else None
+                raise ValueError(
+                    f"{type(self).__name__}(names={self.names}): the label-based proxies {needs_labels} need "
+                    "targets: (x, y) batches, dicts with a 'y'/'labels' key or PyG Data with y"
+                )
+            y = y.to(pl_module.device) if isinstance(y, torch.Tensor) and not _is_graph_data(x) else None
             result = zero_cost_proxies(
                 pl_module,
                 x,
@@ -177,16 +217,14 @@ class ZeroCostProxies(LitmixCallback):
         if self.scores is None:
             self._score(trainer, pl_module, trainer.train_dataloader)
         assert self.scores is not None
-        pl_module.log_dict(
-            {f"zc/{k}": float(v) for k, v in self.scores.items()}, on_step=False, on_epoch=True, sync_dist=False
-        )
+        self._log(pl_module, self.scores)
         if self.log_table and trainer.is_global_zero:
             from lightning.pytorch.loggers import WandbLogger
 
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     rows = [[n, self.scores[n], self.seconds.get(n, float("nan"))] for n in self.names]
-                    logger.log_table(key="zc_proxies", columns=["proxy", "score", "seconds"], data=rows)
+                    logger.log_table(key=f"{self.log_prefix}_proxies", columns=["proxy", "score", "seconds"], data=rows)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Every ``every_n_epochs`` epochs: re-score the training model, log ``zc/<name>``, extend the history."""
@@ -198,7 +236,21 @@ class ZeroCostProxies(LitmixCallback):
         computed = self._compute(trainer, pl_module, loader)
         scores = {k: float(computed[k]) for k in self.names}
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "scores": scores})
-        pl_module.log_dict({f"zc/{k}": v for k, v in scores.items()}, on_step=False, on_epoch=True, sync_dist=False)
+        self._log(pl_module, scores)
+
+    def _log(self, pl_module: pl.LightningModule, scores: dict[str, float]) -> None:
+        """Log ``<log_prefix>/<name>`` at epoch level to every logger.
+
+        The values are identical on every rank (broadcast from rank 0), so ``sync_dist=True`` averages equal
+        values (exact) at the cost of one all-reduce per key per epoch, and keeps Lightning from warning that
+        epoch-level values should be synced under DDP.
+        """
+        pl_module.log_dict(
+            {f"{self.log_prefix}/{k}": float(v) for k, v in scores.items()},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The scores (``None`` before the first fit), their timings and the re-scoring history."""
@@ -211,6 +263,7 @@ class ZeroCostProxies(LitmixCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the scores (a resumed run does not score again) and the history."""
+        super().load_state_dict(state_dict)
         scores = state_dict.get("scores")
         if scores is not None and set(self.names) <= set(scores):  # else: other proxies requested, score again
             self.scores = {n: scores[n] for n in self.names}

@@ -552,7 +552,7 @@ def zero_cost_proxies(
 
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-        >>> x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+        >>> x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
         >>> scores = zero_cost_proxies(net, x, y, names=["synflow", "snip", "naswot", "params", "flops"], seed=0)
         >>> scores["params"], scores["flops"]
         (195.0, 176.0)

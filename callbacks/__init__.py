@@ -1,19 +1,19 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
 from litmix.callbacks.gradual_pruning import GradualPruning
-from litmix.callbacks.inference_cost import InferenceCostCallback
+from litmix.callbacks.inference_cost import InferenceCost
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
 from litmix.callbacks.pada_sampler import PADASampling
-from litmix.callbacks.save_init import SaveInitCallback
+from litmix.callbacks.save_init import SaveInit
 from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
     "GradualPruning",
-    "InferenceCostCallback",
+    "InferenceCost",
     "KnowledgeDistillation",
     "PADASampling",
-    "SaveInitCallback",
+    "SaveInit",
     "ShrinkingSchedule",
     "ZeroCostProxies",
 ]

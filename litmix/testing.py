@@ -223,3 +223,42 @@ def check_plugin(cls: type, tmp_path: str | os.PathLike[str]) -> None:
     assert_resume_matches(
         lambda: [cls.example()], cls.example_module, cls.example_datamodule, tmp_path, max_epochs=2, atol=1e-6
     )
+
+
+class TinyTokenLM(pl.LightningModule):
+    """A tiny GRU next-token model (for token-level plugins such as ``InferenceCost``).
+
+    Trains on :class:`TinyDataModule` batches by quantising the float features to ``vocab_size`` tokens, or on
+    integer token batches directly; ``forward(idx)`` returns logits ``(B, T, vocab_size)``.
+
+    Example:
+        >>> TinyTokenLM()(torch.zeros(2, 5, dtype=torch.long)).shape
+        torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, vocab_size: int = 8, hidden: int = 16) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.emb = nn.Embedding(vocab_size, hidden)
+        self.rnn = nn.GRU(hidden, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """Logits ``(B, T, V)``."""
+        out, _ = self.rnn(self.emb(idx))
+        return self.head(out)  # type: ignore[no-any-return]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Next-token cross-entropy on quantised features (or on integer tokens)."""
+        x, _, _ = split_batch(batch)
+        half = self.vocab_size / 2
+        tokens = x.long() if not x.is_floating_point() else (x.clamp(-half + 0.01, half - 0.01) + half).long()
+        logits = self(tokens[:, :-1])
+        return nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), tokens[:, 1:].reshape(-1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam."""
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+__all__ += ["TinyTokenLM"]

@@ -4,14 +4,17 @@ import time
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from litmix.callbacks.inference_cost import InferenceCostCallback, _TinyTokenLM
+from litmix.callbacks.inference_cost import InferenceCost
 from litmix.functional.inference_cost import fit_cost_model, profile_grid
 from litmix.testing import (
     TinyDataModule,
-    assert_resume_matches,
+    TinyTokenLM,
     assert_state_roundtrip,
     fit_tiny,
     make_trainer,
@@ -57,6 +60,8 @@ def test_fit_rejects_bad_input():
         ({"prompt_lengths": []}, "prompt_lengths"),
         ({"output_lengths": [0, 2]}, "output_lengths"),
         ({"output_lengths": [4, 4]}, "distinct"),
+        ({"prompt_lengths": [8, 8]}, r"prompt_lengths=\[8, 8\].*distinct"),
+        ({"prompt_lengths": [2, 6], "output_lengths": [1, 3], "prompt_knots": [3, 4]}, r"prompt_knots=\[3, 4\]"),
         ({"repeats": 0}, "repeats"),
         ({"vocab_size": 0}, "vocab_size"),
         ({"context_limit": -1}, "context_limit"),
@@ -65,28 +70,123 @@ def test_fit_rejects_bad_input():
 )
 def test_callback_rejects_bad_args(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        InferenceCostCallback(**kwargs)
+        InferenceCost(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"prompt_lengths": "8"}, r"InferenceCost\(prompt_lengths='8'\)"),
+        ({"output_lengths": [1, 2.5]}, r"InferenceCost\(output_lengths=\[1, 2.5\]\)"),
+        ({"repeats": 2.0}, r"InferenceCost\(repeats=2.0\)"),
+        ({"vocab_size": True}, r"InferenceCost\(vocab_size=True\)"),
+        ({"context_limit": "0"}, r"InferenceCost\(context_limit='0'\)"),
+        ({"prompt_knots": [None]}, r"InferenceCost\(prompt_knots=\[None\]\)"),
+        ({"reference_query": 3}, r"InferenceCost\(reference_query=3\)"),
+        ({"name": 3}, r"InferenceCost\(name=3\)"),
+    ],
+)
+def test_callback_rejects_wrong_types(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        InferenceCost(**kwargs)
+
+
+class _RecordingLogger(CSVLogger):
+    """A CSV logger that also keeps every ``log_metrics`` call."""
+
+    def __init__(self, save_dir):
+        super().__init__(save_dir)
+        self.records = []
+
+    def log_metrics(self, metrics, step=None):
+        self.records.append(dict(metrics))
+        super().log_metrics(metrics, step)
+
+
+@pytest.mark.parametrize("name", [None, "gen_cost"])
+def test_logs_under_prefix_to_every_logger(tmp_path, name):
+    module, datamodule, _ = InferenceCost.example()
+    cb = InferenceCost(prompt_lengths=[2, 6], output_lengths=[1, 3], repeats=1, vocab_size=8, name=name)
+    loggers = [_RecordingLogger(tmp_path / "a"), _RecordingLogger(tmp_path / "b")]
+    make_trainer(callbacks=[cb], logger=loggers, max_steps=2).fit(module, datamodule=datamodule)
+    prefix = name or "inference_cost"
+    expected = {f"{prefix}/{k}" for k in ("per_token_s", "prompt_intercept_s", "prompt_slope_s", "r2")}
+    for logger in loggers:  # both loggers, not only trainer.logger
+        keys = {k for record in logger.records for k in record}
+        assert expected <= keys, (logger.save_dir, keys)
+        assert name is None or not any(k.startswith("inference_cost/") for k in keys)
+
+
+def test_two_named_instances_log_apart(tmp_path):
+    module, datamodule, _ = InferenceCost.example()
+    kw = {"output_lengths": [1, 3], "repeats": 1, "vocab_size": 8}
+    a, b = (
+        InferenceCost(prompt_lengths=[2, 3], name="short", **kw),
+        InferenceCost(prompt_lengths=[5, 6], name="long", **kw),
+    )
+    logger = _RecordingLogger(tmp_path)
+    make_trainer(callbacks=[a, b], logger=logger, max_steps=2).fit(module, datamodule=datamodule)
+    keys = {k for record in logger.records for k in record}
+    assert {"short/per_token_s", "long/per_token_s"} <= keys
+
+
+class _FakeTrainer:
+    """Just enough of a Trainer for ``setup``: a strategy object and the callback list."""
+
+    def __init__(self, strategy, callbacks):
+        self.strategy, self.callbacks = strategy, callbacks
+
+
+@pytest.mark.parametrize("strategy_cls", [FSDPStrategy, DeepSpeedStrategy])
+def test_sharded_strategy_refused_in_setup(strategy_cls):
+    cb = _cb()
+    stub = strategy_cls.__new__(strategy_cls)  # FSDP/DeepSpeed cannot be built on CPU; isinstance is what counts
+    with pytest.raises(MisconfigurationException, match=rf"InferenceCost.*strategy={strategy_cls.__name__}.*ddp"):
+        cb.setup(_FakeTrainer(stub, [cb]), TinyTokenLM(), "fit")
+    cb.setup(_FakeTrainer(object(), [cb]), TinyTokenLM(), "fit")  # a non-sharded strategy passes
+
+
+def _cb():
+    return InferenceCost.example().callbacks[0]
 
 
 def test_example_fit_logs_and_roundtrips(tmp_path):
-    cb = InferenceCostCallback.example()
+    module, datamodule, (cb,) = InferenceCost.example()
+    assert isinstance(module, TinyTokenLM)
     pickle.loads(pickle.dumps(cb))
-    fit_tiny([cb], module=InferenceCostCallback.example_module(), max_steps=2)
+    fit_tiny([cb], module=module, datamodule=datamodule, max_steps=2)
     assert cb.cost_model is not None
     assert set(cb.metrics()) >= {"inference_cost/per_token_s", "inference_cost/reference_runtime_s"}
     assert_state_roundtrip(cb)
-    fresh = InferenceCostCallback.example()
+    fresh = _cb()
     fresh.load_state_dict(cb.state_dict())
     assert fresh.cost_model == cb.cost_model
 
 
+def _fit_two_epochs(ckpt_dir, ckpt_path=None):
+    pl.seed_everything(0, verbose=False)
+    cb, module = _cb(), TinyTokenLM()
+    saver = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
+    trainer = make_trainer(callbacks=[cb, saver], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(module, datamodule=_TokenDataModule(), ckpt_path=ckpt_path)
+    return module, cb
+
+
 def test_resume_matches(tmp_path):
-    assert_resume_matches(
-        lambda: [InferenceCostCallback.example()],
-        InferenceCostCallback.example_module,
-        TinyDataModule,
-        tmp_path,
-    )
+    """Weights and the prompt pool resume exactly. The cost model is a wall-clock measurement: each run fits
+    its own, so only its presence and its grid can be compared (litmix.testing.assert_resume_matches compares
+    whole callback states and cannot pass for a measuring callback)."""
+    full_module, full = _fit_two_epochs(tmp_path / "full")
+    ckpt = sorted((tmp_path / "full").glob("epoch=0-*.ckpt"))[0]
+    resumed_module, resumed = _fit_two_epochs(tmp_path / "resumed", ckpt_path=str(ckpt))
+    for (k, v), w in zip(full_module.state_dict().items(), resumed_module.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    assert torch.equal(a["prompt_pool"], b["prompt_pool"])
+    assert a["cost_model"] is not None
+    assert b["cost_model"] is not None
+    assert a["cost_model"]["knots"] == b["cost_model"]["knots"]
 
 
 class _TokenDataModule(pl.LightningDataModule):
@@ -112,27 +212,27 @@ class _SeesRestoredState(Callback):
         self.at_start = (self.cb.cost_model, None if pool is None else pool.clone())
 
 
-class _Forgetful(InferenceCostCallback):
+class _Forgetful(InferenceCost):
     """Negative control: ignores its checkpoint state."""
 
     def load_state_dict(self, state_dict):
         pass
 
 
-@pytest.mark.parametrize(("cls", "restores"), [(InferenceCostCallback, True), (_Forgetful, False)])
+@pytest.mark.parametrize(("cls", "restores"), [(InferenceCost, True), (_Forgetful, False)])
 def test_resume_after_fit_restores_cost_model_and_prompts(tmp_path, cls, restores):
-    cb = InferenceCostCallback.example()
+    cb = _cb()
     trainer = make_trainer(callbacks=[cb], max_steps=2)
-    trainer.fit(InferenceCostCallback.example_module(), datamodule=_TokenDataModule())
+    trainer.fit(TinyTokenLM(), datamodule=_TokenDataModule())
     ckpt = tmp_path / "after_fit.ckpt"
     trainer.save_checkpoint(ckpt)
     assert cb.cost_model is not None
     assert cb._prompt_pool is not None
 
-    fresh = cls.example()
+    fresh = cls(prompt_lengths=[2, 6], output_lengths=[1, 3], repeats=1, vocab_size=8)
     probe = _SeesRestoredState(fresh)
     resumed = make_trainer(callbacks=[fresh, probe], max_steps=4)
-    resumed.fit(InferenceCostCallback.example_module(), datamodule=_TokenDataModule(), ckpt_path=str(ckpt))
+    resumed.fit(TinyTokenLM(), datamodule=_TokenDataModule(), ckpt_path=str(ckpt))
     model, pool = probe.at_start
     assert (model == cb.cost_model) == restores
     assert (pool is not None and torch.equal(pool, cb._prompt_pool)) == restores
@@ -143,7 +243,7 @@ def test_resume_after_fit_restores_cost_model_and_prompts(tmp_path, cls, restore
 # ----------------------------------------------------------------------------- DDP
 
 
-class _SlowerOnRank1(_TinyTokenLM):
+class _SlowerOnRank1(TinyTokenLM):
     """Every forward costs 2 ms more on rank 1, so that locally fitted cost models surely differ."""
 
     def forward(self, idx):
@@ -152,7 +252,7 @@ class _SlowerOnRank1(_TinyTokenLM):
         return super().forward(idx)
 
 
-class _ProfileOnEveryRank(InferenceCostCallback):
+class _ProfileOnEveryRank(InferenceCost):
     """Negative control: every rank profiles itself (no broadcast)."""
 
     def on_train_end(self, trainer, pl_module):
@@ -179,7 +279,7 @@ class _CostChecksum(Callback):
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize(("cls", "identical"), [(InferenceCostCallback, True), (_ProfileOnEveryRank, False)])
+@pytest.mark.parametrize(("cls", "identical"), [(InferenceCost, True), (_ProfileOnEveryRank, False)])
 def test_ddp_cost_model_identical_on_both_ranks(cls, identical):
     cb = cls(prompt_lengths=[2, 6], output_lengths=[1, 3], repeats=2, vocab_size=8)
     trainer = run_ddp([cb, _CostChecksum(cb)], _SlowerOnRank1(), TinyDataModule(), max_steps=2)
@@ -217,7 +317,7 @@ class _SleepLM(pl.LightningModule):
 @pytest.mark.parametrize("run", [0, 1, 2])
 def test_recovers_known_per_token_cost(run):
     a, b, g = 0.004, 0.0002, 0.004
-    cb = InferenceCostCallback(prompt_lengths=[8, 32, 64, 128], output_lengths=[1, 4, 8, 16], repeats=3)
+    cb = InferenceCost(prompt_lengths=[8, 32, 64, 128], output_lengths=[1, 4, 8, 16], repeats=3)
     fit_tiny([cb], module=_SleepLM(a, b, g), max_steps=1)
     m = cb.cost_model
     assert m is not None
@@ -267,7 +367,7 @@ def test_char_lm_plumbing_on_tiny_shakespeare(shared_data):
     dm = CharLMDataModule(str(shared_data / "tinyshakespeare" / "input.txt"), block_size=64, batch_size=16)
     pl.seed_everything(0)
     module = _HFCharLM(dm.vocab_size)
-    cb = InferenceCostCallback(
+    cb = InferenceCost(
         prompt_lengths=[16, 64, 128, 192], output_lengths=[1, 8, 32], repeats=3, reference_query=[64, 32]
     )
     trainer = make_trainer(callbacks=[cb], max_steps=20)
@@ -287,3 +387,31 @@ def test_char_lm_plumbing_on_tiny_shakespeare(shared_data):
     with torch.no_grad():
         _, _, t = profile_grid(gen, [96], [16], repeats=3)
     assert m.runtime(96, 16) == pytest.approx(float(t.min()), rel=0.35)
+
+
+class _LocalPool(InferenceCost):
+    """Negative control: keeps its own rank's first batch as the prompt pool (no broadcast)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._prompt_pool is None:
+            self._prompt_pool = batch[0].flatten().clone()
+
+
+class _PoolChecksum(Callback):
+    def __init__(self, cb):
+        self.cb = cb
+
+    def on_train_end(self, trainer, pl_module):
+        pool = self.cb._prompt_pool.double()
+        value = torch.stack([pool.sum(), (pool * torch.arange(1, len(pool) + 1)).sum()])
+        gathered = trainer.strategy.all_gather(value)
+        trainer.callback_metrics["test/pool_diff"] = (gathered - gathered[0]).abs().max()
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("cls", "identical"), [(InferenceCost, True), (_LocalPool, False)])
+def test_ddp_prompt_pool_identical_on_both_ranks(cls, identical):
+    cb = cls(prompt_lengths=[2, 6], output_lengths=[1, 3], repeats=1, vocab_size=8)
+    trainer = run_ddp([cb, _PoolChecksum(cb)], TinyTokenLM(), _TokenDataModule(), max_steps=2)
+    diff = float(trainer.callback_metrics["test/pool_diff"])
+    assert (diff == 0.0) == identical  # the ranks' first batches differ, so the check can fail

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from litmix.callbacks.save_init import SaveInitCallback
+from litmix.callbacks.save_init import SaveInit
 from litmix.functional.graph_proxies import lebed_score, structure_metric
 from litmix.testing import (
     TinyClassifier,
@@ -21,7 +21,7 @@ from litmix.testing import (
 def test_save_init_keeps_theta0_and_writes_file(tmp_path):
     module = TinyClassifier()
     theta0 = {k: v.clone() for k, v in module.state_dict().items()}
-    cb = SaveInitCallback(path=str(tmp_path / "init.pt"))
+    cb = SaveInit(path=str(tmp_path / "init.pt"))
     pickle.loads(pickle.dumps(cb))
     fit_tiny([cb], module=module, max_steps=3)
     assert all(torch.equal(theta0[k], cb.init_state[k]) for k in theta0)
@@ -32,19 +32,19 @@ def test_save_init_keeps_theta0_and_writes_file(tmp_path):
 
 
 def test_save_init_resume_keeps_original_theta0(tmp_path):
-    assert_resume_matches(lambda: [SaveInitCallback()], TinyClassifier, TinyDataModule, tmp_path)
+    assert_resume_matches(lambda: [SaveInit()], TinyClassifier, TinyDataModule, tmp_path)
     ckpt = sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))[0]
     pl.seed_everything(123)  # a different fresh init: the restored theta_0 must win
-    cb = SaveInitCallback()
+    cb = SaveInit()
     trainer = make_trainer(callbacks=[cb], max_epochs=2)
     trainer.fit(TinyClassifier(), datamodule=TinyDataModule(), ckpt_path=str(ckpt))
-    saved = torch.load(ckpt, weights_only=False)["callbacks"]["SaveInitCallback"]["init_state"]
+    saved = torch.load(ckpt, weights_only=False)["callbacks"][cb.state_key]["init_state"]
     assert all(torch.equal(saved[k], cb.init_state[k]) for k in saved)
 
 
 def test_save_init_rejects_bad_path():
     with pytest.raises(TypeError, match="path"):
-        SaveInitCallback(path=3)  # type: ignore[arg-type]
+        SaveInit(path=3)  # type: ignore[arg-type]
 
 
 def test_structure_metric_prefers_aligned_embeddings():
@@ -98,7 +98,7 @@ def test_lebed_tracks_test_error_under_feature_noise(shared_data, tmp_path, seed
     shutil.copytree(shared_data / "planetoid" / "Cora", tmp_path / "Cora")
     data = Planetoid(str(tmp_path), "Cora")[0]
     pl.seed_everything(seed, verbose=False)
-    net, cb = _CoraGCN(data), SaveInitCallback()
+    net, cb = _CoraGCN(data), SaveInit()
     make_trainer(callbacks=[cb], max_steps=200).fit(net)
     net.eval()
     errors, scores = [], []

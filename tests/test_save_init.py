@@ -3,8 +3,10 @@ import pickle
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from litmix.callbacks.save_init import SaveInitCallback
+from litmix.callbacks.save_init import SaveInit
 from litmix.testing import (
     TinyClassifier,
     TinyDataModule,
@@ -21,14 +23,48 @@ def _checksum(state):
 
 
 def test_bad_path():
-    with pytest.raises(TypeError, match="path"):
-        SaveInitCallback(path=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"SaveInit\(path=3\)"):
+        SaveInit(path=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"SaveInit\(path=''\)"):
+        SaveInit(path="")
+    with pytest.raises(TypeError, match=r"SaveInit\(name=1\)"):
+        SaveInit(name=1)  # type: ignore[arg-type]
+
+
+def test_example_shape_and_pathlike(tmp_path):
+    module, datamodule, (cb,) = SaveInit.example()
+    assert isinstance(module, TinyClassifier)
+    assert isinstance(datamodule, TinyDataModule)
+    assert isinstance(cb, SaveInit)
+    assert SaveInit(path=tmp_path / "a.pt").path == str(tmp_path / "a.pt")
+
+
+def test_state_key_tells_paths_apart():
+    assert SaveInit().state_key == "SaveInit"
+    assert SaveInit(path="a.pt").state_key != SaveInit(path="b.pt").state_key
+    assert SaveInit(name="x").state_key != SaveInit(name="y").state_key
+
+
+class _FakeTrainer:
+    """Just enough of a Trainer for ``setup``: a strategy object and the callback list."""
+
+    def __init__(self, strategy, callbacks):
+        self.strategy, self.callbacks = strategy, callbacks
+
+
+@pytest.mark.parametrize("strategy_cls", [FSDPStrategy, DeepSpeedStrategy])
+def test_sharded_strategy_refused_in_setup(strategy_cls):
+    cb = SaveInit()
+    stub = strategy_cls.__new__(strategy_cls)  # FSDP/DeepSpeed cannot be built on CPU; isinstance is what counts
+    with pytest.raises(MisconfigurationException, match=rf"SaveInit.*strategy={strategy_cls.__name__}.*ddp"):
+        cb.setup(_FakeTrainer(stub, [cb]), TinyClassifier(), "fit")
+    cb.setup(_FakeTrainer(object(), [cb]), TinyClassifier(), "fit")  # a non-sharded strategy passes
 
 
 def test_snapshot_is_theta0_and_written(tmp_path):
     module = TinyClassifier()
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    cb = SaveInitCallback(path=str(tmp_path / "sub" / "theta0.pt"))
+    cb = SaveInit(path=str(tmp_path / "sub" / "theta0.pt"))
     fit_tiny([cb], module=module, max_steps=3)
     assert cb.init_state is not None
     assert not torch.equal(module.net[0].weight, before["net.0.weight"])  # training moved the weights ...
@@ -40,14 +76,14 @@ def test_snapshot_is_theta0_and_written(tmp_path):
     assert_state_roundtrip(cb)
 
 
-class _Forgetful(SaveInitCallback):
+class _Forgetful(SaveInit):
     """Negative control: ignores its checkpoint state, so a resumed run snapshots the resumed weights."""
 
     def load_state_dict(self, state_dict):
         pass
 
 
-@pytest.mark.parametrize(("cls", "keeps_theta0"), [(SaveInitCallback, True), (_Forgetful, False)])
+@pytest.mark.parametrize(("cls", "keeps_theta0"), [(SaveInit, True), (_Forgetful, False)])
 def test_resume_keeps_original_theta0(tmp_path, cls, keeps_theta0):
     instances = []
 
@@ -78,7 +114,7 @@ class _PerturbRank1InSetup(Callback):
                     p.add_(torch.randn_like(p))
 
 
-class _SnapshotInSetup(SaveInitCallback):
+class _SnapshotInSetup(SaveInit):
     """Negative control: snapshots in ``setup``, before DDP synchronises the replicas."""
 
     def setup(self, trainer, pl_module, stage):
@@ -97,7 +133,7 @@ class _Theta0Checksum(Callback):
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize(("cls", "identical"), [(SaveInitCallback, True), (_SnapshotInSetup, False)])
+@pytest.mark.parametrize(("cls", "identical"), [(SaveInit, True), (_SnapshotInSetup, False)])
 def test_ddp_theta0_identical_on_both_ranks(tmp_path, cls, identical):
     torch.manual_seed(0)
     module = TinyClassifier()

@@ -361,7 +361,7 @@ def lebed_score(
     1. Pseudo-labels = the trained model's predictions on the test graph (eval mode); reference structure
        metric = :func:`structure_metric` of its embeddings on test edges vs ``neg_edge_index``.
     2. A copy of ``model`` reset to ``init_state`` (its theta_0, see :class:`~litmix.callbacks.save_init.
-       SaveInitCallback`) is re-trained full-batch on the pseudo-labels (Adam, NLL of log-softmax); after
+       SaveInit`) is re-trained full-batch on the pseudo-labels (Adam, NLL of log-softmax); after
        each step (from ``min_epochs`` on) training stops once the structure metric of the training forward
        pass is within ``margin`` of the reference value, else after ``max_epochs``.
     3. Score = L2 distance between the trained and the re-trained flattened parameters.

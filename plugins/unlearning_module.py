@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import math
+import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, Literal, cast
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
+from litmix._sharded import refuse_sharded_strategy
+from litmix.base import Example, LitmixModule
+from litmix.data import split_batch
 from litmix.functional.unlearning import (
     classifier_nll,
     grad_ascent_loss,
@@ -26,59 +28,46 @@ from litmix.functional.unlearning import (
 )
 from litmix.metrics.indexed_mean import IndexedMean
 from litmix.metrics.mia_auc import MembershipInferenceAUC
+from litmix.models import import_class, load_model, output_logits
 from litmix.registry import register
+from litmix.validation import check_bool, check_choice, check_float, check_str, check_type
 
 METHODS = ("grad_ascent", "grad_diff", "npo")
 RETAIN_LOSSES = ("nll", "kl")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SPLITS = ("forget", "retain", "test", "holdout")
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
+STAGES = ("train", "val", "test")
 
 
-def load_model(model: nn.Module | str, model_class: str | None = None) -> nn.Module:
-    """Resolve ``model``: a module, a Hugging Face directory, a ``torch.save``'d module, or a ``.ckpt``.
+def _check_class_path(owner: str, name: str, value: Any) -> str | None:
+    """``None`` or a ``"package.module.ClassName"`` string (syntax only; imported when needed)."""
+    check_str(owner, name, value, allow_none=True, allow_empty=False)
+    if value is not None:
+        parts = value.split(".")
+        if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+            raise ValueError(f"{owner}({name}={value!r}): {name} must be 'package.module.ClassName'")
+    return value  # type: ignore[no-any-return]
 
-    Args:
-        model: an ``nn.Module`` or a path. A directory is loaded with
-            ``transformers.AutoModelForCausalLM.from_pretrained``; a ``.ckpt`` needs ``model_class``
-            (``"package.module.Class"``: a LightningModule is loaded with ``load_from_checkpoint``, any
-            other ``nn.Module`` is built without arguments and given the checkpoint's ``state_dict``);
-            any other file must hold a whole module saved with ``torch.save``.
-        model_class: import path of the class stored in a ``.ckpt``.
 
-    Raises:
-        FileNotFoundError: for a path that does not exist.
-        ValueError: for a ``.ckpt`` without ``model_class`` or a file not holding an ``nn.Module``.
-        TypeError: for a ``model`` that is neither a module nor a path.
-    """
-    if isinstance(model, nn.Module):
-        return model
-    if not isinstance(model, str | Path):
-        raise TypeError(f"UnlearningModule(model={model!r}): model must be an nn.Module or a path")
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"UnlearningModule(model={str(model)!r}): no such file or directory")
-    if path.is_dir():
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(str(path))
-    if path.suffix == ".ckpt":
-        if not model_class:
-            raise ValueError(
-                f"UnlearningModule(model={str(model)!r}, model_class=None): a .ckpt needs model_class, "
-                "the import path of the saved class"
-            )
-        module_name, _, cls_name = model_class.rpartition(".")
-        cls = getattr(importlib.import_module(module_name), cls_name)
-        if issubclass(cls, pl.LightningModule):
-            return cls.load_from_checkpoint(str(path), map_location="cpu")
-        net = cls()
-        net.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=False)["state_dict"])
-        return net
-    loaded = torch.load(str(path), map_location="cpu", weights_only=False)
-    if not isinstance(loaded, nn.Module):
-        raise ValueError(f"UnlearningModule(model={str(model)!r}): file holds {type(loaded).__name__}, not a module")
-    return loaded
+def _check_model(owner: str, value: Any, model_class: str | None) -> None:
+    """``model`` is a module or an existing path of a kind :func:`litmix.models.load_model` reads."""
+    check_type(owner, "model", value, (nn.Module, str, os.PathLike))
+    if isinstance(value, nn.Module):
+        return
+    if not str(value).strip():
+        raise ValueError(f"{owner}(model={value!r}): model must be an nn.Module or a non-empty path")
+    path = Path(value).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(
+            f"{owner}(model={str(value)!r}): a folder must hold a Hugging Face model saved with save_pretrained "
+            "(no config.json found)"
+        )
+    if path.suffix == ".ckpt" and path.is_file() and model_class is None:
+        raise ValueError(
+            f"{owner}(model={str(value)!r}, model_class=None): a .ckpt needs model_class, "
+            "the 'package.module.ClassName' of the saved class"
+        )
 
 
 @register(
@@ -87,7 +76,7 @@ def load_model(model: nn.Module | str, model_class: str | None = None) -> nn.Mod
     paper="Negative Preference Optimization: Towards Balancing Catastrophic Collapse and Unlearning "
     "(https://arxiv.org/abs/2404.05868)",
 )
-class UnlearningModule(pl.LightningModule):
+class UnlearningModule(LitmixModule):
     """Unlearn a forget set from a trained model with gradient ascent, GradDiff or NPO.
 
     Implements Negative Preference Optimization (Zhang et al., https://arxiv.org/abs/2404.05868) and
@@ -95,7 +84,8 @@ class UnlearningModule(pl.LightningModule):
     :class:`litmix.datamodules.ForgetRetainDataModule` (``{"forget", "retain", "index"}``; ``index`` =
     position in the forget set). The wrapped model is a classifier (returns logits; sides are
     ``(x, y)``) or a causal LM (returns an object with ``.logits``; sides are dicts with ``input_ids``,
-    ``attention_mask``, ``labels`` with ``-100`` on prompt/padding, Hugging Face shift). Losses:
+    ``attention_mask``, ``labels`` with ``-100`` on prompt/padding, Hugging Face shift). Logits are read
+    with :func:`litmix.models.output_logits` and batches split with :func:`litmix.data.split_batch`. Losses:
 
     - ``grad_ascent``: ``forget_weight * -mean(NLL_f)``;
     - ``grad_diff``: that plus ``retain_weight * retain term`` (``retain_loss`` default ``"nll"``);
@@ -106,52 +96,66 @@ class UnlearningModule(pl.LightningModule):
     The reference model is a deep copy of the original made in ``setup("fit")`` (before checkpoint
     weights load, so a resumed run keeps the original as reference): frozen, in eval mode, outside the
     optimizer, the state_dict and DDP. With ``cache_reference=True`` (NPO) the reference NLL of every
-    forget item is computed once in ``on_fit_start`` on rank 0, broadcast, and the reference model is
-    dropped (kept if ``retain_loss="kl"``). Dropout in the wrapped model makes step 0 differ from
+    forget item is computed once in ``on_fit_start`` on rank 0, broadcast (equal on every rank), stored
+    in the checkpoint (``checkpoint["litmix"]["ref_nll_cache"]``), and the reference model is dropped
+    (kept if ``retain_loss="kl"``). Dropout in the wrapped model makes step 0 differ from
     ``(2/beta) log 2``; Lightning keeps the wrapped model's train/eval mode (``from_pretrained`` returns
     eval mode), so a model in eval mode is unlearned without dropout.
 
-    Metrics (validation and test; loaders named by the datamodule's ``val_loader_names``, default
-    forget, retain, test, holdout): ``unlearn/{split}_acc`` (token accuracy for LMs) and
-    ``unlearn/{split}_nll`` per split, and ``unlearn/mia_auc``: loss-threshold membership inference,
-    forget vs holdout (the test split when there is no holdout), **1 = memorised, 0.5 =
-    indistinguishable, < 0.5 = over-unlearned** (:class:`~litmix.metrics.MembershipInferenceAUC`).
-    States are torchmetrics ``cat`` states de-duplicated by item index, so values do not depend on
-    the number of ranks. Training logs ``unlearn/forget_loss``, ``unlearn/retain_loss``,
-    ``unlearn/loss`` (and ``unlearn/npo_weight`` for NPO).
+    Sharded strategies (FSDP, DeepSpeed) are refused in ``setup``: the frozen reference is a whole copy of
+    the model and the reference cache is computed by rank 0 alone; use DDP.
+
+    Logged metrics, named ``<stage>/<split>_<metric>`` (``stage`` = ``train``, ``val`` or ``test``):
+
+    - ``train/forget_loss``: the forget term (gradient ascent or NPO loss), per step and epoch mean;
+    - ``train/forget_npo_weight``: NPO's mean per-sample weight on the forget batch (NPO only);
+    - ``train/retain_loss``: the retain term (NLL or KL), when there is one;
+    - ``train/loss``: the weighted total (progress bar);
+    - ``val/<split>_acc``, ``test/<split>_acc``: accuracy of each evaluation split (token accuracy for LMs);
+    - ``val/<split>_nll``, ``test/<split>_nll``: mean per-sample NLL of each evaluation split;
+    - ``val/forget_mia_auc``, ``test/forget_mia_auc``: loss-threshold membership-inference AUC of the forget
+      split.
+
+    Evaluation splits are the datamodule's ``val_loader_names`` (default ``forget``, ``retain``, ``test``,
+    ``holdout``). ``forget_mia_auc`` attacks the forget split against the holdout split (the test split when
+    there is no holdout): **1 = memorised, 0.5 = indistinguishable, < 0.5 = over-unlearned**
+    (:class:`~litmix.metrics.MembershipInferenceAUC`). Evaluation states are torchmetrics ``cat`` states
+    de-duplicated by item index, so values do not depend on the number of ranks.
 
     Args:
-        model: the trained model, or a path (see :func:`load_model`) so the CLI can build it.
+        model: the trained model, or a path (see :func:`litmix.models.load_model`) so the CLI can build it.
         method: ``"grad_ascent"``, ``"grad_diff"`` or ``"npo"``.
-        beta: NPO inverse temperature (> 0).
-        forget_weight: weight of the forget term (>= 0).
-        retain_weight: weight of the retain term (>= 0).
+        beta: NPO inverse temperature (finite, > 0).
+        forget_weight: weight of the forget term (finite, >= 0).
+        retain_weight: weight of the retain term (finite, >= 0).
         retain_loss: ``"nll"``, ``"kl"`` or None (no retain term; for ``grad_diff`` None means ``"nll"``).
         nll_reduction: LM NLL per sample, ``"sum"`` or ``"mean"`` over answer tokens; None = ``"sum"``
             for NPO, ``"mean"`` for gradient ascent / GradDiff.
         cache_reference: precompute the NPO reference NLLs by forget index and drop the reference model.
-        lr: learning rate (> 0).
+        lr: learning rate (finite, > 0).
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
-        weight_decay: weight decay (>= 0).
-        model_class: import path of the class in a ``.ckpt`` given as ``model``.
+        weight_decay: weight decay (finite, >= 0).
+        model_class: ``"package.module.ClassName"`` of the class saved in a ``.ckpt`` given as ``model``
+            (or of a Hugging Face class for a folder; default ``AutoModelForCausalLM``).
 
     Raises:
+        TypeError: for an argument of the wrong type (e.g. ``beta='0.1'``), naming it.
         ValueError: for an unknown method/retain loss/optimizer/reduction, ``beta``/``lr`` <= 0, negative
-            weights, a retain loss with ``grad_ascent``, or ``cache_reference`` without NPO.
-        MisconfigurationException: in ``on_fit_start`` when ``cache_reference=True`` and the datamodule has
-            no ``forget_dataloader()``.
+            weights, NaN or infinite numbers, a retain loss with ``grad_ascent``, ``cache_reference`` without
+            NPO, a malformed ``model_class``, a missing ``model`` path (also a ``FileNotFoundError``) or a
+            ``.ckpt`` without ``model_class``.
+        MisconfigurationException: in ``setup`` under FSDP or DeepSpeed; in ``on_fit_start`` when
+            ``cache_reference=True`` and the datamodule has no ``forget_dataloader()``.
 
     Example:
         >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        >>> module = UnlearningModule.example()
+        >>> module, datamodule, callbacks = UnlearningModule.example()
         >>> from litmix.testing import make_trainer
-        >>> trainer = make_trainer(max_epochs=1, limit_val_batches=1.0)
-        >>> trainer.fit(module, datamodule=UnlearningModule.example_datamodule())
-        >>> sorted(k for k in trainer.callback_metrics if k.endswith("acc") or k.endswith("auc"))
-        ['unlearn/forget_acc', 'unlearn/mia_auc', 'unlearn/retain_acc', 'unlearn/test_acc']
+        >>> trainer = make_trainer(max_epochs=1, limit_val_batches=1.0, callbacks=callbacks)
+        >>> trainer.fit(module, datamodule=datamodule)
+        >>> sorted(k for k in trainer.callback_metrics if k.endswith(("acc", "auc")))
+        ['val/forget_acc', 'val/forget_mia_auc', 'val/retain_acc', 'val/test_acc']
     """
-
-    family: ClassVar[str] = "unlearning"
 
     def __init__(
         self,
@@ -170,35 +174,40 @@ class UnlearningModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if method not in METHODS:
-            raise ValueError(f"{name}(method={method!r}): method must be one of {METHODS}")
-        if retain_loss is not None and retain_loss not in RETAIN_LOSSES:
-            raise ValueError(f"{name}(retain_loss={retain_loss!r}): retain_loss must be one of {RETAIN_LOSSES} or None")
+        check_choice(name, "method", method, METHODS)
+        check_float(name, "beta", beta, low=0.0, low_open=True)
+        check_float(name, "forget_weight", forget_weight, low=0.0)
+        check_float(name, "retain_weight", retain_weight, low=0.0)
+        if retain_loss is not None:
+            check_choice(name, "retain_loss", retain_loss, RETAIN_LOSSES)
+        if nll_reduction is not None:
+            check_choice(name, "nll_reduction", nll_reduction, ("sum", "mean"))
+        check_bool(name, "cache_reference", cache_reference)
+        check_float(name, "lr", lr, low=0.0, low_open=True)
+        check_choice(name, "optimizer", optimizer, OPTIMIZERS)
+        check_float(name, "weight_decay", weight_decay, low=0.0)
+        _check_class_path(name, "model_class", model_class)
+        _check_model(name, model, model_class)
         if method == "grad_ascent" and retain_loss is not None:
             raise ValueError(
                 f"{name}(method='grad_ascent', retain_loss={retain_loss!r}): gradient ascent has no retain term; "
                 "use method='grad_diff'"
             )
-        if nll_reduction is not None and nll_reduction not in ("sum", "mean"):
-            raise ValueError(f"{name}(nll_reduction={nll_reduction!r}): nll_reduction must be 'sum', 'mean' or None")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"{name}(optimizer={optimizer!r}): optimizer must be one of {OPTIMIZERS}")
-        for arg, value in (("beta", beta), ("lr", lr)):
-            if not value > 0:
-                raise ValueError(f"{name}({arg}={value}): {arg} must be > 0")
-        for arg, value in (
-            ("forget_weight", forget_weight),
-            ("retain_weight", retain_weight),
-            ("weight_decay", weight_decay),
-        ):
-            if value < 0:
-                raise ValueError(f"{name}({arg}={value}): {arg} must be >= 0")
         if cache_reference and method != "npo":
             raise ValueError(f"{name}(cache_reference=True, method={method!r}): only npo uses reference NLLs")
+        if model_class is not None and not isinstance(model, nn.Module):
+            import_class(model_class, owner=name, argument="model_class")
         self.save_hyperparameters(ignore=["model"])
-        if isinstance(model, str | Path):
+        if isinstance(model, str | os.PathLike):
             self.hparams["model"] = str(model)
-        self.model = load_model(model, model_class)
+        try:
+            self.model = load_model(model, class_path=model_class, owner=name, argument="model")
+        except (TypeError, ValueError):
+            raise
+        except Exception as err:  # e.g. a file that is not a torch.save'd module, a broken HF folder
+            raise ValueError(
+                f"{name}(model={str(model)!r}): cannot load the model ({type(err).__name__}: {err})"
+            ) from err
         self.method: str = method
         self.beta, self.forget_weight, self.retain_weight = float(beta), float(forget_weight), float(retain_weight)
         self.retain_loss: str | None = "nll" if method == "grad_diff" and retain_loss is None else retain_loss
@@ -214,28 +223,15 @@ class UnlearningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def example(cls) -> UnlearningModule:
-        """A tiny NPO module around a 2-layer MLP (8 inputs, 4 classes) for contract tests and docs."""
+    def example(cls) -> Example:
+        """A tiny NPO+RT module around a 2-layer MLP (8 inputs, 4 classes) on Gaussian blobs (forget 10 items)."""
         gen = torch.Generator().manual_seed(0)
         net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
         with torch.no_grad():
             for p in net.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        return cls(net, method="npo", retain_loss="nll", lr=1e-2, cache_reference=True)
-
-    @classmethod
-    def example_datamodule(cls) -> pl.LightningDataModule:
-        """Tiny forget/retain/test data matching :meth:`example` (Gaussian blobs, forget class 0)."""
-        from litmix.datamodules.forget_retain import ForgetRetainDataModule
-        from litmix.testing import TinyDataModule
-
-        return ForgetRetainDataModule.from_dataset(
-            TinyDataModule(n=64).dataset,
-            test_dataset=TinyDataModule(n=32).dataset,
-            forget_indices=list(range(10)),
-            batch_size=4,
-            eval_batch_size=16,
-        )
+        module = cls(net, method="npo", retain_loss="nll", lr=1e-2, cache_reference=True)
+        return Example(module, _example_datamodule(), [])
 
     @property
     def ref_model(self) -> nn.Module | None:
@@ -247,20 +243,23 @@ class UnlearningModule(pl.LightningModule):
         return self.method == "npo" or self.retain_loss == "kl"
 
     # ------------------------------------------------------------------ forward helpers
-    def _logits(self, model: nn.Module, inputs: Any) -> Tensor:
+    def _logits(self, model: nn.Module, inputs: Any, who: str = "model") -> Tensor:
         if isinstance(inputs, dict):
             out = model(**{k: v for k, v in inputs.items() if k in MODEL_INPUT_KEYS})
         else:
             out = model(inputs)
-        logits = getattr(out, "logits", out)
-        assert isinstance(logits, Tensor)
-        return logits
+        return output_logits(out, owner=type(self).__name__, who=who)
 
     @staticmethod
-    def _targets(side: Any) -> tuple[Any, Tensor]:
-        if isinstance(side, dict):
-            return side, side["labels"]
-        return side[0], side[1]
+    def _split(batch: Any, part: str) -> tuple[Any, Tensor, Tensor | None]:
+        """``(inputs, targets, index)`` of a batch (dict batches keep the whole dict as the model input)."""
+        x, y, index = split_batch(batch)
+        if y is None:
+            raise ValueError(
+                f"UnlearningModule: the {part} batch has no targets; items must be (x, y[, index]) or dicts with "
+                "'labels'"
+            )
+        return (batch if isinstance(batch, dict) else x), y, index
 
     def _nll(self, logits: Tensor, targets: Tensor, reduction: str | None = None) -> Tensor:
         if logits.dim() == 3:
@@ -272,11 +271,17 @@ class UnlearningModule(pl.LightningModule):
         ref = self.ref_model
         if ref is None:
             raise RuntimeError("UnlearningModule: the reference model is not available (setup not run or dropped)")
-        return self._logits(ref, inputs)
+        return self._logits(ref, inputs, who="reference model")
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, stage: str) -> None:
-        """Copy the original model as the frozen reference (before checkpoint weights are loaded)."""
+        """Refuse sharded strategies; copy the original model as the frozen reference (before weights load)."""
+        if stage == "fit":
+            refuse_sharded_strategy(
+                type(self).__name__,
+                self.trainer.strategy,
+                "the frozen reference model is a whole copy of the model and rank 0 alone computes the reference cache",
+            )
         if stage == "fit" and self._needs_ref() and self.ref_model is None and self.ref_nll_cache is None:
             ref = copy.deepcopy(self.model).eval()
             ref.requires_grad_(False)
@@ -286,8 +291,14 @@ class UnlearningModule(pl.LightningModule):
         """Move the reference model; for ``cache_reference`` compute the forget reference NLLs once."""
         if self.ref_model is not None:
             self.ref_model.to(self.device)
-        if not (self.cache_reference and self.ref_nll_cache is None):
-            return
+        if self.cache_reference and self.ref_nll_cache is None:
+            self._compute_reference_cache()
+        if self.ref_nll_cache is not None:
+            self.ref_nll_cache = self.ref_nll_cache.to(self.device)
+            if self.retain_loss != "kl":
+                object.__setattr__(self, "_ref_model", None)
+
+    def _compute_reference_cache(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "forget_dataloader"):
             raise MisconfigurationException(
@@ -298,17 +309,29 @@ class UnlearningModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             values: dict[int, float] = {}
             for batch in dm.forget_dataloader():
-                inputs, targets, index = self._split_eval(batch)
-                inputs = self._to_device(inputs)
-                nll = self._nll(self._reference_logits(inputs), targets.to(self.device))
+                inputs, targets, index = self._split(batch, "forget evaluation")
+                if index is None:
+                    raise ValueError("UnlearningModule(cache_reference=True): forget items must carry their index")
+                nll = self._nll(self._reference_logits(self._to_device(inputs)), targets.to(self.device))
                 values.update(zip(index.tolist(), nll.double().cpu().tolist(), strict=True))
             cache = torch.tensor([values[i] for i in range(len(values))], dtype=torch.float64)
         cache = self.trainer.strategy.broadcast(cache, src=0)
         assert cache is not None
-        self.ref_nll_cache = cache.to(self.device)
+        self.ref_nll_cache = cache
         rank_zero_info(f"UnlearningModule: cached reference NLL of {len(cache)} forget items")
-        if self.retain_loss != "kl":
-            object.__setattr__(self, "_ref_model", None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the reference cache (so a resumed run does not depend on recomputing it)."""
+        super().on_save_checkpoint(checkpoint)
+        if self.ref_nll_cache is not None:
+            checkpoint["litmix"]["ref_nll_cache"] = self.ref_nll_cache.detach().cpu().clone()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the reference cache, if the checkpoint has one."""
+        super().on_load_checkpoint(checkpoint)
+        cache = checkpoint.get("litmix", {}).get("ref_nll_cache")
+        if cache is not None and self.cache_reference:
+            self.ref_nll_cache = cache.detach().clone()
 
     def _to_device(self, obj: Any) -> Any:
         if isinstance(obj, Tensor):
@@ -320,7 +343,7 @@ class UnlearningModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Weighted forget term (+ retain term) on a forget-anchored pair batch."""
-        f_inputs, f_targets = self._targets(batch["forget"])
+        f_inputs, f_targets, _ = self._split(batch["forget"], "forget")
         f_nll = self._nll(self._logits(self.model, f_inputs), f_targets)
         if self.method == "npo":
             if self.ref_nll_cache is not None:
@@ -328,13 +351,14 @@ class UnlearningModule(pl.LightningModule):
             else:
                 ref_nll = self._nll(self._reference_logits(f_inputs), f_targets)
             forget_term = npo_loss(f_nll, ref_nll, self.beta)
-            self.log("unlearn/npo_weight", npo_weights(f_nll.detach(), ref_nll, self.beta).mean(), sync_dist=True)
+            weight = npo_weights(f_nll.detach(), ref_nll, self.beta).mean()
+            self.log("train/forget_npo_weight", weight, sync_dist=True)
         else:
             forget_term = grad_ascent_loss(f_nll)
         loss = self.forget_weight * forget_term
-        self.log("unlearn/forget_loss", forget_term.detach(), on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/forget_loss", forget_term.detach(), on_step=True, on_epoch=True, sync_dist=True)
         if self.retain_loss is not None:
-            r_inputs, r_targets = self._targets(batch["retain"])
+            r_inputs, r_targets, _ = self._split(batch["retain"], "retain")
             r_logits = self._logits(self.model, r_inputs)
             if self.retain_loss == "nll":
                 retain_term = retain_nll_loss(self._nll(r_logits, r_targets, reduction="mean"))
@@ -345,8 +369,8 @@ class UnlearningModule(pl.LightningModule):
                     r_logits, ref_logits, mask = r_logits[:, :-1], ref_logits[:, :-1], r_targets[:, 1:] != -100
                 retain_term = kl_retain_loss(r_logits, ref_logits, mask)
             loss = loss + self.retain_weight * retain_term
-            self.log("unlearn/retain_loss", retain_term.detach(), on_step=True, on_epoch=True, sync_dist=True)
-        self.log("unlearn/loss", loss.detach(), on_step=True, on_epoch=True, sync_dist=True, prog_bar=True)
+            self.log("train/retain_loss", retain_term.detach(), on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, sync_dist=True, prog_bar=True)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -364,15 +388,14 @@ class UnlearningModule(pl.LightningModule):
         names = getattr(dm, "val_loader_names", None)
         return list(names) if names else list(SPLITS)
 
-    @staticmethod
-    def _split_eval(batch: Any) -> tuple[Any, Tensor, Tensor]:
-        if isinstance(batch, dict):
-            return batch, batch["labels"], batch["index"]
-        return batch[0], batch[1], batch[-1]
-
     def _eval_step(self, batch: Any, dataloader_idx: int) -> None:
         split = self._split_names()[dataloader_idx]
-        inputs, targets, index = self._split_eval(batch)
+        inputs, targets, index = self._split(batch, f"{split} evaluation")
+        if index is None:
+            raise ValueError(
+                f"UnlearningModule: {split} evaluation items must carry their index as the third element (or "
+                "'index' key), as ForgetRetainDataModule's loaders do"
+            )
         logits = self._logits(self.model, inputs)
         if logits.dim() == 3:
             correct, count = sequence_correct(logits, targets)
@@ -396,24 +419,38 @@ class UnlearningModule(pl.LightningModule):
         """As :meth:`validation_step`."""
         self._eval_step(batch, dataloader_idx)
 
-    def _log_eval(self) -> None:
+    def _log_eval(self, stage: str) -> None:
         for split in SPLITS:
             acc, nll = cast(IndexedMean, self.accuracy[split]), cast(IndexedMean, self.mean_nll[split])
             if acc.update_count > 0:
-                self.log(f"unlearn/{split}_acc", acc.compute(), sync_dist=True, add_dataloader_idx=False)
-                self.log(f"unlearn/{split}_nll", nll.compute(), sync_dist=True, add_dataloader_idx=False)
+                self.log(f"{stage}/{split}_acc", acc.compute(), sync_dist=True, add_dataloader_idx=False)
+                self.log(f"{stage}/{split}_nll", nll.compute(), sync_dist=True, add_dataloader_idx=False)
             acc.reset()
             nll.reset()
         if self.mia_auc.update_count > 0:
             auc = self.mia_auc.compute()
             if not math.isnan(float(auc)):
-                self.log("unlearn/mia_auc", auc, sync_dist=True, add_dataloader_idx=False)
+                self.log(f"{stage}/forget_mia_auc", auc, sync_dist=True, add_dataloader_idx=False)
         self.mia_auc.reset()
 
     def on_validation_epoch_end(self) -> None:
-        """Compute (synced across ranks) and log the ``unlearn/*`` evaluation metrics."""
-        self._log_eval()
+        """Compute (synced across ranks) and log the ``val/*`` evaluation metrics."""
+        self._log_eval("val")
 
     def on_test_epoch_end(self) -> None:
-        """As :meth:`on_validation_epoch_end`."""
-        self._log_eval()
+        """Compute (synced across ranks) and log the ``test/*`` evaluation metrics."""
+        self._log_eval("test")
+
+
+def _example_datamodule() -> Any:
+    """Tiny forget/retain/test data for :meth:`UnlearningModule.example` (Gaussian blobs, 10 forget items)."""
+    from litmix.datamodules.forget_retain import ForgetRetainDataModule
+    from litmix.testing import TinyDataModule
+
+    return ForgetRetainDataModule.from_dataset(
+        TinyDataModule(n=64).dataset,
+        test_dataset=TinyDataModule(n=32).dataset,
+        forget_indices=list(range(10)),
+        batch_size=4,
+        eval_batch_size=16,
+    )

@@ -15,9 +15,12 @@ from typing import cast
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from litmix.base import Example, LitmixModule
 from litmix.datamodules.forget_retain import ForgetRetainDataModule
 from litmix.functional.unlearning import (
     classifier_nll,
@@ -74,7 +77,7 @@ class CaptureLoss(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(outputs["loss"]))
-        self.forget_terms.append(float(trainer.callback_metrics["unlearn/forget_loss_step"]))
+        self.forget_terms.append(float(trainer.callback_metrics["train/forget_loss_step"]))
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -193,18 +196,83 @@ def test_model_from_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         UnlearningModule(str(tmp_path / "missing.pt"))
     torch.save({"a": 1}, tmp_path / "dict.pt")
-    with pytest.raises(ValueError, match="not a module"):
+    with pytest.raises(TypeError, match=r"model=.*dict\.pt.*nn\.Module"):  # litmix.models.load_model's check
         UnlearningModule(str(tmp_path / "dict.pt"))
+    (tmp_path / "notes.txt").write_text("not a pickle")
+    with pytest.raises(ValueError, match=r"model=.*notes\.txt.*cannot load"):
+        UnlearningModule(str(tmp_path / "notes.txt"))
+    with pytest.raises(ValueError, match=r"model=.*config\.json"):  # a folder that is no Hugging Face save
+        UnlearningModule(str(tmp_path))
+    with pytest.raises(ValueError, match=r"model_class='TinyClassifier'"):  # one syntax: package.module.ClassName
+        UnlearningModule(str(tmp_path / "tiny.ckpt"), model_class="TinyClassifier")
+    with pytest.raises(ValueError, match=r"model_class='litmix.testing:TinyClassifier'"):
+        UnlearningModule(str(tmp_path / "tiny.ckpt"), model_class="litmix.testing:TinyClassifier")
+    with pytest.raises(ValueError, match=r"model_class='litmix.testing.NoSuchClass'"):
+        UnlearningModule(str(tmp_path / "tiny.ckpt"), model_class="litmix.testing.NoSuchClass")
 
 
 def test_registry_and_example_pickle():
     info = get_plugin("UnlearningModule")
     assert (info.kind, info.family) == ("plugin", "unlearning")
     assert "2404.05868" in info.paper
+    assert not hasattr(UnlearningModule, "family")  # metadata lives in the registry only
     assert get_plugin("ForgetRetainDataModule").kind == "datamodule"
-    module = pickle.loads(pickle.dumps(UnlearningModule.example()))
+    example = UnlearningModule.example()
+    assert isinstance(example, Example)
+    assert isinstance(example.datamodule, ForgetRetainDataModule)
+    assert example.callbacks == []
+    assert isinstance(example.module, LitmixModule)
+    module = pickle.loads(pickle.dumps(example.module))
     assert isinstance(module, UnlearningModule)
-    fit_tiny(module=module, datamodule=UnlearningModule.example_datamodule(), max_steps=2)
+    fit_tiny(module=module, datamodule=example.datamodule, max_steps=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"beta": "0.1"}, TypeError, r"UnlearningModule\(beta='0.1'\)"),  # was "'<' not supported ... str and int"
+        ({"forget_weight": float("nan")}, ValueError, r"forget_weight=nan"),
+        ({"forget_weight": float("inf")}, ValueError, r"forget_weight=inf"),
+        ({"retain_weight": float("nan")}, ValueError, r"retain_weight=nan"),
+        ({"retain_weight": float("inf")}, ValueError, r"retain_weight=inf"),
+        ({"weight_decay": float("nan")}, ValueError, r"weight_decay=nan"),
+        ({"weight_decay": float("inf")}, ValueError, r"weight_decay=inf"),
+        ({"beta": float("inf")}, ValueError, r"beta=inf"),
+        ({"lr": float("nan")}, ValueError, r"lr=nan"),
+        ({"lr": True}, TypeError, r"lr=True"),
+        ({"cache_reference": 1}, TypeError, r"cache_reference=1"),
+        ({"method": 3}, TypeError, r"method=3"),
+        ({"retain_loss": 0}, TypeError, r"retain_loss=0"),
+        ({"optimizer": None}, TypeError, r"optimizer=None"),
+        ({"model_class": 3}, TypeError, r"model_class=3"),
+        ({"model_class": ""}, ValueError, r"model_class=''"),
+        ({"model": 3}, TypeError, r"model=3"),
+        ({"model": ""}, ValueError, r"model=''"),
+    ],
+)
+def test_argument_types_and_non_finite_values(kwargs, error, match):
+    kwargs = {"model": mlp(0), **kwargs}
+    with pytest.raises(error, match=match):
+        UnlearningModule(**kwargs)
+
+
+class _FakeTrainer:
+    """Just enough of a Trainer for ``LightningModule.setup``: a strategy object."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+
+
+@pytest.mark.parametrize("strategy_cls", [FSDPStrategy, DeepSpeedStrategy])
+def test_sharded_strategy_refused_in_setup(strategy_cls):
+    module = UnlearningModule(mlp(0))
+    module.trainer = _FakeTrainer(strategy_cls.__new__(strategy_cls))  # cannot build FSDP/DeepSpeed on CPU
+    with pytest.raises(MisconfigurationException, match=rf"UnlearningModule.*strategy={strategy_cls.__name__}.*ddp"):
+        module.setup("fit")
+    assert module.ref_model is None  # refused before copying the reference
+    module.trainer = _FakeTrainer(object())
+    module.setup("fit")
+    assert module.ref_model is not None
 
 
 # ----------------------------------------------------------------------------- reference model
@@ -259,19 +327,47 @@ def test_metrics_match_direct_computation():
             logits = net(x)
             stats[split] = ((logits.argmax(-1) == y).float().mean(), classifier_nll(logits, y))
     for split in ("forget", "retain", "test"):
-        assert abs(out[f"unlearn/{split}_acc"] - float(stats[split][0])) < 1e-6
-        assert abs(out[f"unlearn/{split}_nll"] - float(stats[split][1].mean())) < 1e-5
+        assert abs(out[f"val/{split}_acc"] - float(stats[split][0])) < 1e-6
+        assert abs(out[f"val/{split}_nll"] - float(stats[split][1].mean())) < 1e-5
     f, t = stats["forget"][1], stats["test"][1]
     auc = sklearn_metrics.roc_auc_score([0] * len(f) + [1] * len(t), torch.cat([f, t]).numpy())
-    assert abs(out["unlearn/mia_auc"] - auc) < 1e-6
+    assert abs(out["val/forget_mia_auc"] - auc) < 1e-6
 
 
 def test_training_logs_losses():
     module = UnlearningModule(mlp(0), method="grad_diff", lr=0.05)
     trainer = make_trainer(max_epochs=1, limit_val_batches=1.0)
     trainer.fit(module, datamodule=tiny_dm())
-    for key in ("unlearn/forget_loss", "unlearn/retain_loss", "unlearn/loss", "unlearn/forget_acc", "unlearn/mia_auc"):
+    for key in ("train/forget_loss", "train/retain_loss", "train/loss", "val/forget_acc", "val/forget_mia_auc"):
         assert key in trainer.callback_metrics, key
+
+
+def test_metric_names_say_stage_and_split():
+    module, dm, _ = UnlearningModule.example()
+    trainer = make_trainer(max_steps=2, limit_val_batches=1.0, val_check_interval=2)
+    trainer.fit(module, datamodule=dm)
+    train_keys = {k for k in trainer.callback_metrics if k.startswith("train/")}
+    assert {"train/forget_loss", "train/retain_loss", "train/loss", "train/forget_npo_weight"} <= train_keys
+    tested = make_trainer(limit_test_batches=1.0).test(module, datamodule=dm, verbose=False)[0]
+    expected = {f"test/{split}_{m}" for split in ("forget", "retain", "test") for m in ("acc", "nll")}
+    assert set(tested) == expected | {"test/forget_mia_auc"}
+    assert not any(k.startswith("unlearn/") for k in [*trainer.callback_metrics, *tested])
+
+
+def test_reference_cache_is_checkpointed_and_restored(tmp_path):
+    module, dm, _ = UnlearningModule.example()
+    trainer = make_trainer(max_steps=2, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    saved = torch.load(tmp_path / "a.ckpt", weights_only=False)["litmix"]["ref_nll_cache"]
+    assert torch.equal(saved, module.ref_nll_cache.cpu())
+    # resume with a *different* starting model: the restored cache wins over a recomputation from it
+    other = UnlearningModule(mlp(7), method="npo", retain_loss="nll", lr=1e-2, cache_reference=True)
+    make_trainer(max_steps=3).fit(
+        other, datamodule=UnlearningModule.example().datamodule, ckpt_path=tmp_path / "a.ckpt"
+    )
+    assert torch.equal(other.ref_nll_cache.cpu(), saved)
+    assert other.ref_model is None
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -301,13 +397,21 @@ class RankCheckModule(UnlearningModule):
         self.log("check/train_items", float(gathered.numel()))
         self.log("check/train_unique", float(gathered.unique().numel()))
 
-    def _log_eval(self):
+    def on_train_end(self):
+        flat = torch.cat([p.detach().flatten() for p in self.model.parameters()]).double()
+        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, len(flat) + 1)).sum()])
+        gathered = self.trainer.strategy.all_gather(checksum)
+        self.trainer.callback_metrics["check/weight_spread"] = (gathered - gathered[0]).abs().max()
+        keys = self.trainer.strategy.all_gather(torch.tensor(float(len(self.state_dict()))))
+        self.trainer.callback_metrics["check/state_keys_spread"] = (keys - keys[0]).abs().max()
+
+    def _log_eval(self, stage):
         values = [cast(IndexedMean, self.accuracy[s]).compute() for s in ("forget", "retain", "test")]
         values += [self.mia_auc.compute(), self.ref_nll_cache.float().sum()]
         gathered = self.all_gather(torch.stack(values).float())
         self.log("check/rank_spread", (gathered.max(0).values - gathered.min(0).values).abs().max())
         self.log("check/world_size", float(gathered.shape[0]))
-        super()._log_eval()
+        super()._log_eval(stage)
 
 
 @pytest.mark.ddp
@@ -320,17 +424,19 @@ def test_ddp_two_ranks_metrics_agree_with_single_process():
     assert metrics["check/rank_spread"] == 0.0
     assert metrics["check/train_items"] == 14.0  # 13 forget items, padded to 7 per rank
     assert metrics["check/train_unique"] == 13.0  # the ranks' shards cover the forget set
-    for key in ("unlearn/forget_acc", "unlearn/retain_acc", "unlearn/test_acc", "unlearn/mia_auc", "unlearn/loss"):
+    assert metrics["check/weight_spread"] == 0.0  # every rank ends with the same weights
+    assert metrics["check/state_keys_spread"] == 0.0
+    for key in ("val/forget_acc", "val/retain_acc", "val/test_acc", "val/forget_mia_auc", "train/loss"):
         assert key in metrics, key
     single = make_trainer(limit_val_batches=1.0).validate(
         UnlearningModule(module.model), datamodule=tiny_dm(), verbose=False
     )[0]
     for key in (
-        "unlearn/forget_acc",
-        "unlearn/retain_acc",
-        "unlearn/test_acc",
-        "unlearn/mia_auc",
-        "unlearn/forget_nll",
+        "val/forget_acc",
+        "val/retain_acc",
+        "val/test_acc",
+        "val/forget_mia_auc",
+        "val/forget_nll",
     ):
         assert abs(metrics[key] - single[key]) < 1e-5, key
 
@@ -362,7 +468,7 @@ def test_lightning_cli_yaml_builds_module_and_datamodule(tmp_path, base, request
     assert cli.trainer.global_step == 2
     assert cli.datamodule.forget_classes == [3]
     assert isinstance(cli.model.model, nn.Sequential)
-    assert "unlearn/forget_loss" in cli.trainer.callback_metrics
+    assert "train/forget_loss" in cli.trainer.callback_metrics
 
 
 # ----------------------------------------------------------------------------- Hugging Face causal LM
@@ -407,9 +513,9 @@ def test_hf_causal_lm_npo_raises_forget_nll_on_tofu(shared_data, tmp_path):
     make_trainer(max_steps=6, callbacks=[capture]).fit(module, datamodule=dm)
     after = make_trainer(limit_val_batches=1.0).validate(module, datamodule=dm, verbose=False)[0]
     assert abs(capture.forget_terms[0] - 2 / 0.1 * math.log(2)) < 1e-3  # NPO starts at (2/beta) log 2 (no dropout)
-    assert after["unlearn/forget_nll"] > before["unlearn/forget_nll"] + 0.5
-    assert 0.0 <= after["unlearn/forget_acc"] <= 1.0
-    assert "unlearn/mia_auc" in after
+    assert after["val/forget_nll"] > before["val/forget_nll"] + 0.5
+    assert 0.0 <= after["val/forget_acc"] <= 1.0
+    assert "val/forget_mia_auc" in after
     assert module.ref_model is None
     assert module.ref_nll_cache is not None
 
@@ -512,13 +618,13 @@ def test_random_subset_forgetting_moves_toward_retrained(random_forgetting):
     orig, rt, npo = random_forgetting["original"], random_forgetting["retrained"], random_forgetting["npo_rt"]
     # the setting is informative: the original memorised D_f, the retrained model did not
     assert orig["forget_acc"] == 1.0
-    assert orig["mia_auc"] > 0.62
-    assert rt["mia_auc"] < orig["mia_auc"] - 0.1
+    assert orig["forget_mia_auc"] > 0.62
+    assert rt["forget_mia_auc"] < orig["forget_mia_auc"] - 0.1
     assert rt["forget_acc"] < 1.0
     # forget accuracy and MIA AUC move toward the retrained model; test accuracy stays within a few points
     assert npo["forget_acc"] <= 0.92
     assert npo["forget_acc"] >= rt["forget_acc"] - 0.15
-    assert abs(npo["mia_auc"] - rt["mia_auc"]) < 0.75 * abs(orig["mia_auc"] - rt["mia_auc"])
+    assert abs(npo["forget_mia_auc"] - rt["forget_mia_auc"]) < 0.75 * abs(orig["forget_mia_auc"] - rt["forget_mia_auc"])
     assert npo["test_acc"] >= orig["test_acc"] - 0.05
 
 
@@ -553,7 +659,7 @@ def report(kind, seeds, mnist_root=None):
         rows = {"original": evaluate(original, dm), "retrained": rt}
         rows.update({name: unlearn(original, dm, steps, **kw) for name, kw in recipes.items()})
         for name, m in rows.items():
-            gaps = " ".join(f"d{k}={m[k] - rt[k]:+.3f}" for k in ("forget_acc", "test_acc", "mia_auc"))
+            gaps = " ".join(f"d{k}={m[k] - rt[k]:+.3f}" for k in ("forget_acc", "test_acc", "forget_mia_auc"))
             vals = " ".join(f"{k}={v:.3f}" for k, v in m.items())
             print(f"{kind} seed={seed} {name:15s} {vals} | gap to retrained: {gaps}")
 

@@ -15,11 +15,13 @@ __version__ = "0.1.0.dev0"
 __all__ = ["PluginInfo", "__version__", "get_plugin", "list_plugins", "load_all", "register"]
 
 SUBPACKAGES = ("litmix.callbacks", "litmix.plugins", "litmix.datamodules")
+#: Core modules whose utilities, losses, metrics and functions register themselves on import.
+CORE_MODULES = ("litmix.functional", "litmix.metrics", "litmix.nas")
 
 
 def load_all(extensions: bool = True) -> None:
     """Import every subpackage (and ``litmix.extensions`` entry points) so the registry is complete."""
-    for name in SUBPACKAGES:
+    for name in (*SUBPACKAGES, *CORE_MODULES):
         importlib.import_module(name)
     if extensions:
         for ep in entry_points(group="litmix.extensions"):
@@ -27,7 +29,7 @@ def load_all(extensions: bool = True) -> None:
 
 
 def list_plugins(kind: str | None = None, family: str | None = None) -> list[PluginInfo]:
-    """Every registered plugin, optionally filtered by kind and family.
+    """Every registered item (plugins, utilities, losses, metrics, functions), filtered by kind and family.
 
     Example:
         >>> import litmix

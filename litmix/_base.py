@@ -1,4 +1,4 @@
-"""Base classes of litmix plugins: callbacks, LightningModules and DataModules share one contract.
+"""Base classes of litmix plugins (import them from :mod:`litmix.base`): one contract for every kind.
 
 The contract, checked by the tests generated over the registry (``tests/test_contract.py``):
 

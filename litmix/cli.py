@@ -31,8 +31,26 @@ def format_plugin_table(kind: str | None = None, family: str | None = None) -> s
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _cli_class() -> type:
+    """LightningCLI whose invalid argument values are usage errors, not tracebacks."""
+    from lightning.pytorch.cli import LightningCLI
+
+    class LitmixCLI(LightningCLI):
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except (TypeError, ValueError) as err:
+                self.parser.error(f"invalid configuration: {err}")
+
+    return LitmixCLI
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``litmix`` script."""
+    """Entry point of the ``litmix`` script.
+
+    Raises:
+        SystemExit: with status 2 and a one-line usage error when an argument value is refused.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "list":
         parser = argparse.ArgumentParser(prog="litmix list", description="List the registered litmix plugins.")
@@ -42,12 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         print(format_plugin_table(kind=ns.kind, family=ns.family))
         return
     load_all()
-    from lightning.pytorch.cli import LightningCLI
-
-    LightningCLI(
+    # LightningCLI reads sys.argv itself; passing args as well makes it warn that both were given.
+    _cli_class()(
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=args,
+        args=None if argv is None else args,
         save_config_kwargs={"overwrite": True},
     )
 

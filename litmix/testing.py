@@ -25,8 +25,12 @@ __all__ = [
     "TinyClassifier",
     "TinyDataModule",
     "assert_resume_matches",
+    "AssertRanksAgree",
+    "assert_fitted_state_roundtrip",
     "assert_state_roundtrip",
     "check_plugin",
+    "check_plugin_ddp",
+    "ddp_states",
     "fit_tiny",
     "make_trainer",
     "run_ddp",
@@ -195,33 +199,151 @@ def assert_resume_matches(
     if state_a.keys() != state_b.keys():
         raise AssertionError(f"state_dict keys differ after resume: {set(state_a) ^ set(state_b)}")
     for key, value in state_a.items():
-        if value.is_floating_point():
-            ok = torch.allclose(value, state_b[key], atol=atol, rtol=0)
-        else:
-            ok = torch.equal(value, state_b[key])
-        if not ok:
+        if not _close(value, state_b[key], atol):
             raise AssertionError(f"{key!r} differs between the uninterrupted and the resumed run")
+    callbacks_b = {cb.state_key: cb for cb in resumed.callbacks if type(cb).__module__.startswith("litmix.")}  # type: ignore[attr-defined]
+    for cb in full.callbacks:  # type: ignore[attr-defined]
+        if type(cb).__module__.startswith("litmix.") and cb.state_key in callbacks_b:
+            if not _close(cb.state_dict(), callbacks_b[cb.state_key].state_dict(), atol):
+                raise AssertionError(f"callback {cb.state_key!r}: state differs between the uninterrupted and resumed run")
     return full, resumed
 
 
+def _close(a: Any, b: Any, atol: float) -> bool:
+    """Like :func:`_tensors_equal`, with ``atol`` for floating tensors and floats."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.is_floating_point():
+            return bool(torch.allclose(a, b, atol=atol, rtol=0, equal_nan=True))
+        return bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], atol) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_close(x, y, atol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= atol or a == b or (a != a and b != b)
+    return bool(a == b)
+
+
+def _example(cls: type) -> Any:
+    from litmix.base import Example
+
+    example = cls.example()
+    if not isinstance(example, Example):
+        raise AssertionError(
+            f"{cls.__name__}.example() must return litmix.base.Example(module, datamodule, callbacks), "
+            f"got {type(example).__name__}"
+        )
+    return example
+
+
+def _subject(cls: type, example: Any) -> Any:
+    """The instance of ``cls`` inside an example (a callback, the module or the datamodule)."""
+    for obj in (*example.callbacks, example.module, example.datamodule):
+        if isinstance(obj, cls):
+            return obj
+    raise AssertionError(f"{cls.__name__}.example() holds no instance of {cls.__name__}")
+
+
+def _stateful(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+def assert_fitted_state_roundtrip(cls: type, subject: Any) -> None:
+    """The *fitted* ``subject``'s state loads into a fresh ``cls.example()`` instance and reads back equal.
+
+    Raises:
+        AssertionError: if a fresh instance does not reproduce the fitted state.
+    """
+    if isinstance(subject, pl.LightningModule):
+        state = {k: v.clone() for k, v in subject.state_dict().items()}
+        fresh = _subject(cls, _example(cls))
+        fresh.load_state_dict(state, strict=True)
+        if not _tensors_equal(state, fresh.state_dict()):
+            raise AssertionError(f"{cls.__name__}: the fitted module's state_dict changed in a strict round trip")
+        return
+    state = copy.deepcopy(subject.state_dict())
+    fresh = _subject(cls, _example(cls))
+    fresh.load_state_dict(copy.deepcopy(state))
+    if not _tensors_equal(state, fresh.state_dict()):
+        raise AssertionError(f"{cls.__name__}: a fresh instance does not reproduce the fitted state after load_state_dict")
+
+
 def check_plugin(cls: type, tmp_path: str | os.PathLike[str]) -> None:
-    """Run the contract checks every registered callback must pass (pickle, 2-step fit, resume).
+    """Run the contract checks every registered Lightning plugin must pass.
+
+    For a callback, a LightningModule or a DataModule: ``example()`` returns an :class:`~litmix.base.Example`;
+    the plugin pickles; the example fits 2 steps; the *fitted* instance's state loads into a fresh instance and
+    reads back equal; an interrupted and resumed run ends with the same weights as an uninterrupted one.
 
     Raises:
         AssertionError: when a contract check fails.
     """
-    from litmix.base import LitmixCallback
-
-    if not issubclass(cls, LitmixCallback):
-        raise AssertionError(f"{cls.__name__} is not a LitmixCallback")
-    instance = cls.example()
-    restored = pickle.loads(pickle.dumps(instance))
+    example = _example(cls)
+    subject = _subject(cls, example)
+    restored = pickle.loads(pickle.dumps(subject))
     if type(restored) is not cls:
         raise AssertionError(f"{cls.__name__} does not survive pickling")
-    fit_tiny([cls.example()], module=cls.example_module(), datamodule=cls.example_datamodule(), max_steps=2)
-    assert_state_roundtrip(instance)
-    assert_resume_matches(
-        lambda: [cls.example()], cls.example_module, cls.example_datamodule, tmp_path, max_epochs=2, atol=1e-6
+    trainer = make_trainer(callbacks=list(example.callbacks), max_steps=2)
+    trainer.fit(example.module, datamodule=example.datamodule)
+    if trainer.global_step != 2:
+        raise AssertionError(f"{cls.__name__}: the example fit ran {trainer.global_step} steps, expected 2")
+    if _stateful(subject):
+        assert_fitted_state_roundtrip(cls, subject)
+
+    def part(i: int) -> Callable[[], Any]:
+        return lambda: _example(cls)[i]
+
+    assert_resume_matches(part(2), part(0), part(1), tmp_path, max_epochs=2, atol=1e-6)
+
+
+def ddp_states(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+    """Everything that must agree across DDP ranks: module weights and the state of callbacks and data."""
+    states: dict[str, Any] = {"module": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}}
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        if type(cb).__module__.startswith("litmix."):
+            states[f"callback:{cb.state_key}"] = copy.deepcopy(cb.state_dict())
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and type(datamodule).__module__.startswith("litmix."):
+        states["datamodule"] = copy.deepcopy(datamodule.state_dict())
+    return states
+
+
+class AssertRanksAgree(Callback):
+    """Compares :func:`ddp_states` across ranks at the end of training; raises on the first difference.
+
+    Use with :func:`run_ddp`: the assertion runs inside each rank, and a failure propagates to the parent.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Gather every rank's states and compare them with rank 0's."""
+        import torch.distributed as dist
+
+        mine = ddp_states(trainer, pl_module)
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+        for rank, other in enumerate(gathered[1:], start=1):
+            for key in gathered[0]:
+                if not _tensors_equal(gathered[0][key], other.get(key)):
+                    raise AssertionError(f"rank {rank} disagrees with rank 0 on {key!r}")
+
+
+def check_plugin_ddp(cls: type, world_size: int = 2) -> pl.Trainer:
+    """Fit ``cls.example()`` on ``world_size`` CPU ranks; every rank's weights and plugin states must be equal.
+
+    Raises:
+        AssertionError: naming the first state on which a rank disagrees with rank 0.
+    """
+    example = _example(cls)
+    return run_ddp(
+        [*example.callbacks, AssertRanksAgree()],
+        example.module,
+        example.datamodule,
+        world_size=world_size,
+        strategy="ddp_fork_find_unused_parameters_true",
     )
 
 

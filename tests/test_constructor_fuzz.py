@@ -1,0 +1,136 @@
+"""Property-based tests of every registered constructor (hypothesis).
+
+For each registered class and each of its typed constructor arguments, any value either builds the object or
+raises ``TypeError`` (wrong type) / ``ValueError`` (wrong value) whose message names the argument, at
+construction, before any compute. Stronger rules that hold for every argument: NaN is never a valid number,
+``bool`` is never a valid ``int``/``float``, and an arbitrary object is never valid where a typed value is
+expected.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import types
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import litmix
+from litmix.testing import TinyClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LITMIX_DATA", REPO.parent / "shared" / "data"))
+
+# Arguments without defaults get these base values (the fuzzed argument replaces its own).
+REQUIRED = {
+    "teacher": lambda: nn.Linear(8, 4),
+    "model": lambda: TinyClassifier(),
+    "in_features": lambda: 8,
+    "path": lambda: str(SHARED / "tinyshakespeare" / "input.txt"),
+    "root": lambda: str(SHARED / "mnist"),
+}
+
+# Sizes are kept small so an accepted value never allocates a huge model or data set.
+SMALL_INT = st.integers(min_value=-3, max_value=40)
+ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True, min_value=None, max_value=None, width=64)
+WRONG = st.sampled_from([object(), b"bytes", 1j, {"key": object()}, [object()]])
+
+
+class _Opaque:
+    """An object of no type a constructor could accept."""
+
+
+def _strategy(hint) -> st.SearchStrategy | None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return st.booleans()
+    if hint is int:
+        return SMALL_INT | st.booleans()
+    if hint is float:
+        return ANY_FLOAT | SMALL_INT | st.booleans()
+    if hint is str:
+        return st.text(max_size=12)
+    if origin is typing.Literal:
+        return st.sampled_from(args) | st.text(max_size=8)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_strategy(a) for a in args if a is not type(None)]
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return None
+        base = st.one_of(*parts)
+        return base | st.none() if type(None) in args else base
+    if origin in (list, tuple) or origin is typing.Sequence:
+        inner = _strategy(args[0]) if args else None
+        return st.lists(inner, max_size=4) if inner is not None else None
+    return None
+
+
+def _cases():
+    cases = []
+    for info in litmix.list_plugins():
+        if not isinstance(info.cls, type):
+            continue
+        hints = typing.get_type_hints(info.cls.__init__)
+        for name, param in inspect.signature(info.cls.__init__).parameters.items():
+            if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            strategy = _strategy(hints.get(name))
+            if strategy is not None:
+                cases.append(pytest.param(info.cls, name, hints[name], strategy, id=f"{info.name}-{name}"))
+    return cases
+
+
+def _base_kwargs(cls, skip):
+    kwargs = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", skip) or param.default is not inspect.Parameter.empty:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        assert name in REQUIRED, f"{cls.__name__}({name}=...) has no default: add a base value to REQUIRED"
+        kwargs[name] = REQUIRED[name]()
+    return kwargs
+
+
+def _is_numeric(hint) -> bool:
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(a in (int, float) for a in args) and str not in args
+
+
+def _opaque(value) -> bool:
+    return type(value) is object or isinstance(value, _Opaque | bytes | complex)
+
+
+def _must_refuse(hint, value) -> bool:
+    if _opaque(value) or (isinstance(value, dict) and any(map(_opaque, value.values()))):
+        return True
+    if isinstance(value, list) and any(map(_opaque, value)):
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, bool) and _is_numeric(hint) and bool not in typing.get_args(hint)
+
+
+@pytest.mark.parametrize(("cls", "arg", "hint", "strategy"), _cases())
+def test_any_value_builds_or_names_the_argument(cls, arg, hint, strategy):
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(value=strategy | WRONG | st.builds(_Opaque))
+    def check(value):
+        kwargs = _base_kwargs(cls, arg)
+        kwargs[arg] = value
+        torch.manual_seed(0)
+        try:
+            cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            assert arg in str(err), f"{cls.__name__}({arg}={value!r}) raised without naming {arg!r}: {err}"
+            return
+        assert not _must_refuse(hint, value), f"{cls.__name__}({arg}={value!r}) was accepted"
+
+    check()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -10,8 +12,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
+from litmix.base import Example, LitmixDataModule
 from litmix.data import IndexedDataset
 from litmix.registry import register
+from litmix.validation import check_float, check_int, check_type
 
 BASES = ("digits", "mnist")
 VAL_LOADER_ORDER = ("forget", "retain", "test", "holdout")
@@ -114,8 +118,24 @@ class ForgetAnchoredSampler(DistributedSampler):
         return ((int(i), self.epoch) for i in super().__iter__())
 
 
+def _check_int_list(owner: str, name: str, value: Any, low: int = 0) -> list[int] | None:
+    """``None`` or a non-empty list/tuple of ints >= ``low`` (bools refused)."""
+    if value is None:
+        return None
+    check_type(owner, name, value, (list, tuple), allow_none=True)
+    want = f"{name} must be a non-empty list of ints >= {low} or None"
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+    if bad:
+        raise TypeError(f"{owner}({name}={value!r}): {want}, got {type(bad[0]).__name__} {bad[0]!r}")
+    if not value:
+        raise ValueError(f"{owner}({name}={value!r}): the forget set must not be empty; {want}")
+    if any(v < low for v in value):
+        raise ValueError(f"{owner}({name}={value!r}): {want}")
+    return [int(v) for v in value]
+
+
 @register("datamodule", "unlearning")
-class ForgetRetainDataModule(pl.LightningDataModule):
+class ForgetRetainDataModule(LitmixDataModule):
     """Forget / retain / test splits for unlearning with forget-anchored paired training batches.
 
     Setting of TOFU and open-unlearning, as used by Negative Preference Optimization
@@ -157,10 +177,12 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         seed: seed of the random subset, the shuffling and the retain pairing.
 
     Raises:
-        ValueError: for a missing/double forget spec, an empty forget set, out-of-range indices, absent
-            classes, a forget set covering every training item, or unknown ``base`` names (data-dependent
-            checks run in :meth:`setup`, before any training).
-        TypeError: for a ``base`` of the wrong type.
+        ValueError: for a missing/double forget spec, an empty forget set, negative or out-of-range indices,
+            absent classes, a forget set covering every training item, a ``forget_fraction`` outside (0, 1),
+            sizes below 1, negative ``num_workers`` or ``seed``, or unknown ``base`` names (data-dependent checks
+            run in :meth:`setup`, before any training).
+        TypeError: for an argument of the wrong type (e.g. ``batch_size=2.5``, ``forget_classes=[True]``),
+            naming it.
 
     Example:
         >>> dm = ForgetRetainDataModule("digits", forget_classes=[3], batch_size=8)
@@ -191,6 +213,14 @@ class ForgetRetainDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        check_type(name, "base", base, (str, pl.LightningDataModule), allow_none=True)
+        if isinstance(base, str) and base not in BASES:
+            raise ValueError(f"{name}(base={base!r}): base must be one of {BASES}, a LightningDataModule or None")
+        forget_classes = _check_int_list(name, "forget_classes", forget_classes)
+        forget_indices = _check_int_list(name, "forget_indices", forget_indices)
+        check_float(
+            name, "forget_fraction", forget_fraction, low=0.0, high=1.0, low_open=True, high_open=True, allow_none=True
+        )
         specs = {"forget_classes": forget_classes, "forget_indices": forget_indices, "forget_fraction": forget_fraction}
         given = [k for k, v in specs.items() if v is not None]
         if len(given) != 1:
@@ -198,28 +228,28 @@ class ForgetRetainDataModule(pl.LightningDataModule):
                 f"{name}({', '.join(f'{k}={v!r}' for k, v in specs.items())}): give exactly one of "
                 f"forget_classes, forget_indices, forget_fraction (got {len(given)})"
             )
-        for key, value in (("forget_classes", forget_classes), ("forget_indices", forget_indices)):
-            if value is not None and len(value) == 0:
-                raise ValueError(f"{name}({key}={value!r}): the forget set must not be empty")
-        if forget_fraction is not None and not 0.0 < forget_fraction < 1.0:
-            raise ValueError(f"{name}(forget_fraction={forget_fraction}): forget_fraction must be in (0, 1)")
-        if isinstance(base, str) and base not in BASES:
-            raise ValueError(f"{name}(base={base!r}): base must be one of {BASES}, a LightningDataModule or None")
-        if base is not None and not isinstance(base, str | pl.LightningDataModule):
-            raise TypeError(f"{name}(base={base!r}): base must be a str, a LightningDataModule or None")
+        check_type(name, "root", root, (str, os.PathLike), allow_none=True)
+        if base == "mnist" and (root is None or not str(root).strip()):
+            raise ValueError(f"{name}(base='mnist', root={root!r}): base='mnist' needs root")
+        check_type(name, "base_kwargs", base_kwargs, dict, allow_none=True)
+        if base_kwargs is not None and not all(isinstance(k, str) for k in base_kwargs):
+            raise TypeError(f"{name}(base_kwargs={base_kwargs!r}): base_kwargs must map argument names (str) to values")
+        for key, value in (("dataset", dataset), ("test_dataset", test_dataset), ("holdout_dataset", holdout_dataset)):
+            if value is not None and not (hasattr(value, "__getitem__") and hasattr(value, "__len__")):
+                raise TypeError(
+                    f"{name}({key}={value!r}): {key} must be a map-style dataset (with __getitem__ and __len__) or "
+                    f"None, got {type(value).__name__}"
+                )
         if base is None and dataset is None:
             raise ValueError(f"{name}(base=None, dataset=None): give a base DataModule or a dataset")
-        if base == "mnist" and root is None:
-            raise ValueError(f"{name}(base='mnist', root=None): base='mnist' needs root")
-        for key, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if size < 1:
-                raise ValueError(f"{name}({key}={size}): {key} must be >= 1")
-        if eval_retain_size is not None and eval_retain_size < 1:
-            raise ValueError(f"{name}(eval_retain_size={eval_retain_size}): eval_retain_size must be >= 1 or None")
+        check_int(name, "batch_size", batch_size, low=1)
+        check_int(name, "eval_batch_size", eval_batch_size, low=1)
+        check_int(name, "eval_retain_size", eval_retain_size, low=1, allow_none=True)
+        check_int(name, "num_workers", num_workers, low=0)
+        check_int(name, "seed", seed, low=0, high=2**32 - 1)
         self.base, self.root, self.base_kwargs = base, root, dict(base_kwargs or {})
-        self.forget_classes = None if forget_classes is None else [int(c) for c in forget_classes]
-        self.forget_indices = None if forget_indices is None else [int(i) for i in forget_indices]
-        self.forget_fraction = forget_fraction
+        self.forget_classes, self.forget_indices = forget_classes, forget_indices
+        self.forget_fraction = None if forget_fraction is None else float(forget_fraction)
         self.dataset, self.test_dataset, self.holdout_dataset = dataset, test_dataset, holdout_dataset
         self.batch_size, self.eval_batch_size, self.eval_retain_size = batch_size, eval_batch_size, eval_retain_size
         self.num_workers, self.seed = num_workers, seed
@@ -227,6 +257,13 @@ class ForgetRetainDataModule(pl.LightningDataModule):
         self.save_hyperparameters(ignore=["dataset", "test_dataset", "holdout_dataset", "base"])
         if isinstance(base, str):
             self.hparams["base"] = base
+
+    @classmethod
+    def example(cls) -> Example:
+        """Gaussian blobs (64 training items, 10 forgotten) with :class:`~litmix.plugins.UnlearningModule`'s example."""
+        from litmix.plugins.unlearning_module import UnlearningModule
+
+        return UnlearningModule.example()
 
     @classmethod
     def from_datamodule(cls, datamodule: pl.LightningDataModule, **kwargs: Any) -> ForgetRetainDataModule:

@@ -99,6 +99,11 @@ def test_mnist_by_name(mnist_root):
         ({"forget_indices": []}, r"forget_indices=\[\]"),
         ({"forget_fraction": 1.0}, "forget_fraction=1.0"),
         ({"forget_fraction": 0.1, "batch_size": 0}, "batch_size=0"),
+        ({"forget_indices": [-1]}, r"forget_indices=\[-1\]"),  # never valid: refused before setup
+        ({"forget_fraction": float("nan")}, "forget_fraction=nan"),
+        ({"forget_fraction": 0.1, "eval_retain_size": 0}, "eval_retain_size=0"),
+        ({"forget_fraction": 0.1, "num_workers": -1}, "num_workers=-1"),
+        ({"forget_fraction": 0.1, "seed": -1}, "seed=-1"),
     ],
 )
 def test_spec_errors_at_construction(kwargs, match):
@@ -109,8 +114,45 @@ def test_spec_errors_at_construction(kwargs, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"forget_fraction": 0.1, "batch_size": 2.5}, r"ForgetRetainDataModule\(batch_size=2.5\)"),
+        ({"forget_fraction": 0.1, "eval_batch_size": "8"}, r"eval_batch_size='8'"),
+        ({"forget_classes": [True]}, r"forget_classes=\[True\]"),
+        ({"forget_classes": 3}, r"forget_classes=3"),
+        ({"forget_indices": [0.5]}, r"forget_indices=\[0.5\]"),
+        ({"forget_fraction": "0.1"}, r"forget_fraction='0.1'"),
+        ({"forget_fraction": True}, r"forget_fraction=True"),
+        ({"forget_fraction": 0.1, "seed": 1.0}, r"seed=1.0"),
+        ({"forget_fraction": 0.1, "root": 3}, r"root=3"),
+        ({"forget_fraction": 0.1, "base_kwargs": [1]}, r"base_kwargs=\[1\]"),
+        ({"forget_fraction": 0.1, "test_dataset": 3}, r"test_dataset=3"),
+    ],
+)
+def test_type_errors_at_construction(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        ForgetRetainDataModule.from_dataset(blobs(), **kwargs)
+
+
+def test_example_and_versioned_state():
+    from litmix.base import Example, LitmixDataModule
+    from litmix.plugins.unlearning_module import UnlearningModule
+
+    example = ForgetRetainDataModule.example()
+    assert isinstance(example, Example)
+    assert isinstance(example.datamodule, ForgetRetainDataModule)
+    assert isinstance(example.datamodule, LitmixDataModule)
+    assert isinstance(example.module, UnlearningModule)
+    assert example.callbacks == []
+    assert not hasattr(ForgetRetainDataModule, "family")
+    state = example.datamodule.state_dict()
+    assert state["version"] == 1
+    with pytest.raises(ValueError, match="version 99"):
+        example.datamodule.load_state_dict({"version": 99})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
         ({"forget_indices": [0, 40]}, r"forget_indices.*\[40\] are out of range"),
-        ({"forget_indices": [-1]}, r"\[-1\] are out of range"),
         ({"forget_classes": [9]}, r"forget_classes=\[9\].*\[9\] are not in the training set"),
         ({"forget_classes": [0, 1, 2, 3]}, r"forget_classes=\[0, 1, 2, 3\].*covers all 40"),
         ({"forget_indices": list(range(40))}, "covers all 40"),

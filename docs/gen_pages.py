@@ -20,7 +20,9 @@ Build with ``mkdocs build --strict`` (or ``mkdocs serve``) from the repository r
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import importlib.util
 import inspect
 import logging
 import pkgutil
@@ -49,11 +51,23 @@ FAMILY_INTROS: dict[str, str] = {
     "graph": "Methods for graph neural networks (PyTorch Geometric).",
     "optimization": "Optimizers, schedules and training-dynamics methods.",
 }
+#: Section titles of the kinds on a family page.
+KIND_TITLES: dict[str, str] = {
+    "callback": "Callbacks",
+    "plugin": "LightningModules",
+    "datamodule": "DataModules",
+    "utility": "Utilities",
+    "loss": "Losses",
+    "metric": "Metrics",
+    "function": "Functions",
+    "optimizer": "Optimizers",
+    "layer": "Layers",
+}
 #: Titles of the families in the navigation.
 FAMILY_TITLES: dict[str, str] = {"nas": "NAS", "proxy": "Proxies", "data": "Data"}
 
 SRC_TREE = Path("build") / "docs-src"  # relative to the directory of mkdocs.yml; `paths:` in mkdocs.yml
-PAPER_RE = re.compile(r"^(?P<title>.*?)\s*\((?P<url>https?://[^\s)]+)\)\s*(?P<rest>.*)$")
+PAPER_RE = re.compile(r"(?P<space>\s*)(?P<title>[^;()\s][^;()]*?)\s*\((?P<url>https?://[^\s)]+)\)")
 SECTION_RE = re.compile(r"^(Examples?):\s*$")
 
 
@@ -80,6 +94,21 @@ class Item:
         return f"reference/{self.family}/{self.name}.md"
 
 
+@functools.cache
+def _griffe_extension() -> Any:
+    spec = importlib.util.spec_from_file_location("_litmix_docs_griffe", Path(__file__).with_name("griffe_litmix.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError("docs/griffe_litmix.py not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rewrite(text: str) -> str:
+    """The docstring rewrite mkdocstrings applies (``docs/griffe_litmix.py``), for text this hook copies."""
+    return str(_griffe_extension().rewrite(text))
+
+
 def _docstring_parts(obj: Any) -> tuple[str, str | None]:
     """Return the summary line and the body of the ``Example:`` section (dedented) of ``obj``'s docstring."""
     doc = inspect.getdoc(obj) or ""
@@ -98,7 +127,7 @@ def _docstring_parts(obj: Any) -> tuple[str, str | None]:
     return summary, (body or None)
 
 
-def _registry() -> tuple[list[Item], tuple[str, ...], Any]:
+def _registry() -> tuple[list[Item], tuple[str, ...], tuple[str, ...], Any]:
     import litmix
     from litmix import registry
 
@@ -106,10 +135,12 @@ def _registry() -> tuple[list[Item], tuple[str, ...], Any]:
     items = []
     for info in litmix.list_plugins():
         summary, example = _docstring_parts(info.cls)
+        summary = _rewrite(summary)
         items.append(Item(info.name, info.kind, info.family, info.paper, info.import_path, summary, example))
     families = tuple(getattr(registry, "FAMILIES", ()))
     families += tuple(sorted({i.family for i in items} - set(families)))
-    return items, families, litmix
+    kinds = tuple(getattr(registry, "KINDS", ()))
+    return items, families, kinds, litmix
 
 
 def _build_source_tree(root: Path, litmix: Any) -> Path:
@@ -139,36 +170,48 @@ def _build_source_tree(root: Path, litmix: Any) -> Path:
 
 
 def _paper_md(paper: str) -> str:
+    """Markdown for a registry ``paper`` string: each ``Title (https://...)`` becomes a link; ``|`` escaped."""
     if not paper:
         return "—"
-    m = PAPER_RE.match(paper)
-    if m is None:
-        return paper.replace("|", "\\|")
-    title = m["title"].replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
-    rest = f" {m['rest']}" if m["rest"] else ""
-    return f"[{title}]({m['url']}){rest.replace('|', chr(92) + '|')}"
+
+    def link(m: re.Match[str]) -> str:
+        title = m["title"].replace("[", "\\[").replace("]", "\\]")
+        return f"{m['space']}[{title}]({m['url']})"
+
+    return PAPER_RE.sub(link, paper).replace("|", "\\|")
 
 
 def _family_title(family: str) -> str:
     return FAMILY_TITLES.get(family, family.capitalize())
 
 
-def _family_page(family: str, items: list[Item]) -> str:
+def _by_kind(items: list[Item], kinds: tuple[str, ...]) -> list[Item]:
+    order = {k: i for i, k in enumerate(kinds)}
+    return sorted(items, key=lambda i: (order.get(i.kind, len(order)), i.name.lower()))
+
+
+def _family_page(family: str, items: list[Item], kinds: tuple[str, ...]) -> str:
+    items = _by_kind(items, kinds)
     out = [f"# {_family_title(family)}", "", FAMILY_INTROS.get(family, f"Methods of the `{family}` family."), ""]
     out += [
         "This page is generated from the registry (`litmix.list_plugins(family=...)`); "
-        f"`litmix list --family {family}` prints the same table.",
+        f"`litmix list --family {family}` prints the same table. Each entry below shows the worked example of "
+        "its docstring (run as a doctest by the test suite); the API link leads to the full reference.",
         "",
         "| method | kind | paper | import |",
         "|---|---|---|---|",
     ]
     for it in items:
         out.append(
-            f"| [`{it.name}`](#{it.name.lower()}) | {it.kind} | {_paper_md(it.paper)} | "
+            f"| [`{it.name}`](#{it.name}) | {it.kind} | {_paper_md(it.paper)} | "
             f"`from {it.public_module} import {it.name}` |"
         )
+    kind = None
     for it in items:
-        out += ["", f"## {it.name} {{ #{it.name.lower()} }}", ""]
+        if it.kind != kind:
+            kind = it.kind
+            out += ["", f"## {KIND_TITLES.get(kind, kind.capitalize())}"]
+        out += ["", f"### {it.name} {{ #{it.name} }}", ""]
         if it.summary:
             out += [it.summary, ""]
         out += [
@@ -245,7 +288,7 @@ def _home_page(repo: Path, families: list[tuple[str, list[Item]]], bench: list[t
     out = [LINK_RE.sub(relink, readme).rstrip("\n"), "", "## Documentation map", ""]
     out += ["| family | methods |", "|---|---|"]
     for family, items in families:
-        names = ", ".join(f"[`{it.name}`](families/{family}.md#{it.name.lower()})" for it in items)
+        names = ", ".join(f"[`{it.name}`](families/{family}.md#{it.name})" for it in items)
         out.append(f"| [{_family_title(family)}](families/{family}.md) | {names} |")
     out += ["", "Benchmarks: " + ", ".join(f"[{title}]({uri})" for uri, title, _ in bench) + "."]
     out += ["", "API: [reference](reference/index.md), generated from the docstrings."]
@@ -260,7 +303,7 @@ class _State:
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
     """Read the registry, write the pages into memory, build the source tree, set the navigation."""
     repo = Path(config.config_file_path).parent
-    items, family_order, litmix = _registry()
+    items, family_order, kinds, litmix = _registry()
     _build_source_tree(repo / SRC_TREE, litmix)
     by_family = [(f, [i for i in items if i.family == f]) for f in family_order]
     by_family = [(f, its) for f, its in by_family if its]
@@ -269,7 +312,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 
     pages: dict[str, str] = {"index.md": _home_page(repo, by_family, bench)}
     for family, its in by_family:
-        pages[f"families/{family}.md"] = _family_page(family, its)
+        pages[f"families/{family}.md"] = _family_page(family, its, kinds)
     pages["reference/index.md"] = _reference_index(items, family_order, core)
     for it in items:
         pages[it.ref_page] = _reference_page(it)

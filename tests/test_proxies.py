@@ -233,9 +233,10 @@ def test_works_on_pyg_gcn():
     y = torch.randint(0, 3, (12,))
     net = GCN()
     # naswot needs more ReLU units than samples (nodes here), else K is singular and the score is -inf
-    # PyG's own Linear is invisible to the reference layer predicate: layer-wise proxies are 0 / -inf
-    ref = zero_cost_proxies(net, (x, edge_index), y, names=["snip", "params"])
-    assert ref["snip"] == 0.0
+    # PyG's own Linear is invisible to the reference layer predicate: layer-wise proxies refuse, saying so
+    with pytest.raises(ValueError, match=r"selects none of this model's layers \(layers with weights: \['Linear'\]\)"):
+        zero_cost_proxies(net, (x, edge_index), y, names=["snip", "params"])
+    ref = zero_cost_proxies(net, (x, edge_index), y, names=["params"])
     assert ref["params"] == 5 * 32 + 32 + 32 * 3 + 3
     out = zero_cost_proxies(net, (x, edge_index), y, names=ALL, layer_filter="extended", seed=0)
     assert all(math.isfinite(v) for v in out.values()), out

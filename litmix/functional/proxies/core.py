@@ -62,6 +62,8 @@ class ProxySpec:
         dtype: dtype the model copy and floating inputs are cast to.
         log_scale: report ``signed_log(total)`` (synflow).
         doc: one-line description.
+        layerwise: the proxy sums over the selected layers' weights; it refuses a model where the layer filter
+            selects none (a silent 0 otherwise).
     """
 
     name: str
@@ -72,6 +74,7 @@ class ProxySpec:
     dtype: torch.dtype = torch.float32
     log_scale: bool = False
     doc: str = ""
+    layerwise: bool = False
 
 
 _PROXIES: dict[str, ProxySpec] = {}
@@ -84,6 +87,7 @@ def register_proxy(
     bn_mode: BnMode = "train",
     dtype: torch.dtype = torch.float32,
     log_scale: bool = False,
+    layerwise: bool = False,
 ) -> Callable[[ProxyFn], ProxyFn]:
     """Decorator registering a pure scoring function ``fn(ctx: ProxyContext) -> float | Tensor | dict``.
 
@@ -106,7 +110,7 @@ def register_proxy(
         if old is not None and old.fn.__qualname__ != fn.__qualname__:
             raise ValueError(f"register_proxy: proxy {name!r} is already registered by {old.fn!r}")
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _PROXIES[name] = ProxySpec(name, fn, needs_labels, needs_data, bn_mode, dtype, log_scale, doc)
+        _PROXIES[name] = ProxySpec(name, fn, needs_labels, needs_data, bn_mode, dtype, log_scale, doc, layerwise)
         return fn
 
     return decorator
@@ -586,6 +590,21 @@ def zero_cost_proxies(
         args, kwargs = tuple(inputs), {}
     else:
         args, kwargs = (inputs,), {}
+    layerwise = [spec.name for spec in specs if spec.layerwise]
+    if layerwise and not _select_layers(base, predicate):
+        candidates = sorted(
+            {
+                type(m).__name__
+                for m in base.modules()
+                if isinstance(w := getattr(m, "weight", None), Tensor) and w.dim() >= 2
+            }
+        )
+        raise ValueError(
+            f"proxies {layerwise} score the weights of the layers selected by layer_filter={layer_filter!r}, and "
+            f"it selects none of this model's layers (layers with weights: {candidates}); pass "
+            "layer_filter='extended' (adds Conv1d/3d, Embedding, PyG and Hugging Face linear layers), 'all', "
+            "a tuple of types or a predicate"
+        )
     param = next(base.parameters(), None)
     device = param.device if param is not None else None
     options = options or {}

@@ -22,7 +22,7 @@ def params(ctx: ProxyContext) -> float:
     return float(sum(p.numel() for p in ctx.model.parameters() if p.requires_grad))
 
 
-@register_proxy("flops", needs_data=False)
+@register_proxy("flops", needs_data=False, layerwise=True)
 def flops(ctx: ProxyContext) -> dict[str, Tensor]:
     """Multiply-accumulates of one forward of the filtered layers, counted by forward hooks.
 
@@ -57,7 +57,7 @@ def flops(ctx: ProxyContext) -> dict[str, Tensor]:
     return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in macs.items()}
 
 
-@register_proxy("l2_norm", needs_data=False)
+@register_proxy("l2_norm", needs_data=False, layerwise=True)
 def l2_norm(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ_l ‖W_l‖_F: sum of per-layer Frobenius norms of the filtered weights."""
     return {name: weight_of(m).detach().norm() for name, m in ctx.layers}

@@ -9,13 +9,14 @@ which :func:`~litmix.functional.proxies.zero_cost_proxies` sums.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from litmix.functional.proxies.core import ProxyContext, register_proxy, weight_of
+from litmix.functional.proxies.core import ProxyContext, _is_graph_data, register_proxy, weight_of
 
 __all__ = ["FisherHooks", "fisher", "grad_norm", "grasp", "grasp_z", "plain", "snip", "synflow"]
 
@@ -40,28 +41,28 @@ def _per_layer(ctx: ProxyContext, fn: type | object) -> dict[str, Tensor]:
     return out
 
 
-@register_proxy("grad_norm", needs_labels=True)
+@register_proxy("grad_norm", needs_labels=True, layerwise=True)
 def grad_norm(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ_l ‖∂L/∂W_l‖₂: the **sum of per-layer** gradient norms (not the global norm)."""
     _backward_loss(ctx)
     return _per_layer(ctx, GRAD_FORMULAS["grad_norm"])
 
 
-@register_proxy("snip", needs_labels=True)
+@register_proxy("snip", needs_labels=True, layerwise=True)
 def snip(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ |∂L/∂W ⊙ W| (equal to the reference's |∂L/∂m| for an all-ones mask multiplying W)."""
     _backward_loss(ctx)
     return _per_layer(ctx, GRAD_FORMULAS["snip"])
 
 
-@register_proxy("plain", needs_labels=True)
+@register_proxy("plain", needs_labels=True, layerwise=True)
 def plain(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ ∂L/∂W ⊙ W (signed); a weak proxy, useful as a negative control."""
     _backward_loss(ctx)
     return _per_layer(ctx, GRAD_FORMULAS["plain"])
 
 
-@register_proxy("grasp", needs_labels=True)
+@register_proxy("grasp", needs_labels=True, layerwise=True)
 def grasp(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ (−W ⊙ Hg) with g = ∂L/∂W (detached) and Hg from a double backward.
 
@@ -90,7 +91,7 @@ def grasp_z(grad_w: Sequence[Tensor | None], grad_f: Sequence[Tensor | None], dt
     )
 
 
-@register_proxy("fisher", needs_labels=True)
+@register_proxy("fisher", needs_labels=True, layerwise=True)
 def fisher(ctx: ProxyContext) -> dict[str, Tensor]:
     """Per output channel k of each layer: F_k = ½·mean_n(Σ_spatial a·∂L/∂a)², a = the layer's output.
 
@@ -168,14 +169,26 @@ def _out_features(m: nn.Module) -> int:
     return int(weight_of(m).shape[0])
 
 
-@register_proxy("synflow", needs_data=False, bn_mode="identity", dtype=torch.float64, log_scale=True)
+def _ones_input(arg: object) -> object:
+    """Ones for a floating tensor argument, or a copy of a PyG ``Data`` with ``x = 1``; other arguments unchanged."""
+    if isinstance(arg, Tensor):
+        return torch.ones_like(arg) if arg.is_floating_point() else arg
+    x = getattr(arg, "x", None)
+    if _is_graph_data(arg) and isinstance(x, Tensor) and x.is_floating_point():
+        data = copy.copy(arg)
+        data.x = torch.ones_like(x)
+        return data
+    return arg
+
+
+@register_proxy("synflow", needs_data=False, bn_mode="identity", dtype=torch.float64, log_scale=True, layerwise=True)
 def synflow(ctx: ProxyContext) -> dict[str, Tensor]:
     """Σ |W ⊙ ∂R/∂W| with R = Σ f(1) on the linearised network, reported as ``log``.
 
     The copy is float64 with BN forward replaced by identity; ``abs_()`` is applied to every floating
     ``state_dict`` entry; floating inputs become ones (batch 1 when ``inputs`` is a single tensor; other
-    inputs such as ``edge_index`` or token ids are kept). The float64 copy avoids the float32 overflow of deep
-    networks (values of 1e32–1e61 reported in zero-cost-nas issue #23).
+    inputs such as ``edge_index`` or token ids are kept; a PyG ``Data`` argument gets ``x = 1``). The float64
+    copy avoids the float32 overflow of deep networks (values of 1e32–1e61 reported in zero-cost-nas issue #23).
     """
     with torch.no_grad():
         for tensor in ctx.model.state_dict().values():
@@ -185,7 +198,7 @@ def synflow(ctx: ProxyContext) -> dict[str, Tensor]:
         x = ctx.args[0]
         args: tuple[object, ...] = (torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device),)
     else:
-        args = tuple(torch.ones_like(a) if isinstance(a, Tensor) and a.is_floating_point() else a for a in ctx.args)
+        args = tuple(_ones_input(a) for a in ctx.args)
     ctx.model.zero_grad(set_to_none=True)
     ctx.forward(args).sum().backward()
     return _per_layer(ctx, lambda w, g: (w * g).abs().sum())

@@ -169,7 +169,7 @@ def _out_features(m: nn.Module) -> int:
     return int(weight_of(m).shape[0])
 
 
-def _ones_input(arg: object) -> object:
+def _ones_input(arg: Any) -> Any:
     """Ones for a floating tensor argument, or a copy of a PyG ``Data`` with ``x = 1``; other arguments unchanged."""
     if isinstance(arg, Tensor):
         return torch.ones_like(arg) if arg.is_floating_point() else arg

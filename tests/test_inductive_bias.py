@@ -62,3 +62,22 @@ def test_smaller_training_budget_needs_more_inductive_bias_on_digits(seed):
     # average MSE 0.035 < 0.05)
     assert bits[20] > bits[100] + 20
     assert bits[100] > bits[400]
+
+
+def test_registered_and_arguments_validated():
+    from litmix.registry import get_plugin
+
+    info = get_plugin("kernel_inductive_bias")
+    assert (info.kind, info.family) == ("function", "proxy")
+    assert "2406.15941" in info.paper
+    args = (torch.zeros(2, 1), torch.zeros(2), torch.zeros(2, 1), torch.zeros(2))
+    for kwargs, error, match in [
+        ({"num_classes": 2, "target_error": "0.1"}, TypeError, r"kernel_inductive_bias\(target_error='0.1'\)"),
+        ({"num_classes": 2, "target_error": float("nan")}, ValueError, r"target_error=nan"),
+        ({"num_classes": 2.0, "target_error": 0.1}, TypeError, r"num_classes=2.0"),
+        ({"num_classes": 2, "target_error": 0.1, "num_samples": 5}, ValueError, r"num_samples=5"),
+        ({"num_classes": 2, "target_error": 0.1, "sigma": float("inf")}, ValueError, r"sigma=inf"),
+        ({"num_classes": 2, "target_error": 0.1, "fit": "bayes"}, ValueError, r"fit='bayes'"),
+    ]:
+        with pytest.raises(error, match=match):
+            kernel_inductive_bias(*args, **kwargs)

@@ -114,3 +114,26 @@ def test_lebed_tracks_test_error_under_feature_noise(shared_data, tmp_path, seed
     assert errors == sorted(errors)
     assert rho > 0
     assert scores[0] < min(scores[1:])
+
+
+def test_lebed_registered_and_arguments_validated():
+    from torch_geometric.nn import GCN
+
+    from litmix.registry import get_plugin
+
+    info = get_plugin("lebed_score")
+    assert (info.kind, info.family) == ("function", "proxy")
+    assert "2403.09953" in info.paper
+    net = GCN(4, 8, 2, out_channels=3)
+    theta0 = {k: v.clone() for k, v in net.state_dict().items()}
+    ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    for kwargs, error, match in [
+        ({"max_epochs": 2.5}, TypeError, r"lebed_score\(max_epochs=2.5\)"),
+        ({"lr": float("inf")}, ValueError, r"lr=inf"),
+        ({"margin": float("nan")}, ValueError, r"margin=nan"),
+        ({"min_epochs": 5, "max_epochs": 3}, ValueError, r"min_epochs=5, max_epochs=3"),
+        ({"embed_module": "no_such"}, ValueError, r"embed_module='no_such'"),
+        ({"weight_decay": "0"}, TypeError, r"weight_decay='0'"),
+    ]:
+        with pytest.raises(error, match=match):
+            lebed_score(net, theta0, torch.randn(3, 4), ei, **kwargs)

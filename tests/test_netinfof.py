@@ -103,3 +103,24 @@ def test_sbm_scores_above_erdos_renyi(seed):
     # measured (seeds 0-2): SBM 0.566-0.575, ER 0.501-0.502. With two equal blocks half of the random negative
     # pairs are within-block, so even a perfect block detector scores only ~0.597 here (2^-H(Y|same block)).
     assert s_sbm > s_er + 0.05
+
+
+def test_registered_and_arguments_validated():
+    from litmix.registry import get_plugin
+
+    info = get_plugin("netinfof_score")
+    assert (info.kind, info.family) == ("function", "proxy")
+    assert "2402.07999" in info.paper
+    ei = _sym(_sbm(30, 0.3, 0.01, seed=1))
+    x = torch.randn(60, 5)
+    for kwargs, error, match in [
+        ({"bins": 2.5}, TypeError, r"netinfof_score\(bins=2.5\)"),
+        ({"hidden": 0}, ValueError, r"hidden=0"),
+        ({"valid_fraction": float("nan")}, ValueError, r"valid_fraction=nan"),
+        ({"components": "U"}, TypeError, r"components='U'"),
+        ({"components": []}, ValueError, r"components=\[\]"),
+        ({"num_nodes": 10}, ValueError, r"num_nodes=10"),
+        ({"seed": -1}, ValueError, r"seed=-1"),
+    ]:
+        with pytest.raises(error, match=match):
+            netinfof_score(x, ei, **kwargs)

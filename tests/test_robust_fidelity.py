@@ -73,6 +73,32 @@ def test_metric_rejects_bad_args(kwargs, match):
         RobustFidelity(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"alpha1": "0.1"}, TypeError, r"RobustFidelity\(alpha1='0.1'\)"),
+        ({"alpha2": float("nan")}, ValueError, r"alpha2=nan"),
+        ({"num_samples": 2.5}, TypeError, r"num_samples=2.5"),
+        ({"mode": 1}, TypeError, r"mode=1"),
+        ({"undirected": 1}, TypeError, r"undirected=1"),
+        ({"seed": -1}, ValueError, r"seed=-1"),
+        ({"seed": 0.5}, TypeError, r"seed=0.5"),
+    ],
+)
+def test_metric_names_wrong_types_and_values(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RobustFidelity(**kwargs)
+
+
+def test_metric_is_registered():
+    from litmix.registry import get_plugin
+
+    info = get_plugin("RobustFidelity")
+    assert (info.kind, info.family) == ("metric", "proxy")
+    assert "2310.01820" in info.paper
+    assert info.import_path == "litmix.metrics.RobustFidelity"
+
+
 def test_metric_accumulates_and_resets():
     ei = torch.tensor([list(range(1, 9)), [0] * 8])
     model, x = _InDegree([1, 2, 3, 4]), torch.zeros(9, 1)

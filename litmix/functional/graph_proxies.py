@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litmix.registry import register
+from litmix.validation import check_float, check_int, check_str
+
 __all__ = [
     "LebedResult",
     "compatibility_matrix",
@@ -208,6 +211,12 @@ def _conditional_entropy_bits(table: Tensor) -> float:
     return float(-(p_ij[mask] * torch.log2(p_ij[mask] / p_i.expand_as(p_ij)[mask])).sum())
 
 
+@register(
+    "function",
+    "proxy",
+    paper="NetInfoF Framework: Measuring and Exploiting Network Usable Information (https://arxiv.org/abs/2402.07999)",
+    module="litmix.functional.graph_proxies",
+)
 def netinfof_score(
     x: Tensor,
     edge_index: Tensor,
@@ -244,7 +253,10 @@ def netinfof_score(
         ``{component: score, ..., "max": best score}``.
 
     Raises:
-        ValueError: for ``valid_fraction`` outside (0, 1), ``bins < 2`` or unknown components.
+        TypeError: for scalar arguments of the wrong type (e.g. ``bins=2.5``), naming them.
+        ValueError: for ``valid_fraction`` outside (0, 1), ``bins < 2``, ``hidden``, ``walks_per_node`` or
+            ``walk_length`` below 1, a negative ``seed``, a ``num_nodes`` below the largest node id + 1, or
+            unknown components.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -256,11 +268,25 @@ def netinfof_score(
         >>> s["U"] > 0.52  # two planted blocks; random pairs give 0.5
         True
     """
-    if not 0.0 < valid_fraction < 1.0:
-        raise ValueError(f"netinfof_score(valid_fraction={valid_fraction}): valid_fraction must be in (0, 1)")
-    if bins < 2:
-        raise ValueError(f"netinfof_score(bins={bins}): bins must be >= 2")
+    owner = "netinfof_score"
+    check_float(owner, "valid_fraction", valid_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_int(owner, "bins", bins, low=2)
+    check_int(owner, "hidden", hidden, low=1)
+    check_int(owner, "walks_per_node", walks_per_node, low=1)
+    check_int(owner, "walk_length", walk_length, low=1)
+    check_int(owner, "seed", seed, low=0)
+    check_int(owner, "num_nodes", num_nodes, low=1, allow_none=True)
+    if isinstance(components, str) or not all(isinstance(c, str) for c in components):
+        raise TypeError(f"{owner}(components={components!r}): components must be a list of names from {COMPONENTS}")
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown or not components:
+        raise ValueError(
+            f"{owner}(components={list(components)!r}): unknown components {unknown}; components must be a "
+            f"non-empty subset of {COMPONENTS}"
+        )
     n = int(num_nodes if num_nodes is not None else x.shape[0])
+    if edge_index.numel() and int(edge_index.max()) >= n:
+        raise ValueError(f"{owner}(num_nodes={n}): edge_index refers to node {int(edge_index.max())}")
     gen = torch.Generator().manual_seed(seed)
     pairs = _undirected_pairs(edge_index)
     perm = torch.randperm(pairs.shape[1], generator=gen)
@@ -342,6 +368,12 @@ def _forward_with_embedding(model: nn.Module, embed_module: str | None, x: Tenso
     return logits, captured[-1]
 
 
+@register(
+    "function",
+    "proxy",
+    paper="Online GNN Evaluation Under Test-time Graph Distribution Shifts (https://arxiv.org/abs/2403.09953)",
+    module="litmix.functional.graph_proxies",
+)
 def lebed_score(
     model: nn.Module,
     init_state: dict[str, Tensor],
@@ -382,7 +414,10 @@ def lebed_score(
         seed: seed of the negatives and the re-training.
 
     Raises:
-        ValueError: for ``min_epochs > max_epochs``, non-positive ``max_epochs`` or negative ``margin``.
+        TypeError: for scalar arguments of the wrong type (e.g. ``max_epochs=2.5``), naming them.
+        ValueError: for ``min_epochs > max_epochs``, non-positive ``max_epochs``, negative ``min_epochs``,
+            ``margin``, ``weight_decay`` or ``seed``, a non-positive ``lr``, NaN or infinite numbers, or an
+            ``embed_module`` that is not a submodule of ``model``.
 
     Example:
         >>> from torch_geometric.nn import GCN
@@ -395,13 +430,21 @@ def lebed_score(
         >>> res.score >= 0, res.epochs <= 3
         (True, True)
     """
-    if max_epochs < 1 or min_epochs > max_epochs or min_epochs < 0:
+    owner = "lebed_score"
+    check_int(owner, "max_epochs", max_epochs, low=1)
+    check_int(owner, "min_epochs", min_epochs, low=0)
+    if min_epochs > max_epochs:
         raise ValueError(
             f"lebed_score(min_epochs={min_epochs}, max_epochs={max_epochs}): need 0 <= min_epochs <= max_epochs, "
             "max_epochs >= 1"
         )
-    if margin < 0:
-        raise ValueError(f"lebed_score(margin={margin}): margin must be >= 0")
+    check_float(owner, "margin", margin, low=0.0)
+    check_float(owner, "lr", lr, low=0.0, low_open=True)
+    check_float(owner, "weight_decay", weight_decay, low=0.0)
+    check_int(owner, "seed", seed, low=0)
+    check_str(owner, "embed_module", embed_module, allow_none=True)
+    if embed_module is not None and embed_module not in dict(model.named_modules()):
+        raise ValueError(f"{owner}(embed_module={embed_module!r}): no such submodule of the model")
     from torch_geometric.utils import negative_sampling
 
     torch.manual_seed(seed)

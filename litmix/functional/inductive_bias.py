@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from litmix.registry import register
+from litmix.validation import check_choice, check_float, check_int
+
 __all__ = ["gp_hypothesis_errors", "inductive_bias_from_errors", "kernel_inductive_bias", "rbf_kernel"]
 
 
@@ -151,6 +154,12 @@ def inductive_bias_from_errors(errors: Tensor, target_error: float, fit: str = "
     return float(nats) / math.log(2)
 
 
+@register(
+    "function",
+    "proxy",
+    paper="Towards Exact Computation of Inductive Bias (https://arxiv.org/abs/2406.15941)",
+    module="litmix.functional.inductive_bias",
+)
 def kernel_inductive_bias(
     x_train: Tensor,
     y_train: Tensor,
@@ -178,7 +187,9 @@ def kernel_inductive_bias(
         fit: ``"mle"`` (reference) or ``"moments"`` (see :func:`inductive_bias_from_errors`).
 
     Raises:
-        ValueError: for a non-positive ``target_error`` or ``sigma``.
+        TypeError: for scalar arguments of the wrong type (e.g. ``num_samples=2.5``), naming them.
+        ValueError: for a non-positive or non-finite ``target_error`` or ``sigma``, ``num_classes < 1``,
+            ``num_samples < 10``, a negative ``seed`` or an unknown ``fit``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -188,9 +199,12 @@ def kernel_inductive_bias(
         >>> bits > 0
         True
     """
-    if sigma <= 0:
-        raise ValueError(f"kernel_inductive_bias(sigma={sigma}): sigma must be > 0")
-    if target_error <= 0:
-        raise ValueError(f"kernel_inductive_bias(target_error={target_error}): target_error must be > 0")
+    owner = "kernel_inductive_bias"
+    check_int(owner, "num_classes", num_classes, low=1)
+    check_float(owner, "target_error", target_error, low=0.0, low_open=True)
+    check_int(owner, "num_samples", num_samples, low=10)
+    check_float(owner, "sigma", sigma, low=0.0, low_open=True)
+    check_int(owner, "seed", seed, low=0)
+    check_choice(owner, "fit", fit, ("mle", "moments"))
     errs = gp_hypothesis_errors(x_train, y_train, x_test, y_test, num_classes, num_samples, sigma, seed=seed)
     return inductive_bias_from_errors(errs, target_error, fit=fit)

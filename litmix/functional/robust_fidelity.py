@@ -23,10 +23,12 @@ draw when ``undirected=True``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from litmix.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = ["check_fidelity_args", "robust_fidelity"]
 
@@ -46,22 +48,30 @@ def _edge_groups(edge_index: Tensor, undirected: bool) -> tuple[Tensor, int]:
     return inv, int(inv.max()) + 1 if inv.numel() else 0
 
 
-@torch.no_grad()
-def check_fidelity_args(owner: str, alpha1: float, alpha2: float, num_samples: int, mode: str) -> None:
+def check_fidelity_args(
+    owner: str, alpha1: Any, alpha2: Any, num_samples: Any, mode: Any, undirected: Any = True
+) -> None:
     """Validate the shared robust-fidelity arguments; errors name ``owner``, the argument and the value.
 
     Raises:
-        ValueError: for ``alpha1``/``alpha2`` outside [0, 1], ``num_samples < 1`` or an unknown ``mode``.
+        TypeError: for arguments of the wrong type (e.g. ``alpha1="0.1"``, ``num_samples=2.5``).
+        ValueError: for ``alpha1``/``alpha2`` outside [0, 1] or NaN, ``num_samples < 1`` or an unknown ``mode``.
+
+    Example:
+        >>> check_fidelity_args("RobustFidelity", 0.1, 0.9, 50, "prob")
+        >>> check_fidelity_args("RobustFidelity", 1.5, 0.9, 50, "prob")
+        Traceback (most recent call last):
+        ...
+        ValueError: RobustFidelity(alpha1=1.5): alpha1 must be a finite number >= 0.0 and <= 1.0
     """
-    for name, value in (("alpha1", alpha1), ("alpha2", alpha2)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{owner}({name}={value}): {name} must be in [0, 1]")
-    if num_samples < 1:
-        raise ValueError(f"{owner}(num_samples={num_samples}): num_samples must be >= 1")
-    if mode not in ("prob", "acc"):
-        raise ValueError(f"{owner}(mode={mode!r}): mode must be 'prob' or 'acc'")
+    check_float(owner, "alpha1", alpha1, low=0.0, high=1.0)
+    check_float(owner, "alpha2", alpha2, low=0.0, high=1.0)
+    check_int(owner, "num_samples", num_samples, low=1)
+    check_choice(owner, "mode", mode, ("prob", "acc"))
+    check_bool(owner, "undirected", undirected)
 
 
+@torch.no_grad()
 def robust_fidelity(
     model: nn.Module,
     x: Tensor,
@@ -96,6 +106,7 @@ def robust_fidelity(
         ``(fid_plus, fid_minus)``; ``Fid_Delta = fid_plus - fid_minus``.
 
     Raises:
+        TypeError: for arguments of the wrong type.
         ValueError: for alphas outside [0, 1], ``num_samples < 1``, an unknown ``mode`` or a mask of the
             wrong length.
 
@@ -110,7 +121,7 @@ def robust_fidelity(
         >>> fp > 0, fm > 0
         (True, True)
     """
-    check_fidelity_args("robust_fidelity", alpha1, alpha2, num_samples, mode)
+    check_fidelity_args("robust_fidelity", alpha1, alpha2, num_samples, mode, undirected)
     if edge_mask.shape != (edge_index.shape[1],):
         raise ValueError(
             f"robust_fidelity: edge_mask has shape {tuple(edge_mask.shape)}, expected ({edge_index.shape[1]},)"

@@ -9,8 +9,17 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from litmix.functional.robust_fidelity import check_fidelity_args, robust_fidelity
+from litmix.registry import register
+from litmix.validation import check_int
 
 
+@register(
+    "metric",
+    "proxy",
+    paper="Towards Robust Fidelity for Evaluating Explainability of Graph Neural Networks "
+    "(https://arxiv.org/abs/2310.01820)",
+    module="litmix.metrics",
+)
 class RobustFidelity(Metric):
     """Average robust fidelity of explanations.
 
@@ -33,7 +42,9 @@ class RobustFidelity(Metric):
         seed: seed of the mask generator.
 
     Raises:
-        ValueError: for alphas outside [0, 1], ``num_samples < 1`` or an unknown ``mode``.
+        TypeError: for arguments of the wrong type (e.g. ``alpha1="0.1"``, ``undirected=1``), naming them.
+        ValueError: for alphas outside [0, 1] or NaN, ``num_samples < 1``, an unknown ``mode`` or a negative
+            ``seed``.
 
     Example:
         >>> class DegreeModel(nn.Module):
@@ -65,8 +76,9 @@ class RobustFidelity(Metric):
         seed: int = 0,
         **kwargs: object,
     ) -> None:
+        check_fidelity_args("RobustFidelity", alpha1, alpha2, num_samples, mode, undirected)
+        check_int("RobustFidelity", "seed", seed, low=0)
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        check_fidelity_args("RobustFidelity", alpha1, alpha2, num_samples, mode)
         self.alpha1, self.alpha2, self.num_samples = float(alpha1), float(alpha2), int(num_samples)
         self.mode: Literal["prob", "acc"] = mode
         self.undirected, self.seed = bool(undirected), int(seed)

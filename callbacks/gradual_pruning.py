@@ -152,7 +152,9 @@ class GradualPruning(LitmixCallback):
         start_fraction = check_float(cls, "start_fraction", start_fraction, low=0.0, high=1.0, high_open=True)
         end_fraction = check_float(cls, "end_fraction", end_fraction, low=start_fraction, high=1.0, low_open=True)
         start_step = check_int(cls, "start_step", start_step, low=0, allow_none=True)
-        end_step = check_int(cls, "end_step", end_step, low=1 if start_step is None else start_step + 1, allow_none=True)
+        end_step = check_int(
+            cls, "end_step", end_step, low=1 if start_step is None else start_step + 1, allow_none=True
+        )
         every_n_steps = check_int(cls, "every_n_steps", every_n_steps, low=1)
         scope = check_choice(cls, "scope", scope, ("global", "layer"))
         if parameter_names is not None:
@@ -303,7 +305,7 @@ class GradualPruning(LitmixCallback):
         self._refresh_layer_sparsity()
         shown = ", ".join(names[:50]) + (f", ... ({len(names) - 50} more)" if len(names) > 50 else "")
         how = "default selection" if self.parameter_names is None else "parameter_names"
-        left_out = f"; not pruned: {excluded}" if excluded else ""
+        left_out = "; not pruned: " + ", ".join(f"{n} ({why})" for n, why in excluded.items()) if excluded else ""
         rank_zero_info(f"{cls}: pruning {len(names)} parameters ({how}): {shown}{left_out}")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -143,7 +143,11 @@ def test_sparsity_report_and_remove_masks():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"target_sparsity": 1.0}, ValueError, r"GradualPruning\(target_sparsity=1.0\): target_sparsity must be .*< 1.0"),
+        (
+            {"target_sparsity": 1.0},
+            ValueError,
+            r"GradualPruning\(target_sparsity=1.0\): target_sparsity must be .*< 1.0",
+        ),
         ({"target_sparsity": float("nan")}, ValueError, "target_sparsity"),
         ({"target_sparsity": 1.3}, ValueError, "target_sparsity"),
         ({"target_sparsity": -0.1}, ValueError, "target_sparsity"),

@@ -174,7 +174,7 @@ def test_periodic_check_catches_other_writers_and_switches_to_remasking():
     with pytest.warns(UserWarning, match="pruned weights became non-zero"):
         fit_tiny([WritesWeights(), cb, rec], module=model, max_steps=30, log_every_n_steps=5)
     assert cb._remask_weights is True
-    assert 0 < rec.violations  # steps 7..9 until the check at step 10
+    assert rec.violations > 0  # steps 7..9 until the check at step 10
     for name, mask in cb._masks.items():
         assert (dict(model.named_parameters())[name][~mask] == 0).all()
 
@@ -252,7 +252,8 @@ def test_masks_are_one_byte_per_weight_without_float_copies():
     # nothing else the callback holds is per-weight (the uint8 views used for mul_ share the masks' memory)
     cb._refresh(model)
     for (_, _, mask), (_, view) in zip(cb._params(model), cb._fast, strict=True):
-        assert view.dtype == torch.uint8 and view.data_ptr() == mask.data_ptr()
+        assert view.dtype == torch.uint8
+        assert view.data_ptr() == mask.data_ptr()
     state = cb.state_dict()["masks"]
     assert sum(len(v["bits"]) for v in state.values()) == sum(-(-m.numel() // 8) for m in cb._masks.values())
     assert trainer.global_step == 4

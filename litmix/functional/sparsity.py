@@ -273,12 +273,14 @@ def unpack_mask(bits: bytes, shape: Iterable[int]) -> Tensor:
 
 
 def is_prunable_layer(module: nn.Module) -> bool:
-    """Whether the default selection prunes ``module.weight``: a :data:`PRUNABLE_TYPES` instance or a layer named in
-    :data:`PRUNABLE_CLASS_NAMES`, with an initialised ``weight`` parameter of at least two dimensions.
+    """Whether the default selection prunes ``module.weight``.
+
+    True for a :data:`PRUNABLE_TYPES` instance or a layer named in :data:`PRUNABLE_CLASS_NAMES`, with an initialised
+    ``weight`` parameter of at least two dimensions.
 
     Example:
-        >>> is_prunable_layer(nn.Linear(2, 3)), is_prunable_layer(nn.Embedding(5, 2)), is_prunable_layer(nn.LayerNorm(3))
-        (True, False, False)
+        >>> [is_prunable_layer(m) for m in (nn.Linear(2, 3), nn.Embedding(5, 2), nn.LayerNorm(3))]
+        [True, False, False]
     """
     weight = getattr(module, "weight", None)
     if not isinstance(weight, nn.Parameter) or isinstance(weight, nn.parameter.UninitializedParameter):
@@ -329,8 +331,11 @@ def default_parameter_selection(module: nn.Module) -> ParameterSelection:
         >>> emb, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
         >>> head.weight = emb.weight
         >>> net = nn.ModuleDict({"emb": emb, "mid": nn.Linear(3, 3), "head": head})
-        >>> default_parameter_selection(net)
-        ParameterSelection(names=['mid.weight'], excluded={'head.weight': 'tied to emb.weight, which is not a prunable layer (Embedding)'})
+        >>> selection = default_parameter_selection(net)
+        >>> selection.names
+        ['mid.weight']
+        >>> selection.excluded
+        {'head.weight': 'tied to emb.weight, which is not a prunable layer (Embedding)'}
     """
     holders: dict[int, list[tuple[str, nn.Module]]] = {}
     for path, sub in module.named_modules(remove_duplicate=False):

@@ -48,13 +48,12 @@ def check_state_version(owner: str, state: dict[str, Any], known: int) -> int:
         >>> check_state_version("GradualPruning", {"version": 3}, 1)
         Traceback (most recent call last):
         ...
-        ValueError: GradualPruning: the checkpoint holds state version 3, but this litmix knows versions up to 1; upgrade litmix to load it
+        ValueError: GradualPruning: the checkpoint's state version 3 is newer than this code's (1); upgrade litmix
     """
     version = int(state.get("version", 1))
     if version > known:
         raise ValueError(
-            f"{owner}: the checkpoint holds state version {version}, but this litmix knows versions up to {known}; "
-            "upgrade litmix to load it"
+            f"{owner}: the checkpoint's state version {version} is newer than this code's ({known}); upgrade litmix"
         )
     return version
 
@@ -71,7 +70,9 @@ class LitmixCallback(Callback):
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None and not isinstance(name, str):
-            raise TypeError(f"{type(self).__name__}(name={name!r}): name must be str or None, got {type(name).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}(name={name!r}): name must be str or None, got {type(name).__name__}"
+            )
         if name is not None and not name.strip():
             raise ValueError(f"{type(self).__name__}(name={name!r}): name must be a non-empty string or None")
         self.name = name
@@ -102,7 +103,8 @@ class LitmixCallback(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Refuse a second litmix callback with the same state key in this Trainer."""
-        same = [cb for cb in trainer.callbacks if isinstance(cb, LitmixCallback) and cb.state_key == self.state_key]
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        same = [cb for cb in callbacks if isinstance(cb, LitmixCallback) and cb.state_key == self.state_key]
         if len(same) > 1:
             raise ValueError(
                 f"{type(self).__name__}: {len(same)} callbacks in this Trainer share the checkpoint key "

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from litmix import list_plugins, load_all
@@ -31,6 +32,17 @@ def format_plugin_table(kind: str | None = None, family: str | None = None) -> s
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _root_message(message: str) -> str:
+    r"""The litmix argument error inside jsonargparse's report of every union subtype it tried.
+
+    Example:
+        >>> _root_message("Does not validate\n  - GradualPruning(target_sparsity=1.5): must be < 1\n  - other")
+        'GradualPruning(target_sparsity=1.5): must be < 1'
+    """
+    found = re.findall(r"^[\s-]*([A-Za-z_]\w*\(\w+=.*?\): .*)$", message, flags=re.MULTILINE)
+    return found[0] if found else message
+
+
 def _cli_class() -> type:
     """LightningCLI whose invalid argument values are usage errors, not tracebacks."""
     from lightning.pytorch.cli import LightningCLI
@@ -40,7 +52,7 @@ def _cli_class() -> type:
             try:
                 super().instantiate_classes()
             except (TypeError, ValueError) as err:
-                self.parser.error(f"invalid configuration: {err}")
+                self.parser.error(f"invalid configuration: {_root_message(str(err))}")
 
     return LitmixCLI
 

@@ -17,7 +17,17 @@ Family = Literal[
     "core", "distillation", "sparsity", "quantization", "proxy", "unlearning", "data", "nas", "graph", "optimization"
 ]
 
-KINDS: tuple[str, ...] = ("callback", "plugin", "datamodule", "utility", "loss", "metric", "function", "optimizer", "layer")
+KINDS: tuple[str, ...] = (
+    "callback",
+    "plugin",
+    "datamodule",
+    "utility",
+    "loss",
+    "metric",
+    "function",
+    "optimizer",
+    "layer",
+)
 #: Kinds that are Lightning objects, exported from ``litmix.callbacks`` / ``litmix.plugins`` / ``litmix.datamodules``.
 LIGHTNING_KINDS: tuple[str, ...] = ("callback", "plugin", "datamodule")
 FAMILIES: tuple[str, ...] = (

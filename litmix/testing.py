@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from litmix.data import IndexedDataset, split_batch
 
 __all__ = [
+    "AssertRanksAgree",
     "TinyClassifier",
     "TinyDataModule",
-    "assert_resume_matches",
-    "AssertRanksAgree",
     "assert_fitted_state_roundtrip",
+    "assert_resume_matches",
     "assert_state_roundtrip",
     "check_plugin",
     "check_plugin_ddp",
@@ -203,9 +203,9 @@ def assert_resume_matches(
             raise AssertionError(f"{key!r} differs between the uninterrupted and the resumed run")
     callbacks_b = {cb.state_key: cb for cb in resumed.callbacks if type(cb).__module__.startswith("litmix.")}  # type: ignore[attr-defined]
     for cb in full.callbacks:  # type: ignore[attr-defined]
-        if type(cb).__module__.startswith("litmix.") and cb.state_key in callbacks_b:
-            if not _close(cb.state_dict(), callbacks_b[cb.state_key].state_dict(), atol):
-                raise AssertionError(f"callback {cb.state_key!r}: state differs between the uninterrupted and resumed run")
+        other = callbacks_b.get(cb.state_key) if type(cb).__module__.startswith("litmix.") else None
+        if other is not None and not _close(cb.state_dict(), other.state_dict(), atol):
+            raise AssertionError(f"callback {cb.state_key!r}: state differs between the uninterrupted and resumed run")
     return full, resumed
 
 
@@ -229,7 +229,7 @@ def _close(a: Any, b: Any, atol: float) -> bool:
 def _example(cls: type) -> Any:
     from litmix.base import Example
 
-    example = cls.example()
+    example = cls.example()  # type: ignore[attr-defined]
     if not isinstance(example, Example):
         raise AssertionError(
             f"{cls.__name__}.example() must return litmix.base.Example(module, datamodule, callbacks), "
@@ -267,7 +267,7 @@ def assert_fitted_state_roundtrip(cls: type, subject: Any) -> None:
     fresh = _subject(cls, _example(cls))
     fresh.load_state_dict(copy.deepcopy(state))
     if not _tensors_equal(state, fresh.state_dict()):
-        raise AssertionError(f"{cls.__name__}: a fresh instance does not reproduce the fitted state after load_state_dict")
+        raise AssertionError(f"{cls.__name__}: a fresh instance does not reproduce the fitted state")
 
 
 def check_plugin(cls: type, tmp_path: str | os.PathLike[str]) -> None:

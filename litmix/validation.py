@@ -182,16 +182,14 @@ def check_choice(owner: str, name: str, value: Any, choices: Collection[Any] | S
     return value
 
 
-def check_path(
-    owner: str, name: str, value: Any, *, must_exist: bool = True, allow_none: bool = False
-) -> Path | None:
+def check_path(owner: str, name: str, value: Any, *, must_exist: bool = True, allow_none: bool = False) -> Path | None:
     """A filesystem path (``str`` or ``os.PathLike``); ``FileNotFoundError`` naming the argument if missing.
 
     Example:
-        >>> check_path("KnowledgeDistillation", "teacher", "/no/such/teacher.pt")
+        >>> check_path("KD", "teacher", "/no/such.pt")
         Traceback (most recent call last):
         ...
-        litmix.validation.MissingPathError: KnowledgeDistillation(teacher='/no/such/teacher.pt'): teacher: no such file or directory
+        litmix.validation.MissingPathError: KD(teacher='/no/such.pt'): teacher: no such file or directory
     """
     if value is None and allow_none:
         return None

@@ -93,3 +93,46 @@ def test_cli_fits_a_yaml_config_mixing_callbacks(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "global magnitude pruning 0.000 -> 0.800" in proc.stdout + proc.stderr
+
+
+def _litmix(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "litmix.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_fit_does_not_warn_about_args_and_argv(tmp_path):
+    config = REPO / "examples" / "configs" / "digits_prune_score.yaml"
+    proc = _litmix(
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.max_steps=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sys.argv" not in proc.stderr
+
+
+def test_cli_help_does_not_offer_the_base_classes(tmp_path):
+    proc = _litmix("fit", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "GradualPruning" in proc.stdout
+    for base in ("LitmixCallback", "LossTermCallback", "LitmixModule", "LitmixDataModule"):
+        assert base not in proc.stdout, f"{base} is offered as a selectable class"
+
+
+def test_cli_out_of_range_value_is_a_usage_error(tmp_path):
+    config = REPO / "examples" / "configs" / "digits_prune_score.yaml"
+    proc = _litmix(
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.callbacks+=GradualPruning",
+        "--trainer.callbacks.target_sparsity=1.5",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "target_sparsity" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) < 15

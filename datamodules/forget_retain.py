@@ -19,6 +19,7 @@ from litmix.validation import check_float, check_int, check_type
 
 BASES = ("digits", "mnist")
 VAL_LOADER_ORDER = ("forget", "retain", "test", "holdout")
+DEFAULT_FORGET_FRACTION = 0.1
 
 
 def _strip(item: Any) -> Any:
@@ -150,8 +151,9 @@ class ForgetRetainDataModule(LitmixDataModule):
     or dicts) and optional ``test_dataset``. :meth:`from_datamodule` and :meth:`from_dataset` are the
     Python-side shortcuts.
 
-    Forget spec, exactly one of: ``forget_classes`` (every training item of these classes),
-    ``forget_indices`` (positions in the training set) or ``forget_fraction`` (a seeded random subset).
+    Forget spec, at most one of: ``forget_classes`` (every training item of these classes),
+    ``forget_indices`` (positions in the training set) or ``forget_fraction`` (a seeded random subset);
+    none means ``forget_fraction=0.1`` (a seeded random 10 %, the size of TOFU's ``forget10`` split).
     With ``forget_classes`` the test loader keeps only retained classes and the test items of the
     forgotten classes become the ``holdout`` loader (unless ``holdout_dataset`` is given).
 
@@ -164,7 +166,7 @@ class ForgetRetainDataModule(LitmixDataModule):
         base: ``"digits"``, ``"mnist"``, a LightningDataModule, or ``None`` with ``dataset``.
         forget_classes: classes to forget (non-empty, present, not all classes).
         forget_indices: training-set positions to forget (non-empty, in range, not everything).
-        forget_fraction: share of the training set to forget at random, in (0, 1).
+        forget_fraction: share of the training set to forget at random, in (0, 1) (0.1 when no spec is given).
         root: data folder for ``base="mnist"``.
         base_kwargs: extra keyword arguments of the named base DataModule (e.g. ``train_size``).
         dataset: the training dataset when ``base`` is None.
@@ -177,7 +179,7 @@ class ForgetRetainDataModule(LitmixDataModule):
         seed: seed of the random subset, the shuffling and the retain pairing.
 
     Raises:
-        ValueError: for a missing/double forget spec, an empty forget set, negative or out-of-range indices,
+        ValueError: for more than one forget spec, an empty forget set, negative or out-of-range indices,
             absent classes, a forget set covering every training item, a ``forget_fraction`` outside (0, 1),
             sizes below 1, negative ``num_workers`` or ``seed``, or unknown ``base`` names (data-dependent checks
             run in :meth:`setup`, before any training).
@@ -221,13 +223,6 @@ class ForgetRetainDataModule(LitmixDataModule):
         check_float(
             name, "forget_fraction", forget_fraction, low=0.0, high=1.0, low_open=True, high_open=True, allow_none=True
         )
-        specs = {"forget_classes": forget_classes, "forget_indices": forget_indices, "forget_fraction": forget_fraction}
-        given = [k for k, v in specs.items() if v is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"{name}({', '.join(f'{k}={v!r}' for k, v in specs.items())}): give exactly one of "
-                f"forget_classes, forget_indices, forget_fraction (got {len(given)})"
-            )
         check_type(name, "root", root, (str, os.PathLike), allow_none=True)
         if base == "mnist" and (root is None or not str(root).strip()):
             raise ValueError(f"{name}(base='mnist', root={root!r}): base='mnist' needs root")
@@ -247,6 +242,15 @@ class ForgetRetainDataModule(LitmixDataModule):
         check_int(name, "eval_retain_size", eval_retain_size, low=1, allow_none=True)
         check_int(name, "num_workers", num_workers, low=0)
         check_int(name, "seed", seed, low=0, high=2**32 - 1)
+        specs = {"forget_classes": forget_classes, "forget_indices": forget_indices, "forget_fraction": forget_fraction}
+        given = [k for k, v in specs.items() if v is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"{name}({', '.join(f'{k}={v!r}' for k, v in specs.items() if v is not None)}): give at most one of "
+                f"forget_classes, forget_indices, forget_fraction (got {len(given)})"
+            )
+        if not given:
+            forget_fraction = DEFAULT_FORGET_FRACTION
         self.base, self.root, self.base_kwargs = base, root, dict(base_kwargs or {})
         self.forget_classes, self.forget_indices = forget_classes, forget_indices
         self.forget_fraction = None if forget_fraction is None else float(forget_fraction)

@@ -93,8 +93,8 @@ def test_mnist_by_name(mnist_root):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({}, "exactly one of"),
-        ({"forget_classes": [1], "forget_indices": [0]}, "exactly one of"),
+        ({"forget_classes": [1], "forget_indices": [0]}, r"forget_classes=\[1\], forget_indices=\[0\].*at most one"),
+        ({"forget_fraction": 0.2, "forget_indices": [0]}, "at most one"),
         ({"forget_classes": []}, r"forget_classes=\[\]"),
         ({"forget_indices": []}, r"forget_indices=\[\]"),
         ({"forget_fraction": 1.0}, "forget_fraction=1.0"),
@@ -147,6 +147,16 @@ def test_example_and_versioned_state():
     assert state["version"] == 1
     with pytest.raises(ValueError, match="version 99"):
         example.datamodule.load_state_dict({"version": 99})
+
+
+def test_no_forget_spec_means_a_seeded_random_tenth():
+    dm = ForgetRetainDataModule.from_dataset(blobs(), seed=1)
+    assert dm.forget_fraction == 0.1
+    dm.setup("fit")
+    assert len(dm.forget_idx) == 4  # 10 % of 40
+    other = ForgetRetainDataModule.from_dataset(blobs(), forget_fraction=0.1, seed=1)
+    other.setup("fit")
+    assert other.forget_idx == dm.forget_idx
 
 
 @pytest.mark.parametrize(

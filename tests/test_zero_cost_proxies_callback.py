@@ -246,3 +246,120 @@ def test_ddp_every_n_epochs_identical_on_both_ranks(cls, identical):
         assert mismatches == 0
     else:
         assert mismatches > 0  # the check can fail: rank 1's own scores of its drifted replica differ
+
+
+# ----------------------------------------------------------------------------- contract, logging, strategies
+
+
+def test_example_contract_and_validation():
+    from litmix.base import Example
+
+    ex = ZeroCostProxies.example()
+    assert isinstance(ex, Example)
+    assert isinstance(ex.callbacks[0], ZeroCostProxies)
+    assert not hasattr(ZeroCostProxies, "family")
+    for kwargs, error, arg in [
+        ({"names": 3}, TypeError, "names"),
+        ({"names": [3]}, TypeError, "names"),
+        ({"batch_size": 2.5}, TypeError, "batch_size"),
+        ({"log_table": 1}, TypeError, "log_table"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": "0"}, TypeError, "seed"),
+        ({"layer_filter": 3}, TypeError, "layer_filter"),
+        ({"nan_policy": float("nan")}, ValueError, "nan_policy"),
+        ({"name": ""}, ValueError, "name"),
+    ]:
+        with pytest.raises(error, match=rf"ZeroCostProxies\({arg}="):
+            ZeroCostProxies(**kwargs)
+    with pytest.raises(ValueError, match=r"unknown or no proxy names \[\]"):
+        ZeroCostProxies(names=[])
+
+
+def test_state_keys_differ_for_unnamed_instances_and_log_prefix():
+    a, b = ZeroCostProxies(names=["params"], batch_size=8), ZeroCostProxies(names=["synflow"], batch_size=8)
+    assert a.state_key != b.state_key
+    assert a.state_key == ZeroCostProxies(names=["params"], batch_size=8).state_key
+    trainer = fit_tiny([a, b, c := ZeroCostProxies(names=["params"], batch_size=8, name="probe")], max_steps=1)
+    assert {"zc/params", "zc/synflow", "probe/params"} <= set(trainer.callback_metrics)
+    assert c.log_prefix == "probe"
+    with pytest.raises(RuntimeError, match="state_key` must be unique"):  # Lightning refuses at construction
+        fit_tiny([ZeroCostProxies(names=["params"]), ZeroCostProxies(names=["params"])], max_steps=1)
+
+
+@pytest.mark.parametrize("strategy_name", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_sharded_strategies_are_refused(strategy_name):
+    from unittest import mock
+
+    import lightning.pytorch.strategies as strategies
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    cls = getattr(strategies, strategy_name)
+    stub = cls.__new__(cls)  # an uninitialised instance: FSDP itself needs a GPU
+    trainer = mock.Mock(strategy=stub, callbacks=[])
+    cb = ZeroCostProxies(names=["params"])
+    with pytest.raises(MisconfigurationException, match=rf"ZeroCostProxies does not support .*{strategy_name}.*ddp"):
+        cb.setup(trainer, TinyClassifier(), "fit")
+    cb.setup(mock.Mock(strategy=object(), callbacks=[]), TinyClassifier(), "fit")  # not sharded: accepted
+
+
+def test_pyg_data_batches():
+    from torch_geometric.data import Data
+    from torch_geometric.loader import DataLoader as GraphLoader
+    from torch_geometric.nn import GCNConv
+
+    class GCNModule(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.act, self.conv2 = GCNConv(4, 32), torch.nn.ReLU(), GCNConv(32, 3)
+
+        def forward(self, x, edge_index):
+            return self.conv2(self.act(self.conv1(x, edge_index)), edge_index)
+
+        def training_step(self, data, _):
+            out = self(data.x, data.edge_index)
+            return torch.nn.functional.cross_entropy(out[data.train_mask], data.y[data.train_mask])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(20, dtype=torch.bool)
+    mask[:10] = True
+    data = Data(
+        x=torch.randn(20, 4, generator=g),
+        edge_index=torch.randint(0, 20, (2, 60), generator=g),
+        y=torch.arange(20) % 3,
+        train_mask=mask,
+    )
+    names = ["snip", "grad_norm", "naswot", "jacob_cov", "synflow", "params"]
+    torch.manual_seed(0)
+    module = GCNModule()
+    expect = zero_cost_proxies(module, data, names=names, seed=0, layer_filter="extended")
+    cb = ZeroCostProxies(names=names, batch_size=2, layer_filter="extended")
+    trainer = make_trainer(callbacks=[cb], max_steps=1)
+    trainer.fit(module, train_dataloaders=GraphLoader([data], batch_size=1))
+    assert cb.scores == pytest.approx(expect)
+    assert all(math.isfinite(v) for v in cb.scores.values())
+
+
+class _UnsyncedLog(ZeroCostProxies):
+    """Negative control: the former logging (sync_dist=False) of values that are identical on every rank."""
+
+    def _log(self, pl_module, scores):
+        pl_module.log_dict({f"zc/{k}": float(v) for k, v in scores.items()}, on_epoch=True, sync_dist=False)
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("cls", "quiet"), [(ZeroCostProxies, True), (_UnsyncedLog, False)])
+def test_ddp_logging_without_sync_dist_warning(cls, quiet):
+    import warnings
+
+    zc = cls(names=NAMES, batch_size=16, every_n_epochs=1)
+    with warnings.catch_warnings():  # inherited by the forked ranks: the warning becomes an error there
+        warnings.filterwarnings("error", message=r".*It is recommended to use `self.log\('zc/")
+        if quiet:
+            trainer = run_ddp([zc], TinyClassifier(), TinyDataModule(), max_epochs=2, max_steps=-1)
+            assert float(trainer.callback_metrics["zc/params"]) == 212.0
+        else:  # the check can fail: the unsynced logging warns
+            with pytest.raises(Exception, match="It is recommended to use"):
+                run_ddp([zc], TinyClassifier(), TinyDataModule(), max_epochs=2, max_steps=-1)

@@ -464,7 +464,8 @@ class GradualPruning(LitmixCallback):
         """Per-parameter mask sparsity."""
         for n, value in self._layer_sparsity.items():
             if n != "global":
-                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True)
+                # identical on every rank; sync_dist only silences Lightning's DDP advice (one scalar per epoch)
+                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Final per-parameter sparsity to every logger; a bar chart image to W&B (rank 0)."""

@@ -186,42 +186,51 @@ def test_two_rank_fit():
     assert "parzc/kendall" in trainer.callback_metrics
 
 
-@pytest.mark.slow
-def test_parzc_beats_best_summed_proxy_by_0_1(shared_data):
-    """300 NB201 cells, per-layer grad_norm/snip/synflow (C=8, N=1, 8x8 Gaussian batch): train on 100, judge on
-    200. Kendall tau on the held-out cells >= best single summed proxy (incl. params) + 0.1 on every split seed.
+PARZC_PROXIES = ["grad_norm", "snip", "synflow"]
 
-    Measured gains (seeds 0-7, global-RNG noise and one-off shuffle): +0.134 +0.126 +0.140 +0.174 +0.170 +0.134
-    +0.119 +0.160. After the resumable noise (default noise seed 0) and epoch-seeded shuffle: +0.126 +0.118
-    +0.122 +0.168 +0.168 +0.147 +0.129 +0.141. The margin is tight: with noise seed = split seed, split 2 gave
-    +0.091 (noise seeds 10-13 on split 2: +0.143 +0.144 +0.149 +0.132).
-    """
+
+@pytest.fixture(scope="module")
+def nb201_layer_data(shared_data):
+    """300 NB201 cells: per-layer grad_norm/snip/synflow (C=8, N=1, 8x8 Gaussian batch), summed scores, truth."""
     truth = load_nb201(shared_data / "nb201" / "nb201_zen.zip", "cifar10")
     codes = random.Random(0).sample(all_codes(), 600)[:300]
-    proxies = ["grad_norm", "snip", "synflow"]
-    ranker = ProxyRanker(codes, names=proxies, C=8, N=1, input_shape=(3, 8, 8), batch_size=8, per_layer=True)
+    ranker = ProxyRanker(codes, names=PARZC_PROXIES, C=8, N=1, input_shape=(3, 8, 8), batch_size=8, per_layer=True)
     table = ranker.score_all()
     names = nb201_layer_names(8, 1)
     x = torch.zeros(len(codes), 3 * len(names))
     for i, row in enumerate(table):
-        for p, proxy in enumerate(proxies):
+        for p, proxy in enumerate(PARZC_PROXIES):
             for j, layer in enumerate(names):
                 v = row[proxy].get(layer)
                 if v is not None:
                     x[i, p * len(names) + j] = float(torch.sign(torch.tensor(v)) * torch.log1p(torch.tensor(abs(v))))
     y = torch.tensor([truth[code_to_arch(c)].val_accuracy for c in codes])
-    gains = []
-    for seed in range(3):
-        dm = ProxyFeatureDataModule(features=x, targets=y, train_size=100, batch_size=32, seed=seed)
-        dm.setup()
-        val = dm.val_idx.tolist()
-        single = {p: kendall_tau([table[i][p]["total"] for i in val], y[val]) for p in proxies}
-        single["params"] = kendall_tau([nb201_param_count(codes[i]) for i in val], y[val])
-        torch.manual_seed(seed)
-        module = ParZCPredictor(in_features=x.shape[1], losses=["diffkendall"], lr=1e-3)
-        trainer = make_trainer(max_epochs=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
-        trainer.fit(module, datamodule=dm)
-        tau = float(trainer.callback_metrics["parzc/kendall"])
-        gains.append(tau - max(single.values()))
-        print(f"seed {seed}: ParZC tau {tau:.3f}, single {single}")
-    assert min(gains) >= 0.1, gains
+    return codes, table, x, y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", range(8))
+def test_parzc_beats_best_summed_proxy_by_0_1(nb201_layer_data, split):
+    """300 NB201 cells, per-layer grad_norm/snip/synflow (C=8, N=1, 8x8 Gaussian batch): train on 100, judge on
+    200. Held-out Kendall tau >= best single summed proxy (incl. params) + 0.1, on each of the 8 split seeds 0-7,
+    with the default noise seed (0) and ``torch.manual_seed(split)`` before building the predictor.
+
+    Measured gains (splits 0-7): +0.126 +0.118 +0.122 +0.168 +0.168 +0.147 +0.130 +0.141 (106 s in all). Before the noise
+    became resumable (global-RNG noise, one-off shuffle): +0.134 +0.126 +0.140 +0.174 +0.170 +0.134 +0.119
+    +0.160. The margin is tight: with noise seed = split seed, split 2 gave +0.091 (noise seeds 10-13 on split 2:
+    +0.143 +0.144 +0.149 +0.132); this test does not vary the noise seed.
+    """
+    codes, table, x, y = nb201_layer_data
+    dm = ProxyFeatureDataModule(features=x, targets=y, train_size=100, batch_size=32, seed=split)
+    dm.setup()
+    val = dm.val_idx.tolist()
+    single = {p: kendall_tau([table[i][p]["total"] for i in val], y[val]) for p in PARZC_PROXIES}
+    single["params"] = kendall_tau([nb201_param_count(codes[i]) for i in val], y[val])
+    torch.manual_seed(split)
+    module = ParZCPredictor(in_features=x.shape[1], losses=["diffkendall"], lr=1e-3)
+    trainer = make_trainer(max_epochs=100, limit_val_batches=1.0, check_val_every_n_epoch=100)
+    trainer.fit(module, datamodule=dm)
+    tau = float(trainer.callback_metrics["parzc/kendall"])
+    gain = tau - max(single.values())
+    print(f"split {split}: ParZC tau {tau:.3f}, gain {gain:+.3f}, single {single}")
+    assert gain >= 0.1, (gain, single)

@@ -215,9 +215,9 @@ def test_parzc_beats_best_summed_proxy_by_0_1(nb201_layer_data, split):
     200. Held-out Kendall tau >= best single summed proxy (incl. params) + 0.1, on each of the 8 split seeds 0-7,
     with the default noise seed (0) and ``torch.manual_seed(split)`` before building the predictor.
 
-    Measured gains (splits 0-7): +0.126 +0.118 +0.122 +0.168 +0.168 +0.147 +0.130 +0.141 (106 s in all). Before the noise
-    became resumable (global-RNG noise, one-off shuffle): +0.134 +0.126 +0.140 +0.174 +0.170 +0.134 +0.119
-    +0.160. The margin is tight: with noise seed = split seed, split 2 gave +0.091 (noise seeds 10-13 on split 2:
+    Measured gains (splits 0-7): +0.126 +0.118 +0.122 +0.168 +0.168 +0.147 +0.130 +0.141 (106 s for all 8).
+    Before the noise became resumable (global-RNG noise, one-off shuffle): +0.134 +0.126 +0.140 +0.174 +0.170
+    +0.134 +0.119 +0.160. The margin is tight: with noise seed = split seed, split 2 gave +0.091 (noise seeds 10-13 on split 2:
     +0.143 +0.144 +0.149 +0.132); this test does not vary the noise seed.
     """
     codes, table, x, y = nb201_layer_data

@@ -217,8 +217,8 @@ def test_parzc_beats_best_summed_proxy_by_0_1(nb201_layer_data, split):
 
     Measured gains (splits 0-7): +0.126 +0.118 +0.122 +0.168 +0.168 +0.147 +0.130 +0.141 (106 s for all 8).
     Before the noise became resumable (global-RNG noise, one-off shuffle): +0.134 +0.126 +0.140 +0.174 +0.170
-    +0.134 +0.119 +0.160. The margin is tight: with noise seed = split seed, split 2 gave +0.091 (noise seeds 10-13 on split 2:
-    +0.143 +0.144 +0.149 +0.132); this test does not vary the noise seed.
+    +0.134 +0.119 +0.160. The margin is tight: with noise seed = split seed, split 2 gave +0.091 (noise seeds
+    10-13 on split 2: +0.143 +0.144 +0.149 +0.132); this test does not vary the noise seed.
     """
     codes, table, x, y = nb201_layer_data
     dm = ProxyFeatureDataModule(features=x, targets=y, train_size=100, batch_size=32, seed=split)

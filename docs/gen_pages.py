@@ -231,10 +231,23 @@ def _reference_page(it: Item) -> str:
 
 
 def _core_modules(litmix: Any) -> list[str]:
-    """Public, non-package modules directly under ``litmix`` (``litmix.base``, ``litmix.registry``, ...)."""
-    return sorted(
-        f"litmix.{m.name}" for m in pkgutil.iter_modules(litmix.__path__) if not m.ispkg and not m.name.startswith("_")
-    )
+    """Public modules and subpackages under ``litmix`` (``litmix.base``, ``litmix.functional``, ...).
+
+    The Lightning subpackages (``litmix.callbacks``, ...) are left out: their items have pages of their own.
+    """
+    lightning = set(getattr(litmix, "SUBPACKAGES", ()))
+    names = (f"litmix.{m.name}" for m in pkgutil.iter_modules(litmix.__path__) if not m.name.startswith("_"))
+    return sorted(n for n in names if n not in lightning)
+
+
+def _module_page(mod: str, items: list[Item]) -> str:
+    """API page of a core module or subpackage, without the registered items it exports (they have their own)."""
+    own = sorted(re.escape(it.name) for it in items if it.public_module == mod)
+    lines = [f"# {mod}", "", f"::: {mod}"]
+    if own:
+        lines += ["    options:", f'      filters: ["!^_", "!^({"|".join(own)})$"]', ""]
+        lines.append("Registered here, each on its own page: " + ", ".join(f"[`{n}`][{mod}.{n}]" for n in own) + ".")
+    return "\n".join(lines) + "\n"
 
 
 def _reference_index(items: list[Item], families: tuple[str, ...], core: list[str]) -> str:
@@ -317,7 +330,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     for it in items:
         pages[it.ref_page] = _reference_page(it)
     for mod in core:
-        pages[f"reference/core/{mod.split('.', 1)[1]}.md"] = f"# {mod}\n\n::: {mod}\n"
+        pages[f"reference/core/{mod.split('.', 1)[1]}.md"] = _module_page(mod, items)
     for uri, _, content in bench:
         pages[uri] = content
     _State.pages = pages

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import atexit
+import os
+import shutil
+import tempfile
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from litmix.data import EpochShuffleSampler
+from litmix.base import Example, LitmixDataModule
+from litmix.data import EpochShuffleSampler, split_batch
 from litmix.registry import register
+from litmix.validation import check_float, check_int, check_path
+
+MAX_SEED = 2**32 - 1
 
 
 class _Windows(Dataset):
@@ -27,8 +35,54 @@ class _Windows(Dataset):
         return chunk[:-1], chunk[1:], i
 
 
+class _TinyCharLM(pl.LightningModule):
+    """Embedding + linear next-character model: the module of :meth:`CharLMDataModule.example` only."""
+
+    def __init__(self, vocab_size: int, dim: int = 16, lr: float = 0.05) -> None:
+        super().__init__()
+        self.embed, self.head, self.lr = nn.Embedding(vocab_size, dim), nn.Linear(dim, vocab_size), lr
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.embed(ids))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y, _ = split_batch(batch)
+        assert y is not None
+        return nn.functional.cross_entropy(self(x).flatten(0, 1), y.flatten())
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, _ = split_batch(batch)
+        assert y is not None
+        self.log("val/loss", nn.functional.cross_entropy(self(x).flatten(0, 1), y.flatten()))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+_EXAMPLE_TEXT: list[str] = []
+
+
+def _example_text() -> str:
+    """A per-process text file (a pangram, repeated) for :meth:`CharLMDataModule.example`, removed at exit."""
+    if _EXAMPLE_TEXT and os.path.isfile(_EXAMPLE_TEXT[0]):
+        return _EXAMPLE_TEXT[0]
+    folder = tempfile.mkdtemp(prefix="litmix-charlm-example-")
+    owner = os.getpid()
+
+    def cleanup() -> None:
+        if os.getpid() == owner:  # not in forked DDP workers
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(cleanup)
+    path = os.path.join(folder, "text.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("the quick brown fox jumps over the lazy dog. " * 40)
+    _EXAMPLE_TEXT[:] = [path]
+    return path
+
+
 @register("datamodule", "data")
-class CharLMDataModule(pl.LightningDataModule):
+class CharLMDataModule(LitmixDataModule):
     """Character-level LM batches from one UTF-8 text file (e.g. Tiny Shakespeare).
 
     The vocabulary is the sorted set of characters in the file; the first ``1 - val_fraction`` of the text
@@ -40,10 +94,12 @@ class CharLMDataModule(pl.LightningDataModule):
         batch_size: sequences per batch (>= 1).
         val_fraction: tail share of the text used for validation, in (0, 1).
         max_chars: read at most this many characters (``None``: all).
-        seed: shuffling seed.
+        seed: shuffling seed, in [0, 2**32 - 1]; the training order depends only on ``(seed, epoch)``.
 
     Raises:
-        FileNotFoundError: naming the missing file.
+        TypeError: for an argument of the wrong type, naming it.
+        FileNotFoundError: naming the missing file (a :class:`~litmix.validation.MissingPathError`, so also a
+            ``ValueError``).
         ValueError: for sizes below 1, a fraction outside (0, 1), or a text too short for one block.
 
     Example:
@@ -66,15 +122,18 @@ class CharLMDataModule(pl.LightningDataModule):
         max_chars: int | None = None,
         seed: int = 0,
     ) -> None:
+        name = type(self).__name__
+        file = check_path(name, "path", path)
+        block_size = check_int(name, "block_size", block_size, low=1)
+        batch_size = check_int(name, "batch_size", batch_size, low=1)
+        val_fraction = check_float(name, "val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        max_chars = check_int(name, "max_chars", max_chars, low=1, allow_none=True)
+        seed = check_int(name, "seed", seed, low=0, high=MAX_SEED)
+        assert file is not None
+        if not file.is_file():
+            raise ValueError(f"{name}(path={str(path)!r}): path must be a text file, got a directory")
         super().__init__()
-        for arg, value in (("block_size", block_size), ("batch_size", batch_size), ("max_chars", max_chars)):
-            if value is not None and value < 1:
-                raise ValueError(f"CharLMDataModule({arg}={value}): {arg} must be >= 1")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"CharLMDataModule(val_fraction={val_fraction}): val_fraction must be in (0, 1)")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"CharLMDataModule(path={path!r}): no such text file")
-        self.path, self.block_size, self.batch_size = Path(path), block_size, batch_size
+        self.path, self.block_size, self.batch_size = file, block_size, batch_size
         self.val_fraction, self.max_chars, self.seed = val_fraction, max_chars, seed
         text = self.path.read_text(encoding="utf-8")
         self.text = text[: self.max_chars] if self.max_chars else text
@@ -86,6 +145,12 @@ class CharLMDataModule(pl.LightningDataModule):
             )
         self.chars = sorted(set(self.text))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def example(cls) -> Example:
+        """A tiny embedding + linear character model on a 1,800-character text in blocks of 16."""
+        datamodule = cls(_example_text(), block_size=16, batch_size=8, val_fraction=0.2)
+        return Example(_TinyCharLM(datamodule.vocab_size), datamodule, [])
 
     @property
     def vocab_size(self) -> int:
@@ -101,7 +166,9 @@ class CharLMDataModule(pl.LightningDataModule):
         return "".join(self.chars[i] for i in ids)
 
     def setup(self, stage: str | None = None) -> None:
-        """Tokenise and split."""
+        """Tokenise and split (idempotent)."""
+        if hasattr(self, "train_dataset"):
+            return
         ids = torch.tensor(self.encode(self.text), dtype=torch.long)
         n_val = int(len(ids) * self.val_fraction)
         self.train_dataset = _Windows(ids[:-n_val], self.block_size, self.block_size)

@@ -9,6 +9,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from litmix.validation import check_int
+
+_SEED_MODULUS = 2**63
+
 
 class IndexedDataset(Dataset):
     """Wrap a map-style dataset so that item ``i`` is ``(*dataset[i], i)``.
@@ -84,7 +88,14 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     Lightning calls :meth:`set_epoch` at the start of every training epoch (as for a ``DistributedSampler``);
     a plain ``shuffle=True`` DataLoader would instead continue one generator, which a resumed run cannot
-    reproduce.
+    reproduce. Under DDP, Lightning wraps it in its ``DistributedSamplerWrapper``, which forwards ``set_epoch``
+    and gives rank ``r`` the positions ``r, r + world_size, ...`` of this permutation (the same on every rank),
+    so the shards are disjoint and together cover every sample (the last shard padded by repetition, as
+    ``DistributedSampler`` does).
+
+    Raises:
+        TypeError: for a non-integer ``num_samples`` or ``seed``.
+        ValueError: for a negative ``num_samples`` or ``seed``.
 
     Example:
         >>> s = EpochShuffleSampler(5, seed=0)
@@ -94,15 +105,18 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """
 
     def __init__(self, num_samples: int, seed: int = 0) -> None:
-        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+        self.num_samples = check_int("EpochShuffleSampler", "num_samples", num_samples, low=0)
+        self.seed = check_int("EpochShuffleSampler", "seed", seed, low=0)
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch``."""
-        self.epoch = epoch
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        # one generator seed per (seed, epoch); the modulus keeps any seed in the generator's range
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % _SEED_MODULUS)
         return iter(torch.randperm(self.num_samples, generator=gen).tolist())

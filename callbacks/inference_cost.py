@@ -89,6 +89,9 @@ class InferenceCost(LitmixCallback):
     """
 
     default_log_prefix: ClassVar[str] = "inference_cost"
+    #: State entries that are wall-clock measurements: a resumed run re-profiles and cannot reproduce them
+    #: bit for bit (resume-equality checks should compare their presence only).
+    measured_state_keys: ClassVar[tuple[str, ...]] = ("cost_model",)
 
     def __init__(
         self,

@@ -67,6 +67,8 @@ class LitmixCallback(Callback):
     """
 
     state_version: ClassVar[int] = 1
+    #: State entries that hold wall-clock measurements: the resume contract does not compare their values.
+    measured_state_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None and not isinstance(name, str):

@@ -204,7 +204,12 @@ def assert_resume_matches(
     callbacks_b = {cb.state_key: cb for cb in resumed.callbacks if type(cb).__module__.startswith("litmix.")}  # type: ignore[attr-defined]
     for cb in full.callbacks:  # type: ignore[attr-defined]
         other = callbacks_b.get(cb.state_key) if type(cb).__module__.startswith("litmix.") else None
-        if other is not None and not _close(cb.state_dict(), other.state_dict(), atol):
+        if other is None:
+            continue
+        measured = getattr(cb, "measured_state_keys", ())
+        state_a = {k: v for k, v in cb.state_dict().items() if k not in measured}
+        state_b = {k: v for k, v in other.state_dict().items() if k not in measured}
+        if state_a.keys() != state_b.keys() or not _close(state_a, state_b, atol):
             raise AssertionError(f"callback {cb.state_key!r}: state differs between the uninterrupted and resumed run")
     return full, resumed
 

@@ -1,6 +1,7 @@
 import copy
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -127,7 +128,6 @@ def test_fisher_reference_and_broadcast_flag():
     net = mlp()
     x, y = batch()
     ref = copy.deepcopy(net)
-    acts = []
     h = ref[0](x)
     h.retain_grad()
     out = ref[2](ref[1](h))
@@ -139,7 +139,10 @@ def test_fisher_reference_and_broadcast_flag():
     quirk = zero_cost_proxies(net, x, y, names=["fisher"])
     assert plain["fisher"] == pytest.approx(float(sum(per_layer)), rel=1e-5)
     assert quirk["fisher"] == pytest.approx(float(sum(f * v for f, v in zip(fan_in, per_layer, strict=True))), rel=1e-5)
-    assert acts == []
+    # per layer: each layer's own F (layer 0 broadcast over its fan-in of 6, layer 2 over 12)
+    layers = zero_cost_proxies(net, x, y, names=["fisher"], per_layer=True)["fisher"]
+    assert layers["0"] == pytest.approx(6 * float(per_layer[0]), rel=1e-5)
+    assert layers["2"] == pytest.approx(12 * float(per_layer[1]), rel=1e-5)
 
 
 def test_fisher_works_with_inplace_relu_and_grasp_sign():
@@ -323,8 +326,13 @@ def test_naswot_gaussian_spearman_on_nb201(nb201):
 
 
 @pytest.mark.slow
-def test_zen_matches_stored_zen(nb201):
-    archs, _ = _sample(nb201, 30, seed=1)  # measured rho 0.993 / 0.998 / 0.999 on cell seeds 0 / 1 / 2
+@pytest.mark.parametrize("cell_seed", [0, 1, 2])
+def test_zen_matches_stored_zen(nb201, cell_seed):
+    """README: zen vs the stored Zen-scores, rho >= 0.993 on 30 cells for each of cell seeds 0, 1, 2.
+
+    Measured rho 0.9938 / 0.9982 / 0.9991 on cell seeds 0 / 1 / 2.
+    """
+    archs, _ = _sample(nb201, 30, seed=cell_seed)
     ours = []
     for i, arch in enumerate(archs):
         torch.manual_seed(i)
@@ -333,7 +341,7 @@ def test_zen_matches_stored_zen(nb201):
             zero_cost_proxies(net, torch.zeros(8, 3, 32, 32), names=["zen"], seed=i, nan_policy="naslib")["zen"]
         )
     stored = [nb201[a].zen for a in archs]
-    assert spearmanr(ours, stored)[0] > 0.98
+    assert spearmanr(ours, stored)[0] >= 0.993
 
 
 @pytest.mark.slow
@@ -345,7 +353,11 @@ def test_analytic_params_kendall_all_cells(nb201):
     archs = sorted(nb201)
     tau = kendalltau([nb201_param_count(a) for a in archs], [nb201[a].val_accuracy for a in archs])[0]
     assert tau == pytest.approx(0.538, abs=0.005)
-    assert count_ops(archs[0])  # decoding sanity
+    # decoding sanity: count_ops agrees with the op names written in every arch string, 6 edges each
+    for arch in archs:
+        ops = re.findall(r"([a-z_0-9]+)~\d", arch)
+        assert count_ops(arch) == {op: ops.count(op) for op in count_ops(arch)}, arch
+        assert sum(count_ops(arch).values()) == 6
 
 
 def test_epe_nas_reference():

@@ -363,3 +363,12 @@ def test_ddp_logging_without_sync_dist_warning(cls, quiet):
         else:  # the check can fail: the unsynced logging warns
             with pytest.raises(Exception, match="It is recommended to use"):
                 run_ddp([zc], TinyClassifier(), TinyDataModule(), max_epochs=2, max_steps=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's strategy `fsdp` requires a GPU accelerator")
+def test_real_fsdp_is_refused_at_setup():
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    trainer = make_trainer(accelerator="gpu", devices=1, strategy="fsdp", callbacks=[ZeroCostProxies()], max_steps=1)
+    with pytest.raises(MisconfigurationException, match=r"ZeroCostProxies does not support .*FSDPStrategy"):
+        trainer.fit(TinyClassifier(), datamodule=TinyDataModule())

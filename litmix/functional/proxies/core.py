@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from litmix.registry import register
+from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
 __all__ = [
     "LayerFilter",
@@ -550,6 +551,7 @@ def zero_cost_proxies(
         ``{name: float}`` (or per-layer dicts), plus ``<name>_seconds`` when asked.
 
     Raises:
+        TypeError: for an argument of the wrong type (naming it).
         ValueError: for unknown proxy names (listing the available ones), a label-based proxy without targets,
             a non-finite score under ``nan_policy="raise"``, or a proxy that cannot score this model (saying why:
             no floating input, no activation modules for naswot, no per-sample labels for epe_nas, ...).
@@ -566,8 +568,20 @@ def zero_cost_proxies(
         >>> both == zero_cost_proxies(net, x, y, names=["snip", "grad_norm"], shared=False)
         True
     """
+    owner = "zero_cost_proxies"
     if isinstance(names, str):
         names = [names]
+    check_type(owner, "model", model, nn.Module)
+    check_type(owner, "names", names, (list, tuple))
+    check_bool(owner, "per_layer", per_layer)
+    check_int(owner, "seed", seed, allow_none=True)
+    if isinstance(nan_policy, str):
+        check_choice(owner, "nan_policy", nan_policy, ("nan", "raise", "naslib"))
+    else:
+        check_float(owner, "nan_policy", nan_policy, finite=False)
+    check_bool(owner, "return_timings", return_timings)
+    check_bool(owner, "shared", shared)
+    check_type(owner, "options", options, Mapping, allow_none=True)
     specs = [get_proxy(n) for n in names]
     base = _unwrap(model)
     sample_mask: Tensor | None = None

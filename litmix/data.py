@@ -88,10 +88,11 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     Lightning calls :meth:`set_epoch` at the start of every training epoch (as for a ``DistributedSampler``);
     a plain ``shuffle=True`` DataLoader would instead continue one generator, which a resumed run cannot
-    reproduce. Under DDP, Lightning wraps it in its ``DistributedSamplerWrapper``, which forwards ``set_epoch``
-    and gives rank ``r`` the positions ``r, r + world_size, ...`` of this permutation (the same on every rank),
-    so the shards are disjoint and together cover every sample (the last shard padded by repetition, as
-    ``DistributedSampler`` does).
+    reproduce. Under DDP (``use_distributed_sampler=True``), Lightning wraps a training sampler in its
+    ``DistributedSamplerWrapper``, which forwards ``set_epoch`` and deals this permutation (the same on every
+    rank) out to the ranks with a ``DistributedSampler(shuffle=True)`` seeded by ``PL_GLOBAL_SEED`` and the
+    epoch: the shards are disjoint and together cover every sample (padded by repetition to equal lengths),
+    and they depend only on (seed, global seed, epoch), so a resumed run sees the same shards.
 
     Raises:
         TypeError: for a non-integer ``num_samples`` or ``seed``.

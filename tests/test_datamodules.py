@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DistributedSampler
 
 from litmix.base import Example, LitmixDataModule
 from litmix.data import EpochShuffleSampler
@@ -267,24 +268,29 @@ class _RecordShards(Callback):
         world = dist.get_world_size()
         shards = [None] * world
         dist.all_gather_object(shards, self.seen)
-        perm = self.expected[trainer.current_epoch]
-        padded = perm + perm[: math.ceil(len(perm) / world) * world - len(perm)]
+        epoch = trainer.current_epoch
+        perm = self.expected[epoch]
+        padding = math.ceil(len(perm) / world) * world - len(perm)
         for rank, shard in enumerate(shards):
-            # Lightning's DistributedSamplerWrapper: rank r takes positions r, r + world, ... of the permutation
-            assert shard == padded[rank::world], f"rank {rank} epoch {trainer.current_epoch}: unexpected shard"
+            # Lightning's DistributedSamplerWrapper (shuffle=True for training, seeded by PL_GLOBAL_SEED + epoch)
+            # picks positions of our (seed, epoch) permutation, the same on every rank
+            positions = DistributedSampler(range(len(perm)), num_replicas=world, rank=rank, shuffle=True, seed=0)
+            positions.set_epoch(epoch)
+            assert shard == [perm[p] for p in positions], f"rank {rank} epoch {epoch}: unexpected shard"
         union = [i for shard in shards for i in shard]
         assert sorted(set(union)) == sorted(perm), "the shards do not cover the training set"
-        assert len(union) - len(set(union)) == len(padded) - len(perm), "shards overlap beyond the padding"
+        assert len(union) - len(set(union)) == padding, "shards overlap beyond the padding"
         pl_module.log("shards_checked", float(trainer.current_epoch + 1), rank_zero_only=True)
 
 
 @pytest.mark.ddp
 @pytest.mark.parametrize("cls", DATAMODULES)
-def test_ddp_shards_are_disjoint_complete_and_seeded(cls):
+def test_ddp_shards_are_disjoint_complete_and_seeded(cls, monkeypatch):
     example = cls.example()
     dm = example.datamodule
     dm.setup("fit")
     expected = {epoch: _order(dm, epoch) for epoch in (0, 1)}
     assert expected[0] != expected[1]
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # the wrapper's own shuffle then uses seed 0
     trainer = run_ddp([_RecordShards(expected)], example.module, dm, max_steps=-1, max_epochs=2)
     assert trainer.callback_metrics["shards_checked"].item() == 2.0

@@ -195,6 +195,8 @@ def check_path(owner: str, name: str, value: Any, *, must_exist: bool = True, al
         return None
     if not isinstance(value, str | os.PathLike):
         raise TypeError(f"{_where(owner, name, value)}: {name} must be a path, got {type(value).__name__}")
+    if not str(value).strip():
+        raise ValueError(f"{_where(owner, name, value)}: {name} must be a non-empty path")
     path = Path(value).expanduser()
     if must_exist and not path.exists():
         raise MissingPathError(f"{_where(owner, name, str(value))}: {name}: no such file or directory")

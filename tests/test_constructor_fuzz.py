@@ -35,6 +35,14 @@ REQUIRED = {
     "in_features": lambda: 8,
     "path": lambda: str(SHARED / "tinyshakespeare" / "input.txt"),
     "root": lambda: str(SHARED / "mnist"),
+    "archs": lambda: [
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    ],
+    "proxy_names": lambda: ["synflow", "params"],
+}
+# Classes that need one of several optional arguments get a complete base configuration.
+CLASS_BASE = {
+    "ProxyFeatureDataModule": lambda: {"features": torch.randn(20, 3), "targets": torch.rand(20)},
 }
 
 # Sizes are kept small so an accepted value never allocates a huge model or data set.
@@ -88,7 +96,7 @@ def _cases():
 
 
 def _base_kwargs(cls, skip):
-    kwargs = {}
+    kwargs = {k: v for k, v in CLASS_BASE.get(cls.__name__, dict)().items() if k != skip}
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name in ("self", skip) or param.default is not inspect.Parameter.empty:
             continue

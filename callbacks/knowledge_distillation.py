@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.utils.hooks import RemovableHandle
 
 from litmix.base import Example
@@ -23,6 +24,37 @@ from litmix.validation import check_bool, check_float, check_str, check_type
 
 _Captured = tuple[tuple[Any, ...], dict[str, Any], Any]
 _FOLD_EVERY = 64  # agreement counts are folded into one device tensor every this many steps
+_SMALL_LOGITS = 1 << 15  # logits up to this many elements are kept (by reference) until the next fold
+
+
+class _KDTerm(torch.autograd.Function):
+    """``T² · KL(softmax(t / T) ‖ softmax(s / T))`` (batchmean) of ``[N, C]`` rows with a hand-written backward.
+
+    The same value and gradient as :func:`litmix.functional.distillation.kd_loss` with fewer kernels and one
+    autograd node: this runs every training step, and on small models per-kernel overhead is its whole cost.
+    Once differentiable (no double backward); the callback uses :func:`kd_loss` for masked or ``[B, L, V]`` logits.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, student: Tensor, teacher_logp: Tensor, temperature: float) -> Tensor:
+        s = student.float()
+        log_p_s = torch.log_softmax(s / temperature, dim=-1)
+        p_t = teacher_logp.exp()
+        scale = temperature * temperature / s.shape[0]
+        value = torch.dot(p_t.reshape(-1), (teacher_logp - log_p_s).reshape(-1)) * scale
+        ctx.save_for_backward(log_p_s, p_t)
+        ctx.grad_scale = scale / temperature
+        ctx.student_dtype = student.dtype
+        return value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        log_p_s, p_t = ctx.saved_tensors
+        # softmax(s / T) - p_t, times dL/dvalue * T / N; a host scalar on the CPU saves a kernel (no sync there)
+        factor = grad.item() * ctx.grad_scale if grad.device.type == "cpu" else grad * ctx.grad_scale
+        grad_student = torch.sub(log_p_s.exp(), p_t).mul_(factor)
+        return grad_student.to(ctx.student_dtype), None, None
 
 
 def _floating_dtype(module: nn.Module) -> torch.dtype | None:
@@ -220,6 +252,7 @@ class KnowledgeDistillation(LossTermCallback):
         self._reset_agreement()
 
     def _reset_agreement(self) -> None:
+        self._pairs: list[tuple[Tensor, Tensor]] = []  # small (student, teacher) outputs, argmax at the fold
         self._hits: list[Tensor] = []  # per step: number of rows where the top-1 classes agree
         self._rows: list[Tensor | int] = []  # per step: number of rows
         self._agree: Tensor | None = None  # folded [hits, rows] of the current epoch
@@ -318,6 +351,12 @@ class KnowledgeDistillation(LossTermCallback):
         self._reset_agreement()
 
     def _fold_agreement(self) -> None:
+        if self._pairs:  # one argmax over the stacked rows instead of kernels every step
+            student = torch.cat([s.reshape(-1, s.shape[-1]) for s, _ in self._pairs])
+            teacher = torch.cat([t.reshape(-1, t.shape[-1]) for _, t in self._pairs])
+            self._hits.append((student.argmax(-1) == teacher.argmax(-1)).sum())
+            self._rows.append(student.shape[0])
+            self._pairs = []
         if not self._hits:
             return
         hits = torch.stack(self._hits).sum().to(torch.float64)
@@ -452,22 +491,33 @@ class KnowledgeDistillation(LossTermCallback):
             is_logprob = True
         else:
             teacher = self._run_teacher(args, kwargs)
-            self._check_shapes(student, teacher)
             is_logprob = False
+        self._check_shapes(student, teacher)
         mask = kwargs.get("attention_mask") if kwargs else None
         if not (isinstance(mask, Tensor) and student.dim() > 2 and mask.shape == student.shape[:-1]):
             mask = None
-        loss = kd_loss(student, teacher, temperature=self.temperature, mask=mask, teacher_is_logprob=is_logprob)
-        # Top-1 agreement: three kernels per step, counts summed on the device and read once per epoch.
-        agree = student.detach().argmax(-1) == teacher.argmax(-1)
-        if mask is None:
-            self._hits.append(agree.sum())
-            self._rows.append(agree.numel())
+        if mask is None and student.dim() == 2:
+            teacher_logp = teacher if is_logprob else F.log_softmax(teacher / self.temperature, dim=-1)
+            if torch.is_autocast_enabled(student.device.type):
+                with torch.autocast(student.device.type, enabled=False):
+                    loss = _KDTerm.apply(student, teacher_logp, self.temperature)
+            else:
+                loss = _KDTerm.apply(student, teacher_logp, self.temperature)
         else:
-            mask = mask.bool()
-            self._hits.append((agree & mask).sum())
-            self._rows.append(mask.sum())
-        if len(self._hits) >= _FOLD_EVERY:
+            loss = kd_loss(student, teacher, temperature=self.temperature, mask=mask, teacher_is_logprob=is_logprob)
+        # Top-1 agreement, counted on the device and read once per epoch.
+        if mask is None and student.numel() <= _SMALL_LOGITS:
+            self._pairs.append((student.detach(), teacher))
+        else:
+            agree = student.detach().argmax(-1) == teacher.argmax(-1)
+            if mask is None:
+                self._hits.append(agree.sum())
+                self._rows.append(agree.numel())
+            else:
+                mask = mask.bool()
+                self._hits.append((agree & mask).sum())
+                self._rows.append(mask.sum())
+        if len(self._pairs) + len(self._hits) >= _FOLD_EVERY:
             self._fold_agreement()
         return loss
 

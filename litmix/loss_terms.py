@@ -106,23 +106,49 @@ def apply_loss_terms(
             f"got {type(output).__name__}"
         )
     scale = math.prod(p.task_loss_scale for p in providers)
-    total = loss if scale == 1.0 else loss * scale
-    for provider in providers:
-        term = provider.loss_term(trainer, pl_module, batch, batch_idx, output)
+    if (
+        len(providers) == 1
+        and 0.0 < providers[0].loss_term_weight < 1.0
+        and scale == 1.0 - providers[0].loss_term_weight
+    ):
+        # (1 - w) * loss + w * term as one kernel (one autograd node): the usual distillation mix
+        term = _term(providers[0], trainer, pl_module, batch, batch_idx, output)
         if term is None:
-            continue
-        if isinstance(provider, LossTermCallback):
-            provider._record_term(term, trainer.global_step)
+            total = loss * scale
+        elif term.dtype == loss.dtype and term.shape == loss.shape:
+            total = torch.lerp(loss, term, providers[0].loss_term_weight)
         else:
-            pl_module.log(f"{provider.log_prefix}/loss", term.detach(), on_step=True, on_epoch=True)
-        weight = provider.loss_term_weight
-        if weight == 1.0:
-            total = total + term
-        elif weight != 0.0:
-            total = torch.add(total, term, alpha=weight)
+            total = torch.add(loss * scale, term, alpha=providers[0].loss_term_weight)
+    else:
+        total = loss if scale == 1.0 else loss * scale
+        for provider in providers:
+            term = _term(provider, trainer, pl_module, batch, batch_idx, output)
+            weight = provider.loss_term_weight
+            if term is None or weight == 0.0:
+                continue
+            total = total + term if weight == 1.0 else torch.add(total, term, alpha=weight)
     if isinstance(output, Tensor):
         return total
     return {**output, "loss": total}
+
+
+def _term(
+    provider: LossTermProvider,
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    batch: Any,
+    batch_idx: int,
+    output: Any,
+) -> Tensor | None:
+    """The provider's term of this step, recorded for logging."""
+    term = provider.loss_term(trainer, pl_module, batch, batch_idx, output)
+    if term is None:
+        return None
+    if isinstance(provider, LossTermCallback):
+        provider._record_term(term, trainer.global_step)
+    else:
+        pl_module.log(f"{provider.log_prefix}/loss", term.detach(), on_step=True, on_epoch=True)
+    return term
 
 
 def install_loss_wrapper(pl_module: pl.LightningModule, trainer: pl.Trainer) -> None:
@@ -151,6 +177,9 @@ def remove_loss_wrapper(pl_module: pl.LightningModule) -> None:
 def _logs_this_step(trainer: pl.Trainer) -> bool:
     """Whether Lightning writes step metrics to the loggers after the current batch (its own rule)."""
     try:
+        n = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        if n and (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % n and not trainer.should_stop:  # type: ignore[attr-defined]
+            return bool(trainer.fast_dev_run)  # type: ignore[attr-defined]  # cheap common case: not a logging step
         if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
             return False
         return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)  # type: ignore[attr-defined]

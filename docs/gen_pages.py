@@ -110,10 +110,10 @@ def _rewrite(text: str) -> str:
 
 
 def _docstring_parts(obj: Any) -> tuple[str, str | None]:
-    """Return the summary line and the body of the ``Example:`` section (dedented) of ``obj``'s docstring."""
-    doc = inspect.getdoc(obj) or ""
+    """Return the summary (first paragraph) and the dedented ``Example:`` section of ``obj``'s own docstring."""
+    doc = inspect.cleandoc(obj.__doc__) if isinstance(obj.__doc__, str) else ""  # not a base class's docstring
     lines = doc.splitlines()
-    summary = lines[0].strip() if lines else ""
+    summary = " ".join(doc.split("\n\n", 1)[0].split())
     example: list[str] = []
     inside = False
     for line in lines:
@@ -294,8 +294,9 @@ def _home_page(repo: Path, families: list[tuple[str, list[Item]]], bench: list[t
         if re.match(r"^[a-z]+:|^#", target):
             return m.group(0)
         path, _, anchor = target.partition("#")
-        if path.lstrip("./") in bench_uris:
-            return f"[{m['text']}]({bench_uris[path.lstrip('./')]}{'#' + anchor if anchor else ''})"
+        path = path.removeprefix("./")
+        if path in bench_uris:
+            return f"[{m['text']}]({bench_uris[path]}{'#' + anchor if anchor else ''})"
         return m["text"] if m["text"] != path else f"`{path}`"  # files outside the site: plain text
 
     out = [LINK_RE.sub(relink, readme).rstrip("\n"), "", "## Documentation map", ""]

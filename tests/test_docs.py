@@ -140,9 +140,25 @@ def test_gen_pages_example_extraction() -> None:
     assert example == ">>> 1 + 1\n2"
 
     def g() -> None:
-        """No example here."""
+        """No example here,
+        a summary on two lines.
 
-    assert gen_pages._docstring_parts(g) == ("No example here.", None)
+        Body.
+        """
+
+    assert gen_pages._docstring_parts(g) == ("No example here, a summary on two lines.", None)
+
+    class Base:
+        """Base docstring.
+
+        Example:
+            >>> 1
+        """
+
+    class Child(Base):
+        pass
+
+    assert gen_pages._docstring_parts(Child) == ("", None)  # never the base class's docstring
 
 
 def test_paper_links() -> None:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
+from litmix.nas.ddp import broadcast_buffers
 from litmix.nas.evaluation import subnet_accuracy
 from litmix.nas.nb201 import EDGES, OPS, REDUCTIONS
 from litmix.nas.pada import pada_op_probs, pada_tau
@@ -55,7 +56,8 @@ class NB201SupernetModule(LitmixModule):
     logs ``supernet/val_acc`` of code ``eval_code`` (or of a fixed random code per batch when None).
     :meth:`subnet_accuracy` ranks architectures by inherited weights. PA&DA statistics and probabilities are
     buffers, so they are checkpointed; they are computed from gradients that DDP has already averaged, so every
-    rank holds the same values. Only the sampled path's weights get
+    rank holds the same values; BatchNorm statistics are broadcast from rank 0 at every epoch end
+    (:func:`litmix.nas.ddp.broadcast_buffers`). Only the sampled path's weights get
     gradients, so DDP needs ``DDPStrategy(find_unused_parameters=True)``. Sharded strategies (FSDP, DeepSpeed)
     are refused in ``setup``: the per-op gradient norms need whole parameters.
 
@@ -228,7 +230,11 @@ class NB201SupernetModule(LitmixModule):
             self.clip_gradients(optimizer, self.grad_clip, "norm")
 
     def on_train_epoch_end(self) -> None:
-        """PA&DA: recompute the path distribution with ``tau`` = :func:`litmix.nas.pada.pada_tau` (fraction done)."""
+        """Broadcast rank 0's buffers (BN statistics); PA&DA: recompute the path distribution.
+
+        ``tau`` = :func:`litmix.nas.pada.pada_tau` (fraction of the run done).
+        """
+        broadcast_buffers(self)
         if self.path_sampling != "pada":
             return
         tau = pada_tau(self.trainer, owner=type(self).__name__)

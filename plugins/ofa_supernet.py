@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
+from litmix.nas.ddp import broadcast_buffers
 from litmix.nas.evaluation import recalibrate_bn, subnet_accuracy
 from litmix.nas.ofa import depth_choices_allowed, width_choices_allowed
 from litmix.nas.sampling import make_generator
@@ -98,7 +99,8 @@ class OFASupernetModule(LitmixModule):
 
     Optimiser: Adam with a per-step cosine schedule over ``trainer.estimated_stepping_batches``
     (:func:`litmix.nas.schedules.cosine_lr_scheduler`). Subnets are drawn from ``(seed, global_step, k)`` and the
-    shrinking bounds are a pure function of the step, so every DDP rank trains the same subnets. Sharded
+    shrinking bounds are a pure function of the step, so every DDP rank trains the same subnets; BatchNorm
+    statistics are broadcast from rank 0 at every epoch end (:func:`litmix.nas.ddp.broadcast_buffers`). Sharded
     strategies (FSDP, DeepSpeed) are refused in ``setup``: weight slicing of shared parameters needs whole
     parameters.
 
@@ -281,6 +283,10 @@ class OFASupernetModule(LitmixModule):
         self.log("ofa/depth_lower_bound", float(self.depth_lower_bound))
         self.log("ofa/loss", loss)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        """Broadcast rank 0's BatchNorm statistics, so every DDP rank ends the epoch with the same state."""
+        broadcast_buffers(self)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Accuracy of the largest and the smallest subnet."""

@@ -9,10 +9,12 @@ Layout (one module per method or job):
   :mod:`litmix.nas.proxyless`: the math of PA&DA, GM-NAS, Once-for-All, DεpS and ProxylessNAS;
 * :mod:`litmix.nas.evaluation`: subnet accuracy with inherited weights and BN re-calibration;
 * :mod:`litmix.nas.schedules`: training progress and the per-step cosine learning-rate schedule;
+* :mod:`litmix.nas.ddp`: keeping buffers (BatchNorm statistics) equal across DDP ranks;
 * :mod:`litmix.nas.rank_metrics` and :mod:`litmix.nas.rank_losses`: judging and training architecture rankings;
 * :mod:`litmix.nas.ranker` and :mod:`litmix.nas.robot`: zero-cost proxy ranking and the RoBoT search.
 """
 
+from litmix.nas.ddp import broadcast_buffers
 from litmix.nas.evaluation import recalibrate_bn, subnet_accuracy
 from litmix.nas.gm_split import EdgeSplit, GradientMatchingSplitter, gradient_match_distance, mincut_partition
 from litmix.nas.nb201 import (
@@ -71,6 +73,7 @@ __all__ = [
     "all_codes",
     "arch_to_code",
     "best_rank_at_k",
+    "broadcast_buffers",
     "build_nb201_network",
     "code_to_arch",
     "cosine_lr_scheduler",

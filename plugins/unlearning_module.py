@@ -94,7 +94,8 @@ class UnlearningModule(LitmixModule):
 
     LM NLLs are answer-token sums for NPO and token means for gradient ascent (``nll_reduction``).
     The reference model is a deep copy of the original made in ``setup("fit")`` (before checkpoint
-    weights load, so a resumed run keeps the original as reference): frozen, in eval mode, outside the
+    weights load, so a resumed run keeps the original as reference), broadcast from rank 0 in
+    ``on_fit_start`` (so every rank holds the same reference): frozen, in eval mode, outside the
     optimizer, the state_dict and DDP. With ``cache_reference=True`` (NPO) the reference NLL of every
     forget item is computed once in ``on_fit_start`` on rank 0, broadcast (equal on every rank), stored
     in the checkpoint (``checkpoint["litmix"]["ref_nll_cache"]``), and the reference model is dropped
@@ -288,15 +289,29 @@ class UnlearningModule(LitmixModule):
             object.__setattr__(self, "_ref_model", ref)
 
     def on_fit_start(self) -> None:
-        """Move the reference model; for ``cache_reference`` compute the forget reference NLLs once."""
+        """Move the reference model (rank 0's copy on every rank); for ``cache_reference`` compute the cache."""
         if self.ref_model is not None:
             self.ref_model.to(self.device)
+            self._broadcast_reference()
         if self.cache_reference and self.ref_nll_cache is None:
             self._compute_reference_cache()
         if self.ref_nll_cache is not None:
             self.ref_nll_cache = self.ref_nll_cache.to(self.device)
             if self.retain_loss != "kl":
                 object.__setattr__(self, "_ref_model", None)
+
+    def _broadcast_reference(self) -> None:
+        """Give every rank rank 0's reference weights (DDP broadcasts the trained model, not this copy)."""
+        ref = self.ref_model
+        if ref is None or self.trainer.world_size < 2:
+            return
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        with torch.no_grad():
+            for tensor in [*ref.parameters(), *ref.buffers()]:
+                dist.broadcast(tensor.data, src=0)
 
     def _compute_reference_cache(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

@@ -441,6 +441,38 @@ def test_ddp_two_ranks_metrics_agree_with_single_process():
         assert abs(metrics[key] - single[key]) < 1e-5, key
 
 
+class _PerturbRank1InSetup(Callback):
+    """Makes rank 1's model differ before the module copies its reference (callbacks' setup runs first)."""
+
+    def setup(self, trainer, pl_module, stage):
+        if trainer.global_rank == 1:
+            with torch.no_grad():
+                for p in pl_module.model.parameters():
+                    p.add_(torch.randn_like(p))
+
+
+class _RefChecksum(Callback):
+    def on_train_end(self, trainer, pl_module):
+        flat = torch.cat([p.detach().flatten() for p in pl_module.ref_model.parameters()]).double()
+        gathered = trainer.strategy.all_gather(torch.stack([flat.sum(), flat.abs().sum()]))
+        trainer.callback_metrics["check/ref_spread"] = (gathered - gathered[0]).abs().max()
+
+
+class _LocalReference(UnlearningModule):
+    """Negative control: keeps each rank's own reference copy."""
+
+    def _broadcast_reference(self):
+        pass
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("cls", "identical"), [(UnlearningModule, True), (_LocalReference, False)])
+def test_ddp_reference_model_identical_on_both_ranks(cls, identical):
+    module = cls(mlp(0), method="npo", retain_loss="kl", lr=0.05)
+    trainer = run_ddp([_PerturbRank1InSetup(), _RefChecksum()], module, tiny_dm(), max_steps=2)
+    assert (float(trainer.callback_metrics["check/ref_spread"]) == 0.0) == identical
+
+
 @pytest.mark.parametrize("base", ["digits", "mnist"])
 def test_lightning_cli_yaml_builds_module_and_datamodule(tmp_path, base, request):
     pytest.importorskip("jsonargparse")

@@ -69,7 +69,7 @@ class GradualPruning(LitmixCallback):
     variants) a coordinate whose gradient and first moment are zero gets an exactly zero update, so pruned weights
     stay exactly 0 and momentum can never revive them without re-masking the weights. Second moments
     (``exp_avg_sq``) are left alone: they only scale an update that is already zero. Any other optimizer
-    gets its weights re-masked after every step as well. Every ``Trainer(log_every_n_steps)`` steps the pruned
+    gets its weights re-masked after every step as well. Every ``check_every_n_steps`` (500) steps the pruned
     weights are checked; if something else wrote them (another callback, a custom step), a warning says so and
     the weights are re-masked after every step from then on. Regrown coordinates (a mask going from pruned to
     kept) start from fresh (zero) optimizer state. Under DDP the masks are computed on global rank 0 and broadcast.
@@ -131,6 +131,8 @@ class GradualPruning(LitmixCallback):
 
     default_log_prefix: ClassVar[str] = "pruning"
     state_version: ClassVar[int] = 2
+    #: optimizer steps between checks that pruned weights are still exactly 0 (a few bool passes each)
+    check_every_n_steps: ClassVar[int] = 500
 
     def __init__(
         self,
@@ -430,7 +432,7 @@ class GradualPruning(LitmixCallback):
             self.last_applied_step = step
             if self._remask_weights:
                 self._apply_masks()
-            elif every > 0 and step % every == 0:
+            elif step % self.check_every_n_steps == 0:
                 self._check_pruned_weights(pl_module)
         # `log` costs ~0.3 ms on CPU and the value only changes with the masks: log when it changed and on the
         # steps the loggers record (the progress bar and callback_metrics keep the last value in between)

@@ -78,8 +78,8 @@ def _fit(make_opt, cb_cls=GradualPruning, max_steps=60, **trainer_kwargs):
     torch.manual_seed(0)
     model = WithOptimizer(make_opt)
     cb = cb_cls(0.75, start_step=1, end_step=25, every_n_steps=3, scope="layer")
+    cb.check_every_n_steps = 5  # the periodic check would step in within 5 steps
     rec = ZeroAfterEveryStep(cb)
-    trainer_kwargs.setdefault("log_every_n_steps", 5)  # the periodic check runs every 5 steps
     trainer = fit_tiny([cb, rec], module=model, max_steps=max_steps, **trainer_kwargs)
     return model, cb, rec, trainer
 
@@ -169,10 +169,12 @@ class WritesWeights(Callback):
 def test_periodic_check_catches_other_writers_and_switches_to_remasking():
     torch.manual_seed(0)
     cb = GradualPruning(0.75, start_step=1, end_step=4, every_n_steps=1)
+    assert cb.check_every_n_steps == 500
+    cb.check_every_n_steps = 5
     rec = ZeroAfterEveryStep(cb)
     model = TinyClassifier()
     with pytest.warns(UserWarning, match="pruned weights became non-zero"):
-        fit_tiny([WritesWeights(), cb, rec], module=model, max_steps=30, log_every_n_steps=5)
+        fit_tiny([WritesWeights(), cb, rec], module=model, max_steps=30)
     assert cb._remask_weights is True
     assert rec.violations > 0  # steps 7..9 until the check at step 10
     for name, mask in cb._masks.items():

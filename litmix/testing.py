@@ -201,9 +201,9 @@ def assert_resume_matches(
     for key, value in state_a.items():
         if not _close(value, state_b[key], atol):
             raise AssertionError(f"{key!r} differs between the uninterrupted and the resumed run")
-    callbacks_b = {cb.state_key: cb for cb in resumed.callbacks if type(cb).__module__.startswith("litmix.")}  # type: ignore[attr-defined]
+    callbacks_b = {cb.state_key: cb for cb in resumed.callbacks if _is_litmix(cb)}  # type: ignore[attr-defined]
     for cb in full.callbacks:  # type: ignore[attr-defined]
-        other = callbacks_b.get(cb.state_key) if type(cb).__module__.startswith("litmix.") else None
+        other = callbacks_b.get(cb.state_key) if _is_litmix(cb) else None
         if other is None:
             continue
         measured = getattr(cb, "measured_state_keys", ())
@@ -212,6 +212,13 @@ def assert_resume_matches(
         if state_a.keys() != state_b.keys() or not _close(state_a, state_b, atol):
             raise AssertionError(f"callback {cb.state_key!r}: state differs between the uninterrupted and resumed run")
     return full, resumed
+
+
+def _is_litmix(obj: Any) -> bool:
+    """A litmix callback or DataModule (any subclass of the litmix bases, the user's own included)."""
+    from litmix.base import LitmixCallback, LitmixDataModule
+
+    return isinstance(obj, LitmixCallback | LitmixDataModule)
 
 
 def _close(a: Any, b: Any, atol: float) -> bool:
@@ -307,10 +314,10 @@ def ddp_states(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, 
     """Everything that must agree across DDP ranks: module weights and the state of callbacks and data."""
     states: dict[str, Any] = {"module": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}}
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
-        if type(cb).__module__.startswith("litmix."):
+        if _is_litmix(cb):
             states[f"callback:{cb.state_key}"] = copy.deepcopy(cb.state_dict())
     datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None and type(datamodule).__module__.startswith("litmix."):
+    if datamodule is not None and _is_litmix(datamodule):
         states["datamodule"] = copy.deepcopy(datamodule.state_dict())
     return states
 

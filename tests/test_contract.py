@@ -228,3 +228,15 @@ def test_plugin_pickles(info):
     for obj in (*example.callbacks, example.module, example.datamodule):
         if isinstance(obj, info.cls):
             assert type(pickle.loads(pickle.dumps(obj))) is info.cls
+
+
+OTHER = [p for p in ALL if p.kind not in LIGHTNING_KINDS]
+
+
+@pytest.mark.parametrize("info", OTHER, ids=_ids(OTHER))
+def test_non_lightning_items_have_a_runnable_example(info):
+    """Utilities, losses, metrics and functions: the docstring's Example is a doctest that pytest runs."""
+    doc = inspect.getdoc(info.cls) or ""
+    example = doc.split("Example", 1)[-1]
+    assert ">>>" in example, f"{info.name}: the Example section has no doctest"
+    assert info.cls.__module__.startswith("litmix."), f"{info.name} is defined outside the litmix package"

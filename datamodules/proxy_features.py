@@ -173,6 +173,8 @@ class ProxyFeatureDataModule(LitmixDataModule):
         check_int(name, "seed", seed, low=0)
         check_bool(name, "standardize", standardize)
         check_type(name, "archs", archs, list, allow_none=True)
+        for arch in archs or []:
+            check_type(name, "archs", arch, str)
         super().__init__()
         self.path = path
         self.train_size = train_size

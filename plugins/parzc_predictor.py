@@ -87,7 +87,7 @@ class ParZCPredictor(LitmixModule):
         losses: any of ``"diffkendall"``, ``"mse"``, ``"pairwise"`` (summed, weighted by ``loss_weights``).
         loss_weights: one weight per loss (default all 1).
         alpha: DiffKendall steepness (> 0).
-        rho_init: initial ρ of the Bayesian layers (softplus(−3) ≈ 0.049).
+        rho_init: initial ρ of the Bayesian layers, in ``[-100, 100]`` (softplus(−3) ≈ 0.049).
         mc_samples: stochastic forwards averaged at evaluation (>= 1).
         lr: Adam learning rate (> 0).
         weight_decay: Adam weight decay (>= 0).
@@ -141,7 +141,7 @@ class ParZCPredictor(LitmixModule):
         if len(weights) != len(losses):
             raise ValueError(f"{name}(loss_weights={loss_weights!r}): need one weight per loss {losses}")
         check_float(name, "alpha", alpha, low=0.0, low_open=True)
-        check_float(name, "rho_init", rho_init)
+        rho_init = check_float(name, "rho_init", rho_init, low=-100.0, high=100.0)
         check_int(name, "mc_samples", mc_samples, low=1)
         check_float(name, "lr", lr, low=0.0, low_open=True)
         check_float(name, "weight_decay", weight_decay, low=0.0)

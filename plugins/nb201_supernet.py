@@ -129,6 +129,22 @@ class NB201SupernetModule(LitmixModule):
         check_type(name, "allowed_ops", allowed_ops, (list, tuple), allow_none=True)
         check_type(name, "eval_code", eval_code, (list, tuple), allow_none=True)
         op_names = list(ops) if ops is not None else list(OPS)
+        if not op_names or any(not isinstance(o, str) or o not in OPS for o in op_names):
+            raise ValueError(f"{name}(ops={ops!r}): ops must be a non-empty list of operation names from {OPS}")
+        num_ops = len(op_names)
+        if allowed_ops is not None and (
+            len(allowed_ops) != len(EDGES)
+            or any(
+                not isinstance(row, list | tuple)
+                or not row
+                or any(isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < num_ops for o in row)
+                for row in allowed_ops
+            )
+        ):
+            raise ValueError(
+                f"{name}(allowed_ops={allowed_ops!r}): need {len(EDGES)} non-empty lists of op indices "
+                f"in [0, {num_ops})"
+            )
         if eval_code is not None and (
             len(eval_code) != len(EDGES)
             or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(op_names) for c in eval_code)
@@ -137,19 +153,8 @@ class NB201SupernetModule(LitmixModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = NB201Supernet(C, N, num_classes, in_channels, reduction, op_names)
-        num_ops = self.net.num_ops
         mask = torch.ones(len(EDGES), num_ops, dtype=torch.bool)
         if allowed_ops is not None:
-            if len(allowed_ops) != len(EDGES) or any(
-                not isinstance(row, list | tuple)
-                or not row
-                or any(isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < num_ops for o in row)
-                for row in allowed_ops
-            ):
-                raise ValueError(
-                    f"{name}(allowed_ops={allowed_ops!r}): need {len(EDGES)} non-empty lists of op indices in "
-                    f"[0, {num_ops})"
-                )
             mask.zero_()
             for e, row in enumerate(allowed_ops):
                 mask[e, [int(o) for o in row]] = True

@@ -48,6 +48,21 @@ def _index_values(dataset: Dataset) -> Tensor | None:
     return None
 
 
+def _item_index(item: Any, position: int) -> int:
+    """The dataset index an item carries (its 3rd element, or its ``"index"`` key: :func:`litmix.data.split_batch`).
+
+    Raises:
+        MisconfigurationException: for an item without an index.
+    """
+    _, _, index = split_batch(item)
+    if index is None:
+        raise MisconfigurationException(
+            f"PADASampling needs items that carry their dataset index ((x, y, index) or a dict with 'index', see "
+            f"litmix.data.IndexedDataset); item {position} has none"
+        )
+    return int(index)
+
+
 @register(
     "callback",
     "nas",
@@ -171,8 +186,8 @@ class PADASampling(LitmixCallback):
     def _bind(self, dataset: Dataset) -> None:
         n = len(dataset)  # type: ignore[arg-type]
         values = _index_values(dataset)
-        if values is None:  # generic dataset: read each item's trailing index once
-            values = torch.tensor([int(dataset[i][-1]) for i in range(n)])
+        if values is None:  # generic dataset: read each item's index (litmix.data.split_batch: 3rd element) once
+            values = torch.tensor([_item_index(dataset[i], i) for i in range(n)])
         self._pos_of_index = {int(v): p for p, v in enumerate(values.tolist())}
         if len(self.probs) != n:
             self.probs = torch.full((n,), 1.0 / n, dtype=torch.float64)

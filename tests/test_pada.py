@@ -165,3 +165,31 @@ def test_pada_lowers_shared_weight_gradient_variance_during_training(seed):
     pada = _trajectory_variance("pada", with_data=True, seed=seed)
     print(f"seed {seed}: gradient variance uniform {uniform:.4g} PA&DA {pada:.4g} ratio {pada / uniform:.3f}")
     assert pada < 0.9 * uniform
+
+
+class _PairsWithIndex(torch.utils.data.Dataset):
+    """A generic dataset (not an IndexedDataset) whose items are (x, y, index, weight): the index is the 3rd element."""
+
+    def __init__(self, n=32):
+        gen = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 8, generator=gen), torch.arange(n) % 4
+        self.offset = 100
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i], i + self.offset, 1.0
+
+
+def test_generic_dataset_index_is_the_third_element():
+    """Regression: the callback read ``item[-1]`` as the index, unlike litmix.data.split_batch (3rd element)."""
+    from litmix.callbacks.pada_sampler import _item_index
+
+    ds = _PairsWithIndex()
+    cb = PADASampling()
+    cb._bind(ds)
+    assert cb._pos_of_index == {i + 100: i for i in range(32)}
+    assert _item_index({"x": 0, "index": torch.tensor(7)}, 0) == 7
+    with pytest.raises(MisconfigurationException, match="index"):
+        _item_index((torch.zeros(2), 1), 3)

@@ -234,8 +234,9 @@ class PADASampling(LitmixCallback):
         self.probs = pada_data_probs(self.importance, tau)
         self._sum.zero_()
         self._count.zero_()
-        pl_module.log(f"{self.log_prefix}/data_tau", float(tau))
-        pl_module.log(f"{self.log_prefix}/data_prob_max", float(self.probs.max()))
+        sync = trainer.world_size > 1  # identical on every rank already: no change, no "use sync_dist" warning
+        pl_module.log(f"{self.log_prefix}/data_tau", float(tau), sync_dist=sync)
+        pl_module.log(f"{self.log_prefix}/data_prob_max", float(self.probs.max()), sync_dist=sync)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -251,8 +251,9 @@ class NB201SupernetModule(LitmixModule):
         zero_rows = probs.sum(-1) <= 0
         probs[zero_rows] = self.allowed_mask[zero_rows].double()
         self.path_probs.copy_(probs / probs.sum(-1, keepdim=True))
-        self.log("pada/path_tau", tau)
-        self.log("pada/path_prob_max", self.path_probs.max())
+        sync = self.trainer.world_size > 1  # identical on every rank already: no change, no "use sync_dist" warning
+        self.log("pada/path_tau", tau, sync_dist=sync)
+        self.log("pada/path_prob_max", self.path_probs.max(), sync_dist=sync)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def _eval_code(self, batch_idx: int) -> tuple[int, ...]:

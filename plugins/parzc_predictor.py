@@ -207,7 +207,7 @@ class ParZCPredictor(LitmixModule):
             else:
                 term = pairwise_rank_loss(pred, y)
             if len(self.losses) > 1:
-                self.log(f"parzc/{name}", term.detach(), on_step=False, on_epoch=True)
+                self.log(f"parzc/{name}", term.detach(), on_step=False, on_epoch=True, sync_dist=True)
             total = total + weight * term
         return total
 
@@ -217,7 +217,7 @@ class ParZCPredictor(LitmixModule):
         assert y is not None
         gen = self.noise_generator(x.device, self.global_step, batch_idx)
         loss = self._loss(self(x, gen), y)
-        self.log("parzc/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log("parzc/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)  # mean over ranks
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

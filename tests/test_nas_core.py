@@ -325,3 +325,32 @@ def test_ddp_ranks_end_with_equal_buffers(make):
     module, dm, callbacks = make()
     trainer = run_ddp([*callbacks, _RanksAgree()], module, dm, strategy="ddp_fork_find_unused_parameters_true")
     assert trainer.state.finished
+
+
+class _NoSyncDistAdvice(Callback):
+    """Fails on a rank where Lightning advised ``sync_dist=True`` (values already equal on every rank)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        from lightning.pytorch.trainer.connectors.logger_connector import result
+
+        result.warning_cache.clear()
+
+    def on_train_end(self, trainer, pl_module):
+        from lightning.pytorch.trainer.connectors.logger_connector import result
+
+        advice = [m for m in result.warning_cache if "sync_dist" in m]
+        assert not advice, advice
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("cls", [PADASampling, ParZCPredictor])
+def test_ddp_epoch_logs_raise_no_sync_dist_advice(cls):
+    """Regression (issue section 6, DDP noise): epoch-level logs of identical values warned once per key."""
+    from litmix.testing import run_ddp
+
+    module, dm, callbacks = cls.example() if cls is ParZCPredictor else NB201SupernetModule.example()
+    callbacks = [PADASampling()] if cls is PADASampling else callbacks
+    trainer = run_ddp(
+        [*callbacks, _NoSyncDistAdvice()], module, dm, strategy="ddp_fork_find_unused_parameters_true", max_steps=4
+    )
+    assert trainer.state.finished

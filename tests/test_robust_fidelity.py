@@ -151,7 +151,7 @@ def test_house_motif_beats_random_explanation(seed):
     torch.manual_seed(seed)
     model = GCN(10, 32, 3, out_channels=4)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(1000):
+    for _ in range(2000):  # 1000 steps left seed 1 at 79 % accuracy, too weak a model to explain
         loss = nn.functional.cross_entropy(model(x, ei), y)
         opt.zero_grad()
         loss.backward()
@@ -177,6 +177,7 @@ def test_house_motif_beats_random_explanation(seed):
         f"seed {seed}: acc {acc:.3f} true { {k: round(float(v), 3) for k, v in t.items()} }"
         f" random { {k: round(float(v), 3) for k, v in r.items()} }"
     )
-    # measured (seeds 0-2): Fid_Delta true 0.105 / 0.094 / 0.056, random 0.023 / 0.022 / 0.026
+    # measured (seeds 0-2, 2000 steps, accuracy 0.88 / 0.91 / 0.93): Fid_Delta true 0.124 / 0.076 / 0.128,
+    # random 0.022 / 0.032 / 0.042; Fid_- true -0.037 / -0.002 / -0.022, random 0.023 / 0.021 / 0.025
     assert float(t["fid_delta"]) > float(r["fid_delta"]) + 0.02
     assert float(t["fid_minus"]) < float(r["fid_minus"])  # keeping the motif preserves the prediction better

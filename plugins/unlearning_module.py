@@ -37,7 +37,6 @@ RETAIN_LOSSES = ("nll", "kl")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SPLITS = ("forget", "retain", "test", "holdout")
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
-STAGES = ("train", "val", "test")
 
 
 def _check_class_path(owner: str, name: str, value: Any) -> str | None:

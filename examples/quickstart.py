@@ -1,23 +1,25 @@
 """litmix quickstart: distil + prune + score + unlearn in one script, on data that ships with scikit-learn.
 
-Why mix plugins? A small student pruned to 80 % sparsity loses accuracy; distilling it from a larger teacher
-while it is pruned buys part of that back. The script shows it side by side:
+Why mix plugins? You have a strong model (the teacher, trained on the whole training split) and want a small,
+80 % sparse model trained on the few labelled images you have (100 digits, 10 per class). Pruning alone costs
+accuracy; distilling the teacher into the student while it is pruned buys it back. Side by side:
 
-1. a teacher MLP is trained, and, for reference, the small student alone (dense);
+1. the teacher MLP is trained on every training image; the small student alone (dense) on the 100 labels;
 2. the student is pruned to 80 % sparsity by GradualPruning alone ("pruned only"), and again, from the same
-   initialisation, with the same schedule and epochs, while KnowledgeDistillation distils the teacher into it
-   and ZeroCostProxies scores it at fit start ("distilled + pruned": three callbacks in one Trainer);
+   initialisation, with the same data, schedule and epochs, while KnowledgeDistillation distils the teacher
+   into it and ZeroCostProxies scores it at fit start ("distilled + pruned": three callbacks in one Trainer);
 3. one class is unlearned from the distilled + pruned student with NPO + a retain term (UnlearningModule on
-   a ForgetRetainDataModule), GradualPruning keeping the sparsity fixed;
-4. a summary table: test accuracy and sparsity of every student, the proxy scores, forget/retain accuracy
-   before and after unlearning, and the wall time of every phase.
+   a ForgetRetainDataModule of its training images), GradualPruning keeping the sparsity fixed;
+4. a summary table: test accuracy, sparsity and non-zero weights of every model, what distillation bought,
+   the proxy scores, forget/retain accuracy before and after unlearning, and the wall time of every phase.
 
-Data: scikit-learn's bundled 8x8 digits by default (nothing to download; under a minute on 2 CPU cores),
-or MNIST from ``--data ROOT`` (a folder holding the four IDX ``.gz`` files, directly or under ``raw/``,
-``MNIST/raw/`` or ``mnist/MNIST/raw/``), fetched there first with ``--download`` (checksums verified).
-Every phase logs to CSV under ``--out`` and to Weights & Biases (offline unless WANDB_MODE says otherwise).
+Data: scikit-learn's bundled 8x8 digits by default (nothing to download; about 20 s on 2 CPU cores), or MNIST
+from ``--data ROOT`` (a folder holding the four IDX ``.gz`` files, directly or under ``raw/``, ``MNIST/raw/``
+or ``mnist/MNIST/raw/``), fetched there first with ``--download`` (checksums verified); on MNIST the teacher
+sees the 58,000 training images and the students 1,000. Every phase logs to CSV under ``--out`` and to
+Weights & Biases (offline unless WANDB_MODE says otherwise), one W&B run per phase.
 
-    python examples/quickstart.py                       # digits, bundled with scikit-learn
+    python examples/quickstart.py                          # digits, bundled with scikit-learn
     python examples/quickstart.py --download --data data   # MNIST, downloaded into data/MNIST/raw
 """
 
@@ -41,28 +43,33 @@ from litmix.data import split_batch
 from litmix.datamodules import DigitsDataModule, ForgetRetainDataModule, MNISTDataModule
 from litmix.plugins import UnlearningModule
 
-#: Per data set: input size, model widths, epochs, batch size and learning rates (chosen for a fast run).
+#: Per data set: input size, model widths, epochs, batch sizes, learning rates and the students' labelled
+#: images (chosen for a fast run; the teacher sees the whole training split).
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
         "in_features": 64,
         "teacher": [256, 128],
         "student": [32],
         "teacher_epochs": 20,
-        "epochs": 20,
+        "teacher_lr": 3e-3,
+        "epochs": 80,
+        "lr": 1e-2,
         "batch_size": 32,
-        "lr": 3e-3,
-        "unlearn_epochs": 5,
-        "unlearn_lr": 1e-3,
+        "student_labels": 100,
+        "unlearn_epochs": 30,
+        "unlearn_lr": 3e-3,
     },
     "mnist": {
         "in_features": 784,
         "teacher": [512, 256],
         "student": [128],
         "teacher_epochs": 3,
-        "epochs": 5,
+        "teacher_lr": 1e-3,
+        "epochs": 40,
+        "lr": 3e-3,
         "batch_size": 128,
-        "lr": 1e-3,
-        "unlearn_epochs": 2,
+        "student_labels": 1000,
+        "unlearn_epochs": 10,
         "unlearn_lr": 1e-3,
     },
 }
@@ -181,10 +188,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--download", action="store_true", help="download MNIST into --data (checksums verified)")
     parser.add_argument("--out", default="runs/quickstart", help="where logs and the summary go")
-    parser.add_argument("--train-size", type=int, default=None, help="MNIST training images used (default: all)")
+    parser.add_argument("--train-size", type=int, default=None, help="MNIST images of the teacher (default: all)")
+    parser.add_argument(
+        "--student-labels",
+        type=int,
+        default=None,
+        help="labelled training images the students see (stratified); default: 100 (digits), 1000 (MNIST)",
+    )
     parser.add_argument("--teacher-epochs", type=int, default=None, help="default: 20 (digits), 3 (MNIST)")
-    parser.add_argument("--epochs", type=int, default=None, help="student epochs; default: 20 (digits), 5 (MNIST)")
-    parser.add_argument("--unlearn-epochs", type=int, default=None, help="default: 5 (digits), 2 (MNIST)")
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs; default: 80 (digits), 40 (MNIST)")
+    parser.add_argument("--unlearn-epochs", type=int, default=None, help="default: 30 (digits), 10 (MNIST)")
+    parser.add_argument("--unlearn-lr", type=float, default=None, help="default: 3e-3 (digits), 1e-3 (MNIST)")
     parser.add_argument("--forget-class", type=int, default=3)
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--no-wandb", action="store_true", help="log to CSV only")
@@ -209,23 +223,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher_epochs = args.teacher_epochs if args.teacher_epochs is not None else cfg["teacher_epochs"]
     epochs = args.epochs if args.epochs is not None else cfg["epochs"]
     unlearn_epochs = args.unlearn_epochs if args.unlearn_epochs is not None else cfg["unlearn_epochs"]
-    data: pl.LightningDataModule
+    unlearn_lr = args.unlearn_lr if args.unlearn_lr is not None else cfg["unlearn_lr"]
+    labels = args.student_labels if args.student_labels is not None else cfg["student_labels"]
+    data: pl.LightningDataModule  # the whole training split: the teacher's data
+    few: pl.LightningDataModule  # a stratified subset of it: the labelled images the students have
     if dataset == "mnist":
-        data = MNISTDataModule(
-            args.data or "data",
-            batch_size=cfg["batch_size"],
-            train_size=args.train_size,
-            val_size=2000,
-            flatten=True,
-            download=args.download,
-            seed=args.seed,
-        )
+        common = {"val_size": 2000, "flatten": True, "download": args.download, "seed": args.seed}
+        data = MNISTDataModule(args.data or "data", batch_size=cfg["batch_size"], train_size=args.train_size, **common)
         data.prepare_data()  # downloads when --download and the files are missing
+        few = MNISTDataModule(args.data or "data", batch_size=32, train_size=labels, **common)
     else:
         data = DigitsDataModule(batch_size=cfg["batch_size"], seed=args.seed)
+        few = DigitsDataModule(batch_size=32, train_size=labels, seed=args.seed)
     data.setup("fit")
+    few.setup("fit")
     test_loader = data.test_dataloader()
-    print(f"data: {dataset}, {len(data.train_dataset)} training images")  # type: ignore[attr-defined]
+    n_teacher, n_student = len(data.train_dataset), len(few.train_dataset)  # type: ignore[attr-defined]
+    print(f"data: {dataset}; teacher: {n_teacher} labelled images, students: {n_student}")
 
     def student() -> MLPClassifier:
         pl.seed_everything(args.seed, verbose=False)  # every student starts from the same weights
@@ -242,19 +256,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 1. teacher, and the student alone (dense) for reference
     t0 = time.perf_counter()
     pl.seed_everything(args.seed, verbose=False)
-    teacher = MLPClassifier(cfg["in_features"], cfg["teacher"], lr=cfg["lr"])
+    teacher = MLPClassifier(cfg["in_features"], cfg["teacher"], lr=cfg["teacher_lr"])
     fit(teacher, data, "teacher", out, use_wandb, teacher_epochs)
     record("teacher (dense)", teacher, "teacher", t0)
 
     t0 = time.perf_counter()
     alone = student()
-    fit(alone, data, "student-alone", out, use_wandb, epochs)
+    fit(alone, few, "student-alone", out, use_wandb, epochs)
     record("student alone (dense)", alone, "student alone", t0)
 
     # 2a. the student pruned only
     t0 = time.perf_counter()
     pruned = student()
-    fit(pruned, data, "student-pruned", out, use_wandb, epochs, [pruning(args.sparsity)])
+    fit(pruned, few, "student-pruned", out, use_wandb, epochs, [pruning(args.sparsity)])
     GradualPruning.make_permanent(pruned)
     record("student pruned only", pruned, "pruned only", t0)
 
@@ -265,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     proxies = ZeroCostProxies(names=["synflow", "snip", "grad_norm", "naswot", "params", "flops"], batch_size=32)
     kd = KnowledgeDistillation(teacher, temperature=4.0, weight=0.9)
     trainer = fit(
-        distilled, data, "student-distilled-pruned", out, use_wandb, epochs, [proxies, kd, pruning(args.sparsity)]
+        distilled, few, "student-distilled-pruned", out, use_wandb, epochs, [proxies, kd, pruning(args.sparsity)]
     )
     GradualPruning.make_permanent(distilled)
     record("student distilled + pruned", distilled, "distilled + pruned + scored", t0)
@@ -277,9 +291,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 3. unlearn one class from the distilled + pruned student, keeping its sparsity
     t0 = time.perf_counter()
-    forget = ForgetRetainDataModule(data, forget_classes=[args.forget_class], batch_size=32, seed=args.seed)
+    forget = ForgetRetainDataModule(few, forget_classes=[args.forget_class], batch_size=8, seed=args.seed)
     unlearn = UnlearningModule(
-        distilled.net, method="npo", retain_loss="nll", beta=0.1, lr=cfg["unlearn_lr"], cache_reference=True
+        distilled.net, method="npo", retain_loss="nll", beta=0.1, lr=unlearn_lr, cache_reference=True
     )
     keep_sparse = GradualPruning(
         target_sparsity=args.sparsity, initial_sparsity=args.sparsity, start_step=0, end_step=1, every_n_steps=1
@@ -296,8 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 4. summary
     gain = results["student distilled + pruned"]["test accuracy"] - results["student pruned only"]["test accuracy"]
     lines = [
-        f"litmix quickstart on {dataset} (seed {args.seed}): students {cfg['student']} vs teacher {cfg['teacher']}, "
-        f"{epochs} student epochs, target sparsity {args.sparsity:.0%}",
+        f"litmix quickstart on {dataset} (seed {args.seed}): teacher {cfg['teacher']} on {n_teacher} labelled images, "
+        f"{teacher_epochs} epochs; students {cfg['student']} on {n_student}, {epochs} epochs; "
+        f"target sparsity {args.sparsity:.0%}",
         "",
         "| model | test accuracy | sparsity | non-zero weights | wall time (s) |",
         "|---|---|---|---|---|",
@@ -326,6 +341,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seed": args.seed,
         "epochs": epochs,
         "teacher_epochs": teacher_epochs,
+        "teacher_images": n_teacher,
+        "student_images": n_student,
         "target_sparsity": args.sparsity,
         "models": results,
         "distillation_gain": gain,

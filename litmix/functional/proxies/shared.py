@@ -1,8 +1,8 @@
 """Shared passes: several proxies from one model copy, one forward and as few backward passes as possible.
 
-:func:`~litmix.functional.proxies.zero_cost_proxies` computes each proxy on its own copy by default only when
-asked with ``shared=False``; otherwise the proxies below that are requested together are computed by
-:func:`shared_pass` on **one** copy from **one** forward of the batch:
+By default (``shared=True``), :func:`~litmix.functional.proxies.zero_cost_proxies` computes the proxies below
+that are requested together with :func:`shared_pass`, on **one** copy from **one** forward of the batch
+(``shared=False`` gives each proxy its own copy and passes):
 
 * the loss gradient of the scored weights (one backward) serves ``grad_norm``, ``snip``, ``plain`` and
   ``fisher`` (whose activation-gradient hooks fire during that backward);

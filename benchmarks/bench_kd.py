@@ -1,24 +1,23 @@
 """Step-time overhead of :class:`litmix.callbacks.knowledge_distillation.KnowledgeDistillation`.
 
-Measures, side by side in one process (fits interleaved, one CPU thread), the median training-step time
-(``on_train_batch_start`` to ``on_train_batch_end``: forward, loss, backward, optimizer step) of
+Primary measurement, **paired**: in one fit KD is switched off on every other step (the module's own
+``training_step`` runs, the student hook is disarmed), so KD steps and their baseline alternate under the same
+machine load:
 
-* the student alone (cross-entropy),
-* the student alone plus one per-step ``self.log(..., on_step=True, on_epoch=True)`` (what the loss-term core
-  used to do every step; a reference for Lightning's logging cost),
-* the teacher's forward alone (``torch.no_grad()``, eval mode, on the step's batch, timed inside the same fits
-  just before the student's step), so that the **floor** of live distillation is
-  ``student step + teacher forward``,
-* the student with KD from a live teacher, compared with that floor,
-* the student with KD from cached teacher outputs (``cache_teacher_outputs=True``, measured after the first
-  epoch has filled the cache), compared with the student alone,
+* cached teacher outputs (``cache_teacher_outputs=True``, after the first epoch has filled the cache) against
+  the student alone;
+* a live teacher against the **floor** ``teacher forward + student step``: on the off steps the teacher's
+  forward (``torch.no_grad()``, eval mode, on the step's batch) runs just before the student's step, timed
+  separately and added.
 
-on MNIST-sized MLPs (student 784-128-10, teacher 784-1024-1024-10) with synthetic MNIST-shaped data. Each repeat
-fits every setting once, in turn; a setting's time is the minimum over repeats of the fit's median step (load
-from other processes only adds time), and ratios are taken between those times.
-Prints a markdown table and writes ``benchmarks/results/kd.md``.
+Context, from separate fits interleaved in the same process: the student alone, the student plus one per-step
+``self.log(..., on_step=True, on_epoch=True)`` (what the loss-term core used to do every step), the teacher
+forward, KD live and KD cached (a setting's time is the minimum over repeats of the fit's median step).
 
-Run: ``python benchmarks/bench_kd.py`` (about two minutes).
+MNIST-sized MLPs (student 784-128-10, teacher 784-1024-1024-10), synthetic MNIST-shaped data, one CPU thread,
+CPU time of the training thread. Prints a markdown table and writes ``benchmarks/results/kd.md``.
+
+Run: ``python benchmarks/bench_kd.py`` (about five minutes).
 """
 
 from __future__ import annotations
@@ -93,6 +92,47 @@ class TeacherForward(Callback):
             self.times.append((time.thread_time() - start[0], time.perf_counter() - start[1]))
 
 
+class Alternate(Callback):
+    """From epoch ``skip_epochs`` on, switches KD off on every other step of the same fit (a paired comparison).
+
+    An off step runs the module's own ``training_step`` (the loss wrapper is taken away for that step and the
+    student hook disarmed), after a timed teacher forward when ``teacher`` is given: the floor of live KD. On and
+    off steps alternate in one fit, so both see the same load from other processes. Put it after the KD callback
+    and before the :class:`StepTimer`.
+    """
+
+    def __init__(self, kd: KnowledgeDistillation, teacher: nn.Module | None, skip_epochs: int) -> None:
+        self.kd, self.teacher, self.skip_epochs = kd, teacher, skip_epochs
+        self.flags: list[bool] = []  # per timed step: was KD off?
+        self.teacher_times: list[tuple[float, float]] = []  # per off step
+        self._saved: Any = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        """Decide on or off; for an off step remove the wrapper, disarm the hook and run the teacher."""
+        if self._saved is not None:  # restore the loss wrapper taken away for the previous step
+            pl_module.__dict__["training_step"] = self._saved
+            self._saved = None
+        if trainer.current_epoch < self.skip_epochs:
+            return
+        off = idx % 2 == 1
+        self.flags.append(off)
+        if not off:
+            return
+        self._saved = pl_module.__dict__.pop("training_step")
+        self.kd._armed = False
+        if self.teacher is not None:
+            start = (time.thread_time(), time.perf_counter())
+            with torch.no_grad():
+                self.teacher(batch[0])
+            self.teacher_times.append((time.thread_time() - start[0], time.perf_counter() - start[1]))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Put the wrapper back before the callback's teardown removes it."""
+        if self._saved is not None:
+            pl_module.__dict__["training_step"] = self._saved
+            self._saved = None
+
+
 class SyntheticMNIST(pl.LightningDataModule):
     """MNIST-shaped random data: ``n`` samples of 784 features, 10 classes, items ``(x, y, index)``."""
 
@@ -117,16 +157,31 @@ def make_teacher() -> nn.Module:
     )  # fmt: skip
 
 
-def run(mode: str, n: int, batch_size: int, epochs: int) -> list[tuple[float, float]]:
-    """Step times of one fit (first epoch skipped).
+def run(mode: str, n: int, batch_size: int, epochs: int) -> dict[str, list[tuple[float, float]]]:
+    """Step times of one fit (first epoch skipped): ``{"step": [(cpu, wall), ...]}``.
 
-    ``mode``: ``student``, ``student_log``, ``teacher`` (the teacher forward's times), ``live`` or ``cached``.
+    ``mode``: ``student``, ``student_log``, ``teacher``, ``live`` or ``cached``. In ``teacher`` mode the student
+    fit also runs the teacher's forward before each step, and ``"teacher"`` and ``"floor"`` (teacher forward +
+    student step, per step) are returned too.
     """
     pl.seed_everything(0, verbose=False)
     student = TinyClassifier(in_features=784, hidden=128, num_classes=10, lr=1e-3)
     timer = StepTimer(skip_epochs=1)
     callbacks: list[Callback] = [timer]
     teacher_forward = None
+    if mode.startswith("paired_"):
+        cached = mode == "paired_cached"
+        teacher = make_teacher()
+        kd = KnowledgeDistillation(teacher, cache_teacher_outputs=cached)
+        alternate = Alternate(kd, None if cached else teacher, skip_epochs=1)
+        make_trainer(max_epochs=epochs + 1, callbacks=[kd, alternate, timer]).fit(
+            student, datamodule=SyntheticMNIST(n, batch_size)
+        )
+        on = [t for t, off in zip(timer.times, alternate.flags, strict=True) if not off]
+        off_steps = [t for t, off in zip(timer.times, alternate.flags, strict=True) if off]
+        if not cached:  # the floor: teacher forward + the student step right after it
+            off_steps = [(t[0] + s[0], t[1] + s[1]) for t, s in zip(alternate.teacher_times, off_steps, strict=True)]
+        return {"on": on, "off": off_steps}
     if mode == "student_log":
         callbacks.insert(0, ExtraLog())
     elif mode == "teacher":
@@ -135,7 +190,11 @@ def run(mode: str, n: int, batch_size: int, epochs: int) -> list[tuple[float, fl
     elif mode != "student":
         callbacks.insert(0, KnowledgeDistillation(make_teacher(), cache_teacher_outputs=mode == "cached"))
     make_trainer(max_epochs=epochs, callbacks=callbacks).fit(student, datamodule=SyntheticMNIST(n, batch_size))
-    return teacher_forward.times if teacher_forward is not None else timer.times
+    if teacher_forward is None:
+        return {"step": timer.times}
+    # the same steps: teacher forward (before the timer starts) and the student step right after it
+    floor = [(t[0] + s[0], t[1] + s[1]) for t, s in zip(teacher_forward.times, timer.times, strict=True)]
+    return {"step": timer.times, "teacher": teacher_forward.times, "floor": floor}
 
 
 def main() -> None:
@@ -152,21 +211,24 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    modes = ["student", "student_log", "teacher", "live", "cached"]
+    modes = ["student", "student_log", "teacher", "live", "cached", "paired_cached", "paired_live"]
     # per repeat and mode: (median CPU time, median wall time) of the timed steps
     medians: list[dict[str, tuple[float, float]]] = []
     steps = 0
     for _ in range(args.repeats):
         rep = {}
         for mode in modes:
-            times = run(mode, args.samples, args.batch_size, args.epochs)
-            rep[mode] = (statistics.median(t[0] for t in times), statistics.median(t[1] for t in times))
-            steps = len(times)
+            for key, times in run(mode, args.samples, args.batch_size, args.epochs).items():
+                name = mode if key == "step" else key
+                name = f"{mode}_{key}" if mode.startswith("paired_") else name
+                name = "teacher_step" if (mode, key) == ("teacher", "step") else name
+                rep[name] = (statistics.median(t[0] for t in times), statistics.median(t[1] for t in times))
+                steps = len(times)
         medians.append(rep)
 
     # Each fit's median step, then the minimum over repeats: contention from other processes only adds time,
     # so the least-disturbed repeat is the best estimate of each setting (as timeit's "min of repeats").
-    best = {m: tuple(min(rep[m][k] for rep in medians) for k in (0, 1)) for m in modes}
+    best = {m: tuple(min(rep[m][k] for rep in medians) for k in (0, 1)) for m in medians[0]}
 
     def per_repeat(fn: Any) -> tuple[float, float]:
         """``fn(best, k)`` for CPU (k=0) and wall (k=1) time."""
@@ -176,6 +238,9 @@ def main() -> None:
         return per_repeat(lambda rep, k: 1000 * rep[mode][k])
 
     def floor(rep: dict[str, tuple[float, float]], k: int) -> float:
+        return rep["floor"][k]
+
+    def separate_floor(rep: dict[str, tuple[float, float]], k: int) -> float:
         return rep["student"][k] + rep["teacher"][k]
 
     rows_spec = [
@@ -186,9 +251,21 @@ def main() -> None:
             per_repeat(lambda r, k: r["student_log"][k] / r["student"][k]),
             "student",
         ),
-        ("teacher forward alone (no_grad, eval)", ms("teacher"), None, ""),
-        ("floor = student step + teacher forward", per_repeat(lambda r, k: 1000 * floor(r, k)), None, ""),
+        ("teacher forward alone (no_grad, eval; in the floor fit, before each step)", ms("teacher"), None, ""),
+        ("student step in the floor fit (right after the teacher forward)", ms("teacher_step"), None, ""),
+        (
+            "**floor** = student step + teacher forward (same fit, per step, no KD)",
+            per_repeat(lambda r, k: 1000 * floor(r, k)),
+            None,
+            "",
+        ),
         ("KD, live teacher", ms("live"), per_repeat(lambda r, k: r["live"][k] / floor(r, k)), "floor"),
+        (
+            "KD, live teacher (vs student alone + teacher forward, from separate fits)",
+            ms("live"),
+            per_repeat(lambda r, k: r["live"][k] / separate_floor(r, k)),
+            "student alone + teacher forward",
+        ),
         (
             "KD, live teacher (vs student alone)",
             ms("live"),
@@ -202,6 +279,31 @@ def main() -> None:
             "student",
         ),
     ]
+
+    def paired(mode: str, k: int) -> tuple[float, float, float, float]:
+        """Median over repeats of: on-step ms, off-step ms, on/off ratio (within each fit), and the min ratio."""
+        on = [rep[f"{mode}_on"][k] for rep in medians]
+        off = [rep[f"{mode}_off"][k] for rep in medians]
+        ratios = [a / b for a, b in zip(on, off, strict=True)]
+        return 1000 * statistics.median(on), 1000 * statistics.median(off), statistics.median(ratios), max(ratios)
+
+    paired_rows = [
+        "| KD mode | KD step (ms) | compared with | its step (ms) | ratio, median over fits | worst fit |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for mode, label, base in (
+        ("paired_cached", "cached teacher outputs", "student alone (KD off)"),
+        ("paired_live", "live teacher", "floor: teacher forward + student step (KD off)"),
+    ):
+        on_ms, off_ms, ratio, worst = paired(mode, 0)
+        paired_rows.append(f"| {label} | {on_ms:.2f} | {base} | {off_ms:.2f} | **{ratio:.3f}x** | {worst:.3f}x |")
+    paired_note = (
+        "Paired measurement (primary): in one fit, KD is switched off on every other step (the module's own "
+        "`training_step`, hook disarmed; for the live row the teacher's forward runs before the off step, timed "
+        "separately and added), so KD and its baseline alternate step by step under the same machine load. CPU "
+        f"time of the training thread; per fit the ratio of the medians, then the median (and the worst) over the "
+        f"{args.repeats} fits."
+    )
     rows = [
         "| setting | median step, CPU time (ms) | ratio (CPU) | median step, wall (ms) | ratio (wall) | ratio to |",
         "|---|---:|---:|---:|---:|---|",
@@ -231,6 +333,12 @@ def main() -> None:
     text = "\n".join(
         [
             "# KnowledgeDistillation step time",
+            "",
+            *paired_rows,
+            "",
+            paired_note,
+            "",
+            "Separate fits (context: absolute times and the logging reference):",
             "",
             *rows,
             "",

@@ -20,7 +20,7 @@ from litmix.functional.distillation import kd_loss
 from litmix.loss_terms import LossTermCallback
 from litmix.models import import_class, load_model, output_logits
 from litmix.registry import register
-from litmix.validation import check_bool, check_float, check_str, check_type
+from litmix.validation import check_bool, check_float, check_path, check_str, check_type
 
 _Captured = tuple[tuple[Any, ...], dict[str, Any], Any]
 _FOLD_EVERY = 64  # agreement counts are folded into one device tensor every this many steps
@@ -171,7 +171,7 @@ class KnowledgeDistillation(LossTermCallback):
             ``teacher_class`` not of the form ``"package.module.ClassName"`` or not importable, a
             ``teacher_class`` with an ``nn.Module`` teacher, a ``.ckpt`` without ``teacher_class``, a teacher
             path that does not exist (a :class:`litmix.validation.MissingPathError`, also a
-            ``FileNotFoundError``), a teacher with tensors on the meta device (at ``setup``), or teacher and
+            ``FileNotFoundError``) or is empty, a teacher folder without ``config.json``, a teacher with tensors on the meta device (at ``setup``), or teacher and
             student logits of different shapes (at the first batch, naming both shapes).
         MisconfigurationException: if ``student_path`` names no submodule, if the hooked module did not run
             during a training step (set ``student_path``), or if ``cache_teacher_outputs=True`` and the batch
@@ -219,12 +219,15 @@ class KnowledgeDistillation(LossTermCallback):
                     f"{owner}(teacher_class={teacher_class!r}): use 'package.module.ClassName' (a '.' before the "
                     "class name, not ':')"
                 )
-            import_class(self.teacher_class, owner=owner, argument="teacher_class")
-            if isinstance(teacher, nn.Module):
+            module_name, _, class_name = self.teacher_class.rpartition(".")
+            if not module_name or not class_name:
+                raise ValueError(f"{owner}(teacher_class={teacher_class!r}): expected 'package.module.ClassName'")
+            if isinstance(teacher, nn.Module):  # refused before importing anything
                 raise ValueError(
                     f"{owner}(teacher_class={teacher_class!r}): teacher_class only applies to a checkpoint or "
                     "folder path, but teacher is already an nn.Module"
                 )
+            import_class(self.teacher_class, owner=owner, argument="teacher_class")
         elif not isinstance(teacher, nn.Module) and os.fspath(teacher).endswith(".ckpt"):
             raise ValueError(
                 f"{owner}(teacher={os.fspath(teacher)!r}): a Lightning checkpoint needs "
@@ -236,6 +239,12 @@ class KnowledgeDistillation(LossTermCallback):
             self.teacher_source = type(teacher).__name__
         else:
             self.teacher_source = os.fspath(teacher)
+            path = check_path(owner, "teacher", teacher)
+            if path is not None and path.is_dir() and not (path / "config.json").is_file():
+                raise ValueError(
+                    f"{owner}(teacher={self.teacher_source!r}): teacher is a folder without config.json, not a "
+                    "Hugging Face save_pretrained folder; pass a torch.save(module) file, a .ckpt or such a folder"
+                )
         self._teacher = load_model(teacher, class_path=self.teacher_class, owner=owner, argument="teacher")
         self._freeze()
         self._handle: RemovableHandle | None = None

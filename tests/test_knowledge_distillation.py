@@ -527,25 +527,34 @@ def _val_accuracy(module: nn.Module) -> float:
         return (module(x[val_idx]).argmax(-1) == y[val_idx]).float().mean().item()
 
 
-@pytest.mark.slow
-def test_effect_label_noise():
-    """(N): 40 % flipped labels, clean teacher; KD student beats the CE student by >= 0.05.
-
-    Measured (60 epochs, seeds 0-6): CE 84.42 / 81.45 / 84.60 / 83.30 / 85.71 / 83.49 / 82.19 %, KD 94.43 / 96.29 /
-    96.10 / 95.92 / 96.29 / 94.99 / 97.22 %, gain >= +0.100 on every seed (with 30 epochs seed 3 gained only
-    +0.048). One seed here to stay well under 60 s.
-    """
-    seed = 0
+def _label_noise_accuracies(seed: int) -> dict[str, float]:
+    """Validation accuracy of the CE-only and the distilled 64-16-10 student (60 epochs, 40 % flipped labels)."""
     teacher = _train_teacher(seed)
-    accs = {}
+    accs = {"teacher": _val_accuracy(teacher)}
     for mode in ("ce", "kd"):
         pl.seed_everything(seed, verbose=False)
         student = TinyClassifier(in_features=64, hidden=16, num_classes=10, lr=0.01)
         cbs = [KnowledgeDistillation(teacher, temperature=4.0, weight=0.9)] if mode == "kd" else []
         make_trainer(max_epochs=60, callbacks=cbs).fit(student, datamodule=_noisy_digits(seed))
         accs[mode] = _val_accuracy(student)
-    assert _val_accuracy(teacher) > 0.95
-    assert accs["kd"] - accs["ce"] >= 0.05, accs
+    return accs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_effect_label_noise(seed):
+    """(N): 40 % flipped labels, clean teacher; on each of seeds 0, 1, 2 the KD student beats the CE student by >= 0.09.
+
+    Measured (60 epochs, digits validation accuracy, seeds 0-6):
+    CE 71.80 / 82.75 / 83.86 / 85.71 / 87.76 / 84.42 / 82.75 %,
+    KD 95.36 / 95.92 / 94.43 / 96.10 / 96.47 / 95.18 / 95.73 %,
+    gain +0.236 / +0.132 / +0.106 / +0.104 / +0.087 / +0.108 / +0.130 (teacher 96.9-98.3 %).
+    Tested on seeds 0-2 (about 30 s each on two busy cores); their smallest gain, +0.106, clears 0.09 by 1.6
+    points. Seed 4's +0.087 is why no 7-seed claim of >= 0.09 is made.
+    """
+    accs = _label_noise_accuracies(seed)
+    assert accs["teacher"] > 0.95, accs
+    assert accs["kd"] - accs["ce"] >= 0.09, accs
 
 
 @pytest.mark.slow

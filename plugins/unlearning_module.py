@@ -146,6 +146,8 @@ class UnlearningModule(LitmixModule):
             ``.ckpt`` without ``model_class``.
         MisconfigurationException: in ``setup`` under FSDP or DeepSpeed; in ``on_fit_start`` when
             ``cache_reference=True`` and the datamodule has no ``forget_dataloader()``.
+        FloatingPointError: during training, at the next logging step or epoch end after the loss became NaN
+            or infinite (checked on every rank together).
 
     Example:
         >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -220,6 +222,7 @@ class UnlearningModule(LitmixModule):
         # Outside nn.Module registration: not in state_dict, parameters(), DDP or the optimizer.
         object.__setattr__(self, "_ref_model", None)
         self.ref_nll_cache: Tensor | None = None
+        self._nonfinite: Tensor | None = None  # device-side flag: some loss since the last check was not finite
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -385,7 +388,28 @@ class UnlearningModule(LitmixModule):
             loss = loss + self.retain_weight * retain_term
             self.log("train/retain_loss", retain_term.detach(), on_step=True, on_epoch=True, sync_dist=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, sync_dist=True, prog_bar=True)
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """At logging steps and epoch ends, stop the run (on every rank) if a loss was NaN or infinite."""
+        trainer = self.trainer
+        every = int(getattr(trainer, "log_every_n_steps", 0) or 50)  # set by Lightning's logger connector
+        if trainer.global_step % every == 0 or trainer.is_last_batch:
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        flag, self._nonfinite = self._nonfinite, None
+        bad = bool(flag) if flag is not None else False
+        if self.trainer.world_size > 1:  # the same schedule on every rank: all raise together, none hangs
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise FloatingPointError(
+                f"UnlearningModule(method={self.method!r}): the training loss became NaN or infinite by global step "
+                f"{self.trainer.global_step}; lower lr (now {self.lr}) or forget_weight, or use method='npo' "
+                "(gradient ascent is unbounded below)"
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The chosen optimizer over the trainable parameters of the wrapped model."""

@@ -370,6 +370,31 @@ def test_reference_cache_is_checkpointed_and_restored(tmp_path):
     assert other.ref_model is None
 
 
+def test_non_finite_loss_stops_the_run_naming_the_plugin():
+    module = UnlearningModule(mlp(0), method="grad_ascent", lr=1e6, optimizer="sgd")
+    trainer = make_trainer(max_epochs=50, log_every_n_steps=1)
+    with pytest.raises(FloatingPointError, match=r"UnlearningModule\(method='grad_ascent'\).*NaN or infinite"):
+        trainer.fit(module, datamodule=tiny_dm())
+    assert trainer.global_step < 50 * 4  # stopped early, not after the whole run
+
+
+class _NanOnRank1(UnlearningModule):
+    """The loss turns NaN on rank 1 only (at its 2nd step)."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.trainer.global_rank == 1 and self.trainer.global_step == 1:
+            loss = loss * float("nan")
+        return loss
+
+
+@pytest.mark.ddp
+def test_ddp_non_finite_loss_on_one_rank_stops_every_rank():
+    module = _NanOnRank1(mlp(0), method="grad_diff", lr=0.05)
+    with pytest.raises(Exception, match="NaN or infinite"):  # re-raised in the parent, no hang
+        run_ddp([], module, tiny_dm(), max_steps=4, log_every_n_steps=2)
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_resume_matches_uninterrupted(tmp_path, cache):
     original = mlp(0)

@@ -314,6 +314,8 @@ class GradualPruning(LitmixCallback):
         """Resolve the schedule in optimizer steps; refuse one that the run does not reach."""
         cls = type(self).__name__
         total = trainer.estimated_stepping_batches
+        if total <= 0:  # an iterable dataset without max_steps: unknown
+            total = math.inf
         if (self.start_step is None or self.end_step is None) and not math.isfinite(total):
             raise ValueError(
                 f"{cls}(start_fraction={self.start_fraction}, end_fraction={self.end_fraction}): the run length is "

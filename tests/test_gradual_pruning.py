@@ -430,21 +430,30 @@ def _test_accuracy(model, dm):
         return float((model(x).argmax(-1) == y).float().mean())
 
 
-@pytest.mark.slow
-def test_gradual_pruning_keeps_mnist_accuracy_at_90_percent(mnist_root):
-    """Measured (20k train images, 6 epochs, Adam 1e-3, batch 128, full t10k test), seeds 0/1/2:
-    dense 0.9658/0.9649/0.9629, GMP-90 % 0.9639/0.9666/0.9658, one-shot 90 % no fine-tuning 0.8944/0.9358/0.8925.
-    """
+@pytest.fixture(scope="module")
+def mnist_20k(mnist_root):
     from litmix.datamodules.mnist import MNISTDataModule
 
     dm = MNISTDataModule(str(mnist_root), batch_size=128, val_size=0, train_size=20000, flatten=True, seed=0)
     dm.setup()
-    pl.seed_everything(0)
+    return dm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradual_pruning_keeps_mnist_accuracy_at_90_percent(mnist_20k, seed):
+    """README claim: at 90 % sparsity the MLP loses at most 0.3 points of test accuracy, on seeds 0, 1, 2.
+
+    Measured (20k train images, 6 epochs, Adam 1e-3, batch 128, full t10k test), seeds 0/1/2:
+    dense 0.9658/0.9649/0.9629, GMP-90 % 0.9639/0.9666/0.9658, one-shot 90 % no fine-tuning 0.8944/0.9358/0.8925.
+    """
+    dm = mnist_20k
+    pl.seed_everything(seed)
     dense = MLP()
     make_trainer(max_epochs=6).fit(dense, datamodule=dm)
     acc_dense = _test_accuracy(dense, dm)
 
-    pl.seed_everything(0)
+    pl.seed_everything(seed)
     pruned = MLP()
     cb = GradualPruning(0.9, start_fraction=0.0, end_fraction=0.6, every_n_steps=20, scope="global")
     make_trainer(max_epochs=6, callbacks=[cb]).fit(pruned, datamodule=dm)
@@ -461,7 +470,7 @@ def test_gradual_pruning_keeps_mnist_accuracy_at_90_percent(mnist_root):
 
     assert abs(sparsity - 0.9) < 0.01
     assert acc_dense > 0.95
-    assert acc_pruned >= acc_dense - 0.015  # measured: -0.002 / +0.002 / +0.003
+    assert acc_pruned >= acc_dense - 0.003  # README: within 0.3 points; measured -0.0019 / +0.0017 / +0.0029
     assert acc_pruned >= acc_oneshot + 0.015  # measured: +0.070 / +0.031 / +0.073
 
 

@@ -433,8 +433,9 @@ def sparsity_report(module: nn.Module, parameter_names: Iterable[str] | None = N
 def remove_masks(module: nn.Module) -> list[str]:
     """Make pruning permanent: multiply each masked parameter by its mask and delete the mask buffers.
 
-    The weights keep their zeros; the module's ``state_dict`` loses the ``*_mask`` keys, so it loads into a
-    plain copy of the architecture.
+    The weights keep their zeros and the module loses its ``*_mask`` buffers (non-persistent ones, as
+    :class:`~litmix.callbacks.GradualPruning` registers, are not in the ``state_dict`` anyway; persistent ones from
+    older litmix versions are, and leave it here, so the ``state_dict`` loads into a plain copy of the architecture).
 
     Returns:
         The names of the parameters whose masks were removed.

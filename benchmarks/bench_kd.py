@@ -308,8 +308,8 @@ def main() -> None:
         "| setting | median step, CPU time (ms) | ratio (CPU) | median step, wall (ms) | ratio (wall) | ratio to |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    for label, (cpu_ms, wall_ms), ratio, to in rows_spec:
-        r_cpu, r_wall = (f"{ratio[0]:.3f}x", f"{ratio[1]:.3f}x") if ratio else ("", "")
+    for label, (cpu_ms, wall_ms), ratios, to in rows_spec:
+        r_cpu, r_wall = (f"{ratios[0]:.3f}x", f"{ratios[1]:.3f}x") if ratios else ("", "")
         rows.append(f"| {label} | {cpu_ms:.2f} | {r_cpu} | {wall_ms:.2f} | {r_wall} | {to} |")
     machine = (
         f"Machine: {cpu_model()}, 1 thread (torch.set_num_threads(1)), torch {torch.__version__}, "

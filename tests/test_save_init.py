@@ -91,7 +91,11 @@ def test_resume_keeps_original_theta0(tmp_path, cls, keeps_theta0):
         instances.append(cls())
         return [instances[-1]]
 
-    assert_resume_matches(make, TinyClassifier, TinyDataModule, tmp_path)
+    if keeps_theta0:
+        assert_resume_matches(make, TinyClassifier, TinyDataModule, tmp_path)
+    else:  # the contract helper compares callback states too, and catches the forgetful control
+        with pytest.raises(AssertionError, match="state differs"):
+            assert_resume_matches(make, TinyClassifier, TinyDataModule, tmp_path)
     full, resumed = instances
     ckpt = torch.load(sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))[0], weights_only=False)
     epoch0 = ckpt["state_dict"]

@@ -16,7 +16,13 @@ __all__ = ["PluginInfo", "__version__", "get_plugin", "list_plugins", "load_all"
 
 SUBPACKAGES = ("litmix.callbacks", "litmix.plugins", "litmix.datamodules")
 #: Core modules whose utilities, losses, metrics and functions register themselves on import.
-CORE_MODULES = ("litmix.functional", "litmix.metrics", "litmix.nas")
+CORE_MODULES = (
+    "litmix.functional",
+    "litmix.functional.graph_proxies",
+    "litmix.functional.inductive_bias",
+    "litmix.metrics",
+    "litmix.nas",
+)
 
 
 def load_all(extensions: bool = True) -> None:

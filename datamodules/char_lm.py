@@ -140,8 +140,11 @@ class CharLMDataModule(LitmixDataModule):
         n_val = int(len(self.text) * self.val_fraction)
         if len(self.text) - n_val <= block_size + 1 or n_val <= block_size + 1:
             raise ValueError(
-                f"CharLMDataModule(path={path!r}, block_size={block_size}): the text ({len(self.text)} characters) "
-                "is too short for one training and one validation block"
+                f"{name}(path={str(path)!r}, block_size={block_size}, val_fraction={val_fraction}, "
+                f"max_chars={max_chars}): the text ({len(self.text)} characters) is too short for one training and "
+                f"one validation block: the training part ({len(self.text) - n_val}) and the validation part "
+                f"({n_val}) must each exceed block_size + 1 characters; lower block_size, raise max_chars or "
+                "move val_fraction towards 0.5"
             )
         self.chars = sorted(set(self.text))
         self.stoi = {c: i for i, c in enumerate(self.chars)}

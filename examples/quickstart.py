@@ -15,9 +15,10 @@ accuracy; distilling the teacher into the student while it is pruned buys it bac
 
 Data: scikit-learn's bundled 8x8 digits by default (nothing to download; about 20 s on 2 CPU cores), or MNIST
 from ``--data ROOT`` (a folder holding the four IDX ``.gz`` files, directly or under ``raw/``, ``MNIST/raw/``
-or ``mnist/MNIST/raw/``), fetched there first with ``--download`` (checksums verified); on MNIST the teacher
-sees the 58,000 training images and the students 1,000. Every phase logs to CSV under ``--out`` and to
-Weights & Biases (offline unless WANDB_MODE says otherwise), one W&B run per phase.
+or ``mnist/MNIST/raw/``), fetched there first with ``--download`` (checksums verified; ``--mirror URL`` for
+your own mirror); on MNIST the teacher sees the 58,000 training images and the students 1,000. Every phase
+logs to CSV under ``--out`` and to Weights & Biases (offline unless WANDB_MODE says otherwise), one W&B run
+per phase.
 
     python examples/quickstart.py                          # digits, bundled with scikit-learn
     python examples/quickstart.py --download --data data   # MNIST, downloaded into data/MNIST/raw
@@ -187,6 +188,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: scikit-learn's bundled digits (or ./data with --download)",
     )
     parser.add_argument("--download", action="store_true", help="download MNIST into --data (checksums verified)")
+    parser.add_argument(
+        "--mirror",
+        action="append",
+        default=None,
+        help="base URL to download MNIST from instead of the usual mirrors (repeatable)",
+    )
     parser.add_argument("--out", default="runs/quickstart", help="where logs and the summary go")
     parser.add_argument("--train-size", type=int, default=None, help="MNIST images of the teacher (default: all)")
     parser.add_argument(
@@ -228,7 +235,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data: pl.LightningDataModule  # the whole training split: the teacher's data
     few: pl.LightningDataModule  # a stratified subset of it: the labelled images the students have
     if dataset == "mnist":
-        common = {"val_size": 2000, "flatten": True, "download": args.download, "seed": args.seed}
+        common = {
+            "val_size": 2000,
+            "flatten": True,
+            "download": args.download,
+            "mirrors": args.mirror,
+            "seed": args.seed,
+        }
         data = MNISTDataModule(args.data or "data", batch_size=cfg["batch_size"], train_size=args.train_size, **common)
         data.prepare_data()  # downloads when --download and the files are missing
         few = MNISTDataModule(args.data or "data", batch_size=32, train_size=labels, **common)

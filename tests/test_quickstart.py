@@ -1,8 +1,12 @@
 """examples/quickstart.py: runs with nothing but pip (digits bundled with scikit-learn), and on MNIST from a root."""
 
+import functools
+import http.server
 import importlib.util
 import json
+import shutil
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,29 @@ def test_quickstart_on_mnist_from_a_root(quickstart, tmp_path, mnist_root):
     assert summary["data"] == "mnist"
     _check_summary(summary, out)
     assert summary["models"]["teacher (dense)"]["test accuracy"] > 0.7
+
+
+@pytest.mark.slow
+def test_quickstart_downloads_mnist(quickstart, tmp_path, mnist_root):
+    """The README's second example, shortened, without the internet: --download from a local mirror."""
+    site = tmp_path / "site" / "mnist"
+    site.mkdir(parents=True)
+    for path in mnist_root.glob("*.gz"):
+        shutil.copy(path, site / path.name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        mirror = f"http://127.0.0.1:{server.server_address[1]}/mnist/"
+        args = ["--download", "--data", str(tmp_path / "data"), "--mirror", mirror, "--no-wandb"]
+        summary = quickstart.main(
+            [*args, "--out", str(tmp_path / "runs"), "--train-size", "2000", "--epochs", "1", "--teacher-epochs", "1"]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary["data"] == "mnist"
+    assert sorted(p.name for p in (tmp_path / "data" / "MNIST" / "raw").iterdir()) == sorted(
+        p.name for p in mnist_root.glob("*.gz")
+    )

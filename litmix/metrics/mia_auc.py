@@ -9,8 +9,15 @@ from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
 
 from litmix.metrics._dedup import first_occurrence
+from litmix.registry import register
 
 
+@register(
+    "metric",
+    "unlearning",
+    paper="MUSE: Machine Unlearning Six-Way Evaluation for Language Models (https://arxiv.org/abs/2407.06460)",
+    module="litmix.metrics",
+)
 class MembershipInferenceAUC(Metric):
     """AUROC of the loss-threshold membership-inference attack: forget (members) vs holdout samples.
 
@@ -21,6 +28,9 @@ class MembershipInferenceAUC(Metric):
     itself a membership signal). Computed with torchmetrics' ``binary_auroc`` after de-duplicating
     rows by ``(is_holdout, index)``, since the evaluation ``DistributedSampler`` repeats items.
     Loss-threshold attack as in TOFU/MUSE (https://arxiv.org/abs/2407.06460).
+
+    Raises:
+        ValueError: from torchmetrics for unknown keyword arguments' values.
 
     Example:
         >>> m = MembershipInferenceAUC()

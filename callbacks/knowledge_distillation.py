@@ -262,6 +262,7 @@ class KnowledgeDistillation(LossTermCallback):
         self._cache: Tensor | None = None  # teacher log-probabilities at self._cache_temperature, by sample index
         self._filled: Tensor | None = None
         self._cache_temperature = self.temperature
+        self._complete = False  # every row of the cache is filled (checked once per epoch)
         self._reset_agreement()
 
     def _reset_agreement(self) -> None:
@@ -384,6 +385,7 @@ class KnowledgeDistillation(LossTermCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the term's epoch mean and the epoch's teacher-student top-1 agreement (exact over all ranks)."""
         super().on_train_epoch_end(trainer, pl_module)
+        self._trim_cache()
         self._fold_agreement()
         local = self._agree if self._agree is not None else torch.zeros(2, dtype=torch.float64, device=pl_module.device)
         self._reset_agreement()
@@ -443,13 +445,21 @@ class KnowledgeDistillation(LossTermCallback):
             )
         if self._cache_temperature != self.temperature:  # the stored log-probabilities belong to another T
             self._cache, self._filled, self._cache_temperature = None, None, self.temperature
-        index = index.reshape(-1)
+            self._complete = False
+        if index.dim() != 1:
+            index = index.reshape(-1)
         if index.numel() != student.shape[0]:
             raise ValueError(
                 f"{type(self).__name__}: {index.numel()} sample indices for student logits of shape "
                 f"{tuple(student.shape)}; caching needs one index per row of the logits"
             )
         cache, filled = self._cache, self._filled
+        if self._complete and cache is not None and cache.device.type == "cpu" and index.device.type == "cpu":
+            # every stored row is filled: one gather, and an index beyond the cache (a new sample) raises
+            try:
+                return cache.index_select(0, index.long())
+            except IndexError:
+                pass
         if cache is not None and filled is not None:
             if index.device.type == "cpu" and filled.device.type == "cpu":  # numpy: no kernel launches
                 idx, done = index.numpy(), filled.numpy()
@@ -475,7 +485,17 @@ class KnowledgeDistillation(LossTermCallback):
             self._cache, self._filled = grown, filled
         self._cache[index] = log_p
         self._filled[index] = True
+        self._complete = False
         return log_p
+
+    def _trim_cache(self) -> None:
+        """Drop never-filled rows past the largest stored index; mark the cache complete if no gap is left."""
+        filled = self._filled
+        if self._cache is None or filled is None or not bool(filled.any()):
+            return
+        last = int(filled.nonzero().max()) + 1
+        self._cache, self._filled = self._cache[:last], filled[:last]
+        self._complete = bool(self._filled.all())
 
     def _check_shapes(self, student: Tensor, teacher: Tensor) -> None:
         if teacher.shape != student.shape:

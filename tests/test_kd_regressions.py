@@ -183,3 +183,32 @@ def test_fsdp_keeps_a_whole_teacher_per_device():
     trainer.fit(TinyClassifier(), datamodule=TinyDataModule())
     assert kd.teacher[0].weight.device.type == "cuda"
     assert torch.isfinite(trainer.callback_metrics["kd/loss"])
+
+
+class OddIndices(TinyDataModule):
+    """Sample indices 1, 3, 5, ... (a Subset of an indexed dataset): the cache never becomes gap-free."""
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader, Subset
+
+        return DataLoader(Subset(self.dataset, list(range(1, 64, 2))), batch_size=8, shuffle=False)
+
+
+@pytest.mark.parametrize("datamodule", [TinyDataModule, OddIndices])
+def test_cache_with_and_without_gaps_matches_the_live_teacher(datamodule):
+    counts, weights = {}, {}
+    for cache in (False, True):
+        teacher = CountingTeacher()
+        pl.seed_everything(0)
+        module = TinyClassifier()
+        fit_tiny(
+            [KnowledgeDistillation(teacher, cache_teacher_outputs=cache)],
+            module=module,
+            datamodule=datamodule(),
+            max_epochs=3,
+            max_steps=-1,
+        )
+        counts[cache], weights[cache] = teacher.calls, [p.detach().clone() for p in module.parameters()]
+    assert counts == {False: 12, True: 4}  # 4 batches per epoch; only the first epoch runs the teacher
+    for a, b in zip(weights[False], weights[True], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -198,6 +198,7 @@ class GradualPruning(LitmixCallback):
         self._t1: int = 1
         self._layer_sparsity: dict[str, float] = {}
         self._fast: list[tuple[nn.Parameter, Tensor]] = []  # (param, mask viewed as uint8: mul_ by it is fast)
+        self._param_refs: dict[str, nn.Parameter] = {}  # set up for fit; dropped at teardown
         self._remask_weights: bool = False
         self._log_pending: bool = True
 
@@ -294,6 +295,7 @@ class GradualPruning(LitmixCallback):
         # a fresh fit starts the schedule afresh; on resume the checkpointed state is loaded after setup
         self.last_update_step, self.last_applied_step, self.current_sparsity = -1, -1, 0.0
         params = dict(pl_module.named_parameters())
+        self._param_refs = {n: params[n] for n in names}
         self._masks = {}
         for n in names:
             path, _, leaf = n.rpartition(".")
@@ -508,6 +510,7 @@ class GradualPruning(LitmixCallback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Drop the cached references to parameters (the masks stay, for :meth:`state_dict`)."""
         self._fast = []
+        self._param_refs = {}
 
     # ------------------------------------------------------------------ state and export
     def state_dict(self) -> dict[str, Any]:
@@ -531,7 +534,8 @@ class GradualPruning(LitmixCallback):
         self.last_applied_step = int(state_dict.get("last_applied_step", -1))
         self.current_sparsity = float(state_dict.get("current_sparsity", 0.0))
         masks = state_dict.get("masks")
-        if masks is None:  # version 1 kept the masks in the module's state_dict
+        if masks is None:  # version 1 kept the masks in the module's state_dict (see _migrate_v1)
+            self._migrate_v1()
             return
         cls = type(self).__name__
         for n, entry in masks.items():
@@ -550,6 +554,24 @@ class GradualPruning(LitmixCallback):
                 live.copy_(mask)
         if self._names:
             self._refresh_layer_sparsity()
+
+    def _migrate_v1(self) -> None:
+        """A version-1 checkpoint (litmix < 0.2) held the masks as ``*_mask`` keys of the module's ``state_dict``.
+
+        Resuming one needs ``pl_module.strict_loading = False`` (those keys are no longer buffers in the
+        ``state_dict``). The weights were restored before this callback's state and are exactly 0 where pruned, so
+        the masks are rebuilt from their zeros.
+        """
+        if not self._names or not self._param_refs:
+            return
+        with torch.no_grad():
+            for n in self._names:
+                self._masks[n].copy_(self._param_refs[n] != 0)
+        self._refresh_layer_sparsity()
+        rank_zero_info(
+            f"{type(self).__name__}: version-1 checkpoint state; masks rebuilt from the restored weights' zeros "
+            f"(sparsity {self._layer_sparsity.get('global', 0.0):.4f})"
+        )
 
     @staticmethod
     def make_permanent(module: nn.Module) -> list[str]:

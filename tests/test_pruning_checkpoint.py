@@ -7,7 +7,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from litmix.callbacks.gradual_pruning import GradualPruning
-from litmix.functional.sparsity import sparsity_report
+from litmix.functional.sparsity import sparsity_report, unpack_mask
 from litmix.testing import TinyClassifier, TinyDataModule, fit_tiny, make_trainer
 
 
@@ -45,6 +45,25 @@ def test_resume_restores_every_mask_and_continues(tmp_path):
         assert torch.equal(cb2._masks[n], cb._masks[n])  # restored exactly, not recomputed
         assert (dict(resumed.named_parameters())[n][~cb2._masks[n]] == 0).all()
     assert cb2.last_update_step == 4  # no update after the restored end of the schedule
+
+
+def test_version_1_checkpoint_resumes_with_masks_rebuilt_from_zeros(tmp_path):
+    cb = GradualPruning(0.75, start_step=0, end_step=4, every_n_steps=2)
+    _, path = _fit_with_checkpoint(tmp_path, cb)
+    ckpt = torch.load(path, weights_only=True)
+    state = ckpt["callbacks"]["GradualPruning"]
+    for n, entry in state.pop("masks").items():  # rewrite as litmix < 0.2 wrote it
+        ckpt["state_dict"][n + "_mask"] = unpack_mask(entry["bits"], entry["shape"])
+    state["version"] = 1
+    old = tmp_path / "v1.ckpt"
+    torch.save(ckpt, old)
+    resumed = TinyClassifier()
+    resumed.strict_loading = False  # the *_mask keys are no longer part of the module's state_dict
+    cb2 = GradualPruning(0.75, start_step=0, end_step=4, every_n_steps=2)
+    make_trainer(callbacks=[cb2], max_steps=12).fit(resumed, datamodule=TinyDataModule(), ckpt_path=str(old))
+    for n in ("net.0.weight", "net.2.weight"):
+        assert torch.equal(cb2._masks[n], cb._masks[n])
+        assert (dict(resumed.named_parameters())[n][~cb2._masks[n]] == 0).all()
 
 
 def test_mask_state_of_wrong_shape_or_unknown_parameter_is_an_error():

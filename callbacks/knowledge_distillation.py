@@ -249,7 +249,9 @@ class KnowledgeDistillation(LossTermCallback):
                     f"{owner}(teacher={self.teacher_source!r}): teacher is a folder without config.json, not a "
                     "Hugging Face save_pretrained folder; pass a torch.save(module) file, a .ckpt or such a folder"
                 )
-        self._teacher = load_model(teacher, class_path=self.teacher_class, owner=owner, argument="teacher")
+        self._teacher = load_model(
+            teacher, class_path=self.teacher_class, owner=owner, argument="teacher", class_argument="teacher_class"
+        )
         self._freeze()
         self._handle: RemovableHandle | None = None
         self._armed = False

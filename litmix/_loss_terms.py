@@ -1,4 +1,8 @@
-"""Adding loss terms from callbacks to any LightningModule.
+"""Implementation of :mod:`litmix.loss_terms` (import from there).
+
+The base class lives in a ``_``-module so that LightningCLI never offers it as a selectable callback.
+
+Adding loss terms from callbacks to any LightningModule.
 
 Lightning has no loss hook, so litmix supports exactly one of two mechanisms per run:
 

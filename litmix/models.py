@@ -52,6 +52,7 @@ def load_model(
     class_path: str | None = None,
     owner: str = "litmix",
     argument: str = "model",
+    class_argument: str = "class_path",
 ) -> nn.Module:
     """Return a module from a module, a file or a folder.
 
@@ -64,10 +65,12 @@ def load_model(
         class_path: ``"package.module.ClassName"`` of the saved class.
         owner: the class asking, for error messages.
         argument: the argument that held ``spec``, for error messages.
+        class_argument: the argument that held ``class_path``, for error messages.
 
     Raises:
         TypeError: for a ``spec`` that is neither a module nor a path, or a file that does not hold a module.
-        ValueError: for a missing path (also a ``FileNotFoundError``) or a ``.ckpt`` without ``class_path``.
+        ValueError: for a missing path (also a ``FileNotFoundError``), a folder that is not a Hugging Face
+            model folder (no ``config.json``) or a ``.ckpt`` without ``class_path``.
 
     Example:
         >>> load_model(nn.Linear(2, 2)).out_features
@@ -82,8 +85,14 @@ def load_model(
     path = check_path(owner, argument, spec)
     assert path is not None
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"{owner}({argument}={str(spec)!r}): a folder must be a Hugging Face model folder written by "
+                "save_pretrained (no config.json in it)"
+            )
         if class_path:
-            return import_class(class_path, owner=owner, argument="class_path").from_pretrained(str(path))  # type: ignore[attr-defined]
+            cls = import_class(class_path, owner=owner, argument=class_argument)
+            return cls.from_pretrained(str(path))  # type: ignore[attr-defined, no-any-return]
         try:
             from transformers import AutoModelForCausalLM
         except ImportError as err:  # pragma: no cover - depends on the environment
@@ -95,9 +104,10 @@ def load_model(
     if path.suffix == ".ckpt":
         if not class_path:
             raise ValueError(
-                f"{owner}({argument}={str(spec)!r}): a Lightning checkpoint needs class_path='package.module.ClassName'"
+                f"{owner}({argument}={str(spec)!r}): a Lightning checkpoint needs "
+                f"{class_argument}='package.module.ClassName'"
             )
-        cls = import_class(class_path, owner=owner, argument="class_path")
+        cls = import_class(class_path, owner=owner, argument=class_argument)
         if hasattr(cls, "load_from_checkpoint"):
             return cls.load_from_checkpoint(str(path), map_location="cpu")  # type: ignore[attr-defined]
         net = cls()

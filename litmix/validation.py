@@ -197,7 +197,10 @@ def check_path(owner: str, name: str, value: Any, *, must_exist: bool = True, al
         raise TypeError(f"{_where(owner, name, value)}: {name} must be a path, got {type(value).__name__}")
     if not str(value).strip():
         raise ValueError(f"{_where(owner, name, value)}: {name} must be a non-empty path")
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as err:  # "~user" for an unknown user
+        raise ValueError(f"{_where(owner, name, value)}: {name}: cannot expand the home folder ({err})") from err
     if must_exist and not path.exists():
         raise MissingPathError(f"{_where(owner, name, str(value))}: {name}: no such file or directory")
     return path

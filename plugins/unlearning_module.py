@@ -203,7 +203,9 @@ class UnlearningModule(LitmixModule):
         if isinstance(model, str | os.PathLike):
             self.hparams["model"] = str(model)
         try:
-            self.model = load_model(model, class_path=model_class, owner=name, argument="model")
+            self.model = load_model(
+                model, class_path=model_class, owner=name, argument="model", class_argument="model_class"
+            )
         except (TypeError, ValueError):
             raise
         except Exception as err:  # e.g. a file that is not a torch.save'd module, a broken HF folder

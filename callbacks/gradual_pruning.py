@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
@@ -40,17 +40,6 @@ PAPER = (
 
 #: strategies that shard parameters: a mask decided on a shard is not a global magnitude ranking
 _SHARDED: tuple[type, ...] = (FSDPStrategy, DeepSpeedStrategy)
-
-
-def _mask_grad_hook(mask: Tensor) -> Any:
-    """A ``post_accumulate_grad`` hook zeroing the pruned gradient entries right after backward wrote them."""
-
-    def hook(param: Tensor) -> None:
-        grad = param.grad
-        if grad is not None:
-            grad.mul_(mask)
-
-    return hook
 
 
 @register("callback", "sparsity", paper=PAPER)
@@ -210,7 +199,6 @@ class GradualPruning(LitmixCallback):
         self._layer_sparsity: dict[str, float] = {}
         self._fast: list[tuple[nn.Parameter, Tensor]] = []  # (param, mask viewed as uint8: mul_ by it is fast)
         self._param_refs: dict[str, nn.Parameter] = {}  # set up for fit; dropped at teardown
-        self._grad_hooks: list[Any] = []  # post-accumulate-grad hook handles (single device, no accumulation)
         self._remask_weights: bool = False
         self._log_pending: bool = True
 
@@ -376,13 +364,10 @@ class GradualPruning(LitmixCallback):
                     mask_optimizer_state(opt, p, mask, skip=() if self.zero_second_moments else SECOND_MOMENTS)
         inexact = [type(o).__name__ for o in trainer.optimizers if not keeps_pruned_weights_zero(o)]
         self._remask_weights = bool(inexact)
-        self._install_grad_hooks(trainer)
-        where = "as backward writes them" if self._grad_hooks else "before each optimizer step"
         engine = (
-            f"gradients masked {where} and weights after every step ({', '.join(inexact)} is not known to keep "
-            "zeros at zero)"
+            f"gradients and weights masked every step ({', '.join(inexact)} is not known to keep zeros at zero)"
             if inexact
-            else f"gradients masked {where}"
+            else "gradients masked every step"
         )
         rank_zero_info(
             f"{cls}: {self.scope} magnitude pruning {self.initial_sparsity:.3f} -> {self.target_sparsity:.3f} "
@@ -432,32 +417,10 @@ class GradualPruning(LitmixCallback):
         assert new_masks is not None
         return new_masks
 
-    def _install_grad_hooks(self, trainer: pl.Trainer) -> None:
-        """On one device without gradient accumulation, mask each gradient as soon as backward has written it.
-
-        The gradient is then still in cache (measured: the multiply is several times cheaper than in
-        ``on_before_optimizer_step``). Under DDP (the reducer's own hooks must see masked and averaged gradients in
-        a defined order) and with ``accumulate_grad_batches > 1`` (one pass per micro-batch) the gradients are
-        masked in ``on_before_optimizer_step`` instead. The hooks hold views of the mask buffers, so mask updates
-        (in place) reach them.
-        """
-        self._remove_grad_hooks()
-        if not isinstance(trainer.strategy, SingleDeviceStrategy) or trainer.accumulate_grad_batches != 1:
-            return
-        for p, mask in self._fast:
-            self._grad_hooks.append(p.register_post_accumulate_grad_hook(_mask_grad_hook(mask)))
-
-    def _remove_grad_hooks(self) -> None:
-        for handle in self._grad_hooks:
-            handle.remove()
-        self._grad_hooks = []
-
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Zero the gradients of pruned weights (one in-place multiply per masked tensor) unless hooks did."""
-        if self._grad_hooks:
-            return
+        """Zero the gradients of pruned weights (one in-place multiply per masked tensor)."""
         for p, mask in self._fast:
             grad = p.grad
             if grad is not None:
@@ -545,8 +508,7 @@ class GradualPruning(LitmixCallback):
         plt.close(fig)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Remove the gradient hooks and drop the cached references to parameters (the masks stay)."""
-        self._remove_grad_hooks()
+        """Drop the cached references to parameters (the masks stay, for :meth:`state_dict`)."""
         self._fast = []
         self._param_refs = {}
 

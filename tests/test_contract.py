@@ -240,3 +240,15 @@ def test_non_lightning_items_have_a_runnable_example(info):
     example = doc.split("Example", 1)[-1]
     assert ">>>" in example, f"{info.name}: the Example section has no doctest"
     assert info.cls.__module__.startswith("litmix."), f"{info.name} is defined outside the litmix package"
+
+
+@pytest.mark.parametrize("info", CALLBACKS, ids=_ids(CALLBACKS))
+def test_checkpoint_loads_strictly_into_the_users_module(info, tmp_path):
+    """A checkpoint written with the callback holds only the module's own keys (strict load of a fresh module)."""
+    example = info.cls.example()
+    trainer = make_trainer(callbacks=list(example.callbacks), max_steps=2, default_root_dir=tmp_path)
+    trainer.fit(example.module, datamodule=example.datamodule)
+    trainer.save_checkpoint(tmp_path / "plugin.ckpt")
+    checkpoint = torch.load(tmp_path / "plugin.ckpt", map_location="cpu", weights_only=False)
+    fresh = info.cls.example().module
+    fresh.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -1,5 +1,6 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
+from litmix.callbacks.gradient_noise import GradientNoise
 from litmix.callbacks.gradual_pruning import GradualPruning
 from litmix.callbacks.inference_cost import InferenceCost
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
@@ -9,6 +10,7 @@ from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
+    "GradientNoise",
     "GradualPruning",
     "InferenceCost",
     "KnowledgeDistillation",

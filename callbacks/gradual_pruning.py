@@ -8,11 +8,11 @@ from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
+from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example, LitmixCallback
 from litmix.functional.sparsity import (
     MASK_SUFFIX,
@@ -38,10 +38,8 @@ PAPER = (
     "(https://arxiv.org/abs/1710.01878)"
 )
 
+
 #: strategies that shard parameters: a mask decided on a shard is not a global magnitude ranking
-_SHARDED: tuple[type, ...] = (FSDPStrategy, DeepSpeedStrategy)
-
-
 @register("callback", "sparsity", paper=PAPER)
 class GradualPruning(LitmixCallback):
     """Gradual magnitude pruning to an absolute target sparsity with a cubic schedule.
@@ -284,12 +282,9 @@ class GradualPruning(LitmixCallback):
             raise MisconfigurationException(
                 f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
             )
-        if isinstance(trainer.strategy, _SHARDED):
-            raise MisconfigurationException(
-                f"{cls} does not support Trainer(strategy={type(trainer.strategy).__name__}): it ranks whole "
-                "parameters by magnitude and a sharded strategy gives each rank a shard; use strategy='ddp' "
-                "(or a single device)"
-            )
+        refuse_sharded_strategy(
+            cls, trainer.strategy, "it ranks whole parameters by magnitude and sharding gives each rank a shard"
+        )
         names, excluded = self._select(pl_module)
         self._names = names
         # a fresh fit starts the schedule afresh; on resume the checkpointed state is loaded after setup

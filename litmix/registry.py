@@ -112,9 +112,11 @@ def register(kind: Kind, family: Family, paper: str = "", module: str = "") -> C
         if old is not None:
             if old.cls.__qualname__ != qualname:
                 raise ValueError(f"register: plugin name {name!r} is already used by {old.cls!r}")
-            # pytest's path-based doctest collection imports `callbacks/x.py` a second time as `callbacks.x`;
-            # the registry keeps the canonical `litmix.*` class.
-            if old.cls.__module__.startswith("litmix.") and not defined_in.startswith("litmix."):
+            # pytest's path-based doctest collection imports `callbacks/x.py` a second time as `callbacks.x`,
+            # and `litmix/x.py` a second time under its own name: the registry keeps the first, canonical object.
+            if old.cls.__module__.startswith("litmix.") and (
+                not defined_in.startswith("litmix.") or old.cls.__module__ == defined_in
+            ):
                 return cls
         _REGISTRY[name] = PluginInfo(name=name, kind=kind, family=family, paper=paper, cls=cls, module=module)
         return cls

@@ -18,6 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from litmix.registry import register
+
+_ZHU_GUPTA = "To prune, or not to prune (https://arxiv.org/abs/1710.01878)"
+
 __all__ = [
     "EXACT_OPTIMIZERS",
     "MASK_SUFFIX",
@@ -57,6 +61,7 @@ PRUNABLE_CLASS_NAMES: frozenset[str] = frozenset(
 )
 
 
+@register("function", "sparsity", paper=_ZHU_GUPTA, module="litmix.functional")
 def cubic_sparsity(step: int, start_step: int, end_step: int, initial: float, final: float) -> float:
     """Zhu & Gupta's cubic schedule ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3``.
 
@@ -87,6 +92,7 @@ def cubic_sparsity(step: int, start_step: int, end_step: int, initial: float, fi
     return float(final + (initial - final) * (1.0 - progress) ** 3)
 
 
+@register("function", "sparsity", paper=_ZHU_GUPTA, module="litmix.functional")
 def magnitude_masks(
     weights: Mapping[str, Tensor],
     sparsity: float,

@@ -9,6 +9,7 @@ of the transition matrix are never formed, only ``U_k = M U_{k-1}``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -35,10 +36,9 @@ def sparse_random_projection(num_rows: int, dim: int, s: float, generator: torch
     """
     u = torch.rand(num_rows, dim, generator=generator)
     p = 1.0 / (2.0 * s)
-    scale = math.sqrt(s)
-    out = torch.zeros(num_rows, dim)
-    out[u < p] = scale
-    out[u > 1.0 - p] = -scale
+    out = (u > 1.0 - p).float()
+    out -= (u < p).float()
+    out *= math.sqrt(s)
     return out
 
 
@@ -141,14 +141,16 @@ def fastrp(
     seed = check_int(_OWNER, "seed", seed, low=0)
     ei = _check_edge_index(edge_index, num_nodes)
 
-    # transition matrix D^-1 A in CSR (duplicates once)
+    # transition matrix D^-1 A in CSR (duplicates once; keys sorted, so rows are in order)
     key = torch.unique(ei[0] * num_nodes + ei[1])
     row, col = key // num_nodes, key % num_nodes
-    degree = torch.bincount(row, minlength=num_nodes).float()
-    values = 1.0 / degree[row]
-    m = torch.sparse_coo_tensor(
-        torch.stack([row, col]), values, (num_nodes, num_nodes), is_coalesced=True, check_invariants=False
-    )
+    counts = torch.bincount(row, minlength=num_nodes)
+    degree = counts.float()
+    crow = torch.zeros(num_nodes + 1, dtype=torch.long)
+    torch.cumsum(counts, 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        m = torch.sparse_csr_tensor(crow, col, 1.0 / degree[row], (num_nodes, num_nodes), check_invariants=False)
 
     gen = torch.Generator().manual_seed(seed)
     r = sparse_random_projection(num_nodes, dim, math.sqrt(num_nodes) if s_value is None else s_value, gen)

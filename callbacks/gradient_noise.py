@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
 
 from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example, LitmixCallback
@@ -76,6 +75,7 @@ class GradientNoise(LitmixCallback):
         super().__init__(name=name)
         self.eta, self.gamma = eta, gamma
         self.seed: int | None = seed
+        self._generators: dict[torch.device, torch.Generator] = {}  # re-seeded every step; not state
 
     @classmethod
     def example(cls) -> Example:
@@ -102,27 +102,42 @@ class GradientNoise(LitmixCallback):
         """The generator of this step: a function of ``(seed, global_step, optimizer index)`` only."""
         assert self.seed is not None, "GradientNoise.setup() chooses the seed"
         key = (self.seed * _MIX + trainer.global_step * 0x100000001B3 + opt_idx) % 2**63
-        return torch.Generator(device=device).manual_seed(key)
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        return generator.manual_seed(key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Generators do not pickle: they are re-created (and re-seeded every step anyway)."""
+        return {**self.__dict__, "_generators": {}}
 
     @torch.no_grad()
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         """Add ``N(0, sigma_t^2)`` to the gradient of every parameter of ``optimizer``."""
-        grads: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    grads.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
         step = trainer.global_step
         sigma = self.sigma(step)
-        opt_idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
-        for (device, dtype), tensors in grads.items():
-            # one draw per (device, dtype), split into the gradients: one kernel instead of one per tensor
+        optimizers = trainer.optimizers
+        opt_idx = 0 if len(optimizers) < 2 else next((i for i, o in enumerate(optimizers) if o is optimizer), 0)
+        first = grads[0]
+        if all(g.device == first.device and g.dtype == first.dtype for g in grads):
+            groups = {(first.device, first.dtype): grads}
+        else:
+            groups = {}
+            for g in grads:
+                groups.setdefault((g.device, g.dtype), []).append(g)
+        for (device, dtype), tensors in groups.items():
+            # one draw per (device, dtype) in the gradients' dtype, split into views of the gradients' shapes
             sizes = [g.numel() for g in tensors]
-            noise = torch.randn(sum(sizes), generator=self._generator(trainer, device, opt_idx), device=device)
-            chunks = [c.view_as(g) for c, g in zip(noise.to(dtype).split(sizes), tensors, strict=True)]
-            torch._foreach_add_(tensors, chunks, alpha=sigma)
+            noise = torch.empty(sum(sizes), device=device, dtype=dtype)
+            noise.normal_(generator=self._generator(trainer, device, opt_idx))
+            torch._foreach_add_(
+                tensors, [c.view_as(g) for c, g in zip(noise.split(sizes), tensors, strict=True)], alpha=sigma
+            )
         every = int(getattr(trainer, "log_every_n_steps", 50) or 0)
         if every > 0 and step % every == 0:
             pl_module.log(f"{self.log_prefix}/sigma", sigma, on_step=True, on_epoch=False, batch_size=1)

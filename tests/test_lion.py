@@ -55,6 +55,25 @@ def test_one_step_equals_the_formula_exactly():
     assert torch.equal(q.detach(), torch.tensor([-0.01, 0.01, 0.0]))
 
 
+def test_steps_match_the_formula_to_rounding_on_random_values():
+    gen = torch.Generator().manual_seed(0)
+    p0, m0 = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen) * 0.1
+    lr, (b1, b2), wd = 3e-4, (0.9, 0.99), 1e-2
+    for foreach in (True, False):
+        p = nn.Parameter(p0.clone())
+        opt = Lion([p], lr=lr, betas=(b1, b2), weight_decay=wd, foreach=foreach)
+        opt.state[p]["exp_avg"] = m0.clone()
+        want_p, want_m = p0.clone(), m0.clone()
+        for _ in range(5):
+            g = torch.randn(1000, generator=gen)
+            p.grad = g
+            opt.step()
+            want_p = want_p * (1 - lr * wd) - lr * torch.sign(b1 * want_m + (1 - b1) * g)
+            want_m = b2 * want_m + (1 - b2) * g
+        torch.testing.assert_close(p.detach(), want_p, rtol=0, atol=1e-6)
+        torch.testing.assert_close(opt.state[p]["exp_avg"], want_m, rtol=1e-5, atol=1e-7)
+
+
 def test_defaults_match_the_paper():
     opt = Lion([nn.Parameter(torch.zeros(2))])
     group = opt.param_groups[0]

@@ -41,7 +41,9 @@ class Lion(torch.optim.Optimizer):
         p <- p - lr * sign(beta1 * m + (1 - beta1) * g)     # every coordinate moves by exactly lr
         m <- beta2 * m + (1 - beta2) * g
 
-    One state tensor per parameter (``exp_avg``), half of AdamW's per-element state (see
+    The interpolations are computed with ``lerp`` (``m + w * (g - m)``, as in the reference implementation
+    lucidrains/lion-pytorch): five passes over memory per step instead of seven, equal to the formula up to
+    rounding. One state tensor per parameter (``exp_avg``), half of AdamW's per-element state (see
     :func:`litmix.optim.memory_report`). The paper's advice: an ``lr`` 3-10x smaller and a ``weight_decay``
     3-10x larger than AdamW's. There is no ``torch.optim.Lion``; this one is a plain ``torch.optim.Optimizer``
     (param groups, ``state_dict``) for ``configure_optimizers``.
@@ -159,9 +161,8 @@ def _lion_loop(
     for p, g, m in zip(params, grads, moms, strict=True):
         if wd != 0.0:
             p.mul_(1.0 - lr * wd)
-        update = torch.mul(m, b1).add_(g, alpha=1.0 - b1).sign_()
-        p.add_(update, alpha=-lr)
-        m.mul_(b2).add_(g, alpha=1.0 - b2)
+        p.add_(torch.lerp(m, g, 1.0 - b1).sign_(), alpha=-lr)
+        m.lerp_(g, 1.0 - b2)
 
 
 def _lion_foreach(
@@ -170,9 +171,7 @@ def _lion_foreach(
     """The same update with ``torch._foreach_*`` ops (one kernel launch per op for the whole group)."""
     if wd != 0.0:
         torch._foreach_mul_(params, 1.0 - lr * wd)
-    updates = torch._foreach_mul(moms, b1)
-    torch._foreach_add_(updates, grads, alpha=1.0 - b1)
+    updates = torch._foreach_lerp(moms, grads, 1.0 - b1)
     torch._foreach_sign_(updates)
     torch._foreach_add_(params, updates, alpha=-lr)
-    torch._foreach_mul_(moms, b2)
-    torch._foreach_add_(moms, grads, alpha=1.0 - b2)
+    torch._foreach_lerp_(moms, grads, 1.0 - b2)

@@ -9,13 +9,15 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch_geometric.data import Data
 from torch_geometric.nn import GCNConv
 
 from litmix.data import split_batch
 from litmix.datamodules import GraphDataModule
-from litmix.datamodules.graph import _tiny_graph, planetoid_files
+from litmix.datamodules.graph import _tiny_graph, _TinyGCN, planetoid_files
 from litmix.testing import make_trainer
 from litmix.validation import MissingPathError
 
@@ -247,3 +249,39 @@ def test_two_rank_ddp_with_dropout_matches_one_rank(planetoid_root):
     1-rank run, since every rank computes the whole graph): measured max |diff| 2.7e-5 after 30 epochs."""
     one, two = _train(planetoid_root, 1, 0.5), _train(planetoid_root, 2, 0.5)
     assert _max_diff(one, two) < 1e-3
+
+
+class _RecordShards(Callback):
+    """Gathers the node ids every rank trains on in epoch 0 and the number of batches per rank."""
+
+    def __init__(self):
+        self.seen, self.batches = [], 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen += split_batch(batch)[2].tolist()
+        self.batches += 1
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (self.seen, self.batches))
+        (a, na), (b, nb) = gathered
+        assert na == nb == 3, (na, nb)
+        assert set(a) | set(b) == set(range(17))
+        assert len(set(a) & set(b)) <= 1, "padding repeats at most one node"
+        pl_module.log("checked", 1.0)
+
+
+@pytest.mark.ddp
+def test_two_rank_mini_batches_fit_with_an_uneven_split():
+    """17 training nodes, batches of 4 per rank: 9 nodes (one repeated) and 3 batches on each rank, no hang."""
+    g = _tiny_graph()
+    g.train_mask = torch.arange(48) < 17
+    dm = GraphDataModule(None, data=g, batch_size=4)
+    module = _TinyGCN()
+    trainer = make_trainer(
+        devices=2, strategy="ddp_fork", callbacks=[_RecordShards()], max_epochs=1, limit_val_batches=1.0
+    )
+    trainer.fit(module, datamodule=dm)
+    assert trainer.state.finished
+    assert float(trainer.callback_metrics["checked"]) == 1.0
+    assert "val_acc" in trainer.callback_metrics

@@ -21,7 +21,7 @@ _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio): spreads (seed, 
 
 @register("callback", "optimization", paper=_PAPER)
 class GradientNoise(LitmixCallback):
-    r"""Add annealed Gaussian noise to every gradient before the optimizer step.
+    """Add annealed Gaussian noise to every gradient before the optimizer step.
 
     Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep Networks", 2015
     (https://arxiv.org/abs/1511.06807): at step ``t`` (``trainer.global_step``, 0 at the first step) every
@@ -76,6 +76,7 @@ class GradientNoise(LitmixCallback):
         self.eta, self.gamma = eta, gamma
         self.seed: int | None = seed
         self._generators: dict[torch.device, torch.Generator] = {}  # re-seeded every step; not state
+        self._buffers: dict[tuple[torch.device, torch.dtype], Any] = {}  # CPU noise buffers (see _noise_views)
 
     @classmethod
     def example(cls) -> Example:
@@ -108,8 +109,30 @@ class GradientNoise(LitmixCallback):
         return generator.manual_seed(key)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Generators do not pickle: they are re-created (and re-seeded every step anyway)."""
-        return {**self.__dict__, "_generators": {}}
+        """Generators do not pickle and buffers are scratch space: both are re-created."""
+        return {**self.__dict__, "_generators": {}, "_buffers": {}}
+
+    def _noise_views(
+        self, device: torch.device, dtype: torch.dtype, tensors: list[torch.Tensor], generator: torch.Generator
+    ) -> list[torch.Tensor]:
+        """Standard normal noise shaped like ``tensors``: one ``normal_`` into one buffer, returned as views.
+
+        On CPU the buffer and its views are kept for the next step while the gradients' shapes stay the same
+        (a fresh buffer costs page faults and the views cost Python time on every step); on other devices the
+        buffer is allocated per step so that it does not hold memory through forward and backward.
+        """
+        shapes = tuple(g.shape for g in tensors)
+        cached = self._buffers.get((device, dtype))
+        if cached is not None and cached[0] == shapes:
+            buffer, views = cached[1], cached[2]
+        else:
+            sizes = [g.numel() for g in tensors]
+            buffer = torch.empty(sum(sizes), device=device, dtype=dtype)
+            views = [c.view(shape) for c, shape in zip(buffer.split(sizes), shapes, strict=True)]
+            if device.type == "cpu":
+                self._buffers[(device, dtype)] = (shapes, buffer, views)
+        buffer.normal_(generator=generator)
+        return views
 
     @torch.no_grad()
     def on_before_optimizer_step(
@@ -131,13 +154,9 @@ class GradientNoise(LitmixCallback):
             for g in grads:
                 groups.setdefault((g.device, g.dtype), []).append(g)
         for (device, dtype), tensors in groups.items():
-            # one draw per (device, dtype) in the gradients' dtype, split into views of the gradients' shapes
-            sizes = [g.numel() for g in tensors]
-            noise = torch.empty(sum(sizes), device=device, dtype=dtype)
-            noise.normal_(generator=self._generator(trainer, device, opt_idx))
-            torch._foreach_add_(
-                tensors, [c.view_as(g) for c, g in zip(noise.split(sizes), tensors, strict=True)], alpha=sigma
-            )
+            # one draw per (device, dtype) in the gradients' dtype, added through views of the gradients' shapes
+            generator = self._generator(trainer, device, opt_idx)
+            torch._foreach_add_(tensors, self._noise_views(device, dtype, tensors, generator), alpha=sigma)
         every = int(getattr(trainer, "log_every_n_steps", 50) or 0)
         if every > 0 and step % every == 0:
             pl_module.log(f"{self.log_prefix}/sigma", sigma, on_step=True, on_epoch=False, batch_size=1)

@@ -102,6 +102,27 @@ def test_every_gradient_of_the_stepped_optimizer_gets_noise_in_its_dtype():
     assert c.grad is None
 
 
+def _hook(cb: GradientNoise, params: list[nn.Parameter], step: int) -> list[torch.Tensor]:
+    """Zero the gradients, run the hook at ``step``, return the noise each gradient received."""
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt = torch.optim.SGD(params, lr=0.1)
+    cb.on_before_optimizer_step(SimpleNamespace(global_step=step, optimizers=[opt], log_every_n_steps=0), None, opt)  # type: ignore[arg-type]
+    return [p.grad.clone() for p in params]
+
+
+def test_the_reused_noise_buffer_gives_the_noise_of_a_fresh_callback():
+    a, b = nn.Parameter(torch.zeros(30, 4)), nn.Parameter(torch.zeros(7))
+    reused = GradientNoise(seed=5)
+    _hook(reused, [a, b], 3)
+    again = _hook(reused, [a, b], 4)  # same layout: the buffer of step 3 is reused
+    fresh = _hook(GradientNoise(seed=5), [a, b], 4)
+    assert all(torch.equal(x, y) for x, y in zip(again, fresh, strict=True))
+    changed = _hook(reused, [b, a], 4)  # another layout: a new buffer
+    assert all(torch.equal(x, y) for x, y in zip(changed, _hook(GradientNoise(seed=5), [b, a], 4), strict=True))
+    assert not torch.equal(again[0], _hook(reused, [a, b], 5)[0])
+
+
 def test_sigma_is_logged_under_the_prefix_on_logging_steps():
     module = TinyClassifier()
     trainer = fit_tiny([GradientNoise(eta=0.01)], module=module, max_steps=3, log_every_n_steps=1)

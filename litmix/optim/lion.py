@@ -31,15 +31,14 @@ def _check_group(owner: str, prefix: str, lr: Any, betas: Any, weight_decay: Any
 
 @register("optimizer", "optimization", paper=_PAPER, module="litmix.optim")
 class Lion(torch.optim.Optimizer):
-    r"""Lion (EvoLved Sign Momentum), Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.
+    """Lion (EvoLved Sign Momentum), Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.
 
     https://arxiv.org/abs/2302.06675. For every parameter ``p`` with gradient ``g`` and momentum ``m``:
 
-    .. code-block:: text
-
-        p <- p * (1 - lr * weight_decay)                   # decoupled weight decay
-        p <- p - lr * sign(beta1 * m + (1 - beta1) * g)     # every coordinate moves by exactly lr
-        m <- beta2 * m + (1 - beta2) * g
+    * ``p <- p * (1 - lr * weight_decay)`` (decoupled weight decay);
+    * ``p <- p - lr * sign(beta1 * m + (1 - beta1) * g)`` (every coordinate with a nonzero update moves by
+      exactly ``lr``);
+    * ``m <- beta2 * m + (1 - beta2) * g``.
 
     The interpolations are computed with ``lerp`` (``m + w * (g - m)``, as in the reference implementation
     lucidrains/lion-pytorch): five passes over memory per step instead of seven, equal to the formula up to

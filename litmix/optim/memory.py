@@ -36,18 +36,17 @@ def memory_report(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
     Works for any ``torch.optim.Optimizer`` (it reads ``optimizer.state``, so call it after the first
     ``step()``: most optimizers create their state lazily). Tensors shared between entries are counted once.
+    The keys of the returned dict:
+
+    * ``"optimizer"``: the class name;
+    * ``"params"``: parameter elements in the optimizer's groups (each parameter counted once);
+    * ``"state_bytes"``: bytes of every tensor in the state;
+    * ``"scalar_bytes"``: the part held in 0-dim tensors, e.g. Adam's per-tensor ``step`` counters;
+    * ``"bytes_per_param"``: ``(state_bytes - scalar_bytes) / params``, the per-element cost that grows with
+      the model: 8.0 for fp32 Adam/AdamW, 4.0 for Lion and SGD with momentum, 0.0 for plain SGD.
 
     Returns:
-        A dict with
-
-        * ``"optimizer"``: the class name;
-        * ``"params"``: parameter elements in the optimizer's groups (each parameter counted once);
-        * ``"state_bytes"``: bytes of every tensor in the state;
-        * ``"scalar_bytes"``: the part held in 0-dim tensors, e.g. Adam's per-tensor ``step`` counters;
-        * ``"bytes_per_param"``: ``(state_bytes - scalar_bytes) / params``, the per-element cost that grows with
-          the model: 8.0 for fp32 Adam/AdamW, 4.0 for Lion and SGD with momentum, 0.0 for plain SGD.
-
-        A dict of numbers, ready for ``pl_module.log_dict`` (drop ``"optimizer"``) or a table.
+        The report, numbers ready for ``pl_module.log_dict`` (drop ``"optimizer"``) or a table.
 
     Raises:
         TypeError: if ``optimizer`` is not a ``torch.optim.Optimizer``.

@@ -236,3 +236,22 @@ def test_lion_trains_the_digits_mlp(seed):
     report = memory_report(trainer.optimizers[0])
     assert report["bytes_per_param"] == 4.0
     assert report["scalar_bytes"] == 0
+
+
+_CLI = ["fit", "--model=litmix.testing.TinyClassifier", "--model.in_features=64", "--model.num_classes=10"]
+_CLI += ["--data=DigitsDataModule", "--trainer.max_epochs=1", "--trainer.logger=false", "--optimizer=Lion"]
+
+
+def test_cli_selects_lion_by_short_name(capsys):
+    from litmix.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_CLI, "--optimizer.lr=3e-4", "--optimizer.weight_decay=0.01", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: litmix.optim.Lion" in out
+    assert "weight_decay: 0.01" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_CLI, "--optimizer.lr=-1"])
+    assert exit_info.value.code == 2
+    assert "Lion(lr=-1.0): lr must be a finite number >= 0.0" in capsys.readouterr().err

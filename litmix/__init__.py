@@ -18,6 +18,7 @@ SUBPACKAGES = ("litmix.callbacks", "litmix.plugins", "litmix.datamodules")
 #: Core modules whose utilities, losses, metrics and functions register themselves on import.
 CORE_MODULES = (
     "litmix.functional",
+    "litmix.functional.fastrp",
     "litmix.functional.graph_proxies",
     "litmix.functional.inductive_bias",
     "litmix.metrics",

@@ -43,8 +43,14 @@ TOKENS = TensorDataset(torch.randint(0, 20, (16,), generator=torch.Generator().m
 def test_tied_embedding_and_head_default_leaves_them_dense_and_says_so(caplog):
     model = TiedLM()
     cb = GradualPruning(0.5, start_step=0, end_step=2, every_n_steps=1)
-    with caplog.at_level(logging.INFO):
-        _fit(model, [cb], TOKENS)  # was: KeyError 'head.weight' in setup
+    # Lightning's logger may not propagate to the root logger (it depends on import order): listen on it directly
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    lightning_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+            _fit(model, [cb], TOKENS)  # was: KeyError 'head.weight' in setup
+    finally:
+        lightning_logger.removeHandler(caplog.handler)
     assert cb._names == ["mid.weight"]
     assert sparsity_report(model, ["mid.weight"])["global"] == 0.5
     assert (model.emb.weight != 0).all()

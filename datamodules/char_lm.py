@@ -6,15 +6,13 @@ import atexit
 import os
 import shutil
 import tempfile
-from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from litmix.base import Example, LitmixDataModule
-from litmix.data import EpochShuffleSampler, split_batch
+from litmix.data import EpochShuffleSampler
 from litmix.registry import register
 from litmix.validation import check_float, check_int, check_path
 
@@ -33,30 +31,6 @@ class _Windows(Dataset):
         s = int(self.starts[i])
         chunk = self.ids[s : s + self.block_size + 1]
         return chunk[:-1], chunk[1:], i
-
-
-class _TinyCharLM(pl.LightningModule):
-    """Embedding + linear next-character model: the module of :meth:`CharLMDataModule.example` only."""
-
-    def __init__(self, vocab_size: int, dim: int = 16, lr: float = 0.05) -> None:
-        super().__init__()
-        self.embed, self.head, self.lr = nn.Embedding(vocab_size, dim), nn.Linear(dim, vocab_size), lr
-
-    def forward(self, ids: Tensor) -> Tensor:
-        return self.head(self.embed(ids))
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y, _ = split_batch(batch)
-        assert y is not None
-        return nn.functional.cross_entropy(self(x).flatten(0, 1), y.flatten())
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y, _ = split_batch(batch)
-        assert y is not None
-        self.log("val/loss", nn.functional.cross_entropy(self(x).flatten(0, 1), y.flatten()))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
 _EXAMPLE_TEXT: list[str] = []
@@ -151,9 +125,11 @@ class CharLMDataModule(LitmixDataModule):
 
     @classmethod
     def example(cls) -> Example:
-        """A tiny embedding + linear character model on a 1,800-character text in blocks of 16."""
+        """A tiny next-token model (:class:`litmix.testing.TinyTokenLM`) on a 1,800-character text in blocks of 16."""
+        from litmix.testing import TinyTokenLM
+
         datamodule = cls(_example_text(), block_size=16, batch_size=8, val_fraction=0.2)
-        return Example(_TinyCharLM(datamodule.vocab_size), datamodule, [])
+        return Example(TinyTokenLM(vocab_size=datamodule.vocab_size), datamodule, [])
 
     @property
     def vocab_size(self) -> int:

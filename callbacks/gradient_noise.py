@@ -28,8 +28,10 @@ class GradientNoise(LitmixCallback):
     gradient gets ``N(0, sigma_t^2)`` noise with ``sigma_t^2 = eta / (1 + t)^gamma``. The paper uses
     ``gamma = 0.55`` and ``eta`` in {0.01, 0.3, 1.0} (0.01 for most tasks, 1.0 for 20-layer networks).
 
-    The noise is added in ``on_before_optimizer_step``: after gradient clipping, AMP unscaling and the DDP
-    all-reduce, to the parameters of the optimizer being stepped. It is drawn from a generator seeded by
+    The noise is added in ``on_before_optimizer_step``, after the DDP all-reduce and AMP unscaling, to the
+    gradients of the optimizer being stepped. Lightning clips gradients (``Trainer(gradient_clip_val)``) *after*
+    this hook, so under clipping the noise is clipped together with the gradient (it counts in the norm). It
+    is drawn from a generator seeded by
     ``(seed, global_step, optimizer index)`` only, so every DDP rank adds the same noise and the replicas stay
     identical (with per-rank noise they drift apart), and a resumed run adds the noise an uninterrupted run
     adds. With ``accumulate_grad_batches=k`` the noise is added once per optimizer step.

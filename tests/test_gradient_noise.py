@@ -53,9 +53,9 @@ class _RecordGrads(pl.Callback):
         self.steps.append(trainer.global_step)
 
 
-def _noise(steps: int, **kwargs: Any) -> _RecordGrads:
+def _noise(steps: int, clip: float | None = None, **kwargs: Any) -> _RecordGrads:
     record = _RecordGrads()
-    fit_tiny([GradientNoise(**kwargs), record], module=_ZeroGradModel(), max_steps=steps)
+    fit_tiny([GradientNoise(**kwargs), record], module=_ZeroGradModel(), max_steps=steps, gradient_clip_val=clip)
     return record
 
 
@@ -73,6 +73,29 @@ def test_noise_std_follows_the_annealing_schedule():
     # fresh noise every step, and the schedule really anneals (step 39 vs step 0: 40**-0.275 = 0.363)
     assert not torch.equal(record.grads[0] / record.grads[0].std(), record.grads[1] / record.grads[1].std())
     assert record.grads[39].std() / record.grads[0].std() == pytest.approx(40**-0.275, rel=0.05)
+
+
+class _AfterStep(pl.Callback):
+    """The gradient the optimizer stepped with (still in ``.grad`` after the step)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        grads = [p.grad.flatten() for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(torch.cat(grads).norm().item())
+
+
+def test_gradient_clipping_runs_after_the_noise_as_documented():
+    """Lightning clips after `on_before_optimizer_step`: the noisy gradient is clipped (regression guard: if
+    Lightning ever moves the hook after clipping, this fails and the docstring must change)."""
+    after = _AfterStep()
+    fit_tiny(
+        [GradientNoise(eta=0.3, gamma=0.0, seed=7), after], module=_ZeroGradModel(), max_steps=3, gradient_clip_val=1e-3
+    )
+    assert all(n <= 1e-3 * 1.0001 for n in after.norms), after.norms
+    record = _noise(3, eta=0.3, gamma=0.0, seed=7)  # without clipping: the full noise
+    assert all(g.std().item() == pytest.approx(math.sqrt(0.3), rel=0.05) for g in record.grads)
 
 
 def test_noise_is_a_function_of_seed_and_step_only():

@@ -23,6 +23,7 @@ CORE_MODULES = (
     "litmix.functional.inductive_bias",
     "litmix.metrics",
     "litmix.nas",
+    "litmix.optim",
 )
 
 

@@ -39,6 +39,7 @@ REQUIRED = {
         "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
     ],
     "proxy_names": lambda: ["synflow", "params"],
+    "params": lambda: list(TinyClassifier().parameters()),
 }
 # Classes that need one of several optional arguments get a complete base configuration.
 CLASS_BASE = {

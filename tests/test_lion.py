@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import math
 import re
+import subprocess
+import sys
 
 import lightning.pytorch as pl
 import pytest
@@ -242,16 +244,17 @@ _CLI = ["fit", "--model=litmix.testing.TinyClassifier", "--model.in_features=64"
 _CLI += ["--data=DigitsDataModule", "--trainer.max_epochs=1", "--trainer.logger=false", "--optimizer=Lion"]
 
 
-def test_cli_selects_lion_by_short_name(capsys):
-    from litmix.cli import main
+def test_cli_selects_lion_by_short_name(tmp_path):
+    # a subprocess, as users run it: in-process, pytest's doctest collection imports litmix/optim/lion.py a second
+    # time, and jsonargparse would see two classes named Lion
+    def cli(*args):
+        cmd = [sys.executable, "-m", "litmix.cli", *_CLI, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
 
-    with pytest.raises(SystemExit) as exit_info:
-        main([*_CLI, "--optimizer.lr=3e-4", "--optimizer.weight_decay=0.01", "--print_config"])
-    assert exit_info.value.code in (0, None)
-    out = capsys.readouterr().out
-    assert "class_path: litmix.optim.Lion" in out
-    assert "weight_decay: 0.01" in out
-    with pytest.raises(SystemExit) as exit_info:
-        main([*_CLI, "--optimizer.lr=-1"])
-    assert exit_info.value.code == 2
-    assert "Lion(lr=-1.0): lr must be a finite number >= 0.0" in capsys.readouterr().err
+    proc = cli("--optimizer.lr=3e-4", "--optimizer.weight_decay=0.01", "--print_config")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "class_path: litmix.optim.Lion" in proc.stdout
+    assert "weight_decay: 0.01" in proc.stdout
+    proc = cli("--optimizer.lr=-1")
+    assert proc.returncode == 2
+    assert "Lion(lr=-1.0): lr must be a finite number >= 0.0" in proc.stderr

@@ -396,3 +396,34 @@ class TinyTokenLM(pl.LightningModule):
 
 
 __all__ += ["TinyTokenLM"]
+
+
+class StubTrainer:
+    """Just enough of a Trainer for a plugin's ``setup``: a ``strategy`` and a ``callbacks`` list.
+
+    With :func:`sharded_strategy`, tests check on a CPU that plugins refuse FSDP/DeepSpeed at ``setup``.
+
+    Example:
+        >>> StubTrainer(object()).callbacks
+        []
+    """
+
+    def __init__(self, strategy: Any, callbacks: list[Callback] | None = None) -> None:
+        self.strategy = strategy
+        self.callbacks = list(callbacks or [])
+
+
+def sharded_strategy(cls: type) -> Any:
+    """An instance of a sharded strategy class (``FSDPStrategy``, ``DeepSpeedStrategy``) built without ``__init__``.
+
+    Their ``__init__`` needs a GPU or DeepSpeed; plugins decide with ``isinstance``, which the instance passes.
+
+    Example:
+        >>> from lightning.pytorch.strategies import FSDPStrategy
+        >>> isinstance(sharded_strategy(FSDPStrategy), FSDPStrategy)
+        True
+    """
+    return object.__new__(cls)
+
+
+__all__ += ["StubTrainer", "sharded_strategy"]

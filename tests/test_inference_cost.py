@@ -13,12 +13,14 @@ from torch import nn
 from litmix.callbacks.inference_cost import InferenceCost
 from litmix.functional.inference_cost import fit_cost_model, profile_grid
 from litmix.testing import (
+    StubTrainer,
     TinyDataModule,
     TinyTokenLM,
     assert_state_roundtrip,
     fit_tiny,
     make_trainer,
     run_ddp,
+    sharded_strategy,
 )
 
 
@@ -130,20 +132,13 @@ def test_two_named_instances_log_apart(tmp_path):
     assert {"short/per_token_s", "long/per_token_s"} <= keys
 
 
-class _FakeTrainer:
-    """Just enough of a Trainer for ``setup``: a strategy object and the callback list."""
-
-    def __init__(self, strategy, callbacks):
-        self.strategy, self.callbacks = strategy, callbacks
-
-
 @pytest.mark.parametrize("strategy_cls", [FSDPStrategy, DeepSpeedStrategy])
 def test_sharded_strategy_refused_in_setup(strategy_cls):
     cb = _cb()
-    stub = strategy_cls.__new__(strategy_cls)  # FSDP/DeepSpeed cannot be built on CPU; isinstance is what counts
+    stub = sharded_strategy(strategy_cls)
     with pytest.raises(MisconfigurationException, match=rf"InferenceCost.*strategy={strategy_cls.__name__}.*ddp"):
-        cb.setup(_FakeTrainer(stub, [cb]), TinyTokenLM(), "fit")
-    cb.setup(_FakeTrainer(object(), [cb]), TinyTokenLM(), "fit")  # a non-sharded strategy passes
+        cb.setup(StubTrainer(stub, [cb]), TinyTokenLM(), "fit")
+    cb.setup(StubTrainer(object(), [cb]), TinyTokenLM(), "fit")  # a non-sharded strategy passes
 
 
 def _cb():

@@ -31,7 +31,7 @@ from litmix.plugins.ofa_supernet import OFASupernetModule
 from litmix.plugins.parzc_predictor import ParZCPredictor
 from litmix.plugins.proxyless_nas import ProxylessNASModule
 from litmix.registry import get_plugin
-from litmix.testing import make_trainer
+from litmix.testing import make_trainer, sharded_strategy
 
 MODULES = [NB201SupernetModule, OFASupernetModule, ParZCPredictor, ProxylessNASModule]
 
@@ -228,7 +228,7 @@ def test_example_shape_and_no_family_attribute(cls):
 @pytest.mark.parametrize("cls", [NB201SupernetModule, OFASupernetModule, ProxylessNASModule])
 def test_sharded_strategies_are_refused(cls, strategy):
     module = cls.example().module
-    sharded = strategy.__new__(strategy)  # no GPU or DeepSpeed here: an uninitialised instance passes isinstance
+    sharded = sharded_strategy(strategy)
     module._trainer = SimpleNamespace(strategy=sharded)
     with pytest.raises(MisconfigurationException, match=rf"{cls.__name__} does not support .*{strategy.__name__}"):
         module.setup("fit")

@@ -8,7 +8,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from litmix.callbacks.gradual_pruning import GradualPruning
 from litmix.functional.sparsity import sparsity_report, unpack_mask
-from litmix.testing import TinyClassifier, TinyDataModule, fit_tiny, make_trainer
+from litmix.testing import TinyClassifier, TinyDataModule, fit_tiny, make_trainer, sharded_strategy
 
 
 def _fit_with_checkpoint(tmp_path, cb, max_steps=8):
@@ -108,7 +108,7 @@ def test_end_fraction_one_still_reaches_the_target():
 def test_sharded_strategies_are_refused_naming_them_and_ddp(strategy_cls, monkeypatch):
     cb = GradualPruning()
     trainer = make_trainer(callbacks=[cb])
-    stub = strategy_cls.__new__(strategy_cls)  # a real instance of the class, without its GPU-only __init__
+    stub = sharded_strategy(strategy_cls)
     monkeypatch.setattr(type(trainer), "strategy", property(lambda self: stub))
     with pytest.raises(MisconfigurationException, match=rf"strategy={strategy_cls.__name__}\).*strategy='ddp'"):
         cb.setup(trainer, TinyClassifier(), "fit")

@@ -8,12 +8,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from litmix.callbacks.save_init import SaveInit
 from litmix.testing import (
+    StubTrainer,
     TinyClassifier,
     TinyDataModule,
     assert_resume_matches,
     assert_state_roundtrip,
     fit_tiny,
     run_ddp,
+    sharded_strategy,
 )
 
 
@@ -45,20 +47,13 @@ def test_state_key_tells_paths_apart():
     assert SaveInit(name="x").state_key != SaveInit(name="y").state_key
 
 
-class _FakeTrainer:
-    """Just enough of a Trainer for ``setup``: a strategy object and the callback list."""
-
-    def __init__(self, strategy, callbacks):
-        self.strategy, self.callbacks = strategy, callbacks
-
-
 @pytest.mark.parametrize("strategy_cls", [FSDPStrategy, DeepSpeedStrategy])
 def test_sharded_strategy_refused_in_setup(strategy_cls):
     cb = SaveInit()
-    stub = strategy_cls.__new__(strategy_cls)  # FSDP/DeepSpeed cannot be built on CPU; isinstance is what counts
+    stub = sharded_strategy(strategy_cls)
     with pytest.raises(MisconfigurationException, match=rf"SaveInit.*strategy={strategy_cls.__name__}.*ddp"):
-        cb.setup(_FakeTrainer(stub, [cb]), TinyClassifier(), "fit")
-    cb.setup(_FakeTrainer(object(), [cb]), TinyClassifier(), "fit")  # a non-sharded strategy passes
+        cb.setup(StubTrainer(stub, [cb]), TinyClassifier(), "fit")
+    cb.setup(StubTrainer(object(), [cb]), TinyClassifier(), "fit")  # a non-sharded strategy passes
 
 
 def test_snapshot_is_theta0_and_written(tmp_path):

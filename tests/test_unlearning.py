@@ -34,7 +34,16 @@ from litmix.metrics.indexed_mean import IndexedMean
 from litmix.metrics.mia_auc import MembershipInferenceAUC
 from litmix.plugins.unlearning_module import UnlearningModule
 from litmix.registry import get_plugin
-from litmix.testing import TinyClassifier, TinyDataModule, assert_resume_matches, fit_tiny, make_trainer, run_ddp
+from litmix.testing import (
+    StubTrainer,
+    TinyClassifier,
+    TinyDataModule,
+    assert_resume_matches,
+    fit_tiny,
+    make_trainer,
+    run_ddp,
+    sharded_strategy,
+)
 
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
@@ -256,21 +265,14 @@ def test_argument_types_and_non_finite_values(kwargs, error, match):
         UnlearningModule(**kwargs)
 
 
-class _FakeTrainer:
-    """Just enough of a Trainer for ``LightningModule.setup``: a strategy object."""
-
-    def __init__(self, strategy):
-        self.strategy = strategy
-
-
 @pytest.mark.parametrize("strategy_cls", [FSDPStrategy, DeepSpeedStrategy])
 def test_sharded_strategy_refused_in_setup(strategy_cls):
     module = UnlearningModule(mlp(0))
-    module.trainer = _FakeTrainer(strategy_cls.__new__(strategy_cls))  # cannot build FSDP/DeepSpeed on CPU
+    module.trainer = StubTrainer(sharded_strategy(strategy_cls))
     with pytest.raises(MisconfigurationException, match=rf"UnlearningModule.*strategy={strategy_cls.__name__}.*ddp"):
         module.setup("fit")
     assert module.ref_model is None  # refused before copying the reference
-    module.trainer = _FakeTrainer(object())
+    module.trainer = StubTrainer(object())
     module.setup("fit")
     assert module.ref_model is not None
 

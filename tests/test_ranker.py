@@ -1,6 +1,7 @@
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,113 @@ def test_two_rank_scoring_equals_one_process(tmp_path):
     for rank in range(2):
         table = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert table == json.loads(json.dumps(single)), f"rank {rank} differs from the single-process table"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(ranker, n):
+    """Make ``ranker.score_one`` raise after ``n`` architectures (a run killed part-way)."""
+    real, calls = ranker.score_one, []
+
+    def score_one(i):
+        if len(calls) == n:
+            raise _Interrupt
+        calls.append(i)
+        return real(i)
+
+    ranker.score_one = score_one
+    return calls
+
+
+def test_interrupted_run_resumes_from_the_rows_already_scored(tmp_path):
+    path = str(tmp_path / "scores.jsonl")
+    uninterrupted = _small_ranker().score_all()
+    first = _small_ranker(resume_file=path)
+    _interrupt_after(first, 4)
+    with pytest.raises(_Interrupt):
+        first.score_all()
+    with open(path, "a") as fh:  # the row being written when the process died, cut short
+        fh.write('{"i": 5, "row": {"arch"')
+    second = _small_ranker(resume_file=path)
+    calls = _interrupt_after(second, 99)
+    assert second.score_all() == uninterrupted
+    assert calls == [4, 5], "only the two rows missing from the file are scored again"
+    third = _small_ranker(resume_file=path)
+    assert _interrupt_after(third, 99) == []
+    assert third.score_all() == uninterrupted
+    assert third.score_all() == uninterrupted
+    assert len(Path(path).read_text().splitlines()) == 1 + 4 + 1 + 2
+
+
+def test_resume_file_of_another_configuration_is_refused(tmp_path):
+    path = str(tmp_path / "scores.jsonl")
+    _small_ranker(resume_file=path).score_all()
+    with pytest.raises(ValueError, match=r"resume_file=.*another configuration"):
+        _small_ranker(resume_file=path, seed=1).score_all()
+    with pytest.raises(ValueError, match=r"resume_file=.*another configuration"):
+        ProxyRanker(
+            CODES, names=["params"], C=4, N=1, batch_size=4, input_shape=(3, 8, 8), resume_file=path
+        ).score_all()
+    with pytest.raises(ValueError, match="not this ranker's architectures"):
+        ProxyRanker(
+            CODES[::-1],
+            names=["params", "synflow", "snip"],
+            C=4,
+            N=1,
+            batch_size=4,
+            input_shape=(3, 8, 8),
+            resume_file=path,
+        ).score_all()
+    with pytest.raises(ValueError, match=r"ProxyRanker\(resume_file=.*directory"):
+        _small_ranker(resume_file=str(tmp_path))
+    with pytest.raises(TypeError, match="resume_file"):
+        _small_ranker(resume_file=3)
+
+
+def test_progress_bar_reports_rate_and_eta_on_rank_zero(capsys):
+    _small_ranker(progress=True).score_all()
+    err = capsys.readouterr().err
+    assert "ProxyRanker" in err
+    assert "6/6" in err
+    assert "arch/s" in err
+    _small_ranker().score_all()
+    assert "ProxyRanker" not in capsys.readouterr().err
+
+
+def _ddp_resume_worker(rank, world, store, out_dir, path):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        ranker = _small_ranker(resume_file=path)
+        calls = _interrupt_after(ranker, 99)
+        table = ranker.score_all()
+        with open(f"{out_dir}/rank{rank}.json", "w") as fh:
+            json.dump({"table": table, "calls": calls}, fh)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_two_ranks_resume_a_single_process_run(tmp_path):
+    """A run interrupted in one process continues on 2 ranks: each scores half of what is left."""
+    path = str(tmp_path / "scores.jsonl")
+    uninterrupted = _small_ranker().score_all()
+    first = _small_ranker(resume_file=path)
+    _interrupt_after(first, 2)
+    with pytest.raises(_Interrupt):
+        first.score_all()
+    args = (2, str(tmp_path / "store"), str(tmp_path), path)
+    mp.start_processes(_ddp_resume_worker, args=args, nprocs=2, start_method="fork")
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for result in results:
+        assert result["table"] == json.loads(json.dumps(uninterrupted))
+    assert sorted(results[0]["calls"] + results[1]["calls"]) == [2, 3, 4, 5]
+    assert results[0]["calls"] == [2, 4]
+    assert results[1]["calls"] == [3, 5]
+    assert (tmp_path / "scores.jsonl.rank1").exists()
+    assert _small_ranker(resume_file=path).score_all() == uninterrupted
 
 
 @pytest.mark.slow

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from litmix.functional.proxies import list_proxies, zero_cost_proxies
 from litmix.nas.nb201 import build_nb201_network, code_to_arch, parse_code
@@ -60,12 +66,19 @@ class ProxyRanker:
         proxy_options: per-proxy options passed to ``zero_cost_proxies``.
         distributed: shard across ranks when ``torch.distributed`` is initialised.
         log_every: report progress with ``rank_zero_info`` every this many architectures (0 = never).
+        progress: show a progress bar on rank 0 (architectures done, architectures/s, ETA) on standard error.
+        resume_file: a JSON Lines file that receives every row as soon as it is scored (one file per rank under
+            DDP: ``<resume_file>.rank<r>``). A later ``score_all`` with the same file skips the rows already
+            there, so an interrupted run of thousands of cells continues where it stopped, with any number of
+            ranks. The file's header records the configuration (proxies, seed, sizes, options and a
+            fingerprint of the scoring batch); a file written with another configuration is refused.
 
     Raises:
         TypeError: for arguments of the wrong type.
         ValueError: for an empty ``archs``, no or unknown ``names``, a non-positive ``C``/``N``/``batch_size``,
             a negative ``seed``/``log_every``, an unknown ``nan_policy``, or an architecture that is neither an
-            NB201 string/code nor a callable.
+            NB201 string/code nor a callable; from :meth:`score_all`, a ``resume_file`` written with another
+            configuration or other architectures.
 
     Example:
         >>> ranker = ProxyRanker([(2,) * 6, (1,) * 6, (3,) * 6], names=["params", "synflow"], C=4, N=1)
@@ -96,6 +109,8 @@ class ProxyRanker:
         proxy_options: Mapping[str, Mapping[str, Any]] | None = None,
         distributed: bool = True,
         log_every: int = 0,
+        progress: bool = False,
+        resume_file: str | None = None,
     ) -> None:
         owner = "ProxyRanker"
         if isinstance(archs, str) or not isinstance(archs, Sequence):
@@ -129,6 +144,10 @@ class ProxyRanker:
         check_type(owner, "targets", targets, Tensor, allow_none=True)
         check_bool(owner, "distributed", distributed)
         check_int(owner, "log_every", log_every, low=0)
+        check_bool(owner, "progress", progress)
+        check_type(owner, "resume_file", resume_file, str, allow_none=True)
+        if resume_file is not None and (not resume_file.strip() or Path(resume_file).expanduser().is_dir()):
+            raise ValueError(f"{owner}(resume_file={resume_file!r}): resume_file must be a file path, not a directory")
         self.archs: list[ArchSpec] = list(archs)
         self.keys: list[str] = [self._key(i, a) for i, a in enumerate(self.archs)]
         self.names: list[str] = list(names)
@@ -139,6 +158,8 @@ class ProxyRanker:
         self.proxy_options = {k: dict(v) for k, v in (proxy_options or {}).items()}
         self.distributed = bool(distributed)
         self.log_every = int(log_every)
+        self.progress = bool(progress)
+        self.resume_file = None if resume_file is None else str(Path(resume_file).expanduser())
         gen = torch.Generator().manual_seed(self.seed)
         if inputs is None:
             inputs = torch.randn((batch_size, *input_shape), generator=gen)
@@ -195,25 +216,123 @@ class ProxyRanker:
         )
         return {"arch": self.keys[i], **scores}
 
+    def _fingerprint(self) -> dict[str, Any]:
+        """The configuration a resume file must match (JSON-friendly)."""
+        digest = hashlib.sha256()
+        for t in (self.inputs, self.targets):
+            if isinstance(t, Tensor):
+                digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+                digest.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+            else:
+                digest.update(repr(type(t)).encode())
+        return {
+            "names": self.names,
+            "seed": self.seed,
+            "C": self.C,
+            "N": self.N,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "per_layer": self.per_layer,
+            "nan_policy": self.nan_policy,
+            "proxy_options": json.loads(json.dumps(self.proxy_options, default=repr)),
+            "batch": digest.hexdigest()[:16],
+        }
+
+    def _read_resume(self) -> dict[int, dict[str, Any]]:
+        """Rows already scored in ``resume_file`` and its per-rank siblings, by architecture index."""
+        assert self.resume_file is not None
+        want = self._fingerprint()
+        done: dict[int, dict[str, Any]] = {}
+        for name in sorted({self.resume_file, *glob.glob(glob.escape(self.resume_file) + ".rank*")}):
+            if not os.path.isfile(name):
+                continue
+            with open(name, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+            if not lines:
+                continue
+            header = json.loads(lines[0])
+            if header.get("config") != want:
+                raise ValueError(
+                    f"ProxyRanker(resume_file={self.resume_file!r}): {name} was written with another configuration "
+                    f"({header.get('config')}) than this ranker's ({want}); use a new resume_file"
+                )
+            for line in lines[1:]:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a row cut short by the interruption
+                    continue
+                i = int(record["i"])
+                if i >= len(self.keys) or record["row"].get("arch") != self.keys[i]:
+                    raise ValueError(
+                        f"ProxyRanker(resume_file={self.resume_file!r}): {name} holds row {i} for architecture "
+                        f"{record['row'].get('arch')!r}, not this ranker's architectures; use a new resume_file"
+                    )
+                done[i] = record["row"]
+        return done
+
     def score_all(self) -> list[dict[str, Any]]:
         """Score every architecture (this rank's shard when distributed) and return the full, ordered table.
+
+        With ``resume_file``, rows found there are reused and every new row is appended as soon as it is
+        scored; with ``progress``, rank 0 shows a progress bar over its shard.
 
         Returns:
             One row per architecture in input order: ``{"arch": key, <proxy>: float | per-layer dict}``;
             identical on all ranks.
+
+        Raises:
+            ValueError: for a ``resume_file`` written with another configuration or other architectures.
+
+        Example:
+            >>> import tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "scores.jsonl")
+            >>> first = ProxyRanker.example()
+            >>> first.resume_file = path
+            >>> table = first.score_all()
+            >>> again = ProxyRanker.example()
+            >>> again.resume_file = path
+            >>> again.score_one = None  # nothing left to score: every row comes from the file
+            >>> again.score_all() == table
+            True
         """
         rank, world = _dist_info() if self.distributed else (0, 1)
-        mine = range(rank, len(self.archs), world)
+        done = self._read_resume() if self.resume_file is not None else {}
+        if world > 1:  # every rank must skip the same rows: rank 0's reading wins
+            box: list[Any] = [done]
+            torch.distributed.broadcast_object_list(box, src=0)
+            done = box[0]
+        todo = [i for i in range(len(self.archs)) if i not in done]
+        mine = todo[rank::world]
+        out = None
+        if self.resume_file is not None and mine:
+            path = self.resume_file if world == 1 else f"{self.resume_file}.rank{rank}"
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fresh = not os.path.isfile(path) or os.path.getsize(path) == 0
+            out = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in the finally below)
+            if fresh:
+                out.write(json.dumps({"litmix_proxy_ranker": 1, "config": self._fingerprint()}) + "\n")
+                out.flush()
         local: list[tuple[int, dict[str, Any]]] = []
-        for done, i in enumerate(mine, start=1):
-            local.append((i, self.score_one(i)))
-            if self.log_every and done % self.log_every == 0:
-                rank_zero_info(f"ProxyRanker: rank 0 scored {done}/{len(mine)} architectures")
+        bar = tqdm(total=len(mine), desc="ProxyRanker", unit="arch", disable=not (self.progress and rank == 0))
+        try:
+            for count, i in enumerate(mine, start=1):
+                row = self.score_one(i)
+                local.append((i, row))
+                if out is not None:
+                    out.write(json.dumps({"i": i, "row": row}) + "\n")
+                    out.flush()
+                bar.update(1)
+                if self.log_every and count % self.log_every == 0:
+                    rank_zero_info(f"ProxyRanker: rank 0 scored {count}/{len(mine)} architectures")
+        finally:
+            bar.close()
+            if out is not None:
+                out.close()
         if world > 1:
             gathered: list[Any] = [None] * world
             torch.distributed.all_gather_object(gathered, local)
             local = [item for part in gathered for item in part]
-        rows = dict(local)
+        rows = {**done, **dict(local)}
         return [rows[i] for i in range(len(self.archs))]
 
     def truth_vector(self, truth: Mapping[str, Any] | Sequence[float]) -> list[float]:

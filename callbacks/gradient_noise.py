@@ -28,10 +28,13 @@ class GradientNoise(LitmixCallback):
     gradient gets ``N(0, sigma_t^2)`` noise with ``sigma_t^2 = eta / (1 + t)^gamma``. The paper uses
     ``gamma = 0.55`` and ``eta`` in {0.01, 0.3, 1.0} (0.01 for most tasks, 1.0 for 20-layer networks).
 
-    The noise is added in ``on_before_optimizer_step``, after the DDP all-reduce and AMP unscaling, to the
-    gradients of the optimizer being stepped. Lightning clips gradients (``Trainer(gradient_clip_val)``) *after*
-    this hook, so under clipping the noise is clipped together with the gradient (it counts in the norm). It
-    is drawn from a generator seeded by
+    The noise is added to the gradients of the optimizer being stepped after the DDP all-reduce, AMP
+    unscaling and gradient clipping, immediately before ``optimizer.step``: under automatic optimization
+    Lightning clips (``Trainer(gradient_clip_val)``) after ``on_before_optimizer_step``, so the callback wraps
+    the module's ``configure_gradient_clipping`` for the duration of the fit and adds the noise right after it
+    (the clipped gradient plus unclipped noise, as in the paper, where clipping bounds the gradient and the
+    noise is added to the result). Under manual optimization Lightning does not clip, and the noise is added in
+    ``on_before_optimizer_step``. It is drawn from a generator seeded by
     ``(seed, global_step, optimizer index)`` only, so every DDP rank adds the same noise and the replicas stay
     identical (with per-rank noise they drift apart), and a resumed run adds the noise an uninterrupted run
     adds. With ``accumulate_grad_batches=k`` the noise is added once per optimizer step.
@@ -79,6 +82,8 @@ class GradientNoise(LitmixCallback):
         self.seed: int | None = seed
         self._generators: dict[torch.device, torch.Generator] = {}  # re-seeded every step; not state
         self._buffers: dict[tuple[torch.device, torch.dtype], Any] = {}  # CPU noise buffers (see _noise_views)
+        self._pending: torch.optim.Optimizer | None = None  # optimizer whose noise waits for clipping
+        self._wrapped: pl.LightningModule | None = None  # module whose configure_gradient_clipping is wrapped
 
     @classmethod
     def example(cls) -> Example:
@@ -100,6 +105,28 @@ class GradientNoise(LitmixCallback):
         if self.seed is None:
             derived = (torch.initial_seed() + zlib.crc32(self.state_key.encode())) % (MAX_SEED + 1)
             self.seed = int(trainer.strategy.broadcast(derived, src=0))
+        if stage == "fit" and pl_module.automatic_optimization and self._wrapped is None:
+            self._wrap_clipping(trainer, pl_module)
+
+    def _wrap_clipping(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Add the pending noise right after the module's ``configure_gradient_clipping`` (an instance attribute)."""
+        clip = pl_module.configure_gradient_clipping  # the class's method, or another callback's wrapper
+
+        def configure_gradient_clipping(optimizer: Any, *args: Any, **kwargs: Any) -> None:
+            clip(optimizer, *args, **kwargs)
+            pending = self._pending
+            if pending is not None and pending is optimizer:
+                self._pending = None
+                self.add_noise(trainer, pending)
+
+        pl_module.configure_gradient_clipping = configure_gradient_clipping  # type: ignore[method-assign]
+        self._wrapped = pl_module
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Give the module its own ``configure_gradient_clipping`` back."""
+        if self._wrapped is not None:
+            self._wrapped.__dict__.pop("configure_gradient_clipping", None)
+            self._wrapped, self._pending = None, None
 
     def _generator(self, trainer: pl.Trainer, device: torch.device, opt_idx: int) -> torch.Generator:
         """The generator of this step: a function of ``(seed, global_step, optimizer index)`` only."""
@@ -112,7 +139,7 @@ class GradientNoise(LitmixCallback):
 
     def __getstate__(self) -> dict[str, Any]:
         """Generators do not pickle and buffers are scratch space: both are re-created."""
-        return {**self.__dict__, "_generators": {}, "_buffers": {}}
+        return {**self.__dict__, "_generators": {}, "_buffers": {}, "_pending": None, "_wrapped": None}
 
     def _noise_views(
         self, device: torch.device, dtype: torch.dtype, tensors: list[torch.Tensor], generator: torch.Generator
@@ -136,11 +163,23 @@ class GradientNoise(LitmixCallback):
         buffer.normal_(generator=generator)
         return views
 
-    @torch.no_grad()
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Add ``N(0, sigma_t^2)`` to the gradient of every parameter of ``optimizer``."""
+        """Add the noise now (manual optimization), or after Lightning's gradient clipping (automatic)."""
+        if pl_module is not None and pl_module is self._wrapped and pl_module.automatic_optimization:
+            self._pending = optimizer
+        else:
+            self.add_noise(trainer, optimizer)
+        every = int(getattr(trainer, "log_every_n_steps", 50) or 0)
+        if pl_module is not None and every > 0 and trainer.global_step % every == 0:
+            pl_module.log(
+                f"{self.log_prefix}/sigma", self.sigma(trainer.global_step), on_step=True, on_epoch=False, batch_size=1
+            )
+
+    @torch.no_grad()
+    def add_noise(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> None:
+        """Add ``N(0, sigma_t^2)`` to every gradient of ``optimizer``, ``t = trainer.global_step``."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return
@@ -159,9 +198,6 @@ class GradientNoise(LitmixCallback):
             # one draw per (device, dtype) in the gradients' dtype, added through views of the gradients' shapes
             generator = self._generator(trainer, device, opt_idx)
             torch._foreach_add_(tensors, self._noise_views(device, dtype, tensors, generator), alpha=sigma)
-        every = int(getattr(trainer, "log_every_n_steps", 50) or 0)
-        if every > 0 and step % every == 0:
-            pl_module.log(f"{self.log_prefix}/sigma", sigma, on_step=True, on_epoch=False, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
         """The seed (the noise of step ``t`` is a function of the seed and ``t``)."""

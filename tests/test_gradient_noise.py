@@ -42,15 +42,15 @@ class _ZeroGradModel(TinyClassifier):
 
 
 class _RecordGrads(pl.Callback):
-    """Runs after GradientNoise (callbacks run in list order) and keeps a copy of the noisy gradient."""
+    """Keeps a copy of the gradient the optimizer stepped with (still in ``.grad`` after the step)."""
 
     def __init__(self) -> None:
         self.grads: list[torch.Tensor] = []
         self.steps: list[int] = []
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         self.grads.append(pl_module.big.grad.detach().clone())
-        self.steps.append(trainer.global_step)
+        self.steps.append(trainer.global_step - 1)  # the step just taken
 
 
 def _noise(steps: int, clip: float | None = None, **kwargs: Any) -> _RecordGrads:
@@ -86,16 +86,51 @@ class _AfterStep(pl.Callback):
         self.norms.append(torch.cat(grads).norm().item())
 
 
-def test_gradient_clipping_runs_after_the_noise_as_documented():
-    """Lightning clips after `on_before_optimizer_step`: the noisy gradient is clipped (regression guard: if
-    Lightning ever moves the hook after clipping, this fails and the docstring must change)."""
-    after = _AfterStep()
-    fit_tiny(
-        [GradientNoise(eta=0.3, gamma=0.0, seed=7), after], module=_ZeroGradModel(), max_steps=3, gradient_clip_val=1e-3
-    )
-    assert all(n <= 1e-3 * 1.0001 for n in after.norms), after.norms
-    record = _noise(3, eta=0.3, gamma=0.0, seed=7)  # without clipping: the full noise
+class _BigGradModel(_ZeroGradModel):
+    """Gradients of norm ~ 1e3 (far above the clipping threshold), learning rate 0."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return (self.big * 5.0).sum() + (self.net(batch[0]) * 0.0).sum()
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_noise_is_added_after_gradient_clipping(algorithm):
+    """The optimizer steps with clip(gradient) + noise: the noise is not clipped away (the paper's order)."""
+    clip = 1e-3
+    plain, noisy = _AfterStep(), _AfterStep()
+    kw = {"module": _BigGradModel(), "max_steps": 3, "gradient_clip_val": clip, "gradient_clip_algorithm": algorithm}
+    n = sum(p.numel() for p in kw["module"].parameters())
+    fit_tiny([plain], **kw)
+    kw["module"] = _BigGradModel()
+    fit_tiny([GradientNoise(eta=0.3, gamma=0.0, seed=7), noisy], **kw)
+    clipped = clip if algorithm == "norm" else clip * math.sqrt(200 * 200)  # value: each |g| = 5 becomes clip
+    for norm in plain.norms:  # control: without noise the stepped gradient is the clipped one
+        assert norm <= clipped * 1.001, plain.norms
+    for norm in noisy.norms:  # the noise (norm ~ sqrt(0.3 n) ~ 110) reaches the optimizer unclipped
+        assert norm == pytest.approx(math.sqrt(0.3 * n), rel=0.02), noisy.norms
+    record = _noise(3, eta=0.3, gamma=0.0, seed=7)  # no clipping: the same noise
     assert all(g.std().item() == pytest.approx(math.sqrt(0.3), rel=0.05) for g in record.grads)
+
+
+class _ManualModel(_ZeroGradModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward((self.big * 0.0).sum() + (self.net(batch[0]) * 0.0).sum())
+        opt.step()
+
+
+def test_noise_under_manual_optimization_and_the_clipping_hook_restored():
+    module, record = _ManualModel(), _RecordGrads()
+    fit_tiny([GradientNoise(eta=0.3, gamma=0.0, seed=7), record], module=module, max_steps=3)
+    assert all(g.std().item() == pytest.approx(math.sqrt(0.3), rel=0.05) for g in record.grads)
+    auto = _ZeroGradModel()
+    fit_tiny([GradientNoise(seed=7)], module=auto, max_steps=2)
+    assert "configure_gradient_clipping" not in vars(auto), "the wrapper is removed at teardown"
 
 
 def test_noise_is_a_function_of_seed_and_step_only():

@@ -37,6 +37,8 @@ __all__ = [
     "bound_scale",
     "dequantize",
     "fake_quantize",
+    "fake_quantize_per_channel",
+    "layer_macs",
     "pack_int4",
     "per_channel_scale",
     "quant_range",
@@ -96,9 +98,19 @@ class _FakeQuantize(torch.autograd.Function):
             return None, None, None, None
         x, scale = ctx.saved_tensors
         outside = (x < ctx.qmin * scale) | (x > ctx.qmax * scale)
-        if not bool(outside.any()):  # weights with scale = max|w| / qmax never clip
-            return grad, None, None, None
         return grad.masked_fill(outside, 0.0), None, None, None
+
+
+class _FakeQuantizeNoClip(torch.autograd.Function):
+    """Like :class:`_FakeQuantize` for a scale that covers ``x`` (no clipping): the backward is the identity."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:  # type: ignore[override]
+        return torch.div(x, scale).round_().clamp_(qmin, qmax).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        return grad, None, None, None
 
 
 def _as_scale(owner: str, x: Tensor, scale: Tensor | float) -> Tensor:
@@ -189,6 +201,54 @@ def per_channel_scale(weight: Tensor, bits: int, axis: int = 0) -> Tensor:
     shape = [1] * weight.dim()
     shape[axis] = weight.shape[axis]
     return scale.reshape(shape)
+
+
+@register("function", "quantization", paper=AQT)
+def fake_quantize_per_channel(weight: Tensor, bits: int, axis: int = 0) -> Tensor:
+    """Fake-quantize a weight with symmetric per-output-channel scales (:func:`per_channel_scale`).
+
+    Equal to ``fake_quantize(weight, per_channel_scale(weight, bits, axis), bits)``; as the scale covers every
+    channel's maximum nothing is clipped, so the straight-through gradient is exactly the identity (and the backward
+    keeps nothing). The forward allocates one weight-sized tensor (its output).
+
+    Args:
+        weight: a weight tensor (at least 1 dimension).
+        bits: bits per weight code (2..16).
+        axis: the output-channel axis (0 for ``nn.Linear``/``nn.Conv*``, 1 for Hugging Face ``Conv1D``).
+
+    Raises:
+        ValueError: for ``bits`` out of range or an ``axis`` the weight does not have.
+        TypeError: for a non-int ``bits``.
+
+    Example:
+        >>> w = torch.tensor([[0.6, -1.0], [0.07, 0.0]], requires_grad=True)
+        >>> q = fake_quantize_per_channel(w, bits=4)
+        >>> torch.equal(q, fake_quantize(w, per_channel_scale(w, 4), 4))
+        True
+        >>> q.sum().backward(); w.grad
+        tensor([[1., 1.],
+                [1., 1.]])
+    """
+    scale = per_channel_scale(weight, bits, axis).to(weight.dtype)
+    qmin, qmax = quant_range(bits, True)
+    return _FakeQuantizeNoClip.apply(weight, scale, qmin, qmax)  # type: ignore[no-any-return]
+
+
+def layer_macs(weight: Tensor, output: Tensor, axis: int = 0) -> int:
+    """Multiply-accumulates per sample of a Linear/Conv layer from its weight and its output (batch first).
+
+    ``output.numel() / batch x weight.numel() / weight.shape[axis]``: every output element costs one dot product
+    over the weight's fan-in (``in_features`` or ``C_in / groups x kernel``).
+
+    Example:
+        >>> layer_macs(torch.zeros(10, 64), torch.zeros(32, 10))  # Linear 64 -> 10
+        640
+        >>> layer_macs(torch.zeros(8, 3, 3, 3), torch.zeros(2, 8, 6, 6))  # Conv2d 3 -> 8, 3x3, 6x6 output
+        7776
+    """
+    batch = output.shape[0] if output.dim() > 1 else 1
+    fan_in = weight.numel() // max(int(weight.shape[axis]), 1)
+    return int(output.numel() // max(batch, 1) * fan_in)
 
 
 @register("function", "quantization", paper=AQT)

@@ -4,6 +4,8 @@ from litmix.callbacks.gradient_noise import GradientNoise
 from litmix.callbacks.gradual_pruning import GradualPruning
 from litmix.callbacks.inference_cost import InferenceCost
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
+from litmix.callbacks.mst_compression import MSTCompression
+from litmix.callbacks.netinfof_probe import NetInfoFProbe
 from litmix.callbacks.pada_sampler import PADASampling
 from litmix.callbacks.save_init import SaveInit
 from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
@@ -14,6 +16,8 @@ __all__ = [
     "GradualPruning",
     "InferenceCost",
     "KnowledgeDistillation",
+    "MSTCompression",
+    "NetInfoFProbe",
     "PADASampling",
     "SaveInit",
     "ShrinkingSchedule",

@@ -2,7 +2,9 @@
 
 * NetInfoF: Lee et al., "NetInfoF Framework: Measuring and Exploiting Network Usable Information"
   (ICLR 2024, https://arxiv.org/abs/2402.07999). Reference: amazon-science/Network-Usable-Info-Framework
-  ``src/models/{nui.py, cm.py, proposed.py}`` (link-prediction probe).
+  ``src/models/{nui.py, cm.py, proposed.py}`` (link-prediction probe, :func:`netinfof_score`). The reference
+  code covers link prediction only; the node-classification probe (:func:`netinfof_node_score`) follows the
+  paper's description (discretise each derived embedding, ``2^{-H(Y | bin)}`` on labelled nodes).
 * LeBeD: Zheng et al., "Online GNN Evaluation Under Test-time Graph Distribution Shifts"
   (ICLR 2024, https://arxiv.org/abs/2403.09953). Reference: Amanda-Zheng/LEBED
   ``LEBED-cora-amz/evaluator_lebed_cora-amz.py``.
@@ -23,13 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litmix.registry import register
-from litmix.validation import check_float, check_int, check_str
+from litmix.validation import check_choice, check_float, check_int, check_str
 
 __all__ = [
     "LebedResult",
     "compatibility_matrix",
     "lebed_score",
     "netinfof_embeddings",
+    "netinfof_node_score",
     "netinfof_score",
     "random_walk_cooccurrence",
     "structure_metric",
@@ -58,6 +61,18 @@ def _adjacency(edge_index: Tensor, n: int, self_loops: bool = False) -> Tensor:
     if self_loops:
         adj.fill_diagonal_(1.0)
     return adj
+
+
+def _row_normalised(edge_index: Tensor, n: int, self_loops: bool = False) -> Tensor:
+    """Sparse ``D^-1 A`` of the 0/1 adjacency (duplicates merged; rows of isolated nodes stay zero)."""
+    ei = edge_index
+    if self_loops:
+        loops = torch.arange(n).repeat(2, 1)
+        ei = torch.cat([ei[:, ei[0] != ei[1]], loops], dim=1)
+    ei = torch.unique(ei, dim=1)
+    deg = torch.bincount(ei[0], minlength=n).float()
+    vals = 1.0 / deg[ei[0]]
+    return torch.sparse_coo_tensor(ei, vals, (n, n), check_invariants=False).coalesce()
 
 
 def random_walk_cooccurrence(
@@ -145,8 +160,7 @@ def netinfof_embeddings(
         out["F"] = _pca(x, d)
     for name, loops in (("P", False), ("S", True)):
         if name in components:
-            adj = _adjacency(edge_index, num_nodes, self_loops=loops)
-            adj = adj / adj.sum(1, keepdim=True).clamp_min(1.0)
+            adj = _row_normalised(edge_index, num_nodes, self_loops=loops)
             out[name] = _pca(adj @ (adj @ x), d)
     return {k: _preprocess(v) for k, v in out.items()}
 
@@ -201,6 +215,19 @@ def compatibility_matrix(
     h[r, c] = coef
     h = h + h.T - np.diag(np.diag(h))
     return torch.from_numpy(h).to(z.dtype)
+
+
+def _check_components(owner: str, components: object) -> None:
+    if isinstance(components, str) or not isinstance(components, (list, tuple)):
+        raise TypeError(f"{owner}(components={components!r}): components must be a list of names from {COMPONENTS}")
+    if not all(isinstance(c, str) for c in components):
+        raise TypeError(f"{owner}(components={components!r}): components must be a list of names from {COMPONENTS}")
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown or not components:
+        raise ValueError(
+            f"{owner}(components={list(components)!r}): unknown components {unknown}; components must be a "
+            f"non-empty subset of {COMPONENTS}"
+        )
 
 
 def _conditional_entropy_bits(table: Tensor) -> float:
@@ -276,17 +303,8 @@ def netinfof_score(
     check_int(owner, "walk_length", walk_length, low=1)
     check_int(owner, "seed", seed, low=0)
     check_int(owner, "num_nodes", num_nodes, low=1, allow_none=True)
-    if isinstance(components, str) or not all(isinstance(c, str) for c in components):
-        raise TypeError(f"{owner}(components={components!r}): components must be a list of names from {COMPONENTS}")
-    unknown = [c for c in components if c not in COMPONENTS]
-    if unknown or not components:
-        raise ValueError(
-            f"{owner}(components={list(components)!r}): unknown components {unknown}; components must be a "
-            f"non-empty subset of {COMPONENTS}"
-        )
-    n = int(num_nodes if num_nodes is not None else x.shape[0])
-    if edge_index.numel() and int(edge_index.max()) >= n:
-        raise ValueError(f"{owner}(num_nodes={n}): edge_index refers to node {int(edge_index.max())}")
+    _check_components(owner, components)
+    n = _check_graph_inputs(owner, x, edge_index, num_nodes)
     gen = torch.Generator().manual_seed(seed)
     pairs = _undirected_pairs(edge_index)
     perm = torch.randperm(pairs.shape[1], generator=gen)
@@ -311,6 +329,200 @@ def netinfof_score(
         scores[name] = 2.0 ** (-_conditional_entropy_bits(table))
     scores["max"] = max(scores.values())
     return scores
+
+
+def _check_graph_inputs(owner: str, x: object, edge_index: object, num_nodes: int | None) -> int:
+    """Refuse a graph without node features or with malformed / out-of-range edges; return ``n``."""
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] < 1:
+        got = type(x).__name__ if not isinstance(x, Tensor) else f"shape {tuple(x.shape)}"
+        raise ValueError(f"{owner}(x=...): needs node features x as an (n, f) tensor with f >= 1, got {got}")
+    if not bool(torch.isfinite(x.float()).all()):
+        raise ValueError(f"{owner}(x=...): node features hold NaN or infinite values")
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        got = type(edge_index).__name__ if not isinstance(edge_index, Tensor) else f"shape {tuple(edge_index.shape)}"
+        raise ValueError(f"{owner}(edge_index=...): needs an integer (2, E) tensor, got {got}")
+    if edge_index.is_floating_point() or edge_index.dtype == torch.bool:
+        raise ValueError(f"{owner}(edge_index=...): needs an integer (2, E) tensor, got dtype {edge_index.dtype}")
+    n = int(num_nodes if num_nodes is not None else x.shape[0])
+    if n != x.shape[0]:
+        raise ValueError(f"{owner}(num_nodes={n}): x has {x.shape[0]} rows")
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
+        raise ValueError(
+            f"{owner}(edge_index=...): node ids in [{int(edge_index.min())}, {int(edge_index.max())}] lie outside "
+            f"[0, {n}) (num_nodes={n})"
+        )
+    return n
+
+
+def _kmeans_labels(z: Tensor, k: int, seed: int) -> Tensor:
+    from sklearn.cluster import KMeans
+
+    k = min(k, z.shape[0])
+    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(z.double().numpy())
+    return torch.from_numpy(km.labels_).long()
+
+
+def _linear_probe_predictions(z: Tensor, y: Tensor, fit: Tensor, seed: int) -> Tensor:
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=300, random_state=seed).fit(z[fit].double().numpy(), y[fit].numpy())
+    return torch.from_numpy(clf.predict(z.double().numpy())).long()
+
+
+def _entropy_score(bins: Tensor, y: Tensor, num_bins: int, num_classes: int) -> float:
+    table = torch.zeros(num_bins, num_classes, dtype=torch.float64)
+    table.index_put_((bins, y), torch.ones(len(y), dtype=torch.float64), accumulate=True)
+    return 2.0 ** (-_conditional_entropy_bits(table))
+
+
+def netinfof_node_scores_from_embeddings(
+    embeddings: dict[str, Tensor],
+    y: Tensor,
+    probe: str = "kmeans",
+    clusters: int | None = None,
+    valid_fraction: float = 0.5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Node-classification NetInfoF_Score of precomputed embeddings (see :func:`netinfof_node_score`).
+
+    Args:
+        embeddings: ``{component: (n, d) embedding}``, e.g. from :func:`netinfof_embeddings`.
+        y: ``(n,)`` integer labels; entries below 0 are unlabelled and ignored.
+        probe: ``"kmeans"`` or ``"linear"``.
+        clusters: k-means clusters (default ``4 * num_classes``).
+        valid_fraction: share of the labelled nodes the linear probe is scored on (the rest fit it).
+        seed: seed of k-means and of the linear probe's split.
+
+    Returns:
+        ``{component: score, ..., "max": best score}``.
+
+    Example:
+        >>> z = torch.cat([torch.zeros(20, 2), torch.ones(20, 2)]) + 0.01 * torch.randn(40, 2)
+        >>> y = torch.arange(40) // 20
+        >>> netinfof_node_scores_from_embeddings({"F": z}, y, clusters=2)["F"]
+        1.0
+    """
+    labelled = (y >= 0).nonzero().flatten()
+    yl = y[labelled].long()
+    num_classes = int(yl.max()) + 1
+    k = clusters if clusters is not None else 4 * num_classes
+    scores: dict[str, float] = {}
+    if probe == "linear":
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(labelled), generator=gen)
+        n_valid = max(1, min(len(labelled) - 1, round(valid_fraction * len(labelled))))
+        valid, fit = perm[:n_valid], perm[n_valid:]
+    for name, z in embeddings.items():
+        if probe == "kmeans":
+            bins = _kmeans_labels(z, k, seed)[labelled]
+            scores[name] = _entropy_score(bins, yl, int(bins.max()) + 1, num_classes)
+        else:
+            if len(torch.unique(yl[fit])) < 2:
+                pred = torch.full_like(yl, int(yl[fit][0]))
+            else:
+                pred = _linear_probe_predictions(z[labelled], yl, fit, seed)
+            scores[name] = _entropy_score(pred[valid], yl[valid], num_classes, num_classes)
+    scores["max"] = max(scores.values())
+    return scores
+
+
+@register(
+    "function",
+    "proxy",
+    paper="NetInfoF Framework: Measuring and Exploiting Network Usable Information (https://arxiv.org/abs/2402.07999)",
+    module="litmix.functional.graph_proxies",
+)
+def netinfof_node_score(
+    x: Tensor,
+    edge_index: Tensor,
+    y: Tensor,
+    label_mask: Tensor | None = None,
+    num_nodes: int | None = None,
+    probe: str = "kmeans",
+    clusters: int | None = None,
+    valid_fraction: float = 0.5,
+    hidden: int = 32,
+    components: Sequence[str] = COMPONENTS,
+    walks_per_node: int = 50,
+    walk_length: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """NetInfoF_Score for node classification: ``2^{-H(Y | bin(z))}`` per derived embedding ``z``.
+
+    The five closed-form embeddings of :func:`netinfof_embeddings` (structure ``U``, neighbourhood ``R``,
+    features ``F``, propagated features ``P`` / ``S``) are computed on the whole graph, no model is trained.
+    Each embedding is discretised and the score is ``2^{-H(Y | bin)}`` over the labelled nodes: a lower
+    bound of the accuracy of the best classifier of the bins (the paper's Theorem 1; chance level is
+    ``2^{-H(Y)}``, 1 means the bins determine the label). ``"max"`` is the best component.
+
+    * ``probe="kmeans"`` (default, the paper's probe: embeddings discretised without labels): k-means with
+      ``clusters`` centres (default ``4 * num_classes``) on all nodes; the clusters x labels table is counted on
+      the labelled nodes. The plug-in entropy is biased low when there are few labelled nodes per cluster, so
+      compare graphs at equal ``clusters`` and label counts.
+    * ``probe="linear"`` (our addition, out-of-sample): a logistic-regression probe fitted on
+      ``1 - valid_fraction`` of the labelled nodes; the table of its predictions x labels on the held-out
+      ``valid_fraction`` gives the score.
+
+    Args:
+        x: node features ``(n, f)``.
+        edge_index: ``(2, E)`` edges (both directions or one).
+        y: ``(n,)`` integer labels; entries below 0 are unlabelled.
+        label_mask: optional bool ``(n,)``: only these nodes' labels count (e.g. ``train_mask | val_mask``).
+        num_nodes: ``n`` (default ``x.shape[0]``).
+        probe: ``"kmeans"`` or ``"linear"``.
+        clusters: k-means clusters (>= 2; default ``4 * num_classes``).
+        valid_fraction: share of labelled nodes held out for the linear probe, in (0, 1).
+        hidden: embedding dimension.
+        components: subset of ``("U", "R", "F", "P", "S")``.
+        walks_per_node: walks per node for ``R``.
+        walk_length: steps per walk for ``R``.
+        seed: seed of the walks, k-means and the probe split.
+
+    Returns:
+        ``{component: score, ..., "max": best score}``.
+
+    Raises:
+        TypeError: for scalar arguments of the wrong type (e.g. ``clusters=2.5``), naming them.
+        ValueError: before any compute, for a graph without node features ``x``, an ``edge_index`` that is
+            not an integer ``(2, E)`` tensor or refers to nodes outside ``[0, n)``, missing labels (``y`` not an
+            integer vector of ``n`` entries, or fewer than 2 labelled nodes), a bad ``label_mask``, an unknown
+            ``probe`` or component, or out-of-range numbers.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(60) // 30
+        >>> prob = torch.where(y[:, None] == y[None], 0.3, 0.01)
+        >>> adj = torch.triu(torch.rand(60, 60, generator=g) < prob, 1)
+        >>> ei = torch.stack(torch.nonzero(adj | adj.T, as_tuple=True))
+        >>> s = netinfof_node_score(torch.randn(60, 8, generator=g), ei, y, hidden=4, clusters=4)
+        >>> s["U"] > 0.9, s["F"] < 0.8  # the blocks are the classes; the features are noise
+        (True, True)
+    """
+    owner = "netinfof_node_score"
+    check_choice(owner, "probe", probe, ("kmeans", "linear"))
+    check_int(owner, "clusters", clusters, low=2, allow_none=True)
+    check_float(owner, "valid_fraction", valid_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_int(owner, "hidden", hidden, low=1)
+    check_int(owner, "walks_per_node", walks_per_node, low=1)
+    check_int(owner, "walk_length", walk_length, low=1)
+    check_int(owner, "seed", seed, low=0)
+    check_int(owner, "num_nodes", num_nodes, low=1, allow_none=True)
+    _check_components(owner, components)
+    n = _check_graph_inputs(owner, x, edge_index, num_nodes)
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != n or y.is_floating_point() or y.dtype == torch.bool:
+        got = type(y).__name__ if not isinstance(y, Tensor) else f"{y.dtype} of shape {tuple(y.shape)}"
+        raise ValueError(f"{owner}(y=...): needs integer node labels of shape ({n},) (-1: unlabelled), got {got}")
+    y = y.long().clone()
+    if label_mask is not None:
+        if not isinstance(label_mask, Tensor) or label_mask.dtype != torch.bool or tuple(label_mask.shape) != (n,):
+            raise ValueError(f"{owner}(label_mask=...): needs a bool tensor of shape ({n},)")
+        y[~label_mask] = -1
+    if int((y >= 0).sum()) < 2:
+        raise ValueError(
+            f"{owner}(y=...): no labels: needs at least 2 labelled nodes (y >= 0), got {int((y >= 0).sum())}"
+        )
+    embs = netinfof_embeddings(x, edge_index, n, hidden, components, walks_per_node, walk_length, seed)
+    return netinfof_node_scores_from_embeddings(embs, y, probe, clusters, valid_fraction, seed)
 
 
 # --------------------------------------------------------------------------------------------- LeBeD

@@ -1,10 +1,12 @@
 """Optimizers usable from ``configure_optimizers`` and tools to measure them.
 
 * :class:`Lion`: the sign-momentum optimizer of Chen et al. 2023 (one state tensor per parameter);
+* :class:`FRUGAL` and :func:`frugal_param_groups`: AdamW in a subspace, signSGD in the rest (Zmushko et al. 2024);
 * :func:`memory_report`: optimizer state bytes in total and per parameter element, for any optimizer.
 """
 
+from litmix.optim.frugal import FRUGAL, frugal_param_groups
 from litmix.optim.lion import Lion
 from litmix.optim.memory import memory_report
 
-__all__ = ["Lion", "memory_report"]
+__all__ = ["FRUGAL", "Lion", "frugal_param_groups", "memory_report"]

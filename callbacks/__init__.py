@@ -1,5 +1,6 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
+from litmix.callbacks.gradient_matching_split import GradientMatchingSplit
 from litmix.callbacks.gradient_noise import GradientNoise
 from litmix.callbacks.gradual_pruning import GradualPruning
 from litmix.callbacks.inference_cost import InferenceCost
@@ -12,6 +13,7 @@ from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
+    "GradientMatchingSplit",
     "GradientNoise",
     "GradualPruning",
     "InferenceCost",

@@ -1,8 +1,11 @@
-"""Step time of :class:`litmix.optim.Lion` against AdamW, state bytes, and the cost of GradientNoise.
+"""Step time of :class:`litmix.optim.Lion` and :class:`litmix.optim.FRUGAL` against AdamW, state bytes, and the
+cost of GradientNoise.
 
 1. **Optimizer step alone** (``optimizer.step()`` on fixed gradients, no forward/backward), side by side in one
-   process, round robin over the settings in every repeat: Lion (foreach, loop) against AdamW (foreach, fused,
-   loop), on two models: the digits MLP 64-64-10 (4,810 parameters in 4 tensors: launch overhead dominates) and
+   process, round robin over the settings in every repeat: Lion (foreach, loop) and FRUGAL (density 0.25; block,
+   randk and svd projections, every matrix projectable, re-projection every 200 steps, so the median step
+   excludes the re-projection) against AdamW (foreach, fused, loop), on two models: the digits MLP 64-64-10
+   (4,810 parameters in 4 tensors: launch overhead dominates) and
    a char-LM MLP (Bengio-style: embedding 65x64, context 16, 1024-512-512-65; 824,961 parameters in 7 tensors:
    memory traffic dominates). A setting's time is the minimum over repeats of the median step in that repeat.
    State bytes per parameter from :func:`litmix.optim.memory_report`.
@@ -39,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from litmix.callbacks import GradientNoise
-from litmix.optim import Lion, memory_report
+from litmix.optim import FRUGAL, Lion, memory_report
 from litmix.testing import make_trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "optimizers.md"
@@ -77,6 +80,9 @@ OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
     "AdamW loop": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, foreach=False),
     "Lion foreach": lambda p: Lion(p, lr=3e-4, weight_decay=1e-2, foreach=True),
     "Lion loop": lambda p: Lion(p, lr=3e-4, weight_decay=1e-2, foreach=False),
+    "FRUGAL block 0.25": lambda p: FRUGAL(p, lr=1e-3, weight_decay=1e-2, density=0.25, projection="block"),
+    "FRUGAL randk 0.25": lambda p: FRUGAL(p, lr=1e-3, weight_decay=1e-2, density=0.25, projection="randk"),
+    "FRUGAL svd 0.25": lambda p: FRUGAL(p, lr=1e-3, weight_decay=1e-2, density=0.25, projection="svd"),
 }
 
 
@@ -211,7 +217,7 @@ def bench_noise(fits: int, steps: int) -> list[dict[str, Any]]:
 
 def render(steps: list[dict[str, Any]], noise: list[dict[str, Any]], meta: str) -> str:
     """Markdown report."""
-    out = ["# Optimizers: Lion vs AdamW step time and state bytes; GradientNoise overhead", ""]
+    out = ["# Optimizers: Lion and FRUGAL vs AdamW step time and state bytes; GradientNoise overhead", ""]
     out += [
         "| model | optimizer | step (ms) | vs AdamW foreach | vs AdamW fused | state bytes/param | state bytes |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -230,7 +236,11 @@ def render(steps: list[dict[str, Any]], noise: list[dict[str, Any]], meta: str) 
         "`optimizer.step()` alone on fixed gradients; a setting's time is the minimum over repeats of its median "
         "step, the settings measured round robin in one process. State bytes per parameter exclude the 0-dim "
         "per-tensor step counters (AdamW: 4 bytes per tensor), which `state bytes` includes "
-        "(`litmix.optim.memory_report`). Lion's per-element state is exactly half of AdamW's.",
+        "(`litmix.optim.memory_report`). Lion's per-element state is exactly half of AdamW's."
+        " FRUGAL's block projection keeps AdamW moments for a quarter of the matrices (which quarter is random, so"
+        " the bytes depend on their sizes) and none for the rest; randk stores the moments and the int64 index of a"
+        " quarter of each matrix's coordinates (16 bytes per active coordinate); svd stores the projector and"
+        " rank-r moments.",
         "",
         "## GradientNoise overhead (paired, one fit: noise on odd steps only)",
         "",

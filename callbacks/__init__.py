@@ -8,6 +8,7 @@ from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
 from litmix.callbacks.mst_compression import MSTCompression
 from litmix.callbacks.netinfof_probe import NetInfoFProbe
 from litmix.callbacks.pada_sampler import PADASampling
+from litmix.callbacks.quantization_aware_training import QuantizationAwareTraining
 from litmix.callbacks.save_init import SaveInit
 from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
@@ -21,6 +22,7 @@ __all__ = [
     "MSTCompression",
     "NetInfoFProbe",
     "PADASampling",
+    "QuantizationAwareTraining",
     "SaveInit",
     "ShrinkingSchedule",
     "ZeroCostProxies",

@@ -29,7 +29,8 @@ def test_fake_quantize_is_idempotent_on_a_grid_with_at_most_2_pow_b_levels(bits,
     qmin, qmax = quant_range(bits, signed)
     codes = q / scale
     assert torch.allclose(codes, codes.round(), atol=1e-4)
-    assert codes.min() >= qmin - 1e-4 and codes.max() <= qmax + 1e-4
+    assert codes.min() >= qmin - 1e-4
+    assert codes.max() <= qmax + 1e-4
     if not signed:
         assert (q >= 0).all()
 
@@ -68,7 +69,8 @@ def test_hf_conv1d_axis_and_zero_channel():
     s = per_channel_scale(w, 8, axis=1)
     assert s.shape == (1, 3)
     q = fake_quantize(w, s, 8)
-    assert torch.equal(q[:, 0], torch.zeros(5)) and torch.allclose(q[:, 1], w[:, 1], atol=4 / 127 / 2 + 1e-6)
+    assert torch.equal(q[:, 0], torch.zeros(5))
+    assert torch.allclose(q[:, 1], w[:, 1], atol=4 / 127 / 2 + 1e-6)
 
 
 def test_quantize_dequantize_equals_fake_quantize_and_dtypes():
@@ -88,7 +90,8 @@ def test_pack_int4_round_trip_and_size(numel):
     unsigned = torch.randint(0, 16, (numel,), generator=gen).to(torch.uint8)
     for codes, is_signed in ((signed, True), (unsigned, False)):
         packed = pack_int4(codes)
-        assert packed.dtype == torch.uint8 and packed.numel() == (numel + 1) // 2
+        assert packed.dtype == torch.uint8
+        assert packed.numel() == (numel + 1) // 2
         assert torch.equal(unpack_int4(packed, codes.shape, signed=is_signed), codes)
 
 

@@ -33,6 +33,10 @@ REQUIRED = {
     "teacher": lambda: nn.Linear(8, 4),
     "model": lambda: TinyClassifier(),
     "in_features": lambda: 8,
+    "out_features": lambda: 4,
+    "in_channels": lambda: 2,
+    "out_channels": lambda: 4,
+    "kernel_size": lambda: 3,
     "path": lambda: str(SHARED / "tinyshakespeare" / "input.txt"),
     "root": lambda: str(SHARED / "mnist"),
     "archs": lambda: [

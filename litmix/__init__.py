@@ -21,6 +21,7 @@ CORE_MODULES = (
     "litmix.functional.fastrp",
     "litmix.functional.graph_proxies",
     "litmix.functional.inductive_bias",
+    "litmix.layers",
     "litmix.functional.quantization",
     "litmix.metrics",
     "litmix.nas",

@@ -7,7 +7,13 @@ from torch.utils.data import DataLoader
 
 from litmix.callbacks.pada_sampler import PADASampling, _WeightedIndexSampler
 from litmix.datamodules.digits import DigitsDataModule
-from litmix.nas.pada import pada_data_probs, pada_op_probs, softmax_ce_grad_norm
+from litmix.nas.pada import (
+    pada_data_probs,
+    pada_importance_weights,
+    pada_op_probs,
+    pada_reference_importance,
+    softmax_ce_grad_norm,
+)
 from litmix.plugins.nb201_supernet import NB201SupernetModule
 from litmix.testing import (
     TinyClassifier,
@@ -138,7 +144,7 @@ def _trajectory_variance(path_sampling, with_data, seed):
 
     pl.seed_everything(seed, verbose=False)
     rec = _SharedGradRecorder(last_epochs=2)
-    callbacks = [rec, PADASampling(seed=seed)] if with_data else [rec]
+    callbacks = [rec, PADASampling(seed=seed, weighted_loss=False)] if with_data else [rec]
     module = NB201SupernetModule(
         C=8, N=1, in_channels=1, reduction="light", lr=0.1, seed=seed, path_sampling=path_sampling
     )
@@ -152,7 +158,7 @@ def _trajectory_variance(path_sampling, with_data, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pada_lowers_shared_weight_gradient_variance_during_training(seed):
-    """PA&DA (path + data importance sampling, reference weighting: plain mean CE) vs uniform SPOS on digits.
+    """PA&DA (path + data importance sampling, paper tau, unweighted: plain mean CE) vs uniform SPOS on digits.
 
     Variance = mean over the steps of the last 2 of 10 epochs of ||g_t - mean(g)||^2, g_t the gradient of the
     weights shared by every path. Measured PA&DA / uniform (seeds 0, 1, 2): 0.526, 0.671, 0.769 with torch's
@@ -193,3 +199,81 @@ def test_generic_dataset_index_is_the_third_element():
     assert _item_index({"x": 0, "index": torch.tensor(7)}, 0) == 7
     with pytest.raises(MisconfigurationException, match="index"):
         _item_index((torch.zeros(2), 1), 3)
+
+
+# ------------------------------------------------------------------------------------------ paper vs reference
+
+
+def test_importance_weights_make_the_loss_unbiased():
+    g = torch.rand(50, generator=torch.Generator().manual_seed(0))
+    losses = torch.rand(50, generator=torch.Generator().manual_seed(1)) * 3
+    p = pada_data_probs(g, 0.7)
+    expected = float((p * pada_importance_weights(p) * losses).sum())  # E_{i~p}[w_i l_i]
+    assert expected == pytest.approx(float(losses.mean()))
+    assert float((p * losses).sum()) != pytest.approx(float(losses.mean()), rel=1e-2)  # unweighted: biased
+    with pytest.raises(ValueError, match="> 0"):
+        pada_importance_weights(pada_data_probs(torch.tensor([0.0, 1.0]), 1.0))
+
+
+def test_reference_importance_merges_pairwise_and_zeroes_unseen():
+    out = pada_reference_importance(torch.tensor([3, 1, 3, 3]), torch.tensor([2.0, 1.0, 4.0, 7.0]), 5)
+    assert out.tolist() == [0.0, 1.0, 0.0, 5.0, 0.0]  # ((2 + 4) / 2 + 7) / 2 = 5, not the mean 4.33
+
+
+class _LossProbe(Callback):
+    """Records (loss, batch, probs, module output) at each backward of epochs >= 1."""
+
+    def __init__(self):
+        self.records = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._batch = batch
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if trainer.current_epoch >= 1:
+            cb = next(c for c in trainer.callbacks if isinstance(c, PADASampling))
+            x, y, idx = self._batch
+            with torch.no_grad():
+                ce = torch.nn.functional.cross_entropy(pl_module(x), y, reduction="none")
+            self.records.append((float(loss), ce, idx.clone(), cb.probs.clone()))
+
+
+@pytest.mark.parametrize("semantics", ["paper", "reference"])
+def test_semantics_do_what_they_say(semantics):
+    torch.manual_seed(0)
+    cb, probe = PADASampling(semantics=semantics, seed=3), _LossProbe()
+    module, dm = TinyClassifier(), TinyDataModule()
+    make_trainer(callbacks=[probe, cb], max_epochs=3).fit(module, datamodule=dm)
+    n = len(cb.probs)
+    # tau of the final distribution: paper (epoch + 1) / epochs = 1; reference epoch / epochs = 2/3
+    tau = 1.0 if semantics == "paper" else 2 / 3
+    assert torch.allclose(cb.probs, pada_data_probs(cb.importance, tau))
+    # samples not drawn in the last epoch: reference -> importance 0; paper -> their earlier importance
+    cb._sampler.set_epoch(2)
+    cb._sampler.probs = probe.records[-1][3]
+    drawn = set(cb._sampler)
+    unseen = [i for i in range(n) if i not in drawn]
+    assert unseen
+    if semantics == "reference":
+        assert all(float(cb.importance[i]) == 0.0 for i in unseen)
+        assert all(float(cb.importance[i]) > 0.0 for i in drawn)
+    else:
+        assert sum(float(cb.importance[i]) > 0.0 for i in unseen) >= len(unseen) // 2
+    # the loss: paper = mean_i CE_i / (N p_i) (unbiased); reference = the plain mean CE
+    assert probe.records
+    weighted_differs = 0
+    for loss, ce, idx, probs in probe.records:
+        w = 1.0 / (n * probs[idx].double())
+        weighted, plain = float((w * ce.double()).mean()), float(ce.mean())
+        assert loss == pytest.approx(weighted if semantics == "paper" else plain, rel=1e-4)
+        weighted_differs += abs(weighted - plain) > 1e-3 * plain
+    assert weighted_differs >= len(probe.records) // 2  # the check can tell the two apart
+
+
+def test_weighted_loss_override_and_bad_semantics():
+    assert PADASampling(semantics="paper", weighted_loss=False).task_loss_scale == 1.0
+    assert PADASampling(semantics="reference", weighted_loss=True).task_loss_scale == 0.0
+    with pytest.raises(ValueError, match="semantics"):
+        PADASampling(semantics="naslib")
+    with pytest.raises(TypeError, match="weighted_loss"):
+        PADASampling(weighted_loss="yes")

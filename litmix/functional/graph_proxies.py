@@ -358,7 +358,7 @@ def _kmeans_labels(z: Tensor, k: int, seed: int) -> Tensor:
     from sklearn.cluster import KMeans
 
     k = min(k, z.shape[0])
-    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(z.double().numpy())
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(z.double().numpy())
     return torch.from_numpy(km.labels_).long()
 
 

@@ -257,7 +257,7 @@ def test_probe_callback_refuses_bad_graphs_naming_the_problem():
     class _Trainer:
         is_global_zero = True
 
-        class strategy:  # noqa: N801
+        class strategy:
             @staticmethod
             def broadcast(obj, src=0):
                 return obj
@@ -278,7 +278,7 @@ def test_probe_callback_refuses_bad_graphs_naming_the_problem():
             NetInfoFProbe(**kwargs)
 
 
-# --------------------------------------------------------------------------------------------- effect on Cora / CiteSeer
+# ----------------------------------------------------------------------------------------- effect on Cora / CiteSeer
 def _gcn_accuracy(x, edge_index, y, train_mask, test_mask, seed, epochs=100):
     """Test accuracy of a 2-layer GCN (Kipf & Welling; 16 hidden, dropout 0.5, Adam 0.01, wd 5e-4), full batch."""
     import torch.nn.functional as F

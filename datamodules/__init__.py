@@ -1,6 +1,8 @@
 """LightningDataModules: offline data sets and forget/retain splits."""
 
 from litmix.datamodules.char_lm import CharLMDataModule
+from litmix.datamodules.compute_aware_filtering import ComputeAwareFiltering
+from litmix.datamodules.concept_cluster_pruning import ConceptClusterPruning
 from litmix.datamodules.digits import DigitsDataModule
 from litmix.datamodules.forget_retain import ForgetRetainDataModule
 from litmix.datamodules.graph import GraphDataModule
@@ -9,6 +11,8 @@ from litmix.datamodules.proxy_features import ProxyFeatureDataModule
 
 __all__ = [
     "CharLMDataModule",
+    "ComputeAwareFiltering",
+    "ConceptClusterPruning",
     "DigitsDataModule",
     "ForgetRetainDataModule",
     "GraphDataModule",

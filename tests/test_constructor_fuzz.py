@@ -44,10 +44,13 @@ REQUIRED = {
     ],
     "proxy_names": lambda: ["synflow", "params"],
     "params": lambda: list(TinyClassifier().parameters()),
+    "base": lambda: litmix.testing.TinyDataModule(),  # data-pruning wrappers (any DataModule)
+    "budget_samples": lambda: 1000,
 }
 # Classes that need one of several optional arguments get a complete base configuration.
 CLASS_BASE = {
     "ProxyFeatureDataModule": lambda: {"features": torch.randn(20, 3), "targets": torch.rand(20)},
+    "ComputeAwareFiltering": lambda: {"buckets": [[0, 1], [2, 3]], "utilities": [{"a": 1.0, "b": -0.5, "tau": 1}] * 2},
 }
 
 # Sizes are kept small so an accepted value never allocates a huge model or data set.

@@ -185,7 +185,7 @@ def test_binary_weights_export_at_one_bit_each(tmp_path):
     exported = layer.export()
     assert exported["signs"].numel() == 256 * 256 // 8
     signs = unpack_codes(exported["signs"], 1, 256 * 256).view(256, 256).bool()
-    assert torch.equal(signs, layer.weight.detach() >= 0)
+    assert torch.equal(signs, ~torch.signbit(layer.weight.detach()))
     torch.save({"signs": exported["signs"].clone(), "alpha": exported["alpha"]}, tmp_path / "bin.pt")
     torch.save(layer.weight.detach().clone(), tmp_path / "fp32.pt")
     ratio = os.path.getsize(tmp_path / "bin.pt") / os.path.getsize(tmp_path / "fp32.pt")
@@ -266,3 +266,15 @@ def test_regulariser_lowers_tree_cost_by_ten_percent_at_two_points(mst_runs):
     assert cost1 <= 0.9 * cost0
     assert acc1 >= acc0 - 0.02
     assert math.isfinite(acc1)
+
+
+def test_signed_zeros_are_binarized_consistently_everywhere():
+    """The sign bit decides: +0.0 -> +1, -0.0 -> -1 in the forward, the tree, the export and the regulariser."""
+    layer = BinaryLinear(4, 3, bias=False, binary_activations=True)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, -0.0, 1.0, -1.0], [-0.0, -0.0, 1.0, 1.0], [0.0, 0.0, -1.0, 1.0]]))
+    x = torch.tensor([[1.0, 2.0, -3.0, 4.0]])
+    assert torch.equal(layer.forward_mst(x), layer(x).detach())
+    signs = unpack_codes(layer.export()["signs"], 1, 12).view(3, 4)
+    assert signs[0].tolist() == [1, 0, 1, 0]
+    assert hamming_distances(layer.weight)[0].tolist() == [0, 2, 3]

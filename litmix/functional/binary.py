@@ -45,12 +45,15 @@ PAPER = (
 
 
 class _SignSTE(torch.autograd.Function):
-    """``sign`` forward (``sign(0) = +1``); gradient passed where ``|x| <= 1`` (hardtanh straight-through)."""
+    """Sign-bit forward (``+0.0 -> +1``, ``-0.0 -> -1``); gradient passed where ``|x| <= 1`` (hardtanh STE).
+
+    ``copysign`` on ones: a few times faster on the CPU than ``torch.where`` with scalars.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
-        return torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+        return torch.ones_like(x).copysign_(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
@@ -70,7 +73,7 @@ def _check_float(owner: str, name: str, value: Any, min_dim: int = 1) -> Tensor:
 
 @register("function", "quantization", paper=PAPER, module="litmix.functional.binary")
 def sign_ste(x: Tensor) -> Tensor:
-    """``+-1`` signs of ``x`` (``sign(0) = +1``) with the clipped straight-through gradient (``|x| <= 1``).
+    """``+-1`` signs of ``x`` (its sign bit: ``+0.0 -> +1``) with the clipped straight-through gradient (``|x| <= 1``).
 
     Raises:
         TypeError: if ``x`` is not a floating-point tensor.
@@ -136,14 +139,17 @@ def _signs(owner: str, weight_sign: Any) -> Tensor:
             f"got shape {tuple(weight_sign.shape)}"
         )
     w = weight_sign.detach().flatten(1)
-    return w if w.dtype == torch.bool else w >= 0
+    if w.dtype == torch.bool:
+        return w
+    return ~torch.signbit(w) if w.is_floating_point() else w >= 0
 
 
 @register("function", "quantization", paper=PAPER, module="litmix.functional.binary")
 def hamming_distances(weight_sign: Tensor) -> Tensor:
     """``[C_out, C_out]`` int64 Hamming distances between the output channels' sign vectors.
 
-    ``weight_sign`` may hold signs, latent weights (``>= 0`` counts as ``+1``) or bools.
+    ``weight_sign`` may hold signs, latent weights (a clear sign bit, ``+0.0`` included, counts as ``+1``) or
+    bools.
 
     Raises:
         TypeError: if ``weight_sign`` is not a tensor.
@@ -168,7 +174,7 @@ def mst_compress(weight_sign: Tensor) -> MSTTree:
     at the channel of smallest eccentricity (minimum depth).
 
     Args:
-        weight_sign: ``[C_out, C_in, ...]`` signs, latent weights (``>= 0`` is ``+1``) or bools.
+        weight_sign: ``[C_out, C_in, ...]`` signs, latent weights (a clear sign bit is ``+1``) or bools.
 
     Returns:
         An :class:`MSTTree`; ``cost <= dense_cost`` always (a star of dense rows costs ``C_out * K``).
@@ -235,7 +241,7 @@ def mst_linear(
 
     Args:
         x: ``[..., C_in]`` inputs.
-        weight_sign: ``[C_out, C_in]`` signs (or latent weights; ``>= 0`` is ``+1``).
+        weight_sign: ``[C_out, C_in]`` signs (or latent weights; a clear sign bit is ``+1``).
         tree: :func:`mst_compress` of ``weight_sign``.
         alpha: optional ``[C_out]`` scales.
         bias: optional ``[C_out]`` bias.
@@ -361,7 +367,7 @@ def mst_regularizer(weight: Tensor, parent: Tensor) -> Tensor:
         return flat.sum() * 0.0
     a = flat.index_select(0, child)
     b = flat.index_select(0, parent.to(weight.device).index_select(0, child))
-    differ = (a >= 0) != (b >= 0)
+    differ = torch.signbit(a) != torch.signbit(b)
     cheaper = torch.minimum(a.abs(), b.abs()) * differ
     scale = flat.detach().abs().mean().clamp_min(1e-12)
     return cheaper.sum() / (scale * flat.numel())

@@ -38,7 +38,7 @@ class _BinaryMixin:
     def export(self) -> dict[str, Any]:
         """Signs at one bit each (``1`` for ``+1``), float ``alpha`` per channel, shape and bias."""
         with torch.no_grad():
-            signs = self.weight >= 0
+            signs = ~torch.signbit(self.weight)
             alpha = self.weight.abs().flatten(1).mean(1)
         return {
             "signs": pack_codes(signs.to(torch.uint8), 1),
@@ -59,8 +59,8 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
     Vo et al., ICCV 2023 (https://arxiv.org/abs/2308.13735).
 
     The latent float ``weight`` is an ``nn.Linear`` weight (same state_dict keys, so a binarized model's
-    checkpoint loads into the float class); the forward uses ``sign(W)`` (``sign(0) = +1``, clipped STE) times
-    ``alpha = mean|W|`` per output channel; the bias stays float. ``binary_activations=True`` also binarizes
+    checkpoint loads into the float class); the forward uses ``sign(W)`` (the sign bit: ``+0.0 -> +1``; clipped
+    STE) times ``alpha = mean|W|`` per output channel; the bias stays float. ``binary_activations=True`` also binarizes
     the inputs (a full BNN layer; XNOR-popcount arithmetic). :meth:`mst` returns the tree of the sign rows,
     :meth:`forward_mst` computes the layer in tree order (equal to :meth:`forward` up to float summation
     order, exactly for binary activations) and :meth:`export` packs the signs at one bit each.

@@ -281,11 +281,19 @@ def complexity_keep_counts(complexity: Tensor, sizes: Tensor, num_keep: int, tau
 def farthest_from_centroid(dist: Tensor, assign: Tensor, counts: Tensor) -> Tensor:
     """Sorted indices of the ``counts[c]`` members of each cluster ``c`` with the largest ``dist`` (ties: lower index).
 
+    Raises:
+        ValueError: if ``dist`` and ``assign`` differ in shape or ``counts`` is not 1-D.
+
     Example:
         >>> farthest_from_centroid(torch.tensor([0.1, 0.9, 0.5, 0.2]), torch.tensor([0, 0, 1, 1]),
         ...                        torch.tensor([1, 1])).tolist()
         [1, 2]
     """
+    if dist.dim() != 1 or assign.shape != dist.shape or counts.dim() != 1:
+        raise ValueError(
+            f"farthest_from_centroid(dist, assign, counts): 1-D tensors expected, dist and assign of one shape; got "
+            f"{tuple(dist.shape)}, {tuple(assign.shape)}, {tuple(counts.shape)}"
+        )
     n = dist.shape[0]
     order = dist.argsort(descending=True, stable=True)
     order = order[assign[order].argsort(stable=True)]  # grouped by cluster, farthest first

@@ -26,6 +26,7 @@ CORE_MODULES = (
     "litmix.metrics",
     "litmix.nas",
     "litmix.optim",
+    "litmix.quantization_pareto",
 )
 
 

@@ -46,6 +46,8 @@ REQUIRED = {
     "params": lambda: list(TinyClassifier().parameters()),
     "base": lambda: litmix.testing.TinyDataModule(),  # data-pruning wrappers (any DataModule)
     "budget_samples": lambda: 1000,
+    "make_module": lambda: lambda width: TinyClassifier(hidden=width),  # ParetoSweep
+    "make_datamodule": lambda: lambda seed: litmix.testing.TinyDataModule(),  # ParetoSweep
 }
 # Classes that need one of several optional arguments get a complete base configuration.
 CLASS_BASE = {

@@ -9,6 +9,7 @@ from litmix.functional.quantization import (
     bound_scale,
     dequantize,
     fake_quantize,
+    fake_quantize_per_channel,
     pack_int4,
     per_channel_scale,
     quant_range,
@@ -135,3 +136,20 @@ def test_bit_operations():
 def test_bad_inputs_name_the_argument(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_matches_torchao_symmetric_per_channel_weight_quantizer(bits):
+    """litmix's codes, scales and fake-quantized weights equal torchao's affine quantizer on the symmetric range."""
+    ao = pytest.importorskip("torchao.quantization.quant_primitives")
+    torch.manual_seed(0)
+    w = torch.randn(64, 300)
+    qmax, block = 2 ** (bits - 1) - 1, (1, w.shape[1])
+    kwargs = {"quant_min": -qmax, "quant_max": qmax}
+    scale, zero = ao.choose_qparams_affine(w, ao.MappingType.SYMMETRIC, block, torch.int8, **kwargs)
+    codes = ao.quantize_affine(w, block, scale, zero, torch.int8, **kwargs)
+    deq = ao.dequantize_affine(codes, block, scale, zero, torch.int8, **kwargs)
+    ours = per_channel_scale(w, bits)
+    assert torch.equal(scale.flatten(), ours.flatten())
+    assert torch.equal(codes, quantize(w, ours, bits))
+    assert torch.equal(deq, fake_quantize_per_channel(w, bits))

@@ -1,0 +1,109 @@
+"""Effect tests of quantization on digits: QAT vs fp32 and post-training rounding, the Pareto sweep, and a
+quantized, distilled, pruned student (QuantizationAwareTraining + KnowledgeDistillation + GradualPruning)."""
+
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+
+from litmix.callbacks import GradualPruning, KnowledgeDistillation, QuantizationAwareTraining
+from litmix.data import split_batch
+from litmix.functional.quantization import per_channel_scale
+from litmix.functional.sparsity import sparsity_report
+from litmix.testing import TinyClassifier, TinyDataModule, assert_resume_matches, make_trainer
+
+
+class DigitsMLP(pl.LightningModule):
+    """``64 -> width -> width -> 10`` ReLU MLP (three quantizable layers: first, one inner, last)."""
+
+    def __init__(self, width: int = 64, lr: float = 3e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+        )
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = split_batch(batch)
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def digits_tensors(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train and validation tensors of the stratified 70/30 digits split."""
+    from litmix.datamodules import DigitsDataModule
+
+    dm = DigitsDataModule(seed=seed)
+    dm.setup("fit")
+    full = dm.full_dataset.dataset.tensors  # type: ignore[attr-defined]
+    tr, va = dm.train_dataset.indices, dm.val_dataset.indices  # type: ignore[attr-defined]
+    return full[0][tr], full[1][tr], full[0][va], full[1][va]
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).float().mean())
+
+
+def fit_digits(width: int, seed: int, epochs: int, callbacks: list | None = None) -> DigitsMLP:
+    from litmix.datamodules import DigitsDataModule
+
+    pl.seed_everything(seed, verbose=False)
+    model = DigitsMLP(width)
+    make_trainer(max_epochs=epochs, callbacks=callbacks or []).fit(model, datamodule=DigitsDataModule(seed=seed))
+    return model
+
+
+@pytest.mark.slow
+def test_quantized_distilled_pruned_student_on_digits():
+    _, _, x_val, y_val = digits_tensors(0)
+    teacher = fit_digits(128, seed=0, epochs=10)
+    qat = QuantizationAwareTraining(bits_w=4, bits_a=4, first_last_bits=8)
+    prune = GradualPruning(target_sparsity=0.5, end_fraction=0.5, every_n_steps=5)
+    kd = KnowledgeDistillation(teacher.net, temperature=2.0, weight=0.5)
+    student = fit_digits(32, seed=0, epochs=10, callbacks=[qat, kd, prune])
+    # pruned weights stay exactly zero, at the target sparsity
+    assert abs(sparsity_report(student)["global"] - 0.5) < 0.01
+    masks = {n: (p != 0) for n, p in student.named_parameters() if n.endswith("weight")}
+    # quantized weights lie on the per-channel grid, zeros stay zero codes
+    exported = qat.export(student)
+    restored = QuantizationAwareTraining.load_export(exported)
+    for name, (bits_w, _) in qat.layer_bits_used().items():
+        w = student.get_submodule(name).weight.detach()
+        q = restored[f"{name}.weight"]
+        scale = per_channel_scale(w, bits_w)
+        codes = q / scale
+        assert torch.allclose(codes, codes.round(), atol=1e-4)
+        assert codes.abs().max() <= 2 ** (bits_w - 1) - 1 + 1e-4
+        assert (q[~masks[f"{name}.weight"]] == 0).all()
+    # the quantized, distilled, pruned student still classifies digits (measured 0.94-0.95, see the report)
+    qat.attach(student)
+    acc = accuracy(student, x_val, y_val)
+    qat.detach()
+    assert acc > 0.88
+
+
+def test_resume_with_quantization_distillation_and_pruning(tmp_path):
+    torch.manual_seed(1)
+    teacher = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+    def callbacks():
+        return [
+            QuantizationAwareTraining(bits_w=4, bits_a=4, first_last_bits=None, calibration_steps=2),
+            KnowledgeDistillation(teacher, temperature=2.0, weight=0.5),
+            GradualPruning(target_sparsity=0.5, end_fraction=0.5, every_n_steps=1),
+        ]
+
+    full, _ = assert_resume_matches(callbacks, TinyClassifier, TinyDataModule, tmp_path, atol=1e-6)
+    assert abs(sparsity_report(full.lightning_module)["global"] - 0.5) < 0.01

@@ -1,9 +1,21 @@
 """LightningModules: methods that own the training step (unlearning, NAS, learned proxies)."""
 
+from litmix.plugins.mixed_precision_gnn import MixedPrecisionGNN
 from litmix.plugins.nb201_supernet import NB201SupernetModule
+from litmix.plugins.ofa_conv_supernet import OFAConvSupernetModule
 from litmix.plugins.ofa_supernet import OFASupernetModule
 from litmix.plugins.parzc_predictor import ParZCPredictor
 from litmix.plugins.proxyless_nas import ProxylessNASModule
 from litmix.plugins.unlearning_module import UnlearningModule
+from litmix.plugins.zeroth_order_module import ZerothOrderModule
 
-__all__ = ["NB201SupernetModule", "OFASupernetModule", "ParZCPredictor", "ProxylessNASModule", "UnlearningModule"]
+__all__ = [
+    "MixedPrecisionGNN",
+    "NB201SupernetModule",
+    "OFAConvSupernetModule",
+    "OFASupernetModule",
+    "ParZCPredictor",
+    "ProxylessNASModule",
+    "UnlearningModule",
+    "ZerothOrderModule",
+]

@@ -1,4 +1,4 @@
-"""Once-for-All: the elastic choices allowed under progressive shrinking (depth, then width).
+"""Once-for-All: the elastic choices allowed under progressive shrinking, elastic kernels and the subnet search.
 
 Cai et al., "Once-for-All: Train One Network and Specialize it for Efficient Deployment",
 https://arxiv.org/abs/1908.09791. Used by :class:`litmix.plugins.OFASupernetModule` and
@@ -7,9 +7,24 @@ https://arxiv.org/abs/1908.09791. Used by :class:`litmix.plugins.OFASupernetModu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["depth_choices_allowed", "ofa_progressive_bounds", "width_choices_allowed"]
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "PHASES",
+    "constrained_evolution",
+    "depth_choices_allowed",
+    "ofa_progressive_bounds",
+    "progressive_choices",
+    "progressive_phase",
+    "ridge_fit",
+    "ridge_predict",
+    "transform_kernel",
+    "width_choices_allowed",
+]
 
 
 def width_choices_allowed(choices: Sequence[float], lower_bound: float) -> list[float]:
@@ -95,3 +110,188 @@ def ofa_progressive_bounds(
         depth_frac, width_frac = ramp(start_frac, half), ramp(start_frac + half, half)
     depth = max_depth - round(depth_frac * (max_depth - min_depth))
     return depth, 1.0 - (1.0 - min_ratio) * width_frac
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Convolutional Once-for-All: progressive shrinking phases, elastic kernels, predictor and constrained search
+
+PHASES = ("full", "kernel", "depth", "width")
+
+
+def progressive_phase(progress: float, phase_fracs: Sequence[float]) -> tuple[str, float]:
+    """The Once-for-All progressive-shrinking phase at ``progress`` and the fraction ``q`` of that phase done.
+
+    Phases in order: ``full`` (largest network only), ``kernel`` (elastic kernel size), ``depth`` (elastic
+    depth), ``width`` (elastic expand ratio); ``phase_fracs`` gives the lengths of the first three as fractions
+    of the run, the width phase takes the rest.
+
+    Args:
+        progress: fraction of training done, clamped to ``[0, 1]``.
+        phase_fracs: three non-negative fractions summing to at most 1.
+
+    Raises:
+        ValueError: for a wrong number of fractions, negative ones or a sum above 1.
+
+    Example:
+        >>> [progressive_phase(p, [0.25, 0.25, 0.25]) for p in (0.1, 0.3, 0.625, 0.9)]
+        [('full', 0.4), ('kernel', 0.2), ('depth', 0.5), ('width', 0.6)]
+    """
+    fracs = [float(f) for f in phase_fracs]
+    if len(fracs) != 3 or any(not f >= 0 for f in fracs) or sum(fracs) > 1 + 1e-9:
+        raise ValueError(f"progressive_phase(phase_fracs={list(phase_fracs)}): need 3 fractions >= 0, sum <= 1")
+    p = min(max(float(progress), 0.0), 1.0)
+    lengths = [*fracs, max(1.0 - sum(fracs), 0.0)]
+    start = 0.0
+    for i, (name, length) in enumerate(zip(PHASES, lengths, strict=True)):
+        last = all(rest <= 0 for rest in lengths[i + 1 :])
+        if length > 0 and (p < start + length or last):
+            return name, round(min((p - start) / length, 1.0), 12)
+        start += length
+    return PHASES[-1], 1.0
+
+
+def progressive_choices(choices: Sequence[int], q: float, gradual: bool = True) -> list[int]:
+    """The choices of an elastic dimension open at fraction ``q`` of its phase (largest first).
+
+    Once-for-All opens elastic depth and width in two stages (e.g. depth {4, 3}, then {4, 3, 2}): with
+    ``gradual=True`` the phase is cut into ``len(choices) - 1`` equal parts and each part opens one more choice;
+    with ``gradual=False`` every choice is open (OFA's kernel phase).
+
+    Example:
+        >>> progressive_choices([1, 2, 3], 0.2), progressive_choices([1, 2, 3], 0.7)
+        ([2, 3], [1, 2, 3])
+        >>> progressive_choices([3, 5, 7], 0.0, gradual=False)
+        [3, 5, 7]
+    """
+    ordered = sorted(choices, reverse=True)
+    if not gradual or len(ordered) <= 2:
+        return sorted(ordered)
+    n = len(ordered) - 1
+    count = 1 + min(n, int(min(max(q, 0.0), 1.0) * n) + 1)
+    return sorted(ordered[:count])
+
+
+def transform_kernel(weight: Tensor, kernel_size: int, matrices: dict[str, Tensor]) -> Tensor:
+    """Once-for-All's elastic kernel: centre-crop ``weight`` step by step and apply the transformation matrices.
+
+    ``weight`` is ``[C, 1, K, K]`` (depthwise); to reach a smaller size ``k`` the centre ``k' x k'`` of the
+    current kernel is taken for each next smaller size ``k'`` and multiplied per channel by the matrix
+    ``matrices[f"{big}to{small}"]`` (``[k'^2, k'^2]``, shared by the channels of the layer, identity at init):
+    7 -> 5 -> 3 as in the paper.
+
+    Raises:
+        ValueError: for an unknown kernel size (no matrix chain reaches it).
+
+    Example:
+        >>> w = torch.arange(49.0).view(1, 1, 7, 7)
+        >>> mats = {"7to5": torch.eye(25), "5to3": torch.eye(9)}
+        >>> transform_kernel(w, 3, mats).flatten().tolist()
+        [16.0, 17.0, 18.0, 23.0, 24.0, 25.0, 30.0, 31.0, 32.0]
+    """
+    current = int(weight.shape[-1])
+    out = weight
+    while current > kernel_size:
+        key = next((k for k in matrices if k.startswith(f"{current}to")), None)
+        if key is None:
+            raise ValueError(f"transform_kernel: no matrix from kernel {current} (need {kernel_size})")
+        small = int(key.split("to")[1])
+        start = (current - small) // 2
+        crop = out[:, :, start : start + small, start : start + small]
+        c = crop.shape[0]
+        out = nn.functional.linear(crop.reshape(c, small * small), matrices[key]).view(c, 1, small, small)
+        current = small
+    if current != kernel_size:
+        raise ValueError(f"transform_kernel: kernel size {kernel_size} is not reachable from {weight.shape[-1]}")
+    return out
+
+
+def ridge_fit(features: Tensor, targets: Tensor, l2: float = 1e-2) -> Tensor:
+    """Closed-form ridge regression with an intercept: weights ``[F + 1]`` (last entry: intercept).
+
+    The accuracy predictor of the Once-for-All search (the paper uses an MLP; ridge on one-hot architecture
+    encodings is enough for the small spaces here).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [2.0]]); w = ridge_fit(x, 2 * x[:, 0] + 1, l2=0.0)
+        >>> [round(v, 4) for v in w.tolist()]
+        [2.0, 1.0]
+    """
+    x = torch.cat([features.double(), torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
+    reg = torch.eye(x.shape[1], dtype=torch.float64) * l2
+    reg[-1, -1] = 0.0
+    return (torch.linalg.pinv(x.T @ x + reg) @ (x.T @ targets.double())).float()  # pinv: collinear one-hots
+
+
+def ridge_predict(weights: Tensor, features: Tensor) -> Tensor:
+    """Predictions of :func:`ridge_fit` weights.
+
+    Example:
+        >>> ridge_predict(torch.tensor([2.0, 1.0]), torch.tensor([[3.0]])).tolist()
+        [7.0]
+    """
+    return features.float() @ weights[:-1] + weights[-1]
+
+
+def constrained_evolution(
+    sample: Callable[[torch.Generator], Any],
+    mutate: Callable[[Any, torch.Generator], Any],
+    crossover: Callable[[Any, Any, torch.Generator], Any],
+    cost: Callable[[Any], float],
+    score: Callable[[list[Any]], Tensor],
+    budget: float,
+    population: int = 64,
+    generations: int = 20,
+    parent_ratio: float = 0.25,
+    mutation_ratio: float = 0.5,
+    seed: int = 0,
+    max_tries: int = 1000,
+) -> tuple[Any, float]:
+    """Once-for-All's evolutionary search: maximise ``score`` over candidates with ``cost <= budget``.
+
+    Each generation keeps the best ``parent_ratio`` of the population and refills it with mutations and
+    crossovers of parents (both re-drawn until they satisfy the budget, as OFA's ``EvolutionFinder``).
+
+    Returns:
+        ``(best candidate, its score)``.
+
+    Raises:
+        ValueError: when no candidate within the budget is found in ``max_tries`` samples.
+
+    Example:
+        >>> def draw(g):
+        ...     return int(torch.randint(100, (1,), generator=g))
+        >>> def mutate(c, g):
+        ...     return min(99, max(0, c + int(torch.randint(-3, 4, (1,), generator=g))))
+        >>> def score(cs):
+        ...     return torch.tensor(cs, dtype=torch.float)  # bigger is better; cost = value
+        >>> best, s = constrained_evolution(draw, mutate, lambda a, b, g: (a + b) // 2, float, score, budget=40)
+        >>> best
+        40
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def feasible(draw: Callable[[], Any]) -> Any:
+        for _ in range(max_tries):
+            cand = draw()
+            if cost(cand) <= budget:
+                return cand
+        raise ValueError(f"constrained_evolution: no candidate within budget {budget} in {max_tries} tries")
+
+    pop = [feasible(lambda: sample(gen)) for _ in range(population)]
+    n_parents = max(1, round(parent_ratio * population))
+    n_mutate = round(mutation_ratio * population)
+    best, best_score = pop[0], float("-inf")
+    for _ in range(generations + 1):
+        scores = score(pop)
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        if float(scores[order[0]]) > best_score:
+            best, best_score = pop[order[0]], float(scores[order[0]])
+        parents = [pop[i] for i in order[:n_parents]]
+
+        def pick(parents: list[Any] = parents) -> Any:
+            return parents[int(torch.randint(len(parents), (1,), generator=gen))]
+
+        children = [feasible(lambda: mutate(pick(), gen)) for _ in range(n_mutate)]
+        children += [feasible(lambda: crossover(pick(), pick(), gen)) for _ in range(population - n_parents - n_mutate)]
+        pop = parents + children
+    return best, best_score

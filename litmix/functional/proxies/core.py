@@ -299,10 +299,20 @@ class ProxyContext:
             return "arg", self.args[0]
         return None
 
+    def _float_kwarg(self) -> str | None:
+        """Name of the first floating tensor keyword argument (``inputs_embeds=``), when no argument is one."""
+        if _has_float_arg(self.args):
+            return None
+        for key, value in self.kwargs.items():
+            if isinstance(value, Tensor) and value.is_floating_point():
+                return key
+        return None
+
     def float_input(self) -> Tensor:
         """The floating input that gradients flow to and that noise replaces.
 
-        The first floating tensor argument; the ``x`` of a PyG ``Data`` argument; or, for token ids of a model
+        The first floating tensor argument; the ``x`` of a PyG ``Data`` argument; the first floating tensor
+        keyword argument (e.g. ``inputs_embeds=`` of a Hugging Face model); or, for token ids of a model
         with ``get_input_embeddings()`` (Hugging Face), the input embeddings of the ids (the model is then
         called with ``inputs_embeds=``).
 
@@ -314,6 +324,9 @@ class ProxyContext:
                 return a
             if _is_graph_data(a) and isinstance(getattr(a, "x", None), Tensor) and a.x.is_floating_point():
                 return a.x  # type: ignore[no-any-return]
+        key = self._float_kwarg()
+        if key is not None:
+            return self.kwargs[key]  # type: ignore[no-any-return]
         tokens = self._token_ids()
         if tokens is not None:
             with torch.no_grad():
@@ -333,6 +346,10 @@ class ProxyContext:
                 data = copy.copy(a)
                 data.x = x
                 return self.forward((*self.args[:i], data, *self.args[i + 1 :]), method)
+        key = self._float_kwarg()
+        if key is not None:  # e.g. inputs_embeds= of a Hugging Face model
+            fn = getattr(self.model, method) if method else self.model
+            return self.output_fn(fn(*self.args, **{**self.kwargs, key: x}))
         tokens = self._token_ids()
         if tokens is None:
             self.float_input()  # raises saying why
@@ -528,7 +545,8 @@ def zero_cost_proxies(
       ``data.train_mask`` restricts the loss, ``epe_nas`` and ``naswot`` to the training nodes;
     * token ids of a model with ``get_input_embeddings()`` (Hugging Face): the proxies that need a floating input
       (``jacob_cov``, ``epe_nas``, ``zen``, ``naswot(gaussian=True)``) take the input embeddings as that input and
-      call the model with ``inputs_embeds=``.
+      call the model with ``inputs_embeds=``; embedding-space inputs given directly (``{"inputs_embeds": e}``,
+      any floating keyword argument) are that input as they are.
 
     Args:
         model: any ``nn.Module`` (a LightningModule works: its ``forward`` is called).

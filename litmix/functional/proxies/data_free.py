@@ -27,8 +27,9 @@ def flops(ctx: ProxyContext) -> dict[str, Tensor]:
     """Multiply-accumulates of one forward of the filtered layers, counted by forward hooks.
 
     A convolution costs ``out.numel() * in_channels/groups * kernel size``, a linear-like layer
-    ``out.numel() * in_features``. With a single tensor input the batch is cut to 1 (MACs per sample); with a
-    tuple of inputs (e.g. a graph) the MACs of the whole forward are counted.
+    ``out.numel() * in_features``. With a single tensor input (positional, or the only keyword argument such as
+    ``input_ids=`` / ``inputs_embeds=``) the batch is cut to 1 (MACs per sample); with a tuple of inputs (e.g. a
+    graph) the MACs of the whole forward are counted.
     """
     macs: dict[str, int] = {name: 0 for name, _ in ctx.layers}
 
@@ -46,14 +47,17 @@ def flops(ctx: ProxyContext) -> dict[str, Tensor]:
 
         return hook
 
-    args = ctx.args
-    if len(args) == 1 and not ctx.kwargs and isinstance(args[0], Tensor):
+    args, kwargs = ctx.args, ctx.kwargs
+    if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
         args = (args[0][:1],)
+    elif not args and len(kwargs) == 1 and isinstance(value := next(iter(kwargs.values())), Tensor):
+        kwargs = {next(iter(kwargs)): value[:1]}  # {"input_ids": ids} or {"inputs_embeds": e}: per sample too
     with hooks_removed([]) as handles, torch.no_grad():
         for name, m in ctx.layers:
             handles.append(m.register_forward_hook(make_hook(name)))
         ctx.model.eval()  # batch 1 with train-mode BN would fail on 1x1 maps; MACs do not depend on the mode
-        ctx.forward(args)
+        fn = ctx.model
+        ctx.output_fn(fn(*args, **kwargs))
     return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in macs.items()}
 
 

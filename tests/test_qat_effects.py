@@ -65,10 +65,73 @@ def fit_digits(width: int, seed: int, epochs: int, callbacks: list | None = None
     return model
 
 
+EPOCHS = 10
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    """widths {16, 64} x bits {2, 4, 32 (fp32)} on digits, seed 0, 10 epochs (first/last layers 8-bit)."""
+    from litmix.datamodules import DigitsDataModule
+    from litmix.quantization_pareto import ParetoSweep
+
+    sweep = ParetoSweep(
+        lambda width: DigitsMLP(width),
+        lambda seed: DigitsDataModule(seed=seed),
+        widths=[16, 64],
+        bits=[2, 4, 32],
+        seeds=[0],
+        max_epochs=EPOCHS,
+        keep_models=True,
+    )
+    sweep.run()
+    return sweep
+
+
+def _point(sweep, width, bits):
+    return next(p for p in sweep.points if (p.width, p.bits) == (width, bits))
+
+
 @pytest.mark.slow
-def test_quantized_distilled_pruned_student_on_digits():
+def test_a_4bit_model_pareto_dominates_an_fp32_model(sweep):
+    """Catalogue S15: some 4-bit model has lower-or-equal bit-operations and higher accuracy than some fp32 model.
+
+    Measured (seeds 0/1/2, 10 epochs): 4-bit width 64 (3.69e5 bit-ops) 0.9499/0.9573/0.9685 vs fp32 width 16
+    (1.47e6 bit-ops) 0.8942/0.8868/0.9314, i.e. +5.6/+7.0/+3.7 points at 1/4 of the cost.
+    """
+    quantized = [p for p in sweep.points if p.bits == 4]
+    floats = [p for p in sweep.points if p.bits == 32]
+    pairs = [(q, f) for q in quantized for f in floats if q.bit_operations <= f.bit_operations]
+    best = max(q.accuracy - f.accuracy for q, f in pairs)
+    assert best >= 0.02, [(p.width, p.bits, p.bit_operations, p.accuracy) for p in sweep.points]
+    front = [(p.width, p.bits) for p in sweep.points if p.pareto]
+    assert (64, 4) in front
+
+
+@pytest.mark.slow
+def test_qat_4bit_is_within_two_points_of_fp32_and_beats_post_training_rounding_at_2bit(sweep):
+    """QAT 4-bit (8-bit first/last), width 64, vs fp32: measured +0.18/+0.55/-0.18 points (seeds 0/1/2).
+
+    Post-training rounding of the fp32 model (bounds calibrated on the training set) vs QAT, width 64:
+    2-bit 0.9202/0.9239/0.9314 vs QAT 0.9388/0.9462/0.9536 (QAT +1.9/+2.2/+2.2 points); at 4 bits the gap does
+    not reproduce on digits (PTQ 0.9462/0.9536/0.9685 vs QAT 0.9499/0.9573/0.9685: 0 to 0.4 points), so only the
+    2-bit gap is asserted.
+    """
+    fp32, qat4, qat2 = _point(sweep, 64, 32), _point(sweep, 64, 4), _point(sweep, 64, 2)
+    assert qat4.accuracy >= fp32.accuracy - 0.02
+    x_train, _, x_val, y_val = digits_tensors(0)
+    model = sweep.models[(64, 32, 0)]
+    ptq = QuantizationAwareTraining(bits_w=2, bits_a=2, first_last_bits=8)
+    ptq.calibrate(model, [x_train[i : i + 64] for i in range(0, len(x_train), 64)])
+    ptq_acc = accuracy(model, x_val, y_val)
+    ptq.detach()
+    assert accuracy(model, x_val, y_val) == pytest.approx(fp32.accuracy)  # detached: the fp32 model again
+    assert qat2.accuracy >= ptq_acc + 0.01
+
+
+@pytest.mark.slow
+def test_quantized_distilled_pruned_student_on_digits(sweep):
     _, _, x_val, y_val = digits_tensors(0)
-    teacher = fit_digits(128, seed=0, epochs=10)
+    teacher = sweep.models[(64, 32, 0)]
     qat = QuantizationAwareTraining(bits_w=4, bits_a=4, first_last_bits=8)
     prune = GradualPruning(target_sparsity=0.5, end_fraction=0.5, every_n_steps=5)
     kd = KnowledgeDistillation(teacher.net, temperature=2.0, weight=0.5)

@@ -163,7 +163,7 @@ def fake_quantize(x: Tensor, scale: Tensor | float, bits: int, signed: bool = Tr
 def per_channel_scale(weight: Tensor, bits: int, axis: int = 0) -> Tensor:
     """Symmetric per-output-channel scale ``max|w_c| / (2^(b-1) - 1)``, shaped to broadcast against ``weight``.
 
-    No copy of ``weight`` is made (one min/max reduction). An all-zero channel gets a tiny positive scale (its codes
+    No copy of ``weight`` is made (a max and a min reduction). An all-zero channel gets a tiny positive scale (its codes
     are 0).
 
     Args:
@@ -194,8 +194,8 @@ def per_channel_scale(weight: Tensor, bits: int, axis: int = 0) -> Tensor:
     axis = axis % weight.dim()
     w = weight.detach()
     moved = w.movedim(axis, 0).reshape(w.shape[axis], -1)
-    lo, hi = torch.aminmax(moved, dim=1)
-    bound = torch.maximum(hi, -lo)
+    # two plain reductions: no weight-sized copy (unlike abs().amax()), and much faster on CPU than aminmax(dim=)
+    bound = torch.maximum(moved.amax(dim=1), moved.amin(dim=1).neg_())
     _, qmax = quant_range(bits, True)
     scale = (bound / qmax).clamp_min_(MIN_SCALE)
     shape = [1] * weight.dim()

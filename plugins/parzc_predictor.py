@@ -1,9 +1,9 @@
-"""ParZC: a Bayesian MLP over per-layer zero-cost proxy statistics, trained with ranking losses."""
+"""ParZC: a Bayesian MLP or MABN mixer over per-layer zero-cost proxy statistics, trained with ranking losses."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -14,11 +14,12 @@ from litmix.data import split_batch
 from litmix.nas.rank_losses import DiffKendallLoss, pairwise_rank_loss
 from litmix.nas.schedules import cosine_lr_scheduler
 from litmix.registry import register
-from litmix.validation import check_bool, check_float, check_int, check_type
+from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
 __all__ = ["ParZCPredictor"]
 
 LOSSES = ("diffkendall", "mse", "pairwise")
+MODELS = ("mlp", "mabn")
 
 
 class _BayesianLinear(nn.Module):
@@ -42,6 +43,50 @@ class _BayesianLinear(nn.Module):
         return nn.functional.linear(x, w, b)
 
 
+class _MixerBlock(nn.Module):
+    """Pre-norm residual MLP-Mixer block: a token MLP across patches, then a channel MLP (x 4) per patch."""
+
+    def __init__(self, patches: int, width: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
+        hidden = max(1, patches // 2)
+        self.tokens = nn.Sequential(nn.Linear(patches, hidden), nn.GELU(), nn.Linear(hidden, patches))
+        self.channels = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(batch, patches, width)``."""
+        x = x + self.tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channels(self.norm2(x))
+
+
+class _MABN(nn.Module):
+    """ParZC's mixer architecture with Bayesian network over a flat per-layer feature vector.
+
+    ``Linear(F -> patches * patch_dim)`` -> ``(patches, patch_dim)`` tokens -> Bayesian ``patch_dim -> width`` ->
+    ``depth`` :class:`_MixerBlock` -> LayerNorm -> mean over patches -> Bayesian ``width -> width`` -> ReLU ->
+    ``Linear(width -> 1)``.
+    """
+
+    def __init__(self, in_features: int, patches: int, patch_dim: int, width: int, depth: int, rho_init: float) -> None:
+        super().__init__()
+        self.patches, self.patch_dim = patches, patch_dim
+        self.embed = nn.Linear(in_features, patches * patch_dim)
+        self.lift = _BayesianLinear(patch_dim, width, rho_init)
+        self.blocks = nn.ModuleList(_MixerBlock(patches, width) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = _BayesianLinear(width, width, rho_init)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Scores ``(batch, 1)``; Bayesian noise from ``generator``."""
+        h = self.embed(x).reshape(x.shape[0], self.patches, self.patch_dim)
+        h = self.lift(h, generator)
+        for block in self.blocks:
+            h = block(h)
+        h = self.norm(h).mean(1)
+        return self.out(nn.functional.relu(self.head(h, generator)))
+
+
 def _noise_seed(seed: int, step: int, micro: int) -> int:
     """A 63-bit seed that depends only on ``(seed, step, micro)`` (splitmix64-style mixing).
 
@@ -61,20 +106,39 @@ def _noise_seed(seed: int, step: int, micro: int) -> int:
     paper="ParZC: Parametric Zero-Cost Proxies for Efficient NAS (https://arxiv.org/abs/2402.02105)",
 )
 class ParZCPredictor(LitmixModule):
-    """ParZC's "simple model": a Bayesian MLP mapping per-layer proxy statistics to an architecture score.
+    """ParZC: a learned zero-cost proxy over per-layer proxy statistics (Bayesian MLP or the MABN mixer).
 
     Dong et al., "ParZC: Parametric Zero-Cost Proxies for Efficient NAS" (https://arxiv.org/abs/2402.02105;
-    reference pprp/PicoNAS ``piconas/predictor/pinat/bayesian.py``). Instead of summing a proxy over layers, the
-    per-layer values (e.g. ``grad_norm``, ``snip``, ``synflow`` on NAS-Bench-201's 98 layers, see
-    :func:`litmix.datamodules.proxy_features.nb201_layer_features`) feed Bayesian linear layers (weights
-    ``μ + softplus(ρ)·ε``, ε resampled per forward, ``μ`` Kaiming-uniform, ``ρ`` initialised to ``rho_init``)
-    ``F -> hidden[0] -> ... -> 1`` with ReLUs. The noise ε never touches the global RNG: in training it comes
+    reference pprp/PicoNAS ``piconas/predictor/pinat/``). Instead of summing a proxy over layers, the per-layer
+    values (e.g. ``grad_norm``, ``snip``, ``synflow`` on NAS-Bench-201's 98 layers, see
+    :func:`litmix.datamodules.proxy_features.nb201_layer_features`) feed a predictor with Bayesian linear layers
+    (weights ``μ + softplus(ρ)·ε``, ε resampled per forward, ``μ`` Kaiming-uniform, ``ρ`` initialised to
+    ``rho_init``). Two models (``model``):
+
+    * ``"mlp"`` (the paper's "simple model", ``bayesian.py``): ``F -> hidden[0] -> ... -> 1`` Bayesian layers
+      with ReLUs.
+    * ``"mabn"`` (the paper's Mixer Architecture with Bayesian Network): ``Linear(F -> patches * patch_dim)``
+      cut into ``mixer_patches`` tokens of ``mixer_patch_dim`` -> Bayesian ``patch_dim -> mixer_width`` ->
+      ``mixer_depth`` pre-norm residual MLP-Mixer blocks (a GELU token MLP across the patches, hidden
+      ``patches // 2``, then a GELU channel MLP, hidden ``4 * width``) -> LayerNorm -> mean over patches ->
+      Bayesian ``width -> width`` -> ReLU -> ``Linear(width -> 1)``. Differences from the reference
+      (``ParZCBMM``): the reference's first block MLP (ratio 0.5) acts on the channel dimension, not across the
+      patches (no token mixing, despite the name); its MABN embedding is added to the token embeddings of a
+      PINAT graph transformer over the cell DAG (not implemented here: this predictor sees only the proxy
+      features, which is what the gain test below measures); its size is 16 x 16 patches, width 512, 4 blocks,
+      ρ initialised to -5 (here width 64, 2 blocks by default, for CPU-sized training sets).
+
+    The noise ε never touches the global RNG: in training it comes
     from a generator seeded by ``(seed, global_step, batch_idx)``, at evaluation from one seeded by ``seed``
     alone, so a run resumed from a checkpoint draws the same noise as an uninterrupted one, and evaluating the
     same weights twice gives the same scores. Training on a few percent of the architectures uses
     DiffKendall (:class:`~litmix.nas.rank_losses.DiffKendallLoss`), MSE and/or the pairwise logistic loss; the
-    prediction is the mean of ``mc_samples`` stochastic forwards. The full "MABN + PINAT graph transformer"
-    model of the paper is not implemented.
+    prediction is the mean of ``mc_samples`` stochastic forwards.
+
+    Measured on 300 NAS-Bench-201 cells (per-layer grad_norm/snip/synflow of C=8, N=1 networks, train on 100,
+    Kendall τ on 200, 8 split seeds x noise seed 0 or = split seed, ``tests/test_parzc.py``): held-out τ minus the
+    best single summed proxy (incl. params) is +0.091 to +0.204 for the MLP (100 epochs, lr 1e-3) and +0.131 to
+    +0.209 for MABN (width 64, 50 epochs, lr 2e-3).
 
     Batches are ``(x, y, index)`` (:class:`~litmix.datamodules.proxy_features.ProxyFeatureDataModule`).
     Logs ``parzc/loss`` (and ``parzc/<term>``) in training, ``parzc/kendall`` and ``parzc/spearman`` of the
@@ -83,7 +147,7 @@ class ParZCPredictor(LitmixModule):
 
     Args:
         in_features: feature dimension (> 0).
-        hidden: hidden widths (ParZC: ``[160, 64]``).
+        hidden: hidden widths of the MLP (ParZC: ``[160, 64]``; unused by ``"mabn"``).
         losses: any of ``"diffkendall"``, ``"mse"``, ``"pairwise"`` (summed, weighted by ``loss_weights``).
         loss_weights: one weight per loss (default all 1).
         alpha: DiffKendall steepness (> 0).
@@ -94,10 +158,16 @@ class ParZCPredictor(LitmixModule):
         cosine: per-step cosine learning-rate schedule over ``trainer.estimated_stepping_batches``
             (:func:`litmix.nas.schedules.cosine_lr_scheduler`; per epoch when the step count is unknown).
         seed: seed of the weight noise ε (any int >= 0).
+        model: ``"mlp"`` (Bayesian MLP) or ``"mabn"`` (mixer with Bayesian layers).
+        mixer_patches: MABN tokens (>= 1; paper 16).
+        mixer_patch_dim: MABN token size before the Bayesian lift (>= 1; paper 16).
+        mixer_width: MABN channel width (>= 1; paper 512).
+        mixer_depth: MABN mixer blocks (>= 0; paper 4).
 
     Raises:
         TypeError: for arguments of the wrong type.
-        ValueError: for a non-positive ``in_features``/``alpha``/``lr``/``mc_samples``, negative weight decay,
+        ValueError: for a non-positive ``in_features``/``alpha``/``lr``/``mc_samples``/mixer size, an unknown
+            ``model``, negative weight decay,
             an empty or unknown loss list, ``loss_weights`` of the wrong length or a negative ``seed``; in
             ``configure_optimizers``, for ``cosine=True`` in a run of unknown length.
 
@@ -124,9 +194,19 @@ class ParZCPredictor(LitmixModule):
         weight_decay: float = 1e-3,
         cosine: bool = True,
         seed: int = 0,
+        model: Literal["mlp", "mabn"] = "mlp",
+        mixer_patches: int = 16,
+        mixer_patch_dim: int = 16,
+        mixer_width: int = 64,
+        mixer_depth: int = 2,
     ) -> None:
         name = type(self).__name__
         check_int(name, "in_features", in_features, low=1)
+        check_choice(name, "model", model, MODELS)
+        check_int(name, "mixer_patches", mixer_patches, low=1)
+        check_int(name, "mixer_patch_dim", mixer_patch_dim, low=1)
+        check_int(name, "mixer_width", mixer_width, low=1)
+        check_int(name, "mixer_depth", mixer_depth, low=0)
         for arg, value in (("hidden", hidden), ("losses", losses), ("loss_weights", loss_weights)):
             check_type(name, arg, value, (list, tuple), allow_none=True)
         hidden = [160, 64] if hidden is None else list(hidden)
@@ -159,13 +239,18 @@ class ParZCPredictor(LitmixModule):
         self.weight_decay = float(weight_decay)
         self.cosine = bool(cosine)
         self.seed = seed
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [_BayesianLinear(width, h, rho_init), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
+        self.model_kind = model
+        self.net: nn.Module
+        if model == "mabn":
+            self.net = _MABN(in_features, mixer_patches, mixer_patch_dim, mixer_width, mixer_depth, rho_init)
+        else:
+            layers: list[nn.Module] = []
+            width = in_features
+            for h in hidden:
+                layers += [_BayesianLinear(width, h, rho_init), nn.ReLU()]
+                width = h
+            layers.append(nn.Linear(width, 1))
+            self.net = nn.Sequential(*layers)
         self.diff_kendall = DiffKendallLoss(alpha=self.alpha)
         self.val_kendall, self.val_spearman = KendallRankCorrCoef(), SpearmanCorrCoef()
         self.test_kendall, self.test_spearman = KendallRankCorrCoef(), SpearmanCorrCoef()
@@ -183,7 +268,9 @@ class ParZCPredictor(LitmixModule):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One stochastic forward: scores of shape ``(batch,)`` (noise from ``generator``, else the global RNG)."""
-        for layer in self.net:
+        if isinstance(self.net, _MABN):
+            return self.net(x, generator).squeeze(-1)
+        for layer in self.net:  # type: ignore[attr-defined]
             x = layer(x, generator) if isinstance(layer, _BayesianLinear) else layer(x)
         return x.squeeze(-1)
 

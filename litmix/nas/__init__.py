@@ -14,7 +14,9 @@ Layout (one module per method or job):
 * :mod:`litmix.nas.ranker` and :mod:`litmix.nas.robot`: zero-cost proxy ranking and the RoBoT search.
 """
 
+from litmix.nas.auto_gnn import AutoGNNResult, AutoGNNSearch
 from litmix.nas.ddp import broadcast_buffers
+from litmix.nas.diffusion_nag import DiffusionNAG
 from litmix.nas.evaluation import recalibrate_bn, subnet_accuracy
 from litmix.nas.gm_split import EdgeSplit, GradientMatchingSplitter, gradient_match_distance, mincut_partition
 from litmix.nas.nb201 import (
@@ -54,7 +56,10 @@ __all__ = [
     "EDGES",
     "NUM_CELLS",
     "OPS",
+    "AutoGNNResult",
+    "AutoGNNSearch",
     "DiffKendallLoss",
+    "DiffusionNAG",
     "EdgeSplit",
     "GradientMatchingSplitter",
     "LightReduction",

@@ -222,3 +222,17 @@ def test_latent_weights_keep_changing_code_late_in_training(digits_runs):
     _, _, flips = digits_runs["ds3"]
     total = sum(m.numel() for m in digits_runs["ds3"][0].parameters() if m.dim() == 2) // 2
     assert all(f > 0.005 * total for f in flips[-5:]), flips
+
+
+def test_converted_lightning_module_resumes_exactly(tmp_path):
+    """Latents and the exponent buffer live in the module's state_dict: a ckpt_path resume matches."""
+    from litmix.testing import TinyClassifier, TinyDataModule, assert_resume_matches
+
+    def make():
+        torch.manual_seed(0)
+        return to_denseshift(TinyClassifier(), bits=3)
+
+    full, _ = assert_resume_matches(list, make, TinyDataModule, tmp_path, max_epochs=2)
+    layer = full.lightning_module.net[0]
+    assert isinstance(layer, ShiftLinear)
+    assert _is_pow2(layer.weight.detach())

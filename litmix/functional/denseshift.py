@@ -12,8 +12,11 @@ scale).
 Training uses the paper's **sign-scale decomposition**: two latent tensors, a sign latent ``S`` (the sign of
 ``S`` is the weight's sign, ``+0.0`` counting as ``+1``) and a scale latent ``P`` (``p = clamp(round(log2|P|), e_min,
 e_max)``), each with a straight-through estimator (identity gradient: ``dL/dS = g * 2**p``,
-``dL/dP = g * s * sign(P)``). The decomposition lets the sign flip independently of the magnitude, which is
-what avoids the "weight freezing" of single-latent shift quantizers (codes stop changing during training).
+``dL/dP = g * s * sign(P)``). The decomposition lets the sign flip independently of the magnitude; the paper
+argues this avoids the "weight freezing" of single-latent shift quantizers (codes stop changing during
+training). Measured on the digits MLP (3 bits, Adam, 20 epochs, seeds 0-2) codes keep changing with either:
+~1900-2300 code changes and ~300-360 sign flips in each of the last 3 epochs, and a single shared latent
+(``S = P``) gave the same picture and accuracy, so this small task does not show the freezing the paper reports.
 
 Code layout (:func:`denseshift_codes`): ``code = sign_bit << (b - 1) | (e_max - p)``, ``sign_bit = 1`` for a
 negative weight; :func:`pack_codes` stores ``b``-bit codes densely (3-bit codes take 3/8 byte each).

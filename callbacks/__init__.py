@@ -11,6 +11,7 @@ from litmix.callbacks.pada_sampler import PADASampling
 from litmix.callbacks.quantization_aware_training import QuantizationAwareTraining
 from litmix.callbacks.save_init import SaveInit
 from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
+from litmix.callbacks.thresholdout_validation import ThresholdoutValidation
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "QuantizationAwareTraining",
     "SaveInit",
     "ShrinkingSchedule",
+    "ThresholdoutValidation",
     "ZeroCostProxies",
 ]

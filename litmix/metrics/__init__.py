@@ -1,7 +1,11 @@
-"""torchmetrics classes used by litmix plugins (DDP-safe, per-sample states de-duplicated by index)."""
+"""Metrics: DDP-safe torchmetrics classes (per-sample states de-duplicated by index) and a reusable holdout.
+
+:class:`Thresholdout` answers adaptive queries about a holdout set without overfitting to it.
+"""
 
 from litmix.metrics.indexed_mean import IndexedMean
 from litmix.metrics.mia_auc import MembershipInferenceAUC
 from litmix.metrics.robust_fidelity import RobustFidelity
+from litmix.metrics.thresholdout import Thresholdout
 
-__all__ = ["IndexedMean", "MembershipInferenceAUC", "RobustFidelity"]
+__all__ = ["IndexedMean", "MembershipInferenceAUC", "RobustFidelity", "Thresholdout"]

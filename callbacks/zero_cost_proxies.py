@@ -65,11 +65,14 @@ class ZeroCostProxies(LitmixCallback):
         every_n_epochs: also re-score the training model at the end of every n-th training epoch (>= 1), or
             ``None`` (default) to score only at fit start.
         name: optional instance name (unique checkpoint key and log prefix).
+        proxy_options: per-proxy options of :func:`~litmix.functional.proxies.zero_cost_proxies`, e.g. the
+            reference code's quirks ``{"naswot": {"count": "reference"}, "fisher": {"samsung_broadcast": True}}``
+            or ``{"zen": {"bn_scaling": "batch"}}`` (option values are checked when the proxies run).
 
     Raises:
         TypeError: for an argument of the wrong type (naming it).
-        ValueError: for unknown proxy names (listing the available ones), ``batch_size < 2``, an unknown
-            ``layer_filter`` or ``nan_policy``, or ``every_n_epochs < 1``.
+        ValueError: for unknown proxy names (listing the available ones, also as ``proxy_options`` keys),
+            ``batch_size < 2``, an unknown ``layer_filter`` or ``nan_policy``, or ``every_n_epochs < 1``.
         MisconfigurationException: at ``setup`` under ``FSDPStrategy`` or ``DeepSpeedStrategy``.
 
     Example:
@@ -98,6 +101,7 @@ class ZeroCostProxies(LitmixCallback):
         nan_policy: str | float = "nan",
         every_n_epochs: int | None = None,
         name: str | None = None,
+        proxy_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         owner = type(self).__name__
         check_type(owner, "names", names, (list, tuple, str))
@@ -118,6 +122,16 @@ class ZeroCostProxies(LitmixCallback):
         else:
             check_float(owner, "nan_policy", nan_policy, finite=False)
         check_int(owner, "every_n_epochs", every_n_epochs, low=1, allow_none=True)
+        check_type(owner, "proxy_options", proxy_options, dict, allow_none=True)
+        for proxy, opts in (proxy_options or {}).items():
+            if proxy not in list_proxies():
+                raise ValueError(
+                    f"{owner}(proxy_options={proxy_options!r}): options for unknown proxy {proxy!r}; available "
+                    f"proxies: {list_proxies()}"
+                )
+            check_type(owner, "proxy_options", opts, dict)
+            for key in opts:
+                check_type(owner, "proxy_options", key, str)
         super().__init__(name=name)
         self.names: list[str] = list(dict.fromkeys(names))
         self.batch_size = int(batch_size)
@@ -128,6 +142,7 @@ class ZeroCostProxies(LitmixCallback):
         self.scores: dict[str, float] | None = None
         self.seconds: dict[str, float] = {}
         self.every_n_epochs = every_n_epochs
+        self.proxy_options = {k: dict(v) for k, v in (proxy_options or {}).items()}
         self.history: list[dict[str, Any]] = []
         self.computed_here = False  # True on the process that ran the proxies (global rank 0)
 
@@ -146,6 +161,7 @@ class ZeroCostProxies(LitmixCallback):
             "seed": self.seed,
             "layer_filter": self.layer_filter,
             "every_n_epochs": self.every_n_epochs,
+            **({"proxy_options": repr(sorted(self.proxy_options.items()))} if self.proxy_options else {}),
         }
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -193,6 +209,7 @@ class ZeroCostProxies(LitmixCallback):
                 layer_filter=self.layer_filter,
                 nan_policy=self.nan_policy,  # type: ignore[arg-type]
                 return_timings=True,
+                options=self.proxy_options,
             )
             scores = {k: float(v) for k, v in result.items()}
             self.computed_here = True

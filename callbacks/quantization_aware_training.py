@@ -79,6 +79,7 @@ class _Layer:
     batch_low: Tensor = field(default_factory=lambda: torch.full((), float("inf")))
     signed: bool | None = None  # decided when calibration ends: unsigned when no negative input was seen
     macs: int | None = None  # per sample
+    scale: Tensor | None = None  # cached activation scale (None: recompute from bound and signed)
     handles: list[RemovableHandle] = field(default_factory=list)
 
 
@@ -315,8 +316,9 @@ class QuantizationAwareTraining(LitmixCallback):
                 self._observe(layer, x)
             if layer.signed is None or not self._quantizing_activations():
                 return None
-            bound = layer.bound if layer.bound.device == x.device else layer.bound.to(x.device)
-            scale = bound_scale(bound, layer.bits_a, layer.signed)
+            scale = layer.scale
+            if scale is None or scale.device != x.device:
+                scale = layer.scale = bound_scale(layer.bound.to(x.device), layer.bits_a, layer.signed)
             return (fake_quantize(x, scale, layer.bits_a, layer.signed), *args[1:])
 
         return pre_hook
@@ -378,6 +380,7 @@ class QuantizationAwareTraining(LitmixCallback):
             seen = torch.isfinite(b)
             bound = lay.bound.to(device)
             lay.bound = torch.where(seen, b if first else m * bound + (1 - m) * b, bound)
+            lay.scale = None
             if lay.signed is None:
                 lay.low = torch.minimum(lay.low.to(device), -row[1])
             lay.batch_bound = torch.full((), float("-inf"), device=device)
@@ -392,6 +395,7 @@ class QuantizationAwareTraining(LitmixCallback):
             if lay.bits_a is not None and lay.signed is None:
                 low = float(lay.low)
                 lay.signed = not (low >= 0.0) or low == float("inf")
+                lay.scale = None
         self._log_pending = True
 
     def calibrate(self, module: nn.Module, inputs: Any) -> None:
@@ -567,4 +571,5 @@ class QuantizationAwareTraining(LitmixCallback):
             lay.low = torch.as_tensor(entry["low"]).clone()
             lay.signed = entry["signed"]
             lay.macs = entry["macs"]
+            lay.scale = None
         self._log_pending = True

@@ -312,3 +312,36 @@ def test_bad_layers_fail_at_setup_before_training():
 
     with pytest.raises(ValueError, match=r"layer_names=None.*no quantizable layer"):
         fit_tiny([QuantizationAwareTraining()], module=NoLayers())
+
+
+def test_tiny_hugging_face_gpt2_trains_quantized_and_loads_strictly(tmp_path):
+    transformers = pytest.importorskip("transformers")
+
+    class GPT2Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=8, n_positions=8)
+            self.model = transformers.GPT2LMHeadModel(config)
+
+        def training_step(self, batch, batch_idx):
+            x, _, _ = split_batch(batch)
+            tokens = (x.clamp(-3.99, 3.99) + 4).long()
+            return self.model(input_ids=tokens, labels=tokens).loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    torch.manual_seed(0)
+    module = GPT2Module()
+    qat = QuantizationAwareTraining(bits_w=4, bits_a=8)
+    trainer = make_trainer(callbacks=[qat], max_steps=2, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=TinyDataModule())
+    names = list(qat.layer_bits_used())
+    assert names[0] == "model.transformer.h.0.attn.c_attn"
+    assert names[-1] == "model.lm_head"  # tied to the input embedding, which stays in float
+    assert {"model.transformer.h.0.mlp.c_fc", "model.transformer.h.0.mlp.c_proj"} <= set(names)
+    assert qat.bit_operations() is not None
+    trainer.save_checkpoint(tmp_path / "gpt2.ckpt")
+    state = torch.load(tmp_path / "gpt2.ckpt", weights_only=False)["state_dict"]
+    GPT2Module().load_state_dict(state, strict=True)
+    assert module.model.lm_head.weight is module.model.transformer.wte.weight

@@ -150,11 +150,13 @@ def test_quantized_distilled_pruned_student_on_digits(sweep):
         assert torch.allclose(codes, codes.round(), atol=1e-4)
         assert codes.abs().max() <= 2 ** (bits_w - 1) - 1 + 1e-4
         assert (q[~masks[f"{name}.weight"]] == 0).all()
-    # the quantized, distilled, pruned student still classifies digits (measured 0.94-0.95, see the report)
+    # the quantized (4-bit inner, 8-bit first/last), distilled, 50 %-pruned 64-32-32-10 student still classifies
+    # digits: measured 0.9109/0.8998/0.9332 (seeds 0/1/2; teacher fp32 width 64 0.9481/0.9518/0.9703, plain fp32
+    # width-32 student 0.9425/0.9369/0.9388)
     qat.attach(student)
     acc = accuracy(student, x_val, y_val)
     qat.detach()
-    assert acc > 0.88
+    assert acc > 0.85
 
 
 def test_resume_with_quantization_distillation_and_pruning(tmp_path):

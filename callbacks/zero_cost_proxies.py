@@ -65,9 +65,10 @@ class ZeroCostProxies(LitmixCallback):
         every_n_epochs: also re-score the training model at the end of every n-th training epoch (>= 1), or
             ``None`` (default) to score only at fit start.
         name: optional instance name (unique checkpoint key and log prefix).
-        proxy_options: per-proxy options of :func:`~litmix.functional.proxies.zero_cost_proxies`, e.g. the
-            reference code's quirks ``{"naswot": {"count": "reference"}, "fisher": {"samsung_broadcast": True}}``
-            or ``{"zen": {"bn_scaling": "batch"}}`` (option values are checked when the proxies run).
+        proxy_options: per-proxy options of :func:`~litmix.functional.proxies.zero_cost_proxies`, e.g.
+            ``{"naswot": {"count": "reference"}}`` (BayesWatch's double counting of wrapped ReLUs),
+            ``{"fisher": {"samsung_broadcast": False}}`` (fisher without the reference's broadcast, which is the
+            default) or ``{"zen": {"bn_scaling": "batch"}}`` (option values are checked when the proxies run).
 
     Raises:
         TypeError: for an argument of the wrong type (naming it).

@@ -18,6 +18,7 @@ from litmix.nas.auto_gnn import AutoGNNResult, AutoGNNSearch
 from litmix.nas.ddp import broadcast_buffers
 from litmix.nas.diffusion_nag import DiffusionNAG
 from litmix.nas.evaluation import recalibrate_bn, subnet_accuracy
+from litmix.nas.flexibert import FlexiBERTSearch
 from litmix.nas.gm_split import EdgeSplit, GradientMatchingSplitter, gradient_match_distance, mincut_partition
 from litmix.nas.nb201 import (
     DATASETS,
@@ -61,6 +62,7 @@ __all__ = [
     "DiffKendallLoss",
     "DiffusionNAG",
     "EdgeSplit",
+    "FlexiBERTSearch",
     "GradientMatchingSplitter",
     "LightReduction",
     "NB201Cell",

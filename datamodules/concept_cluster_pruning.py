@@ -54,7 +54,9 @@ class ConceptClusterPruning(SubsetDataModule):
             whose ``dataset`` is map-style) with items ``(x, y, index, ...)``.
         keep_fraction: share of the training set to keep, in (0, 1].
         num_clusters: k of k-means, in [1, number of training samples] (checked at ``setup``).
-        tau: softmax temperature over cluster complexity (> 0).
+        tau: softmax temperature over cluster complexity (> 0). The complexity's scale depends on the embedding
+            (cosine distances on raw digit pixels give 0.01-0.03), so set ``tau`` to that scale: with 0.1 there
+            the keep counts are nearly equal per cluster; the digits effect test uses 0.01.
         dedup_eps: SemDeDup threshold in [0, 2] (pairs with cosine similarity above ``1 - eps`` are duplicates),
             or ``None`` to skip de-duplication.
         num_neighbors: nearest centroids averaged in ``d_inter`` (>= 1).

@@ -226,6 +226,7 @@ def test_size_penalty_lowers_expected_bits():
         module = _small(search_epochs=15, size_weight=weight, weight_bits=[2, 4, 8, 32])
         make_trainer(max_epochs=15).fit(module, datamodule=_tiny_dm())
         bits.append(float(module.expected_bits().detach()))
+    print(f"E[bits] without / with the penalty: {bits}")
     assert bits[1] < 0.5 * bits[0]
 
 
@@ -313,13 +314,20 @@ def _fit_cora(root, seed, search_epochs, retrain_epochs, **kwargs):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_searched_bits_halve_model_bits_within_3_points_of_fp32_gcn(cora_root, seed):
-    """Measured (search 50 epochs incl. 10 warm-up, retrain 200; fp32 GCN width 64 trained 200 epochs): see report."""
+    """Default search space, 100 search epochs (10 warm-up) then 100 retraining epochs, vs a float32 2-layer GCN
+    (width 64) trained 100 epochs by the same module and loop.
+
+    Measured test accuracy fp32 GCN -> LPGNAS (model bits as a fraction of the same architecture in float32; of the
+    fp32 GCN): seed 0 0.796 -> 0.806 (0.064; 0.064), seed 1 0.789 -> 0.789 (0.064; 0.064), seed 2 0.810 -> 0.782
+    (0.064; 0.016); also seeds 3-5: 0.790 -> 0.805, 0.812 -> 0.797, 0.805 -> 0.793. Every search chose GCN layers,
+    2-bit weights in layer 0 and 8-bit weights in layer 1.
+    """
     base_acc, base = _fit_cora(
-        cora_root, seed, 0, 200, ops=["gcn"], widths=[64], weight_bits=[32], act_bits=[32], warmup_epochs=0
+        cora_root, seed, 0, 100, ops=["gcn"], widths=[64], weight_bits=[32], act_bits=[32], warmup_epochs=0
     )
-    acc, module = _fit_cora(cora_root, seed, 50, 200, warmup_epochs=10)
+    acc, module = _fit_cora(cora_root, seed, 100, 100, warmup_epochs=10)
     print(f"seed {seed}: fp32 GCN acc {base_acc:.3f} bits {base.model_bits():.0f}; LPGNAS acc {acc:.3f}")
     print(f"bits {module.model_bits():.0f} ({module.compression():.3f} of fp32) {module.architecture()}")
-    assert module.compression() <= 0.5
-    assert module.model_bits() <= 0.5 * base.model_bits()
+    assert module.compression() <= 0.125  # >= 87.5 % fewer weight bits than the same layers in float32
+    assert module.model_bits() <= 0.5 * base.model_bits()  # the issue's bar: >= 50 % below the fp32 GCN
     assert acc >= base_acc - 0.03

@@ -452,7 +452,7 @@ def netinfof_node_score(
     The five closed-form embeddings of :func:`netinfof_embeddings` (structure ``U``, neighbourhood ``R``,
     features ``F``, propagated features ``P`` / ``S``) are computed on the whole graph, no model is trained.
     Each embedding is discretised and the score is ``2^{-H(Y | bin)}`` over the labelled nodes: a lower
-    bound of the accuracy of the best classifier of the bins (the paper's Theorem 1; chance level is
+    bound of the accuracy of the best classifier of the bins (the paper's guarantee; by Jensen; chance is
     ``2^{-H(Y)}``, 1 means the bins determine the label). ``"max"`` is the best component.
 
     * ``probe="kmeans"`` (default, the paper's probe: embeddings discretised without labels): k-means with

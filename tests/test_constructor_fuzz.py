@@ -34,6 +34,7 @@ REQUIRED = {
     "model": lambda: TinyClassifier(),
     "in_features": lambda: 8,
     "out_features": lambda: 4,
+    "embed_dim": lambda: 8,
     "in_channels": lambda: 2,
     "out_channels": lambda: 4,
     "kernel_size": lambda: 3,

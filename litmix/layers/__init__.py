@@ -1,11 +1,24 @@
-"""Quantized layers: DenseShift power-of-two layers and binary layers with MST compression.
+"""Layers: quantized layers (DenseShift, binary with MST compression) and continual-inference layers.
 
 * :class:`ShiftLinear`, :class:`ShiftConv2d` and :func:`to_denseshift` (DenseShift, arXiv 2208.09708);
 * :class:`BinaryLinear`, :class:`BinaryConv2d` and :func:`to_binary` (binary weights with MST compression,
-  arXiv 2308.13735).
+  arXiv 2308.13735);
+* :class:`ContinualConv1d`, :class:`ContinualAttention`: causal temporal layers that also run one time step at a
+  time (Continual Inference Networks, arXiv 2306.13474).
 """
 
 from litmix.layers.binary import BinaryConv2d, BinaryLinear, to_binary
+from litmix.layers.continual_attention import ContinualAttention
+from litmix.layers.continual_conv import ContinualConv1d
 from litmix.layers.shift import ShiftConv2d, ShiftLinear, to_denseshift
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "ShiftConv2d", "ShiftLinear", "to_binary", "to_denseshift"]
+__all__ = [
+    "BinaryConv2d",
+    "BinaryLinear",
+    "ContinualAttention",
+    "ContinualConv1d",
+    "ShiftConv2d",
+    "ShiftLinear",
+    "to_binary",
+    "to_denseshift",
+]

@@ -290,6 +290,22 @@ def test_two_ranks_keep_weights_and_logits_equal():
     assert float(trainer.callback_metrics["test/alpha_mismatch"]) == 0.0
 
 
+@pytest.mark.ddp
+def test_two_ranks_train_the_one_rank_model():
+    """Training nodes and validation nodes sharded over 2 ranks: DDP's mean of the weight gradients and the summed
+    architecture gradient reproduce the 1-rank run (search and retraining)."""
+    torch.manual_seed(0)
+    one = _small(search_epochs=2)
+    make_trainer(max_steps=6).fit(one, datamodule=_tiny_dm())
+    torch.manual_seed(0)
+    two = _small(search_epochs=2)
+    strategy = DDPStrategy(start_method="fork", find_unused_parameters=True)
+    run_ddp([], two, _tiny_dm(), strategy=strategy, max_steps=6)
+    assert two.is_derived
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
 # ------------------------------------------------------------------------------------------------- effect
 @pytest.fixture(scope="module")
 def cora_root(shared_data, tmp_path_factory):

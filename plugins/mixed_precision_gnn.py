@@ -168,7 +168,8 @@ class MixedPrecisionGNN(LitmixModule):
     same architecture in float32), per layer ``lpgnas/layer<l>/{op,weight_bits,act_bits,width}`` (argmax choice;
     ``op`` as an index into ``ops``) at every epoch end, every probability as
     ``lpgnas/p/layer<l>/<choice>=<value>`` (the architecture table) at the last search epoch and every
-    ``log_every_n_steps`` epochs, a W&B table ``lpgnas/architecture`` at derivation under a ``WandbLogger``, and
+    ``log_every_n_steps`` epochs; at derivation, under a ``WandbLogger``, the table ``lpgnas/architecture``
+    (:meth:`architecture_table`) and the heat maps ``lpgnas/probabilities`` (:meth:`architecture_figure`); and
     ``lpgnas/val_acc`` / ``lpgnas/test_acc``.
 
     Args:
@@ -486,11 +487,58 @@ class MixedPrecisionGNN(LitmixModule):
     def on_train_epoch_start(self) -> None:
         """Derive the architecture when the search ends (at the start of epoch ``search_epochs``)."""
         if self.current_epoch >= self.search_epochs and not self.is_derived:
-            arch = self.derive()
-            logger = self.logger
-            if self.trainer.is_global_zero and logger is not None and type(logger).__name__ == "WandbLogger":
-                rows = [[i, *layer.values()] for i, layer in enumerate(arch)]
-                logger.log_table(key="lpgnas/architecture", columns=["layer", *arch[0]], data=rows)  # type: ignore[attr-defined]
+            self.derive()
+            if self.trainer.is_global_zero:
+                self._log_wandb(self.logger)
+
+    def architecture_table(self) -> tuple[list[str], list[list[Any]]]:
+        """``(columns, rows)``: one row per layer, choice and value with its probability and whether it is chosen."""
+        chosen = self._current_arch().tolist()
+        choices = {"op": self.ops, "weight_bits": self.weight_bits, "act_bits": self.act_bits, "width": self.widths}
+        rows: list[list[Any]] = []
+        for j, (field, probs) in enumerate(self.probabilities().items()):
+            for i, row in enumerate(probs.tolist()):
+                for k, (value, p) in enumerate(zip(choices[field], row, strict=True)):
+                    rows.append([i, field, value, round(float(p), 4), chosen[i][j] == k])
+        return ["layer", "choice", "value", "probability", "chosen"], rows
+
+    def architecture_figure(self) -> Any:
+        """Heat maps of the probabilities per layer (one panel per choice); ``None`` without matplotlib."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        probs = self.probabilities()
+        choices = {"op": self.ops, "weight_bits": self.weight_bits, "act_bits": self.act_bits, "width": self.widths}
+        fig, axes = plt.subplots(1, len(probs), figsize=(3.2 * len(probs), 0.6 * self.num_layers + 1.6))
+        for ax, (field, p) in zip(axes, probs.items(), strict=True):
+            ax.imshow(p.cpu().numpy() if p.numel() else [[0.0] * p.shape[1]], vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(field, fontsize=9)
+            for i, row in enumerate(p.tolist()):
+                for k, v in enumerate(row):
+                    ax.text(k, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+            ax.set_xticks(range(len(choices[field])), [str(c) for c in choices[field]], fontsize=7)
+            ax.set_yticks(range(max(1, p.shape[0])), [f"layer {i}" for i in range(max(1, p.shape[0]))], fontsize=7)
+        fig.tight_layout()
+        return fig
+
+    def _log_wandb(self, logger: Any) -> None:
+        """The architecture table and the probability heat maps, under a ``WandbLogger`` only."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        if not isinstance(logger, WandbLogger):
+            return
+        columns, rows = self.architecture_table()
+        logger.log_table(key="lpgnas/architecture", columns=columns, data=rows)
+        fig = self.architecture_figure()
+        if fig is not None:
+            import matplotlib.pyplot as plt
+
+            logger.log_image(key="lpgnas/probabilities", images=[fig])
+            plt.close(fig)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """One forward pass; the weight step on the training nodes and (searching) the logits step on validation."""

@@ -7,6 +7,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -245,6 +246,37 @@ def test_logs_bits_choices_and_probabilities():
     assert float(m["lpgnas/layer0/weight_bits"]) == module.architecture()[0]["weight_bits"]
     total = sum(float(m[f"lpgnas/p/layer1/op={o}"]) for o in module.ops)
     assert total == pytest.approx(1.0)
+
+
+class _RecordingWandb(WandbLogger):
+    def __init__(self):  # no wandb run: only records what would be logged
+        self.tables, self.images = [], []
+
+    def log_table(self, key, columns=None, data=None, dataframe=None, step=None):
+        self.tables.append((key, columns, data))
+
+    def log_image(self, key, images, step=None, **kwargs):
+        self.images.append((key, images))
+
+
+def test_architecture_table_and_heat_maps_go_to_wandb():
+    module = _small(search_epochs=1)
+    make_trainer(max_epochs=2).fit(module, datamodule=_tiny_dm())
+    columns, rows = module.architecture_table()
+    assert columns == ["layer", "choice", "value", "probability", "chosen"]
+    assert len(rows) == 2 * (4 + 3 + 2) + 2  # ops, weight bits, act bits per layer; widths of the hidden layer
+    chosen = {(r[0], r[1]): r[2] for r in rows if r[4]}
+    assert chosen == {(i, k): v for i, layer in enumerate(module.architecture()) for k, v in layer.items()
+                      if not (k == "width" and i == 1)}  # fmt: skip
+    for layer in range(2):
+        assert sum(r[3] for r in rows if r[0] == layer and r[1] == "op") == pytest.approx(1.0, abs=1e-3)
+    logger = _RecordingWandb()
+    module._log_wandb(logger)
+    assert [t[0] for t in logger.tables] == ["lpgnas/architecture"]
+    assert logger.tables[0][2] == rows
+    pytest.importorskip("matplotlib")
+    assert [i[0] for i in logger.images] == ["lpgnas/probabilities"]
+    module._log_wandb(None)  # other loggers: nothing, no error
 
 
 def test_missing_validation_nodes_is_a_setup_error():

@@ -5,6 +5,7 @@ from litmix.callbacks.gradient_noise import GradientNoise
 from litmix.callbacks.gradual_pruning import GradualPruning
 from litmix.callbacks.inference_cost import InferenceCost
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
+from litmix.callbacks.lazy_rich_monitor import LazyRichMonitor
 from litmix.callbacks.mst_compression import MSTCompression
 from litmix.callbacks.netinfof_probe import NetInfoFProbe
 from litmix.callbacks.pada_sampler import PADASampling
@@ -20,6 +21,7 @@ __all__ = [
     "GradualPruning",
     "InferenceCost",
     "KnowledgeDistillation",
+    "LazyRichMonitor",
     "MSTCompression",
     "NetInfoFProbe",
     "PADASampling",

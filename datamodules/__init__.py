@@ -7,7 +7,9 @@ from litmix.datamodules.digits import DigitsDataModule
 from litmix.datamodules.forget_retain import ForgetRetainDataModule
 from litmix.datamodules.graph import GraphDataModule
 from litmix.datamodules.mnist import MNISTDataModule
+from litmix.datamodules.modular_arithmetic import ModularArithmeticDataModule
 from litmix.datamodules.proxy_features import ProxyFeatureDataModule
+from litmix.datamodules.xor_cluster import XORClusterDataModule
 
 __all__ = [
     "CharLMDataModule",
@@ -17,5 +19,7 @@ __all__ = [
     "ForgetRetainDataModule",
     "GraphDataModule",
     "MNISTDataModule",
+    "ModularArithmeticDataModule",
     "ProxyFeatureDataModule",
+    "XORClusterDataModule",
 ]

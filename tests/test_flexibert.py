@@ -19,6 +19,12 @@ def test_bad_arguments_fail_before_compute_naming_the_argument():
         FlexiBERTSearch(min_param_ratio=0.0)
     with pytest.raises(TypeError, match="train_steps"):
         FlexiBERTSearch(train_steps=1.5)
+    with pytest.raises(ValueError, match="search_space"):
+        FlexiBERTSearch(search_space={"attention": []})
+    with pytest.raises(ValueError, match="unknown attention names"):
+        FlexiBERTSearch(search_space={"attention": ["sa", "fnet2d"]})
+    with pytest.raises(ValueError, match="search_space"):
+        FlexiBERTSearch(search_space={"depth": [2]})
     with pytest.raises(ValueError, match="arch"):
         FlexiLM([], vocab_size=5, block_size=8)
     with pytest.raises(ValueError, match="unknown attention names"):
@@ -62,6 +68,8 @@ def test_pool_respects_the_parameter_budget_and_search_is_seeded():
     assert a["ppl"] == b["ppl"]
     assert all(0.85 * a["baseline_params"] <= p <= a["baseline_params"] for p in a["params"])
     assert len({repr(x) for x in a["archs"]}) == 3
+    only_conv = FlexiBERTSearch(block_size=8, val_batches=1, search_space={"attention": ["conv"]}, **kw).search(TEXT)
+    assert {layer["attention"] for arch in only_conv["archs"] for layer in arch} == {"conv"}
     vocab = len(set(TEXT))
     assert a["best_params"] == flexi_param_count(a["best_arch"], vocab, 8)
 

@@ -55,6 +55,37 @@ def _check_arch(owner: str, arch: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _check_space(owner: str, space: Any) -> dict[str, tuple[Any, ...]]:
+    """Known classes, non-empty value lists, known attention names, sizes in [1, 4096]."""
+    if space is None:
+        return dict(DEFAULT_FLEXI_SPACE)
+    if not isinstance(space, Mapping):
+        raise TypeError(f"{owner}(search_space={space!r}): search_space must be a dict class -> list of values")
+    unknown = [k for k in space if k not in DEFAULT_FLEXI_SPACE]
+    if unknown:
+        raise ValueError(
+            f"{owner}(search_space={space!r}): unknown classes {unknown} in search_space; "
+            f"classes are {tuple(DEFAULT_FLEXI_SPACE)}"
+        )
+    out = dict(DEFAULT_FLEXI_SPACE)
+    for key, values in space.items():
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"{owner}(search_space={space!r}): search_space[{key!r}] must be a non-empty list")
+        if key == "attention":
+            bad = [v for v in values if v not in _ATTENTION]
+            if bad:
+                raise ValueError(
+                    f"{owner}(search_space={space!r}): unknown attention names {bad} in search_space; "
+                    f"known {_ATTENTION}"
+                )
+        elif any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096 for v in values):
+            raise ValueError(f"{owner}(search_space={space!r}): search_space[{key!r}] needs ints in [1, 4096]")
+        out[key] = tuple(values)
+    if not any(h % n == 0 for h in out["hidden"] for n in out["heads"]):
+        raise ValueError(f"{owner}(search_space={space!r}): no hidden width in search_space is divisible by a heads")
+    return out
+
+
 class _Mixer(nn.Module):
     """Causal token mixing: multi-head self-attention, a learned causal linear transform, or a depthwise conv."""
 
@@ -261,10 +292,13 @@ class FlexiBERTSearch:
         lr: AdamW learning rate (> 0).
         val_batches: validation batches per evaluation (>= 1).
         seed: seed of the pool, the surrogates and the trainings (>= 0).
+        search_space: class -> list of values replacing the defaults of :data:`DEFAULT_FLEXI_SPACE` per class
+            (``attention`` names from ``sa``, ``lt``, ``conv``).
 
     Raises:
         TypeError: for arguments of the wrong type.
-        ValueError: for out-of-range arguments (``budget < 1`` ...); in :meth:`search`, for a text too short for
+        ValueError: for out-of-range arguments (``budget < 1`` ...), an empty or unknown search-space class or
+            unknown attention names in ``search_space``; in :meth:`search`, for a text too short for
             one block, or when no pool candidate fits the parameter budget.
 
     Example:
@@ -293,6 +327,7 @@ class FlexiBERTSearch:
         lr: float = 3e-3,
         val_batches: int = 8,
         seed: int = 0,
+        search_space: dict[str, list[Any]] | None = None,
     ) -> None:
         owner = "FlexiBERTSearch"
         self.num_layers = check_int(owner, "num_layers", num_layers, low=1, high=12)
@@ -312,7 +347,7 @@ class FlexiBERTSearch:
         self.lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
         self.val_batches = check_int(owner, "val_batches", val_batches, low=1)
         self.seed = check_int(owner, "seed", seed, low=0, high=2**31 - 1)
-        self.space = DEFAULT_FLEXI_SPACE
+        self.space = _check_space(owner, search_space)
 
     @classmethod
     def example(cls) -> FlexiBERTSearch:
@@ -399,7 +434,7 @@ class FlexiBERTSearch:
                 for _ in range(self.num_layers)
             ]
             key = repr(arch)
-            if key in seen:
+            if key in seen or any(layer["hidden"] % layer["heads"] for layer in arch):
                 continue
             seen.add(key)
             p = flexi_param_count(arch, vocab, self.block_size)

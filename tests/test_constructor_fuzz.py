@@ -35,6 +35,7 @@ REQUIRED = {
     "in_features": lambda: 8,
     "out_features": lambda: 4,
     "embed_dim": lambda: 8,
+    "num_classes": lambda: 4,
     "in_channels": lambda: 2,
     "out_channels": lambda: 4,
     "kernel_size": lambda: 3,

@@ -1,5 +1,6 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
+from litmix.callbacks.flag_aggregation import FlagAggregation
 from litmix.callbacks.gradient_matching_split import GradientMatchingSplit
 from litmix.callbacks.gradient_noise import GradientNoise
 from litmix.callbacks.gradual_pruning import GradualPruning
@@ -16,6 +17,7 @@ from litmix.callbacks.thresholdout_validation import ThresholdoutValidation
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
+    "FlagAggregation",
     "GradientMatchingSplit",
     "GradientNoise",
     "GradualPruning",

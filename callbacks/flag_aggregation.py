@@ -25,8 +25,8 @@ _PAPER = (
 
 
 @dataclass
-class FlagHookState:
-    """Options of :func:`flag_aggregation_hook` and what it measured on the last bucket of the last step."""
+class _FlagHookState:
+    """Options of :func:`_flag_aggregation_hook` and what it measured on the last bucket of the last step."""
 
     subspace_dim: int = 1
     iterations: int = 4
@@ -38,18 +38,18 @@ class FlagHookState:
     _scratch: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def flag_aggregation_hook(state: FlagHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def _flag_aggregation_hook(state: _FlagHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: all-gather the bucket from every rank and return its flag aggregate.
 
     Every rank aggregates the same gathered ``(world_size, n)`` matrix with the same code, so every rank
-    gets the same gradient and the replicas stay identical. Usable directly with
-    ``DDPStrategy(ddp_comm_state=FlagHookState(), ddp_comm_hook=flag_aggregation_hook)``.
+    gets the same gradient and the replicas stay identical.
     """
     buffer = bucket.buffer()
     group = state.process_group
     world = dist.get_world_size(group)
-    gathered = torch.empty((world, buffer.numel()), dtype=buffer.dtype, device=buffer.device)
-    dist.all_gather_into_tensor(gathered, buffer.contiguous(), group=group)
+    flat = torch.empty(world * buffer.numel(), dtype=buffer.dtype, device=buffer.device)
+    dist.all_gather_into_tensor(flat, buffer.reshape(-1).contiguous(), group=group)
+    gathered = flat.view(world, buffer.numel())
     aggregated, explained = _flag_aggregate(
         gathered, state.subspace_dim, state.iterations, state.lam, state.eps, rescale=True
     )
@@ -60,6 +60,14 @@ def flag_aggregation_hook(state: FlagHookState, bucket: dist.GradBucket) -> torc
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     future.set_result(aggregated.view_as(buffer))
     return future
+
+
+# DDP checks the hook's annotations as objects; ``from __future__ import annotations`` made them strings
+_flag_aggregation_hook.__annotations__ = {
+    "state": _FlagHookState,
+    "bucket": dist.GradBucket,
+    "return": torch.futures.Future[torch.Tensor],
+}
 
 
 @register("callback", "optimization", paper=_PAPER)
@@ -119,7 +127,7 @@ class FlagAggregation(LitmixCallback):
         eps = check_float(owner, "eps", eps, low=0.0, low_open=True)
         super().__init__(name=name)
         self.subspace_dim, self.iterations, self.lam, self.eps = subspace_dim, iterations, lam, eps
-        self.hook_state: FlagHookState | None = None  # created when the hook is registered
+        self.hook_state: _FlagHookState | None = None  # created when the hook is registered
 
     @classmethod
     def example(cls) -> Example:
@@ -151,9 +159,9 @@ class FlagAggregation(LitmixCallback):
             raise MisconfigurationException(
                 f"{type(self).__name__}: expected the DDP-wrapped model at on_fit_start, got {type(model).__name__}"
             )
-        state = FlagHookState(self.subspace_dim, self.iterations, self.lam, self.eps, process_group=None)
+        state = _FlagHookState(self.subspace_dim, self.iterations, self.lam, self.eps, process_group=None)
         try:
-            model.register_comm_hook(state, flag_aggregation_hook)  # type: ignore[arg-type]
+            model.register_comm_hook(state, _flag_aggregation_hook)  # type: ignore[arg-type]
         except RuntimeError as err:
             raise MisconfigurationException(
                 f"{type(self).__name__}: could not register the communication hook ({err}); remove "

@@ -273,7 +273,7 @@ def pareto(out_dir: Path, epochs: int = 15) -> None:
             "",
             sweep.to_markdown(),
             "",
-            "![Pareto plot](quantization_pareto.png)",
+            "Scatter plot (written when matplotlib is installed): `benchmarks/results/quantization_pareto.png`.",
             "",
         ]
     )

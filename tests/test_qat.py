@@ -345,3 +345,18 @@ def test_tiny_hugging_face_gpt2_trains_quantized_and_loads_strictly(tmp_path):
     state = torch.load(tmp_path / "gpt2.ckpt", weights_only=False)["state_dict"]
     GPT2Module().load_state_dict(state, strict=True)
     assert module.model.lm_head.weight is module.model.transformer.wte.weight
+
+
+def test_validate_after_fit_runs_the_quantized_model_and_teardown_detaches():
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    qat = QuantizationAwareTraining(bits_w=2, bits_a=2, first_last_bits=None)
+    trainer = make_trainer(callbacks=[qat], max_steps=4, limit_val_batches=1.0)
+    trainer.fit(model, datamodule=TinyDataModule())
+    assert not any(m._forward_pre_hooks for m in model.modules())  # teardown removed the hooks
+    quantized = trainer.validate(model, datamodule=TinyDataModule(), verbose=False)[0]["val/acc"]
+    x, y = TinyDataModule().dataset.dataset.tensors
+    qat.attach(model)
+    expected = float((model(x).argmax(-1) == y).float().mean())
+    qat.detach()
+    assert quantized == pytest.approx(expected)

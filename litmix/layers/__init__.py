@@ -10,6 +10,7 @@
 from litmix.layers.binary import BinaryConv2d, BinaryLinear, to_binary
 from litmix.layers.continual_attention import ContinualAttention
 from litmix.layers.continual_conv import ContinualConv1d
+from litmix.layers.moe_plus_plus import MoEPlusPlus
 from litmix.layers.shift import ShiftConv2d, ShiftLinear, to_denseshift
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "BinaryLinear",
     "ContinualAttention",
     "ContinualConv1d",
+    "MoEPlusPlus",
     "ShiftConv2d",
     "ShiftLinear",
     "to_binary",

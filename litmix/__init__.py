@@ -19,6 +19,7 @@ SUBPACKAGES = ("litmix.callbacks", "litmix.plugins", "litmix.datamodules")
 CORE_MODULES = (
     "litmix.functional",
     "litmix.functional.fastrp",
+    "litmix.functional.conformal_selection",
     "litmix.functional.flag_aggregator",
     "litmix.functional.graph_proxies",
     "litmix.functional.graph_valuation",

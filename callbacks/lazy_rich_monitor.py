@@ -138,6 +138,7 @@ class LazyRichMonitor(LitmixCallback):
         self.history: list[dict[str, float]] = []
         self._last_step = -1
         self._datasets: tuple[Any, Any] = (None, None)  # not state: re-read at every fit
+        self._batches: dict[str, Any] = {}  # collated probe batches (CPU), built once per fit
 
     @classmethod
     def example(cls) -> Example:
@@ -148,7 +149,7 @@ class LazyRichMonitor(LitmixCallback):
 
     def __getstate__(self) -> dict[str, Any]:
         """Data sets are re-read at every fit."""
-        return {**self.__dict__, "_datasets": (None, None)}
+        return {**self.__dict__, "_datasets": (None, None), "_batches": {}}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Check state keys; refuse sharded strategies (W0 is a copy of whole parameters); check the feature layer."""
@@ -193,6 +194,7 @@ class LazyRichMonitor(LitmixCallback):
             except Exception:  # a DataModule whose validation data is not ready: measure without it
                 val_set = None
         self._datasets = (train_set, val_set)
+        self._batches = {}
         gen = torch.Generator().manual_seed(self.seed)
         if self.train_probe is None and train_set is not None:
             self.train_probe = torch.randperm(len(train_set), generator=gen)[: self.probe_size].sort().values
@@ -204,7 +206,10 @@ class LazyRichMonitor(LitmixCallback):
 
     def _probe(self, pl_module: pl.LightningModule, dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor, Any]:
         """Features, outputs and targets of the probe samples (eval mode, no gradients)."""
-        batch = default_collate([dataset[i] for i in indices.tolist()])
+        key = "train" if dataset is self._datasets[0] else "val"
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = default_collate([dataset[i] for i in indices.tolist()])
         x, y, _ = split_batch(move_data_to_device(batch, pl_module.device))
         module, use_output = self._feature_module(pl_module)
         captured: list[Tensor] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
@@ -273,3 +274,51 @@ def test_larger_init_scale_groks_later(grokking_runs):
         small, large = grokking_runs[(1.0, seed)], grokking_runs[(8.0, seed)]
         assert large["grok"] is not None, (seed, large)
         assert large["grok"] >= 1.2 * small["grok"], (seed, small, large)
+
+
+class _TwoLayerReLU(pl.LightningModule):
+    """Xu et al.'s network: ``f(x) = sum_j a_j relu(<w_j, x>)``, fixed ``a_j = +-1/sqrt(m)``, small Gaussian
+    ``W`` (std 1e-4), full-batch GD (lr 1) on the logistic loss of ``y = 1 - 2 * label``; logits ``(-f, f) / 2``.
+    """
+
+    def __init__(self, d: int, m: int = 100, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.hidden = nn.Linear(d, m, bias=False)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.randn(m, d, generator=gen) * 1e-4)
+        self.act = nn.ReLU()
+        self.register_buffer("a", torch.tensor([1.0, -1.0]).repeat(m // 2) / m**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.act(self.hidden(x)) @ self.a
+        return torch.stack([f, -f], 1) / 2  # label 0 <=> y = +1 <=> f > 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, label, _ = batch
+        f = self(x)[:, 0] * 2
+        return nn.functional.softplus(-(1 - 2 * label.float()) * f).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_xor_cluster_benign_overfitting_then_grokking_seen_by_the_monitor(seed):
+    """Xu et al.'s effect on XORClusterDataModule (n 200, d 2000, eta 0.1), read from LazyRichMonitor's history:
+    after the first GD step the network fits the noisy training labels (train acc >= 0.8) at near-chance test
+    accuracy; 200 steps later it still fits every label, flipped ones included, with test accuracy >= 0.9."""
+    dm = XORClusterDataModule(n=200, d=2000, eta=0.1, n_val=2000, seed=seed)
+    monitor = LazyRichMonitor(interval=1, probe_size=1000, feature_layer="act")
+    fit_tiny([monitor], module=_TwoLayerReLU(2000, seed=seed), datamodule=dm, max_steps=200)
+    first, last = monitor.history[0], monitor.history[-1]
+    assert first["step"] == 1.0
+    assert last["step"] == 200.0
+    print(seed, {k: round(v, 3) for k, v in first.items()}, {k: round(v, 3) for k, v in last.items()})
+    assert first["train_acc"] >= 0.8
+    assert first["test_acc"] <= 0.6  # overfit: near-random on clean test data
+    assert last["train_acc"] == 1.0  # still interpolates the 20 flipped labels ...
+    assert last["test_acc"] >= 0.9  # ... and generalises (benign overfitting after grokking)
+    assert last["train_test_gap"] < first["train_test_gap"] - 0.2
+    assert last["kernel_alignment"] > first["kernel_alignment"]

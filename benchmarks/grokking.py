@@ -15,7 +15,7 @@ Gram matrix and the label kernel on a fixed probe of (up to 256) training pairs
 ``fit`` = first measured step with train accuracy >= 0.99, ``grok`` = first with test accuracy >= 0.9.
 
 Prints markdown and writes ``benchmarks/results/grokking.md`` (``--out`` to write elsewhere).
-Run: ``python benchmarks/grokking.py`` (about 2 CPU minutes with the defaults).
+Run: ``python benchmarks/grokking.py`` (about 45 CPU seconds with the defaults).
 """
 
 from __future__ import annotations

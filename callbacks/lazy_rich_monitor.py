@@ -201,12 +201,13 @@ class LazyRichMonitor(LitmixCallback):
             if val_set is not None:
                 self.val_probe = torch.randperm(len(val_set), generator=gen)[: self.probe_size].sort().values
         if self.init_kernel is None and self.train_probe is not None:
-            features, _, _ = self._probe(pl_module, train_set, self.train_probe)
+            features, _, _ = self._probe(pl_module, train_set, self.train_probe, "train")
             self.init_kernel = feature_gram(features).cpu()
 
-    def _probe(self, pl_module: pl.LightningModule, dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor, Any]:
-        """Features, outputs and targets of the probe samples (eval mode, no gradients)."""
-        key = "train" if dataset is self._datasets[0] else "val"
+    def _probe(
+        self, pl_module: pl.LightningModule, dataset: Any, indices: Tensor, key: str
+    ) -> tuple[Tensor, Tensor, Any]:
+        """Features, outputs and targets of the probe samples ``key`` (eval mode, no gradients)."""
         batch = self._batches.get(key)
         if batch is None:
             batch = self._batches[key] = default_collate([dataset[i] for i in indices.tolist()])
@@ -249,7 +250,7 @@ class LazyRichMonitor(LitmixCallback):
         train_set, val_set = self._datasets
         accuracies: dict[str, float | None] = {"train_acc": None, "test_acc": None}
         if train_set is not None and self.train_probe is not None:
-            features, out, y = self._probe(pl_module, train_set, self.train_probe)
+            features, out, y = self._probe(pl_module, train_set, self.train_probe, "train")
             gram = feature_gram(features).cpu()
             if isinstance(y, Tensor):
                 classes = out.shape[-1] if isinstance(out, Tensor) and not y.is_floating_point() else None
@@ -260,7 +261,7 @@ class LazyRichMonitor(LitmixCallback):
                 result["kernel_movement"] = kernel_distance(self.init_kernel, gram, centered=self.centered)
             accuracies["train_acc"] = self._accuracy(out, y)
             if val_set is not None and self.val_probe is not None:
-                _, out_val, y_val = self._probe(pl_module, val_set, self.val_probe)
+                _, out_val, y_val = self._probe(pl_module, val_set, self.val_probe, "val")
                 accuracies["test_acc"] = self._accuracy(out_val, y_val)
         metrics = trainer.callback_metrics
         if self.train_acc_key in metrics and self.val_acc_key in metrics:

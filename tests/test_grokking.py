@@ -322,3 +322,35 @@ def test_xor_cluster_benign_overfitting_then_grokking_seen_by_the_monitor(seed):
     assert last["test_acc"] >= 0.9  # ... and generalises (benign overfitting after grokking)
     assert last["train_test_gap"] < first["train_test_gap"] - 0.2
     assert last["kernel_alignment"] > first["kernel_alignment"]
+
+
+def test_monitor_on_a_token_model_with_the_equals_token():
+    """Sequence logits (B, T, V): the last position is scored; the features are the GRU states (flattened)."""
+    from litmix.testing import TinyTokenLM
+
+    dm = ModularArithmeticDataModule(p=7, train_fraction=0.5, batch_size=8, equals_token=True)
+    monitor = LazyRichMonitor(interval=2, probe_size=16)
+    fit_tiny([monitor], module=TinyTokenLM(vocab_size=dm.vocab_size), datamodule=dm, max_steps=4)
+    assert [h["step"] for h in monitor.history] == [2.0, 4.0]
+    last = monitor.history[-1]
+    assert set(last) >= {"kernel_alignment", "kernel_movement", "train_acc", "test_acc", "train_test_gap"}
+    assert 0.0 <= last["train_acc"] <= 1.0
+    assert monitor.train_probe is not None
+    assert len(monitor.train_probe) == 16
+
+
+def test_monitor_val_probe_differs_from_train_probe_on_a_shared_data_set():
+    """TinyDataModule serves one data set for training and validation: each probe must use its own indices."""
+    torch.manual_seed(0)
+    module = TinyClassifier()
+    monitor = LazyRichMonitor(interval=3, probe_size=16)
+    fit_tiny([monitor], module=module, datamodule=TinyDataModule(), max_steps=3)
+    assert monitor.val_probe is not None
+    assert monitor.train_probe is not None
+    assert not torch.equal(monitor.train_probe, monitor.val_probe)
+    x, y = TinyDataModule().dataset.dataset.tensors
+    with torch.no_grad():
+        right = module(x).argmax(-1) == y
+    last = monitor.history[-1]
+    assert last["train_acc"] == pytest.approx(float(right[monitor.train_probe].float().mean()))
+    assert last["test_acc"] == pytest.approx(float(right[monitor.val_probe].float().mean()))

@@ -1,5 +1,6 @@
 """LightningModules: methods that own the training step (unlearning, NAS, learned proxies)."""
 
+from litmix.plugins.compositional_ebm import CompositionalEBM
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
 from litmix.plugins.mixed_precision_gnn import MixedPrecisionGNN
 from litmix.plugins.nb201_supernet import NB201SupernetModule
@@ -11,6 +12,7 @@ from litmix.plugins.unlearning_module import UnlearningModule
 from litmix.plugins.zeroth_order_module import ZerothOrderModule
 
 __all__ = [
+    "CompositionalEBM",
     "GradientBoostedNetwork",
     "MixedPrecisionGNN",
     "NB201SupernetModule",

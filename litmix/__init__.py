@@ -28,6 +28,7 @@ CORE_MODULES = (
     "litmix.functional.quantization",
     "litmix.functional.zeroth_order",
     "litmix.metrics",
+    "litmix.models_zoo",
     "litmix.nas",
     "litmix.optim",
     "litmix.quantization_pareto",

@@ -154,11 +154,13 @@ def test_bad_forward_inputs():
         layer(torch.zeros(2, 8), prev_logits=torch.zeros(3, 8))
 
 
-# Effect: measured on seeds 0, 1, 2 (200 steps, batch 32 x 64 characters, 2 layers of d=64, 4 FFN experts, top-2;
-# MoE++ adds 1 zero, 1 copy, 2 constant experts): see the module docstring of benchmarks/bench_moe.py for values.
+# Effect, measured on seeds 0, 1, 2 (200 steps, batch 32 x 64 characters, 2 layers of d=64, 4 FFN experts of width
+# 256, top-2; MoE++ adds 1 zero, 1 copy and 2 constant experts, gating residuals, tau=0.75; benchmarks/bench_moe.py):
+# validation loss MoE++ / vanilla = 1.011, 1.012, 0.999; FFN share of assignments (validation) 0.405, 0.396, 0.405
+# (train, last 20 steps: 0.421, 0.404, 0.407); vanilla is 1.0 by construction. The test runs seed 0.
 STEPS, SEED = 200, 0
-MAX_FFN_FRACTION = 0.8  # vanilla is 1.0 by construction; every measured seed was <= 0.66
-MAX_LOSS_RATIO = 1.03  # MoE++ / vanilla validation loss; measured 0.99-1.01
+MAX_FFN_FRACTION = 0.6
+MAX_LOSS_RATIO = 1.03
 
 
 @pytest.mark.slow

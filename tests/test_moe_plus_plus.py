@@ -189,3 +189,29 @@ def test_char_lm_fewer_ffn_tokens_at_equal_validation_loss():
     assert m_frac <= MAX_FFN_FRACTION, results
     assert m_ffn <= MAX_FFN_FRACTION * v_ffn, results
     assert m_loss <= MAX_LOSS_RATIO * v_loss, results
+
+
+class _RankGap(__import__("lightning.pytorch", fromlist=["Callback"]).Callback):
+    """After fit: the largest weight difference between ranks, into ``callback_metrics`` (rank 0 reports it)."""
+
+    def on_train_end(self, trainer, pl_module):
+        flat = torch.cat([p.detach().reshape(-1) for p in pl_module.parameters()])
+        gathered = trainer.strategy.all_gather(flat)
+        trainer.callback_metrics["rank_gap"] = (gathered - gathered[0]).abs().max()
+        trainer.callback_metrics["ffn_tokens"] = torch.tensor(float(pl_module.ffn_tokens_history[-1]))
+
+
+@pytest.mark.ddp
+def test_two_rank_ddp_ranks_agree_without_find_unused_parameters():
+    from litmix.datamodules.char_lm import CharLMDataModule, _example_text
+    from litmix.layers._moe_lm import MoECharLM
+    from litmix.testing import run_ddp
+
+    dm = CharLMDataModule(_example_text(), block_size=16, batch_size=4, val_fraction=0.2)
+    torch.manual_seed(0)
+    # the first layer's gating-residual projection has no previous logits, and with top-1 over 2 FFN + 4
+    # zero-computation experts on 64 tokens an expert may get no token on a rank: DDP needs no unused-parameter scan
+    lm = MoECharLM(dm.vocab_size, embed_dim=16, heads=2, block_size=16, num_experts=2, top_k=1)
+    trainer = run_ddp([_RankGap()], lm, dm, max_steps=3)
+    assert float(trainer.callback_metrics["rank_gap"]) == 0.0
+    assert float(trainer.callback_metrics["ffn_tokens"]) >= 0

@@ -187,9 +187,21 @@ class MoEPlusPlus(nn.Module):
             idx = sorted_token[start:stop]
             which = flat_expert[order][start:stop] - first_const
             xs = tokens[idx]
-            alpha = torch.einsum("sd,scd->sc", xs, self.constant_gate[which]).softmax(-1)
+            gates = (xs @ self.constant_gate.reshape(-1, self.embed_dim).T).view(-1, self.constant_experts, 2)
+            alpha = gates.gather(1, which.view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1).softmax(-1)
             value = alpha[:, :1] * xs + alpha[:, 1:] * self.constant[which]
             out.index_add_(0, idx, value * sorted_weight[start:stop])
+        if torch.is_grad_enabled():
+            # experts that got no token still join the graph (0 * weight), so DDP needs no find_unused_parameters
+            idle: list[Tensor] = [
+                p for e in range(self.num_experts) if bounds[e + 1] == bounds[e] for p in self.ffn[e].parameters()
+            ]
+            if self.constant_experts and bounds[first_const] == bounds[self.total_experts]:
+                idle += [self.constant, self.constant_gate]
+            if self.residual is not None and prev_logits is None:
+                idle.append(self.residual.weight)
+            if idle:
+                out = out + sum(p.reshape(-1)[:1].sum() for p in idle) * 0.0
         return out.reshape(shape)
 
     @staticmethod

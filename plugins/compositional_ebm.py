@@ -41,6 +41,13 @@ class CompositionalEBM(LitmixModule):
     ``log_likelihood`` estimate ``log Z`` by importance sampling from ``q`` for held-out NLLs (logged as
     ``val/nll`` with validation data). Logs ``ebm/loss`` and ``ebm/log_u``.
 
+    Measured (tests/test_compositional_ebm.py): on the 2-D PCA of digits with noise ``N(0, 16 I)`` the held-out NLL
+    after 1000 equal steps is 0.18-0.26 nats below NCE's; on the 1-D Gaussian mean task with a poor noise (data
+    ``N(8, 1)``, noise ``N(0, 1)``) the compositional iterate gets within 0.5 of the mean in about 200 steps where
+    NCE needs more than 1000, but when data and noise barely overlap the importance weights are heavy-tailed, the
+    moving average ``u`` then underestimates ``Z`` most of the time and, at a constant step size, the iterate later
+    drifts away again: use a noise that covers the data, or decay the learning rate.
+
     Args:
         in_features: data dimension, >= 1.
         objective: ``"compositional"`` or ``"nce"``.

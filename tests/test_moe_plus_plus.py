@@ -154,11 +154,13 @@ def test_bad_forward_inputs():
         layer(torch.zeros(2, 8), prev_logits=torch.zeros(3, 8))
 
 
-# Effect, measured on seeds 0, 1, 2 (200 steps, batch 32 x 64 characters, 2 layers of d=64, 4 FFN experts of width
-# 256, top-2; MoE++ adds 1 zero, 1 copy and 2 constant experts, gating residuals, tau=0.75; benchmarks/bench_moe.py):
-# validation loss MoE++ / vanilla = 1.011, 1.012, 0.999; FFN share of assignments (validation) 0.405, 0.396, 0.405
-# (train, last 20 steps: 0.421, 0.404, 0.407); vanilla is 1.0 by construction. The test runs seed 0.
-STEPS, SEED = 200, 0
+# Effect, measured on seeds 0, 1, 2 with the test's configuration (150 steps, batch 16 x 64 characters, 2 layers of
+# d=64, 4 FFN experts of width 256, top-2; MoE++ adds 1 zero, 1 copy and 2 constant experts, gating residuals,
+# tau=0.75): validation loss MoE++ / vanilla = 0.996, 1.006, 1.003; FFN share of (token, slot) assignments on
+# validation 0.426, 0.434, 0.432 (train, last 20 steps: 0.424, 0.438, 0.438); vanilla is 1.0 by construction.
+# benchmarks/bench_moe.py (200 steps, batch 32): loss ratio 1.011, 1.012, 0.999, FFN share 0.405, 0.396, 0.405.
+# The test runs seed 0.
+STEPS, SEED, BATCH = 150, 0, 16
 MAX_FFN_FRACTION = 0.6
 MAX_LOSS_RATIO = 1.03
 
@@ -172,7 +174,7 @@ def test_char_lm_fewer_ffn_tokens_at_equal_validation_loss():
     from litmix.layers._moe_lm import MoECharLM, evaluate_lm
     from litmix.testing import make_trainer
 
-    dm = CharLMDataModule(str(TEXT), block_size=64, batch_size=32, max_chars=300_000, seed=SEED)
+    dm = CharLMDataModule(str(TEXT), block_size=64, batch_size=BATCH, max_chars=300_000, seed=SEED)
     dm.setup("fit")
     results = {}
     for vanilla in (True, False):
@@ -185,7 +187,7 @@ def test_char_lm_fewer_ffn_tokens_at_equal_validation_loss():
         results[vanilla] = (val_loss, val_fraction, sum(lm.ffn_tokens_history[-20:]) / 20)
     (v_loss, v_frac, v_ffn), (m_loss, m_frac, m_ffn) = results[True], results[False]
     assert v_frac == 1.0
-    assert v_ffn == 32 * 64 * 2 * 2
+    assert v_ffn == BATCH * 64 * 2 * 2
     assert m_frac <= MAX_FFN_FRACTION, results
     assert m_ffn <= MAX_FFN_FRACTION * v_ffn, results
     assert m_loss <= MAX_LOSS_RATIO * v_loss, results

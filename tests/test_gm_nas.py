@@ -295,15 +295,18 @@ def test_gm_split_ranking_vs_single_supernet(seed, tmp_path):
     """GM-NAS vs one supernet: Kendall tau of inherited vs stand-alone accuracy on the same 12 digits cells.
 
     The single supernet is tests/test_supernet.py's (C=8, N=1, lr 0.1, 20 epochs); the GM-NAS run is the same
-    run split after epoch 9 (lowest-cut edge, 2 groups, 4 batches per op) and continued for the same total number
-    of steps (each sub-supernet gets half of the remaining steps). The GM run resumes from the single run's
-    checkpoint after epoch 8 (identical up to there: resume is exact), which halves the cost.
+    run split after epoch 9 (lowest-cut edge, 2 groups, 4 batches per op), after which the two sub-supernets take
+    turns (one step each) for 22 more epochs, so each gets the 11 post-split epochs the single supernet had (as
+    the reference trains every sub-supernet on). The GM run resumes from the single run's checkpoint after epoch 8
+    (identical up to there: resume is exact), which saves 9 epochs.
     Measured (seeds 0, 1, 2; 12 cells of ``random.Random(seed)``): single 0.394 / 0.403 / 0.677, GM-NAS
-    0.455 / 0.462 / 0.646 (+0.061 / +0.059 / -0.031): the paper's gain held on 2 of 3 seeds, within the noise of
-    tau on 12 cells (null sd about 0.22). Asserted: GM-NAS tau > 0.3 and not below the single supernet's by more
-    than 0.05 (held on every seed), and > the single supernet's on seed 0 (the test runs seed 0, about 20 s of CPU).
-    Training both supernets on the 400 images of the stand-alone runs instead of all 1,258 destroys the ranking
-    (single 0.260 / -0.031 / 0.246, GM-NAS 0.212 / -0.092 / 0.277).
+    0.424 / 0.523 / 0.687 (+0.030 / +0.120 / +0.010); a single supernet trained 31 epochs (the GM run's compute)
+    gave 0.394 / 0.434 / 0.523. With the same total steps as the single run (split sub-supernets get 11 epochs
+    between them) GM-NAS gave 0.455 / 0.462 / 0.646 (+0.061 / +0.059 / -0.031). The gains are within the noise
+    of tau on 12 cells (null sd about 0.22). Asserted: GM-NAS tau > the single supernet's (held on every seed) and
+    > 0.3; the test runs seed 0 (about 25 s of CPU). Training both supernets on the 400 images of the stand-alone
+    runs instead of all 1,258 destroys the ranking (same-steps protocol: single 0.260 / -0.031 / 0.246, GM-NAS
+    0.212 / -0.092 / 0.277).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -330,13 +333,11 @@ def test_gm_split_ranking_vs_single_supernet(seed, tmp_path):
     gm = module()
     split = GradientMatchingSplit(split_epochs=[9], repeat=4, seed=seed)
     resume_from = str(next(tmp_path.glob("epoch=8-*.ckpt")))
-    make_trainer(max_epochs=20, callbacks=[split]).fit(gm, datamodule=data(), ckpt_path=resume_from)
+    make_trainer(max_epochs=31, callbacks=[split]).fit(gm, datamodule=data(), ckpt_path=resume_from)
     assert len(split.sub_allowed) == 2
     tau_gm = kendalltau(truth, split.subnet_accuracy(gm, codes, dm.val_dataloader())).statistic
     print(
         f"seed {seed}: single {tau_single:.3f} GM-NAS {tau_gm:.3f} split {split.history} in {time.time() - start:.1f}s"
     )
     assert tau_gm > 0.3
-    assert tau_gm > tau_single - 0.05
-    if seed == 0:
-        assert tau_gm > tau_single
+    assert tau_gm > tau_single

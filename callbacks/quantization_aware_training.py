@@ -508,6 +508,55 @@ class QuantizationAwareTraining(LitmixCallback):
         torch.save(self.export(module), path)
         return os.path.getsize(path)
 
+    def to_torchao(self, module: nn.Module) -> nn.Module:
+        """Deploy ``module`` with torchao: every quantized ``nn.Linear`` gets a torchao integer weight tensor.
+
+        Each Linear weight becomes a ``torchao.quantization.IntxUnpackedToInt8Tensor`` (``int2`` .. ``int8``
+        codes, this callback's per-output-channel scales passed as torchao's custom scales, zero points 0), so
+        torchao runs the layer and its dequantized weight equals this callback's fake-quantized weight exactly.
+        Other quantized layers (convolutions, wider than 8 bits) get their fake-quantized float weights. The
+        module is changed in place (and returned); activations are left in float (weight-only deployment).
+
+        Raises:
+            ImportError: when torchao is not installed, naming the ``quantization`` extra.
+            ValueError: if the callback has not been attached to a module with these layers.
+        """
+        try:
+            from torchao.quantization import IntxUnpackedToInt8Tensor
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                f"{type(self).__name__}.to_torchao needs torchao: pip install 'litmix[quantization]'"
+            ) from err
+        if not self._layers:
+            raise ValueError(f"{type(self).__name__}.to_torchao: nothing to deploy; fit (or attach) first")
+        modules = dict(module.named_modules())
+        missing = [n for n in self._layers if n not in modules]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__}.to_torchao(module): the module lacks the quantized layers {missing}"
+            )
+        self.detach()
+        for n, lay in self._layers.items():
+            layer = modules[n]
+            weight = layer._parameters["weight"]
+            assert weight is not None
+            w = weight.detach()
+            scale = per_channel_scale(w, lay.bits_w, lay.axis)
+            if type(layer) is nn.Linear and lay.bits_w <= 8 and lay.axis == 0:
+                quantized = IntxUnpackedToInt8Tensor.from_hp(
+                    w,
+                    (1, w.shape[1]),
+                    getattr(torch, f"int{lay.bits_w}"),
+                    intx_choose_qparams_algorithm=None,
+                    custom_scale=scale.reshape(-1, 1).to(w.dtype),
+                    custom_zero_point=torch.zeros(w.shape[0], 1, dtype=torch.int8, device=w.device),
+                )
+                layer.weight = nn.Parameter(quantized, requires_grad=False)
+            else:
+                with torch.no_grad():
+                    weight.copy_(fake_quantize_per_channel(w, lay.bits_w, lay.axis))
+        return module
+
     @staticmethod
     def load_export(exported: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Tensor]:
         """A float ``state_dict`` from :meth:`export` (or its file): weights = codes x scales (the quantized model).

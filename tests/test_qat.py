@@ -360,3 +360,36 @@ def test_validate_after_fit_runs_the_quantized_model_and_teardown_detaches():
     expected = float((model(x).argmax(-1) == y).float().mean())
     qat.detach()
     assert quantized == pytest.approx(expected)
+
+
+def test_torchao_deployment_runs_the_fake_quantized_weights():
+    """``to_torchao``: torchao integer weights (our scales) whose dequantization equals the QAT weights exactly."""
+    ao = pytest.importorskip("torchao.quantization")
+    torch.manual_seed(0)
+    model = ThreeLayer()
+    qat = QuantizationAwareTraining(bits_w=4, bits_a=4, first_last_bits=8)
+    fit_tiny([qat], module=model, max_steps=3)
+    expected = {
+        i: fake_quantize_per_channel(model.net[i].weight.detach(), bits) for i, bits in ((0, 8), (2, 4), (4, 8))
+    }
+    x = torch.randn(5, 8)
+    reference = ThreeLayer()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for i, w in expected.items():
+            reference.net[i].weight.copy_(w)
+        want = reference(x)
+    deployed = qat.to_torchao(model)
+    for i, w in expected.items():
+        assert isinstance(deployed.net[i].weight, ao.IntxUnpackedToInt8Tensor)
+        assert torch.equal(deployed.net[i].weight.dequantize(), w)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), want, atol=1e-5)
+    cnn = TinyCNN()
+    qat_cnn = QuantizationAwareTraining(bits_w=4, bits_a=None, first_last_bits=8)
+    fit_tiny([qat_cnn], module=cnn, max_steps=2)
+    conv_w = fake_quantize_per_channel(cnn.conv.weight.detach(), 8)
+    qat_cnn.to_torchao(cnn)
+    assert torch.equal(cnn.conv.weight.detach(), conv_w)  # convolutions: fake-quantized float weights
+    with pytest.raises(ValueError, match="nothing to deploy"):
+        QuantizationAwareTraining().to_torchao(ThreeLayer())

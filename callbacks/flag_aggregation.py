@@ -24,6 +24,10 @@ _PAPER = (
 )
 
 
+# all_gather_single (newer torch) replaces the deprecated all_gather_into_tensor; flat (p * n,) output either way
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 @dataclass
 class _FlagHookState:
     """Options of :func:`_flag_aggregation_hook` and what it measured on the last bucket of the last step."""
@@ -48,7 +52,7 @@ def _flag_aggregation_hook(state: _FlagHookState, bucket: dist.GradBucket) -> to
     group = state.process_group
     world = dist.get_world_size(group)
     flat = torch.empty(world * buffer.numel(), dtype=buffer.dtype, device=buffer.device)
-    dist.all_gather_into_tensor(flat, buffer.reshape(-1).contiguous(), group=group)
+    _ALL_GATHER(flat, buffer.reshape(-1).contiguous(), group=group)
     gathered = flat.view(world, buffer.numel())
     aggregated, explained = _flag_aggregate(
         gathered, state.subspace_dim, state.iterations, state.lam, state.eps, rescale=True

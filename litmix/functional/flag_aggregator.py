@@ -49,22 +49,24 @@ def _flag_aggregate(
 ) -> tuple[Tensor, Tensor]:
     """:func:`flag_aggregate` without argument checks; also returns each worker's explained share."""
     p = gradients.shape[0]
-    work = gradients.to(torch.float64)
-    norms = work.norm(dim=1)
+    # two passes over the (p, n) gradients: the Gram matrix (in their dtype) and the final combination
+    raw = (gradients @ gradients.T).to(torch.float64)
+    device = raw.device
+    norms = torch.diagonal(raw).clamp_min(0).sqrt()
     inv_norms = torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(norms))
-    gram = (work @ work.T) * inv_norms[:, None] * inv_norms[None, :]  # unit-gradient Gram matrix K = X X.T
+    gram = raw * inv_norms[:, None] * inv_norms[None, :]  # unit-gradient Gram matrix K = X X.T
     m = min(subspace_dim, p)
     pairs = pair_weights = pair_sq = None
     if lam > 0 and p > 1:
         i, j = torch.triu_indices(p, p, offset=1)
-        pairs = torch.zeros(i.numel(), p, dtype=torch.float64, device=work.device)
-        arange = torch.arange(i.numel(), device=work.device)
-        pairs[arange, i.to(work.device)] = 1.0
-        pairs[arange, j.to(work.device)] = -1.0
+        pairs = torch.zeros(i.numel(), p, dtype=torch.float64, device=device)
+        arange = torch.arange(i.numel(), device=device)
+        pairs[arange, i.to(device)] = 1.0
+        pairs[arange, j.to(device)] = -1.0
         pair_sq = (pairs @ gram * pairs).sum(1).clamp_min(0)  # ||x_i - x_j||^2
         # sum over ordered pairs i != j, scaled lam / (p (p - 1)): each unordered pair counts twice
         pair_weights = torch.full_like(pair_sq, 2 * lam / (p * (p - 1)))
-    weights = torch.ones(p, dtype=torch.float64, device=work.device)  # first iterate: the flag mean
+    weights = torch.ones(p, dtype=torch.float64, device=device)  # first iterate: the flag mean
     coef = _flag_subspace(gram, weights, pairs, pair_weights, m)
     for _ in range(iterations):
         proj = coef.T @ gram  # Y.T x_i, column i (m x p)
@@ -78,7 +80,7 @@ def _flag_aggregate(
     proj = coef.T @ gram
     explained = (proj * proj).sum(0)  # ||Y.T x_i||^2 in [0, 1]
     combo = coef @ proj.sum(1) / p  # (1/p) sum_i Y Y.T x_i = X.T @ combo
-    scale = norms.median() if rescale else torch.ones((), dtype=torch.float64, device=work.device)
+    scale = norms.median() if rescale else torch.ones((), dtype=torch.float64, device=device)
     mix = (combo * inv_norms * scale).to(gradients.dtype)
     return mix @ gradients, explained.to(gradients.dtype)
 

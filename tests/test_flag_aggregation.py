@@ -138,18 +138,24 @@ def _scale_grad(scale: float, grad: torch.Tensor) -> torch.Tensor:
     return grad * scale
 
 
-class _CorruptRank(pl.Callback):
-    """Test-only Byzantine worker: rank ``rank`` multiplies its local gradients by ``scale`` before DDP sees them."""
+def _noisy_grad(std: float, grad: torch.Tensor) -> torch.Tensor:
+    return grad + std * torch.randn_like(grad)
 
-    def __init__(self, rank: int = BAD_RANK, scale: float = ATTACK_SCALE) -> None:
-        self.rank, self.scale = rank, scale
+
+class _CorruptRank(pl.Callback):
+    """Test-only Byzantine worker: rank ``rank`` multiplies its local gradients by ``scale`` (or adds Gaussian noise
+    of standard deviation ``noise``) before DDP sees them."""
+
+    def __init__(self, rank: int = BAD_RANK, scale: float = ATTACK_SCALE, noise: float = 0.0) -> None:
+        self.rank, self.scale, self.noise = rank, scale, noise
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank == self.rank:
             import functools
 
             for p in pl_module.parameters():
-                p.register_hook(functools.partial(_scale_grad, self.scale))
+                hook = _noisy_grad if self.noise > 0 else _scale_grad
+                p.register_hook(functools.partial(hook, self.noise if self.noise > 0 else self.scale))
 
 
 def _digits(seed: int) -> Any:
@@ -171,7 +177,7 @@ def _evaluate(module: pl.LightningModule, dm: Any) -> tuple[float, float]:
 
 
 def digits_ddp_run(
-    seed: int, flag: bool, corrupt: bool, steps: int = STEPS, check_agree: bool = False
+    seed: int, flag: bool, corrupt: bool, steps: int = STEPS, check_agree: bool = False, noise: float = 0.0
 ) -> dict[str, float]:
     """Train the digits MLP on 3 CPU ranks (gloo), Flag aggregation or plain averaging; evaluate rank 0's weights."""
     pl.seed_everything(seed, verbose=False)
@@ -180,7 +186,7 @@ def digits_ddp_run(
     if flag:
         callbacks.append(FlagAggregation())
     if corrupt:
-        callbacks.append(_CorruptRank())
+        callbacks.append(_CorruptRank(noise=noise))
     if check_agree:
         callbacks.append(AssertRanksAgree())
     run_ddp(callbacks, module, _digits(seed), world_size=WORLD, max_steps=steps, use_distributed_sampler=True)
@@ -192,6 +198,8 @@ def digits_ddp_run(
 #   Flag + attack:     train loss 0.551 / 0.637 / 0.466, val acc 0.820 / 0.831 / 0.920
 #   averaging + attack: train loss 324.0 / 349.2 / 197.2, val acc 0.100 / 0.096 / 0.096 (chance 0.1)
 #   no attack:         Flag val acc 0.917 / 0.913 / 0.931 vs averaging 0.924 / 0.931 / 0.946
+#   rank 2 adds N(0, 1) noise instead: Flag val acc 0.909 / 0.900 / 0.937 (loss 0.313 / 0.319 / 0.311),
+#                                      averaging 0.288 / 0.314 / 0.217 (loss 2.179 / 2.154 / 2.239)
 # The tests run seed 0 and assert margins that held on every seed.
 
 
@@ -203,6 +211,16 @@ def test_flag_aggregation_survives_a_byzantine_rank_where_averaging_diverges() -
     assert flag["acc"] > 0.75, flag
     assert mean["loss"] > 10.0, mean
     assert mean["acc"] < 0.2, mean
+
+
+@pytest.mark.ddp
+def test_flag_aggregation_ignores_a_rank_sending_noise() -> None:
+    flag = digits_ddp_run(0, flag=True, corrupt=True, noise=1.0)
+    mean = digits_ddp_run(0, flag=False, corrupt=True, noise=1.0)
+    assert flag["acc"] > 0.85, flag
+    assert flag["loss"] < 0.5, flag
+    assert mean["acc"] < 0.4, mean
+    assert mean["loss"] > 2.0, mean
 
 
 @pytest.mark.ddp

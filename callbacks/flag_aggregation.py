@@ -42,6 +42,12 @@ class _FlagHookState:
     _scratch: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
+def _zero_non_finite_rows(gathered: torch.Tensor) -> torch.Tensor:
+    """A worker that sends NaN or inf is treated as sending zeros (no direction, norm 0) instead of poisoning all."""
+    finite = torch.isfinite(gathered).all(dim=1, keepdim=True)
+    return gathered if bool(finite.all()) else torch.where(finite, gathered, torch.zeros_like(gathered))
+
+
 def _flag_aggregation_hook(state: _FlagHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: all-gather the bucket from every rank and return its flag aggregate.
 
@@ -53,7 +59,7 @@ def _flag_aggregation_hook(state: _FlagHookState, bucket: dist.GradBucket) -> to
     world = dist.get_world_size(group)
     flat = torch.empty(world * buffer.numel(), dtype=buffer.dtype, device=buffer.device)
     _ALL_GATHER(flat, buffer.reshape(-1).contiguous(), group=group)
-    gathered = flat.view(world, buffer.numel())
+    gathered = _zero_non_finite_rows(flat.view(world, buffer.numel()))
     aggregated, explained = _flag_aggregate(
         gathered, state.subspace_dim, state.iterations, state.lam, state.eps, rescale=True
     )
@@ -87,7 +93,8 @@ class FlagAggregation(LitmixCallback):
     the unit gradients' flag median subspace, fitted by IRLS on the ``p x p`` Gram matrix, and the mean projection
     onto it, rescaled by the median gradient norm. A rank whose gradient direction is off the honest
     subspace (noise) contributes almost nothing, and a rank sending a scaled, negated gradient cannot reverse
-    the step, where plain averaging follows it. Every rank computes the same aggregate, so replicas stay equal.
+    the step, where plain averaging follows it. A rank sending NaN or inf counts as sending zeros. Every rank
+    computes the same aggregate, so replicas stay equal.
 
     The aggregation runs per DDP bucket (``Trainer(strategy=DDPStrategy(bucket_cap_mb=...))`` sets its size; the
     paper aggregates the whole gradient, which one bucket larger than the model reproduces). It costs an

@@ -91,6 +91,21 @@ def test_flag_aggregate_refuses_bad_arguments(kwargs: dict[str, Any], error: typ
         flag_aggregate(**kwargs)
 
 
+def test_hook_drops_a_worker_sending_non_finite_values() -> None:
+    from litmix.callbacks.flag_aggregation import _zero_non_finite_rows
+
+    gen = torch.Generator().manual_seed(1)
+    honest = torch.randn(50, generator=gen)
+    g = honest + 0.1 * torch.randn(3, 50, generator=gen)
+    g[2, 7] = float("nan")
+    cleaned = _zero_non_finite_rows(g)
+    assert torch.equal(cleaned[:2], g[:2])
+    assert cleaned[2].abs().sum() == 0
+    out = flag_aggregate(cleaned)
+    assert torch.isfinite(out).all()
+    assert torch.nn.functional.cosine_similarity(out, honest, dim=0) > 0.9
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "arg"),
     [

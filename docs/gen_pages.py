@@ -282,6 +282,7 @@ def _benchmark_pages(repo: Path) -> list[tuple[str, str, str]]:
 
 
 LINK_RE = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]+)\)")
+IMAGE_RE = re.compile(r"!\[(?P<alt>[^\]]*)\]\(benchmarks/results/(?P<name>[^)\s/]+\.png)\)")
 
 
 def _home_page(repo: Path, families: list[tuple[str, list[Item]]], bench: list[tuple[str, str, str]]) -> str:
@@ -299,6 +300,7 @@ def _home_page(repo: Path, families: list[tuple[str, list[Item]]], bench: list[t
             return f"[{m['text']}]({bench_uris[path]}{'#' + anchor if anchor else ''})"
         return m["text"] if m["text"] != path else f"`{path}`"  # files outside the site: plain text
 
+    readme = IMAGE_RE.sub(lambda m: f"![{m['alt']}](benchmarks/{m['name']})", readme)  # images ship with the site
     out = [LINK_RE.sub(relink, readme).rstrip("\n"), "", "## Documentation map", ""]
     out += ["| family | methods |", "|---|---|"]
     for family, items in families:
@@ -355,8 +357,11 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    """Add the generated pages (they exist only in memory)."""
-    for uri, content in _State.pages.items():
+    """Add the generated pages (they exist only in memory) and the benchmark plots they show."""
+    repo = Path(config.config_file_path).parent
+    images = {f"benchmarks/{png.name}": png.read_bytes() for png in (repo / "benchmarks" / "results").glob("*.png")}
+    generated: dict[str, str | bytes] = {**_State.pages, **images}
+    for uri, content in generated.items():
         old = files.get_file_from_path(uri)
         if old is not None:
             files.remove(old)

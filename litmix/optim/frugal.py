@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from litmix.optim._params import param_list
 from litmix.registry import register
 from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
@@ -129,19 +130,7 @@ class FRUGAL(torch.optim.Optimizer):
         inactive_lr_scale = check_float(owner, "inactive_lr_scale", inactive_lr_scale, low=0.0)
         check_bool(owner, "reset_statistics", reset_statistics)
         seed = check_int(owner, "seed", seed, low=0)
-        if isinstance(params, Tensor):
-            raise TypeError(
-                f"{owner}(params=<Tensor>): params must be an iterable of tensors or parameter-group dicts, "
-                "not one tensor (wrap it in a list)"
-            )
-        try:
-            param_list: list[Any] = list(params)
-        except TypeError:
-            raise TypeError(
-                f"{owner}(params={params!r}): params must be an iterable of tensors or parameter-group dicts"
-            ) from None
-        if not param_list:
-            raise ValueError(f"{owner}(params=[]): params is empty; pass the module's parameters")
+        params_checked = param_list(owner, params)
         defaults: dict[str, Any] = {
             "lr": lr,
             "betas": (b1, b2),
@@ -149,7 +138,7 @@ class FRUGAL(torch.optim.Optimizer):
             "weight_decay": weight_decay,
             "projectable": None,
         }
-        super().__init__(param_list, defaults)
+        super().__init__(params_checked, defaults)
         self.density, self.update_gap, self.projection = density, update_gap, projection
         self.block_order, self.inactive_update_rule = block_order, inactive_update_rule
         self.inactive_lr_scale, self.reset_statistics, self.seed = inactive_lr_scale, reset_statistics, seed

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from litmix.optim._params import param_list
 from litmix.registry import register
 from litmix.validation import check_float, check_type
 
@@ -84,21 +85,9 @@ class Lion(torch.optim.Optimizer):
         lr, betas = _check_group(owner, "", lr, betas, weight_decay)
         weight_decay = float(weight_decay)
         check_type(owner, "foreach", foreach, bool, allow_none=True)
-        if isinstance(params, Tensor):
-            raise TypeError(
-                f"{owner}(params=<Tensor>): params must be an iterable of tensors or parameter-group dicts, "
-                "not one tensor (wrap it in a list)"
-            )
-        try:
-            param_list: list[Any] = list(params)
-        except TypeError:
-            raise TypeError(
-                f"{owner}(params={params!r}): params must be an iterable of tensors or parameter-group dicts"
-            ) from None
-        if not param_list:
-            raise ValueError(f"{owner}(params=[]): params is empty; pass the module's parameters")
+        params_checked = param_list(owner, params)
         defaults: dict[str, Any] = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "foreach": foreach}
-        super().__init__(param_list, defaults)
+        super().__init__(params_checked, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its own ``lr``, ``betas`` and ``weight_decay`` are validated like the constructor's."""

@@ -20,6 +20,7 @@ from litmix.nas.ofa import (
     progressive_phase,
     ridge_fit,
     ridge_predict,
+    sliced_batch_norm,
     transform_kernel,
 )
 from litmix.nas.sampling import make_generator
@@ -40,21 +41,7 @@ class _ElasticBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         if c == self.num_features:
             return super().forward(x)
-        factor = 0.0
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        use_batch = self.training or self.running_mean is None
-        return nn.functional.batch_norm(
-            x,
-            None if self.running_mean is None else self.running_mean[:c],
-            None if self.running_var is None else self.running_var[:c],
-            self.weight[:c],
-            self.bias[:c],
-            use_batch,
-            factor,
-            self.eps,
-        )
+        return sliced_batch_norm(self, x, c)
 
 
 class _ElasticDepthwise(nn.Module):

@@ -13,7 +13,7 @@ from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
 from litmix.nas.ddp import broadcast_buffers
 from litmix.nas.evaluation import recalibrate_bn, subnet_accuracy
-from litmix.nas.ofa import depth_choices_allowed, width_choices_allowed
+from litmix.nas.ofa import depth_choices_allowed, sliced_batch_norm, width_choices_allowed
 from litmix.nas.sampling import make_generator
 from litmix.nas.schedules import cosine_lr_scheduler
 from litmix.registry import register
@@ -34,21 +34,7 @@ class _ElasticBatchNorm1d(nn.BatchNorm1d):
         w = x.shape[-1]
         if w == self.num_features:
             return super().forward(x)
-        factor = 0.0
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        use_batch = self.training or self.running_mean is None
-        return nn.functional.batch_norm(
-            x,
-            None if self.running_mean is None else self.running_mean[:w],
-            None if self.running_var is None else self.running_var[:w],
-            self.weight[:w],
-            self.bias[:w],
-            use_batch,
-            factor,
-            self.eps,
-        )
+        return sliced_batch_norm(self, x, w)
 
 
 @register(

@@ -22,9 +22,40 @@ __all__ = [
     "progressive_phase",
     "ridge_fit",
     "ridge_predict",
+    "sliced_batch_norm",
     "transform_kernel",
     "width_choices_allowed",
 ]
+
+
+def sliced_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, channels: int) -> Tensor:
+    """Batch norm of ``x`` with the first ``channels`` of ``bn``'s affine parameters and running statistics.
+
+    An elastic layer of a once-for-all supernet uses the leading channels only; the running statistics of those
+    channels are updated as ``bn`` itself would update them (momentum, or the cumulative average when
+    ``momentum=None``).
+
+    Example:
+        >>> bn = nn.BatchNorm1d(4)
+        >>> y = sliced_batch_norm(bn, torch.randn(8, 2), 2)
+        >>> y.shape, int(bn.num_batches_tracked), bool(bn.running_mean[2:].eq(0).all())
+        (torch.Size([8, 2]), 1, True)
+    """
+    factor = 0.0
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch = bn.training or bn.running_mean is None
+    return nn.functional.batch_norm(
+        x,
+        None if bn.running_mean is None else bn.running_mean[:channels],
+        None if bn.running_var is None else bn.running_var[:channels],
+        None if bn.weight is None else bn.weight[:channels],
+        None if bn.bias is None else bn.bias[:channels],
+        use_batch,
+        factor,
+        bn.eps,
+    )
 
 
 def width_choices_allowed(choices: Sequence[float], lower_bound: float) -> list[float]:

@@ -29,8 +29,11 @@ class ZerothOrderModule(LitmixModule):
     them from forward passes only (:func:`~litmix.functional.zeroth_order.cge_gradient`, ``d_active + 1``
     forwards, or :func:`~litmix.functional.zeroth_order.rge_gradient` with ``q`` directions restricted to the
     same coordinates, ``q + 1`` forwards), writes it into ``.grad`` and steps SGD. Forwards are batched with
-    ``torch.func.vmap`` (``chunk`` perturbations at a time); no activation is kept for a backward pass, so the
-    peak memory is that of the forwards. Manual optimization; ``training_step`` runs under ``torch.no_grad``.
+    ``torch.func.vmap`` (``chunk`` perturbations at a time); no graph is kept for a backward pass, but the
+    batched forwards hold ``chunk`` perturbed parameter copies and ``chunk`` forwards' activations at once
+    (``benchmarks/bench_zeroth_order.py``: 20–213x the transient memory of a backprop step on small MLPs at
+    ``chunk`` 64–256): lower ``chunk`` to trade time for memory. Manual optimization; ``training_step`` runs under
+    ``torch.no_grad``.
 
     DDP: the coordinates are drawn from a generator seeded by ``(seed, global_step)``, the same on every rank;
     each rank estimates on its shard of the batch and the estimates are averaged with one all-reduce per

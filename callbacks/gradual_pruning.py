@@ -150,7 +150,12 @@ class GradualPruning(LitmixCallback):
         target_sparsity = check_float(cls, "target_sparsity", target_sparsity, low=0.0, high=1.0, high_open=True)
         initial_sparsity = check_float(cls, "initial_sparsity", initial_sparsity, low=0.0, high=target_sparsity)
         start_fraction = check_float(cls, "start_fraction", start_fraction, low=0.0, high=1.0, high_open=True)
-        end_fraction = check_float(cls, "end_fraction", end_fraction, low=start_fraction, high=1.0, low_open=True)
+        end_fraction = check_float(cls, "end_fraction", end_fraction, low=0.0, high=1.0, low_open=True)
+        if end_fraction <= start_fraction:
+            raise ValueError(
+                f"{cls}(start_fraction={start_fraction}, end_fraction={end_fraction}): start_fraction must be below "
+                "end_fraction (pruning starts before it ends)"
+            )
         start_step = check_int(cls, "start_step", start_step, low=0, allow_none=True)
         end_step = check_int(
             cls, "end_step", end_step, low=1 if start_step is None else start_step + 1, allow_none=True

@@ -146,8 +146,16 @@ class ProxyRanker:
         check_int(owner, "log_every", log_every, low=0)
         check_bool(owner, "progress", progress)
         check_type(owner, "resume_file", resume_file, str, allow_none=True)
-        if resume_file is not None and (not resume_file.strip() or Path(resume_file).expanduser().is_dir()):
-            raise ValueError(f"{owner}(resume_file={resume_file!r}): resume_file must be a file path, not a directory")
+        if resume_file is not None:
+            try:
+                expanded = Path(resume_file).expanduser()
+            except RuntimeError as err:  # "~user" of an unknown user
+                raise ValueError(f"{owner}(resume_file={resume_file!r}): cannot expand the home directory") from err
+            if not resume_file.strip() or expanded.is_dir():
+                raise ValueError(
+                    f"{owner}(resume_file={resume_file!r}): resume_file must be a file path, not a directory"
+                )
+            resume_file = str(expanded)
         self.archs: list[ArchSpec] = list(archs)
         self.keys: list[str] = [self._key(i, a) for i, a in enumerate(self.archs)]
         self.names: list[str] = list(names)
@@ -159,7 +167,7 @@ class ProxyRanker:
         self.distributed = bool(distributed)
         self.log_every = int(log_every)
         self.progress = bool(progress)
-        self.resume_file = None if resume_file is None else str(Path(resume_file).expanduser())
+        self.resume_file = resume_file
         gen = torch.Generator().manual_seed(self.seed)
         if inputs is None:
             inputs = torch.randn((batch_size, *input_shape), generator=gen)

@@ -330,7 +330,7 @@ class _HFCharLM(pl.LightningModule):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         cfg = GPT2Config(
-            vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+            vocab_size=vocab_size, n_positions=1024, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
         )
         self.gpt = GPT2LMHeadModel(cfg)
 
@@ -363,7 +363,7 @@ def test_char_lm_plumbing_on_tiny_shakespeare(shared_data):
     pl.seed_everything(0)
     module = _HFCharLM(dm.vocab_size)
     cb = InferenceCost(
-        prompt_lengths=[16, 64, 128, 192], output_lengths=[1, 8, 32], repeats=3, reference_query=[64, 32]
+        prompt_lengths=[16, 256, 512, 896], output_lengths=[1, 8, 32], repeats=3, reference_query=[64, 32]
     )
     trainer = make_trainer(callbacks=[cb], max_steps=20)
     trainer.fit(module, datamodule=dm)

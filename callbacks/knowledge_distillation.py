@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.utils.hooks import RemovableHandle
 
 from litmix.base import Example
 from litmix.data import split_batch
+from litmix.functional.distill_losses import KDRowsFunction as _KDTerm
 from litmix.functional.distillation import kd_loss
 from litmix.loss_terms import LossTermCallback
 from litmix.models import import_class, load_model, output_logits
@@ -25,36 +25,6 @@ from litmix.validation import check_bool, check_float, check_path, check_str, ch
 _Captured = tuple[tuple[Any, ...], dict[str, Any], Any]
 _FOLD_EVERY = 64  # agreement counts are folded into one device tensor every this many steps
 _SMALL_LOGITS = 1 << 15  # logits up to this many elements are kept (by reference) until the next fold
-
-
-class _KDTerm(torch.autograd.Function):
-    """``T² · KL(softmax(t / T) ‖ softmax(s / T))`` (batchmean) of ``[N, C]`` rows with a hand-written backward.
-
-    The same value and gradient as :func:`litmix.functional.distillation.kd_loss` with fewer kernels and one
-    autograd node: this runs every training step, and on small models per-kernel overhead is its whole cost.
-    Once differentiable (no double backward); the callback uses :func:`kd_loss` for masked or ``[B, L, V]`` logits.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, student: Tensor, teacher_logp: Tensor, temperature: float) -> Tensor:
-        s = student.float()
-        log_p_s = torch.log_softmax(s / temperature, dim=-1)
-        p_t = teacher_logp.exp()
-        scale = temperature * temperature / s.shape[0]
-        value = torch.dot(p_t.reshape(-1), (teacher_logp - log_p_s).reshape(-1)) * scale
-        ctx.save_for_backward(log_p_s, p_t)
-        ctx.grad_scale = scale / temperature
-        ctx.student_dtype = student.dtype
-        return value
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        log_p_s, p_t = ctx.saved_tensors
-        # softmax(s / T) - p_t, times dL/dvalue * T / N; a host scalar on the CPU saves a kernel (no sync there)
-        factor = grad.item() * ctx.grad_scale if grad.device.type == "cpu" else grad * ctx.grad_scale
-        grad_student = torch.sub(log_p_s.exp(), p_t).mul_(factor)
-        return grad_student.to(ctx.student_dtype), None, None
 
 
 def _floating_dtype(module: nn.Module) -> torch.dtype | None:

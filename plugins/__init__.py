@@ -1,6 +1,7 @@
 """LightningModules: methods that own the training step (unlearning, NAS, learned proxies)."""
 
 from litmix.plugins.compositional_ebm import CompositionalEBM
+from litmix.plugins.distillation_module import DistillationModule
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
 from litmix.plugins.mixed_precision_gnn import MixedPrecisionGNN
 from litmix.plugins.nb201_supernet import NB201SupernetModule
@@ -13,6 +14,7 @@ from litmix.plugins.zeroth_order_module import ZerothOrderModule
 
 __all__ = [
     "CompositionalEBM",
+    "DistillationModule",
     "GradientBoostedNetwork",
     "MixedPrecisionGNN",
     "NB201SupernetModule",

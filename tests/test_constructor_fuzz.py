@@ -31,6 +31,8 @@ SHARED = Path(os.environ.get("LITMIX_DATA", REPO.parent / "shared" / "data"))
 # Arguments without defaults get these base values (the fuzzed argument replaces its own).
 REQUIRED = {
     "teacher": lambda: nn.Linear(8, 4),
+    "student": lambda: nn.Linear(8, 4),
+    "teachers": lambda: [nn.Linear(8, 4)],
     "model": lambda: TinyClassifier(),
     "in_features": lambda: 8,
     "out_features": lambda: 4,

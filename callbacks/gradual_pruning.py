@@ -15,20 +15,14 @@ from torch import Tensor, nn
 from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example, LitmixCallback
 from litmix.functional.sparsity import (
-    MASK_SUFFIX,
-    SECOND_MOMENTS,
     canonical_parameter_names,
     cubic_sparsity,
     default_parameter_selection,
     keeps_pruned_weights_zero,
     magnitude_masks,
-    mask_optimizer_state,
-    pack_mask,
-    remove_masks,
-    reset_optimizer_state,
-    unpack_mask,
 )
 from litmix.registry import register
+from litmix.sparsity import MaskEngine
 from litmix.validation import check_bool, check_choice, check_float, check_int, check_str, check_type
 
 __all__ = ["GradualPruning"]
@@ -194,15 +188,13 @@ class GradualPruning(LitmixCallback):
         self.last_update_step: int = -1
         self.last_applied_step: int = -1
         self.current_sparsity: float = 0.0
-        self._masks: dict[str, Tensor] = {}  # name -> bool mask (the module's non-persistent buffer once set up)
+        # the masks (name -> bool, the module's non-persistent buffers once set up) live in the shared engine
+        self._engine = MaskEngine(type(self).__name__)
         # resolved at setup / fit start (not checkpointed: derived from the module and the Trainer)
         self._names: list[str] = []
         self._t0: int = 0
         self._t1: int = 1
         self._layer_sparsity: dict[str, float] = {}
-        self._fast: list[tuple[nn.Parameter, Tensor]] = []  # (param, mask viewed as uint8: mul_ by it is fast)
-        self._param_refs: dict[str, nn.Parameter] = {}  # set up for fit; dropped at teardown
-        self._remask_weights: bool = False
         self._log_pending: bool = True
 
     @classmethod
@@ -221,30 +213,46 @@ class GradualPruning(LitmixCallback):
         return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def engine(self) -> MaskEngine:
+        """The :class:`~litmix.sparsity.MaskEngine` owning the masks."""
+        return self._engine
+
+    @property
+    def _masks(self) -> dict[str, Tensor]:
+        return self._engine.masks
+
+    @property
+    def _fast(self) -> list[tuple[nn.Parameter, Tensor]]:
+        return self._engine._fast
+
+    @property
+    def _param_refs(self) -> dict[str, nn.Parameter]:
+        return self._engine._params
+
+    @property
+    def _remask_weights(self) -> bool:
+        return self._engine.remask_weights
+
+    @_remask_weights.setter
+    def _remask_weights(self, value: bool) -> None:
+        self._engine.remask_weights = value
+
     def _params(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Parameter, Tensor]]:
         params = dict(pl_module.named_parameters())
         return [(n, params[n], self._masks[n]) for n in self._names]
 
     def _refresh(self, pl_module: pl.LightningModule) -> None:
         """Recompute the per-parameter mask sparsity and the uint8 views of the masks (no copies)."""
-        self._fast = [(p, mask.view(torch.uint8)) for _, p, mask in self._params(pl_module)]
+        self._engine.refresh(pl_module)
         self._log_pending = True
         self._refresh_layer_sparsity()
 
     def _apply_masks(self) -> None:
-        with torch.no_grad():
-            for p, mask in self._fast:
-                p.mul_(mask)
+        self._engine.apply()
 
     def _refresh_layer_sparsity(self) -> None:
-        stats, pruned, total = {}, 0, 0
-        for n in self._names:
-            mask = self._masks[n]
-            k = mask.numel() - int(torch.count_nonzero(mask))
-            stats[n] = k / mask.numel()
-            pruned, total = pruned + k, total + mask.numel()
-        stats["global"] = pruned / max(total, 1)
-        self._layer_sparsity = stats
+        self._layer_sparsity = self._engine.sparsity_report()
 
     def _is_update_step(self, step: int) -> bool:
         if step < self._t0 or step <= self.last_update_step:
@@ -294,18 +302,10 @@ class GradualPruning(LitmixCallback):
         self._names = names
         # a fresh fit starts the schedule afresh; on resume the checkpointed state is loaded after setup
         self.last_update_step, self.last_applied_step, self.current_sparsity = -1, -1, 0.0
-        params = dict(pl_module.named_parameters())
-        self._param_refs = {n: params[n] for n in names}
-        self._masks = {}
-        for n in names:
-            path, _, leaf = n.rpartition(".")
-            owner = pl_module.get_submodule(path) if path else pl_module
-            buf = owner._buffers.get(leaf + MASK_SUFFIX)
-            if buf is None or buf.shape != params[n].shape or buf.dtype != torch.bool:
-                buf = torch.ones_like(params[n], dtype=torch.bool)
-            # non-persistent: follows .to(device), stays out of the module's state_dict (strict loading works)
-            owner.register_buffer(leaf + MASK_SUFFIX, buf, persistent=False)
-            self._masks[n] = buf
+        # masks already on the module (an earlier fit of the same object) are kept: a floor for the schedule
+        self._engine.detach()
+        self._engine.masks = {}
+        self._engine.attach(pl_module, names, keep_existing=True)
         self._refresh_layer_sparsity()
         shown = ", ".join(names[:50]) + (f", ... ({len(names) - 50} more)" if len(names) > 50 else "")
         how = "default selection" if self.parameter_names is None else "parameter_names"
@@ -358,10 +358,7 @@ class GradualPruning(LitmixCallback):
         cls = type(self).__name__
         self._refresh(pl_module)
         self._apply_masks()
-        with torch.no_grad():
-            for _, p, mask in self._params(pl_module):
-                for opt in trainer.optimizers:
-                    mask_optimizer_state(opt, p, mask, skip=() if self.zero_second_moments else SECOND_MOMENTS)
+        self._engine.mask_optimizer_state(trainer.optimizers, second_moments=self.zero_second_moments)
         inexact = [type(o).__name__ for o in trainer.optimizers if not keeps_pruned_weights_zero(o)]
         self._remask_weights = bool(inexact)
         engine = (
@@ -388,18 +385,8 @@ class GradualPruning(LitmixCallback):
         sparsity = max(sparsity, floor)
         entries = self._params(pl_module)
         new_masks = self._decide_masks(trainer, entries, sparsity)
-        skip = () if self.zero_second_moments else SECOND_MOMENTS
-        with torch.no_grad():
-            for n, p, mask in entries:
-                new = new_masks.pop(n).to(mask.device)
-                regrown = new & ~mask
-                mask.copy_(new)
-                del new
-                p.mul_(mask.view(torch.uint8))
-                for opt in trainer.optimizers:
-                    mask_optimizer_state(opt, p, mask, skip=skip)  # momentum can never revive a pruned weight
-                    if regrown.any():
-                        reset_optimizer_state(opt, p, regrown)  # regrown weights start from fresh state
+        # weights zeroed where pruned, first moments masked, regrown coordinates get fresh optimizer state
+        self._engine.update(new_masks, trainer.optimizers, second_moments=self.zero_second_moments)
         self.last_update_step = step
         self.current_sparsity = sparsity
         self._refresh(pl_module)
@@ -453,9 +440,7 @@ class GradualPruning(LitmixCallback):
 
     def _check_pruned_weights(self, pl_module: pl.LightningModule) -> None:
         """Pruned weights must still be 0; if something wrote them, warn and re-mask after every step from now on."""
-        with torch.no_grad():
-            bad = {n: int(torch.logical_and(p != 0, ~mask).sum()) for n, p, mask in self._params(pl_module)}
-        bad = {n: k for n, k in bad.items() if k}
+        bad = self._engine.check_weights()
         if not bad:
             return
         rank_zero_warn(
@@ -509,8 +494,7 @@ class GradualPruning(LitmixCallback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Drop the cached references to parameters (the masks stay, for :meth:`state_dict`)."""
-        self._fast = []
-        self._param_refs = {}
+        self._engine.detach()
 
     # ------------------------------------------------------------------ state and export
     def state_dict(self) -> dict[str, Any]:
@@ -520,7 +504,7 @@ class GradualPruning(LitmixCallback):
             "last_update_step": self.last_update_step,
             "last_applied_step": self.last_applied_step,
             "current_sparsity": self.current_sparsity,
-            "masks": {n: {"shape": list(m.shape), "bits": pack_mask(m)} for n, m in self._masks.items()},
+            **self._engine.state_dict(),  # {"masks": {name: {"shape", "bits"}}}, one bit per weight
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -537,21 +521,7 @@ class GradualPruning(LitmixCallback):
         if masks is None:  # version 1 kept the masks in the module's state_dict (see _migrate_v1)
             self._migrate_v1()
             return
-        cls = type(self).__name__
-        for n, entry in masks.items():
-            mask = unpack_mask(entry["bits"], entry["shape"])
-            live = self._masks.get(n)
-            if live is None:
-                if self._names:
-                    raise ValueError(f"{cls}: the checkpoint holds a mask for {n!r}, which this fit does not prune")
-                self._masks[n] = mask  # not set up yet: kept until setup (and returned by state_dict)
-            elif live.shape != mask.shape:
-                raise ValueError(
-                    f"{cls}: the checkpoint's mask for {n!r} has shape {tuple(mask.shape)}, the parameter "
-                    f"{tuple(live.shape)}"
-                )
-            else:
-                live.copy_(mask)
+        self._engine.load_state_dict(state_dict, strict=bool(self._names))
         if self._names:
             self._refresh_layer_sparsity()
 
@@ -583,4 +553,4 @@ class GradualPruning(LitmixCallback):
         Returns:
             The names of the parameters whose masks were removed.
         """
-        return remove_masks(module)
+        return MaskEngine.make_permanent(module)

@@ -33,6 +33,7 @@ CORE_MODULES = (
     "litmix.nas",
     "litmix.optim",
     "litmix.quantization_pareto",
+    "litmix.sparsity",
 )
 
 

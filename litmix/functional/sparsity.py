@@ -461,3 +461,262 @@ def remove_masks(module: nn.Module) -> list[str]:
         with torch.no_grad():
             getattr(owner, leaf).masked_fill_(~mask.to(getattr(owner, leaf).device), 0)
     return list(found)
+
+
+# ----------------------------------------------------------------------------- mask selectors (the mask engine's)
+_RIGL = "Rigging the Lottery: Making All Tickets Winners (https://arxiv.org/abs/1911.11134)"
+_SET = (
+    "Scalable training of artificial neural networks with adaptive sparse connectivity inspired by network "
+    "science (https://arxiv.org/abs/1707.04780)"
+)
+_NM = "Accelerating Sparse Deep Neural Networks (https://arxiv.org/abs/2104.08378)"
+
+__all__ += [
+    "cosine_update_fraction",
+    "erk_densities",
+    "nm_masks",
+    "prune_and_grow",
+    "random_masks",
+    "structured_masks",
+]
+
+
+def _rows(weight: Tensor) -> Tensor:
+    """``weight`` as ``[rows, cols]``: output channels/features by everything else (a 1-d tensor is one row)."""
+    return weight.reshape(1, -1) if weight.dim() < 2 else weight.reshape(weight.shape[0], -1)
+
+
+@register("function", "sparsity", paper=_NM, module="litmix.functional.sparsity")
+def nm_masks(weights: Mapping[str, Tensor], n: int = 2, m: int = 4) -> dict[str, Tensor]:
+    """N:M masks: in every group of ``m`` consecutive weights of a row keep the ``n`` largest ``|w|``.
+
+    Rows are output features/channels (``weight.reshape(out, -1)``), so for an ``nn.Linear`` the groups run along
+    the input dimension: the layout of NVIDIA's 2:4 sparse tensor cores (``to_sparse_semi_structured``). Ties are
+    broken by position (stable sort). Pass scores instead of weights to rank by something else than ``|w|``.
+
+    Args:
+        weights: name -> weight (or score) tensor with at least 2 dimensions.
+        n: weights kept per group, in [0, ``m``].
+        m: group size (>= 1); must divide every row's length.
+
+    Returns:
+        name -> bool mask of the weight's shape (``True`` = kept), sparsity exactly ``1 - n / m``.
+
+    Raises:
+        ValueError: for ``n`` outside [0, ``m``] or an ``m`` that does not divide a row's length (naming the tensor).
+
+    Example:
+        >>> w = torch.tensor([[0.1, -3.0, 0.2, 2.0, 5.0, 0.0, -0.1, 0.3]])
+        >>> nm_masks({"w": w})["w"].int().tolist()
+        [[0, 1, 0, 1, 1, 0, 0, 1]]
+    """
+    if isinstance(n, bool) or isinstance(m, bool) or not isinstance(n, int) or not isinstance(m, int):
+        raise TypeError(f"nm_masks(n={n!r}, m={m!r}): n and m must be int")
+    if m < 1 or not 0 <= n <= m:
+        raise ValueError(f"nm_masks(n={n}, m={m}): need m >= 1 and 0 <= n <= m")
+    out: dict[str, Tensor] = {}
+    for name, w in weights.items():
+        rows = _rows(w.detach())
+        if rows.shape[1] % m:
+            raise ValueError(
+                f"nm_masks(m={m}): {name!r} has rows of {rows.shape[1]} weights (shape {tuple(w.shape)}), which "
+                f"groups of m={m} do not divide"
+            )
+        groups = rows.abs().reshape(-1, m)
+        order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+        keep = torch.zeros(groups.shape, dtype=torch.bool, device=w.device)
+        keep.scatter_(1, order, True)
+        out[name] = keep.view(w.shape)
+    return out
+
+
+@register("function", "sparsity", paper=_ZHU_GUPTA, module="litmix.functional.sparsity")
+def structured_masks(
+    weights: Mapping[str, Tensor], sparsity: float, scope: Literal["global", "layer"] = "layer"
+) -> dict[str, Tensor]:
+    """Structured masks removing whole output channels/rows (dim 0) with the smallest L2 norm.
+
+    ``scope="layer"`` removes ``round(sparsity * rows)`` rows of each tensor; ``"global"`` ranks the rows of all
+    tensors together by their root-mean-square (so rows of different lengths compare) and removes that fraction of
+    all rows. Ties are broken by position.
+
+    Args:
+        weights: name -> weight tensor (``[out, ...]``).
+        sparsity: fraction of rows to remove, in [0, 1].
+        scope: ``"global"`` or ``"layer"``.
+
+    Returns:
+        name -> bool mask of the weight's shape where each row is all kept or all pruned.
+
+    Raises:
+        ValueError: for a sparsity outside [0, 1] or an unknown scope.
+
+    Example:
+        >>> w = torch.tensor([[1.0, 1.0], [0.1, 0.0], [3.0, -2.0], [0.0, 0.5]])
+        >>> structured_masks({"w": w}, 0.5)["w"].all(dim=1).tolist()
+        [True, False, True, False]
+    """
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"structured_masks: sparsity must be in [0, 1], got {sparsity}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"structured_masks: scope must be 'global' or 'layer', got {scope!r}")
+    scores = {name: _rows(w.detach()).float().pow(2).mean(dim=1).sqrt() for name, w in weights.items()}
+    rows = magnitude_masks(scores, sparsity, scope)
+    return {name: rows[name].view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone() for name, w in weights.items()}
+
+
+@register("function", "sparsity", paper=_RIGL, module="litmix.functional.sparsity")
+def erk_densities(shapes: Mapping[str, Iterable[int]], density: float) -> dict[str, float]:
+    """Erdős–Rényi–Kernel layer densities with the overall density ``density`` (RigL, Evci et al. 2020).
+
+    A layer's density is ``eps * sum(shape) / prod(shape)`` (``(n_in + n_out + k_h + k_w) / (n_in n_out k_h k_w)``
+    for a convolution, ``(n_in + n_out) / (n_in n_out)`` for a linear layer), with ``eps`` chosen so that the kept
+    weights add up to ``density`` of all; layers that would exceed 1 are made dense and ``eps`` is solved again (the
+    reference implementation's loop).
+
+    Args:
+        shapes: name -> parameter shape.
+        density: overall fraction of kept weights, in (0, 1].
+
+    Returns:
+        name -> density in (0, 1]; ``sum(d * numel) == density * total`` up to rounding.
+
+    Raises:
+        ValueError: for a density outside (0, 1] or no shapes.
+
+    Example:
+        >>> d = erk_densities({"a": (784, 300), "b": (300, 100), "c": (100, 10)}, 0.1)
+        >>> [round(v, 3) for v in d.values()], round((d["a"] * 235200 + d["b"] * 30000 + d["c"] * 1000) / 266200, 4)
+        ([0.08, 0.23, 1.0], 0.1)
+    """
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"erk_densities: density must be in (0, 1], got {density}")
+    dims = {name: [int(s) for s in shape] for name, shape in shapes.items()}
+    if not dims:
+        raise ValueError("erk_densities: no shapes given")
+    numel = {name: float(np.prod(s)) for name, s in dims.items()}
+    raw = {name: sum(s) / numel[name] for name, s in dims.items()}
+    dense: set[str] = set()
+    while True:
+        rhs = sum(numel[k] * density - (numel[k] if k in dense else 0.0) for k in dims)
+        divisor = sum(raw[k] * numel[k] for k in dims if k not in dense)
+        if divisor <= 0:
+            break
+        eps = rhs / divisor
+        over = [k for k in dims if k not in dense and eps * raw[k] > 1.0]
+        if not over:
+            break
+        dense.add(max(over, key=lambda k: raw[k]))
+    return {k: 1.0 if k in dense else min(1.0, eps * raw[k]) for k in dims}
+
+
+@register("function", "sparsity", paper=_SET, module="litmix.functional.sparsity")
+def random_masks(
+    shapes: Mapping[str, Iterable[int]], densities: Mapping[str, float], generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
+    """Uniformly random masks keeping exactly ``round(density * numel)`` weights of each tensor (CPU bool tensors).
+
+    Args:
+        shapes: name -> shape.
+        densities: name -> fraction kept, in [0, 1].
+        generator: CPU random generator (seed it for reproducible masks).
+
+    Raises:
+        ValueError: for a density outside [0, 1] or a missing one (naming the tensor).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> m = random_masks({"w": (10, 10)}, {"w": 0.3}, g)
+        >>> int(m["w"].sum()), tuple(m["w"].shape)
+        (30, (10, 10))
+    """
+    out = {}
+    for name, shape in shapes.items():
+        shape = tuple(int(s) for s in shape)
+        n = int(np.prod(shape)) if shape else 1
+        d = densities.get(name)
+        if d is None or not 0.0 <= float(d) <= 1.0:
+            raise ValueError(f"random_masks: the density of {name!r} must be in [0, 1], got {d}")
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[torch.randperm(n, generator=generator)[: round(float(densities[name]) * n)]] = True
+        out[name] = keep.view(shape)
+    return out
+
+
+@register("function", "sparsity", paper=_RIGL, module="litmix.functional.sparsity")
+def cosine_update_fraction(step: int, end_step: int, zeta: float) -> float:
+    """RigL's drop fraction ``zeta / 2 * (1 + cos(pi * step / end_step))``, 0 from ``end_step`` on.
+
+    Args:
+        step: the optimizer step.
+        end_step: the step from which the masks stay fixed.
+        zeta: the initial fraction, in [0, 1].
+
+    Raises:
+        ValueError: for ``zeta`` outside [0, 1].
+
+    Example:
+        >>> [round(cosine_update_fraction(t, 100, 0.3), 4) for t in (0, 50, 99, 100)]
+        [0.3, 0.15, 0.0001, 0.0]
+    """
+    if not 0.0 <= zeta <= 1.0:
+        raise ValueError(f"cosine_update_fraction: zeta must be in [0, 1], got {zeta}")
+    if step >= end_step or end_step <= 0:
+        return 0.0
+    return float(zeta / 2.0 * (1.0 + np.cos(np.pi * max(step, 0) / end_step)))
+
+
+@register("function", "sparsity", paper=_RIGL, module="litmix.functional.sparsity")
+def prune_and_grow(
+    weight: Tensor,
+    mask: Tensor,
+    fraction: float,
+    grow_scores: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One dynamic-sparse-training update: drop the smallest ``|w|``, grow as many, keeping the count of kept weights.
+
+    Drops ``k = round(fraction * kept)`` kept weights of smallest magnitude, then activates ``k`` of the inactive
+    coordinates (those just dropped included, as in RigL's reference code): the largest ``grow_scores`` (RigL:
+    ``|gradient|``) or, when ``grow_scores`` is ``None``, uniformly at random (SET) from ``generator``.
+
+    Args:
+        weight: the weight (any shape).
+        mask: its bool mask (``True`` = kept).
+        fraction: fraction of kept weights to replace, in [0, 1].
+        grow_scores: scores of the weight's shape (higher grows first) or ``None`` for random growth.
+        generator: random generator for SET (CPU).
+
+    Returns:
+        The new bool mask (same number of kept weights).
+
+    Raises:
+        ValueError: for a fraction outside [0, 1].
+
+    Example:
+        >>> w = torch.tensor([0.0, 3.0, 0.1, 0.0, 2.0, 0.0])
+        >>> mask = w != 0
+        >>> g = torch.tensor([0.0, 0.0, 0.0, 9.0, 0.0, 1.0])
+        >>> prune_and_grow(w, mask, 1 / 3, g).tolist()
+        [False, True, False, True, True, False]
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"prune_and_grow: fraction must be in [0, 1], got {fraction}")
+    flat_mask = mask.reshape(-1).to(torch.bool)
+    kept = int(flat_mask.sum())
+    k = round(fraction * kept)  # after the drop numel - kept + k >= k candidates
+    if k <= 0:
+        return mask.clone()
+    score = weight.detach().reshape(-1).abs().float()
+    score = score.masked_fill(~flat_mask.to(score.device), float("inf"))
+    drop = torch.topk(score, k, largest=False).indices
+    after = flat_mask.clone()
+    after[drop.to(after.device)] = False
+    if grow_scores is None:
+        grow = torch.rand(after.numel(), generator=generator).to(after.device)
+    else:
+        grow = grow_scores.detach().reshape(-1).abs().float().to(after.device)
+    grow = grow.masked_fill(after, float("-inf"))
+    chosen = torch.topk(grow, k, largest=True).indices
+    after[chosen] = True
+    return after.view(mask.shape)

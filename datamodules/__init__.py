@@ -6,6 +6,7 @@ from litmix.datamodules.concept_cluster_pruning import ConceptClusterPruning
 from litmix.datamodules.digits import DigitsDataModule
 from litmix.datamodules.forget_retain import ForgetRetainDataModule
 from litmix.datamodules.graph import GraphDataModule
+from litmix.datamodules.interaction import InteractionDataModule
 from litmix.datamodules.mnist import MNISTDataModule
 from litmix.datamodules.modular_arithmetic import ModularArithmeticDataModule
 from litmix.datamodules.proxy_features import ProxyFeatureDataModule
@@ -18,6 +19,7 @@ __all__ = [
     "DigitsDataModule",
     "ForgetRetainDataModule",
     "GraphDataModule",
+    "InteractionDataModule",
     "MNISTDataModule",
     "ModularArithmeticDataModule",
     "ProxyFeatureDataModule",

@@ -3,6 +3,7 @@
 from litmix.plugins.compositional_ebm import CompositionalEBM
 from litmix.plugins.distillation_module import DistillationModule
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
+from litmix.plugins.lightgcn_module import LightGCNModule
 from litmix.plugins.mixed_precision_gnn import MixedPrecisionGNN
 from litmix.plugins.nb201_supernet import NB201SupernetModule
 from litmix.plugins.ofa_conv_supernet import OFAConvSupernetModule
@@ -16,6 +17,7 @@ __all__ = [
     "CompositionalEBM",
     "DistillationModule",
     "GradientBoostedNetwork",
+    "LightGCNModule",
     "MixedPrecisionGNN",
     "NB201SupernetModule",
     "OFAConvSupernetModule",

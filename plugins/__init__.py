@@ -9,6 +9,7 @@ from litmix.plugins.nb201_supernet import NB201SupernetModule
 from litmix.plugins.ofa_conv_supernet import OFAConvSupernetModule
 from litmix.plugins.ofa_supernet import OFASupernetModule
 from litmix.plugins.parzc_predictor import ParZCPredictor
+from litmix.plugins.phatgoose_module import PHATGOOSEModule
 from litmix.plugins.proxyless_nas import ProxylessNASModule
 from litmix.plugins.unlearning_module import UnlearningModule
 from litmix.plugins.zeroth_order_module import ZerothOrderModule
@@ -22,6 +23,7 @@ __all__ = [
     "NB201SupernetModule",
     "OFAConvSupernetModule",
     "OFASupernetModule",
+    "PHATGOOSEModule",
     "ParZCPredictor",
     "ProxylessNASModule",
     "UnlearningModule",

@@ -62,6 +62,13 @@ def _cast_floating(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
+def _task_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy over the rows whose target is not ``-100`` (0 when every target is ``-100``)."""
+    flat, target = logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
+    kept = (target != -100).sum().clamp(min=1)
+    return F.cross_entropy(flat, target, ignore_index=-100, reduction="sum") / kept
+
+
 @contextlib.contextmanager
 def _capture(model: nn.Module, paths: list[str], store: dict[str, Any]) -> Iterator[None]:
     """Forward hooks on ``model``'s submodules at ``paths`` (not ``"."``) storing their outputs in ``store``."""
@@ -95,7 +102,8 @@ class DistillationModule(LitmixModule):
         total = task_weight · task_loss(student(x), y) + Σ_term term.weight · term(student feature, teacher feature)
 
     ``task_loss="cross_entropy"`` (over the last dimension; ``[B, L, V]`` language-model logits against
-    ``[B, L]`` targets, ``-100`` ignored) or ``None`` (no hard labels: batches may hold inputs only). To reproduce
+    ``[B, L]`` targets; targets ``-100`` are ignored, so a batch may mix labelled and unlabelled samples and a
+    batch without labels contributes 0) or ``None`` (no hard labels: batches may hold inputs only). To reproduce
     :class:`~litmix.callbacks.KnowledgeDistillation`'s ``(1 - w) · task + w · kd`` set ``task_weight = 1 - w``
     and the kd term's ``weight = w``.
 
@@ -370,7 +378,7 @@ class DistillationModule(LitmixModule):
                     f"{type(self).__name__}(task_loss={self.task_loss!r}): the batch holds no targets; pass "
                     "task_loss=None to distil without labels"
                 )
-            values["task"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+            values["task"] = _task_cross_entropy(logits, y)
             total = total + self.task_weight * values["task"]
         mask = kwargs.get("attention_mask")
         mask = mask if isinstance(mask, Tensor) and logits.dim() > 2 and mask.shape == logits.shape[:-1] else None

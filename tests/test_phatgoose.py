@@ -217,6 +217,50 @@ def test_bad_mode_forward_and_function_arguments_are_named():
         standardize(torch.zeros(2), eps=0.0)
 
 
+# ---------------------------------------------------------------- the LightningModule shell
+
+
+def test_module_stage_is_checkpointed_and_stages_without_parameters_refuse_to_fit():
+    from litmix.plugins import PHATGOOSEModule
+
+    module = PHATGOOSEModule.example().module
+    module.set_stage("gate", expert=2, top_k=1)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["litmix"]["stage"] == "gate"
+    fresh = PHATGOOSEModule.example().module
+    fresh.load_state_dict(module.state_dict(), strict=True)
+    fresh.on_load_checkpoint(checkpoint)
+    assert (fresh.stage, fresh.expert) == ("gate", 2)
+    assert [n for n, p in fresh.named_parameters() if p.requires_grad] == ["model.0.gates.2", "model.2.gates.2"]
+    assert fresh.model[0].top_k == 1
+    fresh.set_stage("route", expert=0)  # the expert is ignored outside the expert/gate stages
+    with pytest.raises(ValueError, match="stage"):
+        fresh.configure_optimizers()
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(fresh(x), fresh.model(x))
+
+
+def test_module_bad_arguments_are_named():
+    from litmix.plugins import PHATGOOSEModule
+
+    def mlp():
+        return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    with pytest.raises(ValueError, match="expert"):
+        PHATGOOSEModule(mlp(), stage="gate", expert=None)
+    with pytest.raises(ValueError, match="expert"):
+        PHATGOOSEModule(mlp(), stage="expert", expert=4, num_experts=4)
+    with pytest.raises(ValueError, match="top_k"):
+        PHATGOOSEModule(mlp(), top_k=3, num_experts=2)
+    with pytest.raises(ValueError, match="model"):
+        PHATGOOSEModule(nn.Sequential(nn.ReLU()))
+    with pytest.raises(TypeError, match="model"):
+        PHATGOOSEModule("not a module")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stage"):
+        PHATGOOSEModule(mlp(), stage="train")  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------- effect: zero-shot routing on a digits task mixture
 
 

@@ -9,6 +9,7 @@ from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
 from litmix.callbacks.lazy_rich_monitor import LazyRichMonitor
 from litmix.callbacks.mst_compression import MSTCompression
 from litmix.callbacks.netinfof_probe import NetInfoFProbe
+from litmix.callbacks.one_shot_pruning import OneShotPruning
 from litmix.callbacks.pada_sampler import PADASampling
 from litmix.callbacks.quantization_aware_training import QuantizationAwareTraining
 from litmix.callbacks.save_init import SaveInit
@@ -26,6 +27,7 @@ __all__ = [
     "LazyRichMonitor",
     "MSTCompression",
     "NetInfoFProbe",
+    "OneShotPruning",
     "PADASampling",
     "QuantizationAwareTraining",
     "SaveInit",

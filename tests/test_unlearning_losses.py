@@ -399,5 +399,102 @@ def test_causal_lm_idkdpo_without_alternate_names_the_missing_key():
         make_trainer(max_steps=1).fit(module, datamodule=dm)
 
 
+# ----------------------------------------------------------------------------- effect: digits class forgetting
+# sklearn digits, forget class 3 (128 train images), MLP 64-64-64-10 trained 20 epochs (Adam 3e-3); every loss
+# unlearns it for 40 steps (Adam, batch 32 forget + 32 retain). Measured per seed 0 / 1 / 2 (forget-train
+# accuracy; retain-train accuracy drop from the original, original retain accuracy 0.990 / 0.996 / 0.997):
+#   grad_ascent lr 3e-4            forget 0.016 / 0.031 / 0.000   retain drop 0.101 / 0.093 / 0.103
+#   grad_diff   lr 3e-4            forget 0.078 / 0.023 / 0.008   retain drop 0.035 / 0.020 / 0.074
+#   npo + nll   lr 1e-3            forget 0.000 / 0.000 / 0.000   retain drop 0.104 / 0.100 / 0.113
+#   simnpo + nll lr 1e-3           forget 0.000 / 0.000 / 0.000   retain drop -0.004 / -0.002 / 0.009
+#   idkdpo + nll lr 1e-3           forget 0.000 / 0.000 / 0.000   retain drop 0.022 / 0.015 / 0.039
+#   undial beta 100 lr 1e-3        forget 0.000 / 0.008 / 0.000   retain drop 0.019 / 0.022 / 0.017
+#   wga + nll   lr 1e-3            forget 0.000 / 0.000 / 0.000   retain drop -0.003 / -0.002 / 0.009
+#   rmu layer 3 (+activation) 3e-3 forget 0.000 / 0.000 / 0.016   retain drop 0.033 / 0.058 / 0.021
+# Not asserted: UNDIAL at the paper's beta 10 forgets only partly here (0.312 / 0.258 / 0.039: the digits MLP's
+# logit margins exceed 10); RMU at lr 1e-3 (0.070 / 0.141 / 0.367).
+EFFECT_STEPS = 40
+EFFECT_RECIPES = {
+    "grad_ascent": ({"forget_loss": "grad_ascent", "lr": 3e-4}, 0.05, 0.12),
+    "grad_diff": ({"forget_loss": "grad_diff", "lr": 3e-4}, 0.10, 0.09),
+    "npo": ({"forget_loss": "npo", "retain_loss": "nll", "lr": 1e-3}, 0.02, 0.13),
+    "simnpo": ({"forget_loss": "simnpo", "retain_loss": "nll", "lr": 1e-3}, 0.02, 0.03),
+    "idkdpo": ({"forget_loss": "idkdpo", "retain_loss": "nll", "lr": 1e-3, "cache_reference": True}, 0.02, 0.06),
+    "undial": ({"forget_loss": "undial", "beta": 100.0, "lr": 1e-3, "cache_reference": True}, 0.03, 0.04),
+    "wga": ({"forget_loss": "wga", "retain_loss": "nll", "lr": 1e-3}, 0.02, 0.03),
+    "rmu": ({"forget_loss": "rmu", "rmu_layer": "3", "lr": 3e-3}, 0.05, 0.08),
+}
+
+
+def _digits_original(ds, seed, epochs=20, width=64):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+    x, y, _ = next(iter(DataLoader(ds, batch_size=len(ds))))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for b in torch.randperm(len(x), generator=gen).split(32):
+            opt.zero_grad()
+            F.cross_entropy(net(x[b]), y[b]).backward()
+            opt.step()
+    return net
+
+
+def _accuracies(net, dm):
+    out = {}
+    for split in ("forget", "retain", "test", "holdout"):
+        x, y, _ = next(iter(DataLoader(dm.eval_datasets[split], batch_size=100_000)))
+        with torch.no_grad():
+            out[split] = float((net(x).argmax(-1) == y).float().mean())
+    return out
+
+
+def digits_effects(seed, recipes=EFFECT_RECIPES, steps=EFFECT_STEPS):
+    dm = ForgetRetainDataModule("digits", forget_classes=[3], batch_size=32, seed=seed)
+    dm.setup("fit")
+    original = _digits_original(dm.train_base, seed)
+    rows = {"original": _accuracies(original, dm)}
+    for name, (kwargs, _, _) in recipes.items():
+        module = UnlearningModule(copy.deepcopy(original), optimizer="adam", **kwargs)
+        make_trainer(max_steps=steps, max_epochs=-1).fit(module, datamodule=dm)
+        rows[name] = _accuracies(module.model, dm)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def class_forgetting_effects():
+    torch.set_num_threads(1)  # module-scoped fixtures run before the autouse one-thread fixture
+    return {seed: digits_effects(seed) for seed in (0, 1, 2)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EFFECT_RECIPES))
+def test_every_loss_forgets_a_digit_class_and_keeps_retain_accuracy(class_forgetting_effects, name):
+    _, max_forget, max_drop = EFFECT_RECIPES[name]
+    for seed, rows in class_forgetting_effects.items():
+        orig, new = rows["original"], rows[name]
+        assert orig["forget"] > 0.95, seed
+        assert new["forget"] <= max_forget, (seed, new)
+        assert new["holdout"] <= max(2 * max_forget, 0.05), (seed, new)  # unseen images of the class too
+        assert new["retain"] >= orig["retain"] - max_drop, (seed, orig, new)
+        assert new["test"] >= orig["test"] - max_drop - 0.02, (seed, orig, new)
+
+
+@pytest.mark.slow
+def test_bounded_losses_with_a_retain_term_keep_more_utility_than_gradient_ascent(class_forgetting_effects):
+    """Measured on every seed: SimNPO+RT and WGA+RT forget fully with retain drops <= 0.009, GA's >= 0.093."""
+    for seed, rows in class_forgetting_effects.items():
+        ga_drop = rows["original"]["retain"] - rows["grad_ascent"]["retain"]
+        for name in ("simnpo", "wga"):
+            drop = rows["original"]["retain"] - rows[name]["retain"]
+            assert rows[name]["forget"] <= rows["grad_ascent"]["forget"] + 0.02, (seed, name)
+            assert drop < ga_drop - 0.05, (seed, name, drop, ga_drop)
+
+
 if __name__ == "__main__":
-    print(sys.argv)
+    torch.set_num_threads(1)
+    for seed in [int(s) for s in sys.argv[1:]] or [0, 1, 2]:
+        rows = digits_effects(seed)
+        for name, r in rows.items():
+            drop = rows["original"]["retain"] - r["retain"]
+            print(f"seed {seed} {name:12s} " + " ".join(f"{k}={v:.3f}" for k, v in r.items()) + f" drop={drop:+.3f}")

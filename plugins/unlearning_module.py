@@ -188,7 +188,7 @@ class UnlearningModule(LitmixModule):
             ``nll_reduction`` with a loss that does not use it; ``rmu`` / ``activation`` without ``rmu_layer``
             or with a layer the model does not have; a malformed ``model_class``; a missing ``model`` path
             (also a ``FileNotFoundError``) or a ``.ckpt`` without ``model_class``. During training: an
-            ``idkdpo`` LM batch without ``alternate`` answers.
+            ``idkdpo`` LM batch without ``alternate`` answers, or a retain loss on batches without ``retain`` items.
         MisconfigurationException: in ``setup`` under FSDP or DeepSpeed; in ``on_fit_start`` when
             ``cache_reference=True`` and the datamodule has no ``forget_dataloader()``, or UNDIAL's cache is
             asked for LM logits.
@@ -645,6 +645,11 @@ class UnlearningModule(LitmixModule):
         return idk_dpo_loss(nll, ref_nll, alt_nll, ref_alt.to(alt_nll.dtype), self.beta)
 
     def _retain_term(self, batch: dict[str, Any]) -> Tensor:
+        if batch.get("retain") is None:
+            raise ValueError(
+                f"UnlearningModule(retain_loss={self.retain_loss!r}): the training batch has no 'retain' items; "
+                "give retain data (ForgetRetainDataModule pairs every forget item with one) or retain_loss=None"
+            )
         r_inputs, r_targets, _ = self._split(batch["retain"], "retain")
         if self.retain_loss == "activation":
             _, acts = self._logits_and_activations(self.model, r_inputs)

@@ -193,6 +193,19 @@ def test_names_aliases_defaults_and_old_method_argument():
     assert rmu.retain_loss == "activation"
 
 
+def test_retain_loss_without_retain_items_names_retain_loss():
+    import lightning.pytorch as pl
+
+    class ForgetOnly(pl.LightningDataModule):
+        def train_dataloader(self):
+            x, y = torch.randn(8, 8), torch.randint(0, 4, (8,))
+            return DataLoader([{"forget": (x[i], y[i]), "index": i} for i in range(8)], batch_size=4)
+
+    module = UnlearningModule(mlp(0), forget_loss="wga", retain_loss="nll", lr=0.01)
+    with pytest.raises(ValueError, match=r"retain_loss='nll'.*no 'retain' items"):
+        make_trainer(max_steps=1).fit(module, datamodule=ForgetOnly())
+
+
 # ----------------------------------------------------------------------------- module: every loss trains
 ALL_RECIPES = {
     "grad_ascent": {},

@@ -421,6 +421,34 @@ def test_obs_masks_accept_a_loss_function_and_parameter_names():
     assert bool((net[0].weight != 0).all())
 
 
+def test_obs_masks_n_m_keep_n_of_every_m_along_the_input():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))
+    data = [(torch.randn(6, 8), torch.randint(0, 3, (6,))) for _ in range(3)]
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    masks = mfac_obs_masks(net, loss_fn, data, 0.0, structure="2:4", num_grads=4, recomputations=3)
+    assert len(calls) == 8  # pruned per group round(2 j / 3) = 1, 1, 2: gradients drawn at steps 1 and 3 only
+    for name, m in masks.items():
+        groups = m.reshape(m.shape[0], -1).reshape(-1, 4)
+        assert bool((groups.sum(1) == 2).all()), name
+        assert torch.equal(dict(net.named_parameters())[name].detach() == 0, ~m)
+    # 1:4 on top of the 2:4 masks: every group loses one more weight, the 2:4 zeros stay
+    more = mfac_obs_masks(net, None, data, 0.0, structure="1:4", num_grads=4, recomputations=1, masks=masks)
+    assert all(bool((more[n] <= masks[n]).all()) for n in masks)
+    assert all(bool((m.reshape(-1, 4).sum(1) == 1).all()) for m in more.values())
+
+
+def test_obs_masks_per_layer_sparsities():
+    net, data = _toy_net(3)
+    masks = mfac_obs_masks(net, None, data, {"0.weight": 0.25, "2.weight": 0.75}, num_grads=4, recomputations=2)
+    assert [int((~m).sum()) for m in masks.values()] == [10, 18]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "name"),
     [
@@ -439,6 +467,12 @@ def test_obs_masks_accept_a_loss_function_and_parameter_names():
         ({"loader": 3}, TypeError, "loader"),
         ({"loss_fn": 3}, TypeError, "loss_fn"),
         ({"masks": {"0.weight": torch.ones(2, 2, dtype=torch.bool)}}, ValueError, "masks"),
+        ({"structure": "4:2"}, ValueError, "structure"),
+        ({"structure": "2:4:8"}, ValueError, "structure"),
+        ({"structure": 24}, TypeError, "structure"),
+        ({"structure": "2:3"}, ValueError, "structure"),  # 3 divides neither input size (5, 8)
+        ({"sparsity": {"0.weight": 0.5}, "parameter_names": ["0.weight", "2.weight"]}, ValueError, "sparsity"),
+        ({"sparsity": {"0.weight": 1.5}}, ValueError, r"sparsity\['0.weight'\]"),
     ],
 )
 def test_obs_masks_bad_arguments_are_named(kwargs, error, name):

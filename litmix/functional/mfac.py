@@ -23,6 +23,7 @@ For ``m`` gradients ``g_1 .. g_m`` of ``d`` parameters (the rows of ``G``) the d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
@@ -354,12 +355,39 @@ def _select_drop(scores: Tensor, count: int) -> Tensor:
     return drop
 
 
+def _select_drop_nm(scores: Tensor, keep: Tensor, kept: Tensor, group: int, pruned_per_group: int) -> Tensor:
+    """Bool mask over the kept coordinates: the N:M choice of the weights to drop.
+
+    In every group of ``group`` consecutive weights the lowest scores are chosen until the group has
+    ``pruned_per_group`` pruned weights (the ones pruned already count first).
+    """
+    full = torch.full((keep.numel(),), -math.inf, dtype=scores.dtype, device=scores.device)
+    full[kept.to(scores.device)] = scores
+    order = torch.sort(full.view(-1, group), dim=1, stable=True).indices[:, :pruned_per_group]
+    chosen = torch.zeros(full.numel() // group, group, dtype=torch.bool, device=scores.device)
+    chosen.scatter_(1, order, True)
+    return chosen.view(-1)[kept.to(scores.device)]
+
+
+def _parse_nm(owner: str, structure: Any) -> tuple[int, int] | None:
+    """``"unstructured"`` -> None; ``"N:M"`` -> (N, M) with 1 <= N < M (N weights kept of every M)."""
+    check_type(owner, "structure", structure, str)
+    if structure == "unstructured":
+        return None
+    parts = structure.split(":")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        n, m = int(parts[0]), int(parts[1])
+        if 1 <= n < m:
+            return n, m
+    raise ValueError(f"{owner}(structure={structure!r}): structure must be 'unstructured' or 'N:M' with 1 <= N < M")
+
+
 @register("function", "sparsity", paper=_PAPER, module="litmix.functional.mfac")
 def mfac_obs_masks(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], Tensor] | None,
     loader: Iterable[Any],
-    sparsity: float,
+    sparsity: float | Mapping[str, float],
     *,
     parameter_names: Iterable[str] | None = None,
     num_grads: int = 64,
@@ -367,6 +395,7 @@ def mfac_obs_masks(
     damp: float = 1e-5,
     recomputations: int = 16,
     scope: Literal["global", "layer"] = "global",
+    structure: str = "unstructured",
     masks: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """One-shot M-FAC OBS pruning: masks of the weights to keep, with the OBS update applied to ``model`` in place.
@@ -385,7 +414,8 @@ def mfac_obs_masks(
         loss_fn: ``loss_fn(model, batch) -> scalar loss``, or ``None`` for cross-entropy on
             ``model(inputs)`` against the targets of a ``(inputs, targets, ...)`` / dict batch.
         loader: iterable of batches (a ``DataLoader``); restarted when it has fewer than ``num_grads`` batches.
-        sparsity: target fraction of the selected weights that is zero, in [0, 1).
+        sparsity: target fraction of the selected weights that is zero, in [0, 1); or a mapping parameter name ->
+            its own sparsity (per-layer targets, e.g. an OWL profile; it names the pruned parameters).
         parameter_names: names (as in ``model.named_parameters()``) to prune; default: the weights of every Linear /
             Conv layer (:func:`litmix.functional.sparsity.default_parameter_names`).
         num_grads: gradients per recomputation (the paper's ``m``, 64 for pruning).
@@ -394,6 +424,9 @@ def mfac_obs_masks(
         recomputations: number of steps (16 in the paper).
         scope: ``"global"`` ranks saliencies over all selected weights, ``"layer"`` prunes each tensor to
             ``sparsity`` on its own.
+        structure: ``"unstructured"`` or ``"N:M"`` (e.g. ``"2:4"``): keep ``N`` of every ``M`` consecutive weights
+            along each row's input (the weight flattened to ``(rows, numel / rows)``); ``sparsity`` is then
+            ``1 - N / M`` whatever is passed, reached group by group over the recomputations.
         masks: optional earlier masks (``True`` = kept): their pruned weights stay pruned and out of the Fisher.
 
     Returns:
@@ -402,7 +435,9 @@ def mfac_obs_masks(
     Raises:
         TypeError: for a ``model`` that is not an ``nn.Module`` or arguments of the wrong type, naming them.
         ValueError: for a ``sparsity`` outside [0, 1), ``num_grads``/``recomputations`` < 1, ``damp <= 0``,
-            an unknown ``scope``, a name not in ``model``, nothing to prune, or a loader with no batches.
+            an unknown ``scope``, a bad ``structure`` or an ``M`` that does not divide a layer's input size, a name
+            not in ``model``, a per-layer ``sparsity`` that does not name the pruned parameters, nothing to prune,
+            ``masks`` of the wrong shape, or a loader with no batches.
 
     Example:
         >>> torch.manual_seed(0) and None
@@ -420,13 +455,24 @@ def mfac_obs_masks(
         raise TypeError(f"{owner}(loss_fn={loss_fn!r}): loss_fn must be callable(model, batch) or None")
     if not isinstance(loader, Iterable):
         raise TypeError(f"{owner}(loader={loader!r}): loader must be an iterable of batches (a DataLoader)")
-    sparsity = check_float(owner, "sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+    per_layer: dict[str, float] | None = None
+    if isinstance(sparsity, Mapping):
+        per_layer = {
+            str(n): check_float(owner, f"sparsity[{n!r}]", v, low=0.0, high=1.0, high_open=True)
+            for n, v in sparsity.items()
+        }
+        overall = 0.0
+    else:
+        overall = check_float(owner, "sparsity", sparsity, low=0.0, high=1.0, high_open=True)
     num_grads = check_int(owner, "num_grads", num_grads, low=1)
     check_int(owner, "block_size", block_size, low=1, allow_none=True)
     damp = _check_damp(owner, damp)
     recomputations = check_int(owner, "recomputations", recomputations, low=1)
     check_choice(owner, "scope", scope, ("global", "layer"))
+    nm = _parse_nm(owner, structure)
     named = dict(model.named_parameters())
+    if parameter_names is None and per_layer is not None:
+        parameter_names = list(per_layer)
     if parameter_names is None:
         from litmix.functional.sparsity import default_parameter_names
 
@@ -438,6 +484,16 @@ def mfac_obs_masks(
             raise ValueError(f"{owner}(parameter_names={names!r}): not parameters of the model: {missing}")
     if not names:
         raise ValueError(f"{owner}(model={type(model).__name__}): nothing to prune (no Linear/Conv weights selected)")
+    if per_layer is not None and set(per_layer) != set(names):
+        raise ValueError(
+            f"{owner}(sparsity={per_layer!r}): a per-layer sparsity must name exactly the pruned parameters {names}"
+        )
+    if nm is not None:
+        bad = [n for n in names if named[n].dim() == 0 or (named[n].numel() // named[n].shape[0]) % nm[1] != 0]
+        if bad:
+            raise ValueError(
+                f"{owner}(structure={structure!r}): {nm[1]} must divide the input size (numel / rows) of {bad}"
+            )
     params = [named[n] for n in names]
     keep: list[Tensor] = []
     for n, p in zip(names, params, strict=True):
@@ -451,14 +507,16 @@ def mfac_obs_masks(
             keep.append(torch.ones(p.numel(), dtype=torch.bool, device=p.device))
     loss_of = loss_fn if loss_fn is not None else _default_loss
 
-    def pruned_target(numel: int, start_pruned: int, j: int) -> int:
-        final = round(sparsity * numel)
+    def pruned_target(numel: int, start_pruned: int, j: int, target: float) -> int:
+        final = round(target * numel)
         if j == recomputations or final <= start_pruned:
             return max(final, start_pruned)
         density0 = 1.0 - start_pruned / numel
-        fac = ((1.0 - sparsity) / density0) ** (1.0 / recomputations)
+        fac = ((1.0 - target) / density0) ** (1.0 / recomputations)
         return max(start_pruned, min(final, round(numel * (1.0 - density0 * fac**j))))
 
+    mode = "nm" if nm is not None else ("layer" if per_layer is not None or scope == "layer" else "global")
+    targets = [per_layer[n] if per_layer is not None else overall for n in names]
     start = [int((~k).sum()) for k in keep]
     total, start_total = sum(p.numel() for p in params), sum(start)
     was_training = model.training
@@ -468,16 +526,20 @@ def mfac_obs_masks(
         for p in params:
             p.requires_grad_(True)
         for j in range(1, recomputations + 1):
-            if scope == "global":
-                need = pruned_target(total, start_total, j) - sum(int((~k).sum()) for k in keep)
-            else:
+            if mode == "global":
+                need = pruned_target(total, start_total, j, overall) - sum(int((~k).sum()) for k in keep)
+            elif mode == "layer":
                 counts = [
-                    pruned_target(p.numel(), s, j) - int((~k).sum())
-                    for p, s, k in zip(params, start, keep, strict=True)
+                    pruned_target(p.numel(), s0, j, t) - int((~k).sum())
+                    for p, s0, k, t in zip(params, start, keep, targets, strict=True)
                 ]
-                need = sum(counts)
+                need = sum(max(c, 0) for c in counts)
+            else:
+                assert nm is not None
+                per_group = round((nm[1] - nm[0]) * j / recomputations)  # pruned weights per group of M
+                need = sum(int((per_group - (~k).view(-1, nm[1]).sum(1)).clamp(min=0).sum()) for k in keep)
             if need <= 0:
-                continue
+                continue  # nothing to drop at this density: no gradients drawn
             kept = [torch.nonzero(k).view(-1) for k in keep]
             kept_sizes = [idx.numel() for idx in kept]
             d1 = sum(kept_sizes)
@@ -499,12 +561,17 @@ def mfac_obs_masks(
                     [p.detach().reshape(-1)[idx].to(first.device) for p, idx in zip(params, kept, strict=True)]
                 )
                 scores = obs_saliency(w1.to(fisher.hg.dtype), inverse_fisher_diag(fisher))
-                if scope == "global":
+                if mode == "global":
                     drop = _select_drop(scores, need)
                 else:
                     parts, offset = [], 0
-                    for size, count in zip(kept_sizes, counts, strict=True):
-                        parts.append(_select_drop(scores[offset : offset + size], max(count, 0)))
+                    for i, (k, idx, size) in enumerate(zip(keep, kept, kept_sizes, strict=True)):
+                        piece = scores[offset : offset + size]
+                        if mode == "layer":
+                            parts.append(_select_drop(piece, max(counts[i], 0)))
+                        else:
+                            assert nm is not None
+                            parts.append(_select_drop_nm(piece, k, idx, nm[1], per_group))
                         offset += size
                     drop = torch.cat(parts)
                 w_new = obs_update(w1, drop, fisher)

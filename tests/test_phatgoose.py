@@ -17,7 +17,7 @@ from litmix.functional.phatgoose import (
     standardize,
     top_k_routing,
 )
-from litmix.layers import PHATGOOSELinear, phatgoose_mode, to_phatgoose
+from litmix.layers import PHATGOOSELinear, import_expert, phatgoose_mode, to_phatgoose
 
 # ---------------------------------------------------------------- routing maths vs a hand computation
 
@@ -153,6 +153,35 @@ def test_expert_training_trains_only_that_adapter():
     phatgoose_mode(net, "expert", 0)
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     assert names == ["0.lora_a.0", "0.lora_b.0", "2.lora_a.0", "2.lora_b.0"]
+
+
+def test_independently_trained_experts_are_assembled_into_one_router():
+    import copy
+
+    torch.manual_seed(6)
+    base = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    contributors = []
+    for _ in range(2):  # each contributor wraps its own copy of the base model and trains one expert + its gates
+        own = to_phatgoose(copy.deepcopy(base), num_experts=1, rank=2, top_k=1)
+        for stage in ("expert", "gate"):
+            opt = torch.optim.Adam(phatgoose_mode(own, stage, 0), lr=0.1)
+            for _ in range(3):
+                opt.zero_grad()
+                F.cross_entropy(own(x), y).backward()
+                opt.step()
+        contributors.append(own)
+    routed = to_phatgoose(copy.deepcopy(base), num_experts=2, rank=2, top_k=1)
+    for slot, own in enumerate(contributors):
+        import_expert(routed, own, expert=slot)
+        phatgoose_mode(routed, "gate", slot)
+        phatgoose_mode(own, "gate", 0)
+        torch.testing.assert_close(routed(x), own(x))
+    with pytest.raises(ValueError, match="expert"):
+        import_expert(routed, contributors[0], expert=2)
+    stranger = to_phatgoose(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), 1, 2, top_k=1)
+    with pytest.raises(ValueError, match="source"):  # another base model
+        import_expert(routed, stranger, 0)
 
 
 # ---------------------------------------------------------------- bad arguments name themselves

@@ -11,7 +11,7 @@ from litmix.layers.binary import BinaryConv2d, BinaryLinear, to_binary
 from litmix.layers.continual_attention import ContinualAttention
 from litmix.layers.continual_conv import ContinualConv1d
 from litmix.layers.moe_plus_plus import MoEPlusPlus
-from litmix.layers.phatgoose import PHATGOOSELinear, phatgoose_mode, to_phatgoose
+from litmix.layers.phatgoose import PHATGOOSELinear, import_expert, phatgoose_mode, to_phatgoose
 from litmix.layers.shift import ShiftConv2d, ShiftLinear, to_denseshift
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "PHATGOOSELinear",
     "ShiftConv2d",
     "ShiftLinear",
+    "import_expert",
     "phatgoose_mode",
     "to_binary",
     "to_denseshift",

@@ -24,7 +24,7 @@ from litmix.functional.phatgoose import PAPER, _mixture, _scores, routing_matrix
 from litmix.registry import register
 from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
-__all__ = ["PHATGOOSELinear", "phatgoose_mode", "to_phatgoose"]
+__all__ = ["PHATGOOSELinear", "import_expert", "phatgoose_mode", "to_phatgoose"]
 
 Mode = Literal["base", "expert", "gate", "route", "uniform"]
 Routing = Literal["token", "example"]
@@ -350,3 +350,71 @@ def phatgoose_mode(
         if top_k is not None:
             layer.top_k = top_k
     return [p for p in model.parameters() if p.requires_grad]
+
+
+@register("function", "optimization", paper=PAPER, module="litmix.layers")
+def import_expert(target: nn.Module, source: nn.Module, expert: int, source_expert: int = 0) -> nn.Module:
+    """Copy one expert (LoRA adapters and gate vectors of every layer) from ``source`` into ``target``'s slot.
+
+    PHATGOOSE's experts are trained independently (by different contributors, on different machines); each can
+    wrap its own copy of the base model (``to_phatgoose(model, num_experts=1)``), train expert 0 and its gates, and
+    share them. This assembles the shared experts into one routed model. Layers are matched by qualified name;
+    their base weights must be identical (the same base model) and their sizes and ranks equal.
+
+    Args:
+        target: the model that routes (holding :class:`PHATGOOSELinear` layers with at least ``expert + 1`` slots).
+        source: a model with the same :class:`PHATGOOSELinear` layers that trained ``source_expert``.
+        expert: the slot in ``target`` (>= 0).
+        source_expert: the slot in ``source`` (>= 0).
+
+    Returns:
+        ``target`` itself.
+
+    Raises:
+        TypeError: if ``target`` or ``source`` is not an ``nn.Module``.
+        ValueError: if their :class:`PHATGOOSELinear` layers differ (names, sizes, rank, base weights), none exists,
+            or a slot is out of range.
+
+    Example:
+        >>> import copy
+        >>> _ = torch.manual_seed(0)
+        >>> base = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> routed = to_phatgoose(copy.deepcopy(base), num_experts=3, rank=2)
+        >>> contributor = to_phatgoose(copy.deepcopy(base), num_experts=1, rank=2, top_k=1)
+        >>> with torch.no_grad():
+        ...     _ = contributor[0].lora_b[0].fill_(1.0)
+        >>> _ = import_expert(routed, contributor, expert=2)
+        >>> torch.equal(routed[0].lora_b[2], contributor[0].lora_b[0]), float(routed[0].lora_b[1].abs().sum())
+        (True, 0.0)
+    """
+    owner = "import_expert"
+    check_type(owner, "target", target, nn.Module)
+    check_type(owner, "source", source, nn.Module)
+    mine = {n: m for n, m in target.named_modules() if isinstance(m, PHATGOOSELinear)}
+    theirs = {n: m for n, m in source.named_modules() if isinstance(m, PHATGOOSELinear)}
+    if not mine:
+        raise ValueError(f"{owner}(target={type(target).__name__}): the target holds no PHATGOOSELinear")
+    if set(mine) != set(theirs):
+        raise ValueError(
+            f"{owner}(source=...): source's PHATGOOSELinear layers {sorted(theirs)} are not {sorted(mine)}"
+        )
+    expert = check_int(owner, "expert", expert, low=0, high=min(m.num_experts for m in mine.values()) - 1)
+    source_expert = check_int(
+        owner, "source_expert", source_expert, low=0, high=min(m.num_experts for m in theirs.values()) - 1
+    )
+    for name, layer in mine.items():
+        other = theirs[name]
+        if (layer.in_features, layer.out_features, layer.rank) != (other.in_features, other.out_features, other.rank):
+            raise ValueError(f"{owner}(source=...): layer {name!r} differs in size or rank")
+        same_bias = (layer.base.bias is None) == (other.base.bias is None) and (
+            layer.base.bias is None or torch.equal(layer.base.bias, other.base.bias)
+        )
+        if not torch.equal(layer.base.weight, other.base.weight) or not same_bias:
+            raise ValueError(f"{owner}(source=...): layer {name!r} has another base weight (not the same base model)")
+    with torch.no_grad():
+        for name, layer in mine.items():
+            other = theirs[name]
+            layer.lora_a[expert].copy_(other.lora_a[source_expert])
+            layer.lora_b[expert].copy_(other.lora_b[source_expert])
+            layer.gates[expert].copy_(other.gates[source_expert])
+    return target

@@ -1,5 +1,6 @@
 """LightningDataModules: offline data sets and forget/retain splits."""
 
+from litmix.datamodules.active_learning import ActiveLearningDataModule
 from litmix.datamodules.char_lm import CharLMDataModule
 from litmix.datamodules.compute_aware_filtering import ComputeAwareFiltering
 from litmix.datamodules.concept_cluster_pruning import ConceptClusterPruning
@@ -13,6 +14,7 @@ from litmix.datamodules.proxy_features import ProxyFeatureDataModule
 from litmix.datamodules.xor_cluster import XORClusterDataModule
 
 __all__ = [
+    "ActiveLearningDataModule",
     "CharLMDataModule",
     "ComputeAwareFiltering",
     "ConceptClusterPruning",

@@ -186,6 +186,10 @@ def routing_matrix(weights: Tensor, index: Tensor, num_experts: int) -> Tensor:
         raise ValueError(f"{owner}(index=...): index must be an integer tensor of the shape of weights")
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_experts):
         raise ValueError(f"{owner}(index=...): index must lie in [0, num_experts={num_experts})")
+    return _routing_matrix(weights, index, num_experts)
+
+
+def _routing_matrix(weights: Tensor, index: Tensor, num_experts: int) -> Tensor:
     out = weights.new_zeros(*weights.shape[:-1], num_experts)
     return out.scatter_add_(-1, index.long(), weights)
 

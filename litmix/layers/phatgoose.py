@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from litmix.functional.phatgoose import PAPER, _mixture, _scores, routing_matrix
+from litmix.functional.phatgoose import PAPER, _mixture, _routing_matrix, _scores
 from litmix.registry import register
 from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
@@ -231,7 +231,7 @@ class PHATGOOSELinear(nn.Module):
         weights, index = self.routing_scores(x).topk(self.top_k, dim=-1)
         weights = weights.softmax(-1)
         self.last_index, self.last_weights = index.detach(), weights.detach()
-        return out + _mixture(x, lora_a, lora_b, routing_matrix(weights, index, self.num_experts), self.scaling)
+        return out + _mixture(x, lora_a, lora_b, _routing_matrix(weights, index, self.num_experts), self.scaling)
 
     def extra_repr(self) -> str:
         """Sizes, bank and routing."""

@@ -10,6 +10,9 @@ every wrapped layer and freezes everything the stage does not train):
 2. ``phatgoose_mode(model, "gate", i)``: train expert ``i``'s gate vectors only (adapter and base frozen); the
    adapter's output is scaled by ``sigmoid(g_i . x)`` in every module;
 3. ``phatgoose_mode(model, "route")``: zero-shot inference; every module routes each token to its ``top_k`` experts.
+
+Experts trained independently on separate copies of the base model (``num_experts=1`` each) are assembled into one
+routed model with :func:`import_expert`.
 """
 
 from __future__ import annotations

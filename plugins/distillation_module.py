@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litmix._loss_terms import _logs_this_step
 from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
 from litmix.distill.base import DistillTerm, feature_tensor, infer_width
@@ -130,9 +131,12 @@ class DistillationModule(LitmixModule):
     bare student's keys, which load with ``strict=True`` into a fresh student of the same class; a fresh
     ``DistillationModule`` with the same terms loads the whole checkpoint strictly (resume).
 
-    Logs ``distill/<term name>`` (unweighted), ``distill/task``, ``distill/total`` per step and epoch,
-    ``distill/agreement`` (student-teacher top-1 agreement, epoch mean) and, with validation data,
-    ``val/loss`` and ``val/acc`` of the student.
+    Logs, cheaply (no per-step ``self.log``: the detached values are kept and folded at logging steps):
+    ``distill/<term name>`` (unweighted), ``distill/task`` and ``distill/total`` as exact epoch means (over the
+    epoch's steps; under DDP averaged over ranks), the same with ``_step`` at Lightning's logging steps
+    (``log_every_n_steps``), ``distill/agreement`` (student-teacher top-1 agreement of the first KD term on the
+    output, epoch mean) and, with validation data, ``val/loss`` and ``val/acc`` of the student. A non-finite
+    term stops the run (``FloatingPointError`` naming it) within ``log_every_n_steps`` steps.
 
     Args:
         student: the model to train (any ``nn.Module``).
@@ -160,7 +164,7 @@ class DistillationModule(LitmixModule):
         >>> from litmix.testing import fit_tiny
         >>> module, datamodule, _ = DistillationModule.example()
         >>> trainer = fit_tiny(module=module, datamodule=datamodule, max_steps=2)
-        >>> sorted(k for k in trainer.callback_metrics if k.startswith("distill/") and k.count("_") == 0)
+        >>> sorted(k for k in trainer.callback_metrics if k.startswith("distill/") and not k.endswith("_step"))
         ['distill/agreement', 'distill/fitnet', 'distill/kd', 'distill/task', 'distill/total']
         >>> any(k.startswith("teacher") for k in module.state_dict())
         False
@@ -239,6 +243,11 @@ class DistillationModule(LitmixModule):
             term.log_name = base if names[base] == 1 else f"{base}_{names[base] - 1}"
         self.distill_terms = nn.ModuleList(built)
         self._student_paths = sorted({t.student_path for t in built} - {".", ""})
+        self._window: list[Tensor] = []
+        self._sums: Tensor | None = None
+        self._count = 0
+        self._agree: list[Tensor] = []
+        self._names: list[str] = []
         self._teacher_paths: list[list[str]] = [[] for _ in loaded]
         for term in built:
             for j in term.teachers_read(len(loaded)):
@@ -403,14 +412,59 @@ class DistillationModule(LitmixModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Student forward with hooks, teacher forwards without gradients, the weighted sum of the terms."""
-        total, values, logits, agreement = self._losses(batch)
-        size = int(logits.shape[0])
-        for name, value in values.items():
-            self.log(f"distill/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=size)
-        self.log("distill/total", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        total, values, _, agreement = self._losses(batch)
+        # Cheap logging: keep the detached values (one stack per step), log them at Lightning's logging steps
+        # (`distill/<name>_step`) and their exact epoch means at epoch end (`distill/<name>`).
+        names = [*values, "total"]
+        stacked = torch.stack([*(v.detach().float().reshape(()) for v in values.values()), total.detach()])
+        self._window.append(stacked)
         if agreement is not None:
-            self.log("distill/agreement", agreement, on_step=False, on_epoch=True, batch_size=size)
+            self._agree.append(agreement)
+        if _logs_this_step(self.trainer):
+            self._fold_window(names)
+            for name, value in zip(names, stacked, strict=True):
+                self.log(f"distill/{name}_step", value, on_step=True, on_epoch=False, batch_size=1)
+        self._names = names
         return total
+
+    def _fold_window(self, names: list[str]) -> None:
+        if not self._window:
+            return
+        window = torch.stack(self._window)
+        part = window.sum(0)
+        if not bool(torch.isfinite(part).all()):
+            bad = names[int((~torch.isfinite(part)).nonzero()[0, 0])]
+            raise FloatingPointError(
+                f"{type(self).__name__}: the loss term distill/{bad} became non-finite before global step "
+                f"{self.trainer.global_step}; check the teachers, the terms' paths and weights"
+            )
+        self._sums = part if self._sums is None else self._sums + part
+        self._count += window.shape[0]
+        self._window = []
+
+    def on_train_epoch_start(self) -> None:
+        """Start the epoch's sums."""
+        self._reset_logs()
+
+    def _reset_logs(self) -> None:
+        self._window = []
+        self._sums = None
+        self._count = 0
+        self._agree = []
+        self._names = []
+
+    def on_train_epoch_end(self) -> None:
+        """Log each term's epoch mean (``distill/<name>``) and the mean teacher-student top-1 agreement."""
+        sync = self.trainer.world_size > 1
+        self._fold_window(self._names)
+        if self._sums is not None and self._count:
+            means = self._sums / self._count
+            for name, value in zip(self._names, means, strict=True):
+                self.log(f"distill/{name}", value, on_step=False, on_epoch=True, batch_size=1, sync_dist=sync)
+        if self._agree:
+            agree = torch.stack(self._agree).mean()
+            self.log("distill/agreement", agree, on_step=False, on_epoch=True, batch_size=1, sync_dist=sync)
+        self._reset_logs()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """The student's task loss and accuracy (when the batch has targets)."""

@@ -333,3 +333,31 @@ def test_specs_are_json_and_rebuild_the_same_term(cls):
     again = build_term(spec)
     assert type(again) is cls
     assert again.spec() == term.spec()
+
+
+def test_lightning_cli_yaml_builds_the_module():
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser()
+    parser.add_class_arguments(DistillationModule, "model")
+    config = parser.parse_string(
+        """
+model:
+  student: {class_path: torch.nn.Linear, init_args: {in_features: 8, out_features: 4}}
+  teachers:
+    - {class_path: torch.nn.Linear, init_args: {in_features: 8, out_features: 4}}
+    - {class_path: torch.nn.Linear, init_args: {in_features: 8, out_features: 4}}
+  terms:
+    - {kind: kd, temperature: 2.0, weight: 0.5}
+    - {kind: fitnet, student: ".", teacher: ".", weight: 1.0, projector: true}
+  task_loss: null
+  aggregate: mean_logit
+  teacher_dtype: bfloat16
+"""
+    )
+    build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    module = build(config).model
+    assert [type(t).__name__ for t in module.distill_terms] == ["LogitsKDTerm", "FitNetTerm"]
+    assert module.distill_terms[0].aggregate == "mean_logit"
+    assert module.task_loss is None
+    assert len(module.teachers) == 2
+    assert module.teachers[1].weight.dtype == torch.bfloat16

@@ -6,7 +6,7 @@ first 90 % of the text; the last 10 % validates. The folder gets the model (``co
 ``model.safetensors``) and ``vocab.json`` (the sorted characters), and loads back with
 ``GPT2LMHeadModel.from_pretrained(folder)``, as a user loads a real checkpoint.
 
-    .venv/bin/python benchmarks/train_char_gpt.py runs/char_gpt            # default size (4 blocks, d=96, ~0.46 M parameters)
+    .venv/bin/python benchmarks/train_char_gpt.py runs/char_gpt   # default: 4 blocks, d=96, ~0.46 M parameters
     .venv/bin/python benchmarks/train_char_gpt.py runs/tiny --n-layer 2 --n-embd 64 --steps 300
 """
 
@@ -104,7 +104,7 @@ def train_char_gpt(
 ) -> tuple[Any, dict[str, Any]]:
     """Train (AdamW, cosine decay after 5 % warm-up, weight decay 0.1); save to ``out_dir`` when given."""
     torch.manual_seed(seed)
-    chars, train_ids, val_ids = load_splits(text)
+    chars, train_ids, _ = load_splits(text)
     model = build(len(chars), n_layer, n_head, n_embd, block)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -178,9 +178,8 @@ def main() -> None:
         log_every=100,
     )
     _, _, val_ids = load_splits()
-    print(
-        f"{info['n_params']} parameters, {info['train_seconds']:.0f} s, val ppl {perplexity(model, val_ids, args.block):.3f}"
-    )
+    ppl = perplexity(model, val_ids, args.block)
+    print(f"{info['n_params']} parameters, {info['train_seconds']:.0f} s, val ppl {ppl:.3f}")
 
 
 if __name__ == "__main__":

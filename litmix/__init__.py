@@ -18,6 +18,7 @@ SUBPACKAGES = ("litmix.callbacks", "litmix.plugins", "litmix.datamodules")
 #: Core modules whose utilities, losses, metrics and functions register themselves on import.
 CORE_MODULES = (
     "litmix.functional",
+    "litmix.active_learning_policy",
     "litmix.distill",
     "litmix.functional.fastrp",
     "litmix.functional.conformal_selection",

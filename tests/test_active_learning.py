@@ -107,7 +107,7 @@ def test_bad_functional_arguments():
         acquire_indices(probs, None, torch.zeros(3, dtype=torch.bool), torch.zeros(3), 1, strategy="greedy")
     with pytest.raises(ValueError, match="policy"):
         acquire_indices(probs, torch.eye(3), torch.zeros(3, dtype=torch.bool), torch.zeros(3), 1, strategy="learned")
-    with pytest.raises(ValueError, match="n"):
+    with pytest.raises(ValueError, match=r"\(n=2\)"):
         acquire_indices(probs, None, torch.tensor([True, True, False]), torch.zeros(3), 2)
     with pytest.raises(ValueError, match="labelled"):
         candidate_features(probs, torch.eye(3), torch.zeros(2, dtype=torch.bool), torch.zeros(3), 0.0)
@@ -159,7 +159,7 @@ def test_datamodule_bad_arguments():
     dm = ActiveLearningDataModule(classes=[0, 1])
     with pytest.raises(TypeError, match="model"):
         dm.acquire(None)
-    with pytest.raises(ValueError, match="n"):
+    with pytest.raises(ValueError, match=r"\(n=0\)"):
         dm.acquire(TinyClassifier(in_features=64, num_classes=2), n=0)
 
 

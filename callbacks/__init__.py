@@ -1,5 +1,6 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
+from litmix.callbacks.dynamic_sparse_training import DynamicSparseTraining
 from litmix.callbacks.flag_aggregation import FlagAggregation
 from litmix.callbacks.gradient_matching_split import GradientMatchingSplit
 from litmix.callbacks.gradient_noise import GradientNoise
@@ -18,6 +19,7 @@ from litmix.callbacks.thresholdout_validation import ThresholdoutValidation
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
+    "DynamicSparseTraining",
     "FlagAggregation",
     "GradientMatchingSplit",
     "GradientNoise",

@@ -15,9 +15,7 @@ from torch import Tensor, nn
 from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example, LitmixCallback
 from litmix.functional.sparsity import (
-    canonical_parameter_names,
     cubic_sparsity,
-    default_parameter_selection,
     keeps_pruned_weights_zero,
     magnitude_masks,
 )
@@ -263,26 +261,8 @@ class GradualPruning(LitmixCallback):
 
     def _select(self, pl_module: pl.LightningModule) -> tuple[list[str], dict[str, str]]:
         """Canonical names to prune and the aliases mapped or left out (alias -> why)."""
-        cls = type(self).__name__
-        canonical = canonical_parameter_names(pl_module)
-        if self.parameter_names is None:
-            names, excluded = default_parameter_selection(pl_module)
-            if not names:
-                candidates = [n for n, p in pl_module.named_parameters() if p.dim() >= 2]
-                raise ValueError(
-                    f"{cls}(parameter_names=None): found no prunable layer (nn.Linear, nn.Conv*, nn.Bilinear, "
-                    f"HF Conv1D, PyG Linear) in {type(pl_module).__name__}; pass parameter_names, e.g. from the "
-                    f"candidate parameters with >= 2 dimensions: {candidates or sorted(canonical)}"
-                    + (f" (left out as tied: {excluded})" if excluded else "")
-                )
-            return names, excluded
-        unknown = [n for n in self.parameter_names if n not in canonical]
-        if unknown:
-            raise ValueError(
-                f"{cls}(parameter_names=...): unknown parameters {unknown}; available: {sorted(canonical)}"
-            )
-        aliases = {n: f"alias of {canonical[n]}" for n in self.parameter_names if canonical[n] != n}
-        return list(dict.fromkeys(canonical[n] for n in self.parameter_names)), aliases
+        names, excluded = self._engine.select(pl_module, self.parameter_names)
+        return names, excluded
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

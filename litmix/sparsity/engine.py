@@ -19,6 +19,9 @@ from torch import Tensor, nn
 from litmix.functional.sparsity import (
     MASK_SUFFIX,
     SECOND_MOMENTS,
+    ParameterSelection,
+    canonical_parameter_names,
+    default_parameter_selection,
     find_masks,
     keeps_pruned_weights_zero,
     mask_optimizer_state,
@@ -168,6 +171,37 @@ class MaskEngine:
             self.masks[name] = buf
             self._params[name] = p
         self.refresh()
+
+    def select(self, module: nn.Module, parameter_names: Sequence[str] | None = None) -> ParameterSelection:
+        """Canonical names of the parameters to mask and the aliases mapped or left out (alias -> why).
+
+        ``None``: the default selection (:func:`~litmix.functional.sparsity.default_parameter_selection`: weights of
+        ``nn.Linear``/``nn.Conv*``/``nn.Bilinear``/HF ``Conv1D``/PyG ``Linear``; tied embeddings left out).
+
+        Raises:
+            ValueError: for unknown names (listing the available ones) or a module without prunable layers
+                (listing the candidate parameters).
+        """
+        cls = self.owner
+        canonical = canonical_parameter_names(module)
+        if parameter_names is None:
+            names, excluded = default_parameter_selection(module)
+            if not names:
+                candidates = [n for n, p in module.named_parameters() if p.dim() >= 2]
+                raise ValueError(
+                    f"{cls}(parameter_names=None): found no prunable layer (nn.Linear, nn.Conv*, nn.Bilinear, "
+                    f"HF Conv1D, PyG Linear) in {type(module).__name__}; pass parameter_names, e.g. from the "
+                    f"candidate parameters with >= 2 dimensions: {candidates or sorted(canonical)}"
+                    + (f" (left out as tied: {excluded})" if excluded else "")
+                )
+            return ParameterSelection(names, excluded)
+        unknown = [n for n in parameter_names if n not in canonical]
+        if unknown:
+            raise ValueError(
+                f"{cls}(parameter_names=...): unknown parameters {unknown}; available: {sorted(canonical)}"
+            )
+        aliases = {n: f"alias of {canonical[n]}" for n in parameter_names if canonical[n] != n}
+        return ParameterSelection(list(dict.fromkeys(canonical[n] for n in parameter_names)), aliases)
 
     def refresh(self, module: nn.Module | None = None) -> None:
         """Re-take the parameters and masks (after ``module.to(device)`` or a strategy wrapped the module)."""

@@ -1,0 +1,318 @@
+"""Dynamic sparse training (RigL / SET) at a fixed parameter budget, as a Lightning callback."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from litmix._sharded import refuse_sharded_strategy
+from litmix.base import Example, LitmixCallback
+from litmix.functional.sparsity import cosine_update_fraction, erk_densities, prune_and_grow, random_masks
+from litmix.registry import register
+from litmix.sparsity import MaskEngine
+from litmix.validation import check_choice, check_float, check_int, check_str, check_type
+
+__all__ = ["DynamicSparseTraining"]
+
+PAPER = (
+    "Rigging the Lottery: Making All Tickets Winners (https://arxiv.org/abs/1911.11134); Scalable training of "
+    "artificial neural networks with adaptive sparse connectivity inspired by network science "
+    "(https://arxiv.org/abs/1707.04780)"
+)
+
+
+@register("callback", "sparsity", paper=PAPER)
+class DynamicSparseTraining(LitmixCallback):
+    """Sparse training from scratch at a constant parameter budget: periodically drop weights and grow others.
+
+    Implements RigL (Evci et al., "Rigging the Lottery: Making All Tickets Winners",
+    https://arxiv.org/abs/1911.11134) with ``method="rigl"`` and SET (Mocanu et al., "Scalable training of
+    artificial neural networks with adaptive sparse connectivity inspired by network science",
+    https://arxiv.org/abs/1707.04780) with ``method="set"``:
+
+    * At the start of fit each pruned parameter gets a uniformly random mask at its density: ``1 - sparsity``
+      everywhere (``distribution="uniform"``) or the Erdős–Rényi–Kernel densities (``"erk"``, RigL's default:
+      small layers denser) with the same overall budget.
+    * Every ``update_every`` optimizer steps until ``end_fraction`` of the run (``T_end``), in
+      ``on_before_optimizer_step`` (after gradient accumulation and AMP unscaling, while the gradient is still
+      dense), each parameter drops the fraction ``zeta_t = zeta / 2 * (1 + cos(pi t / T_end))`` of its kept
+      weights with the smallest ``|w|`` and grows as many inactive ones: those of largest ``|gradient|`` (RigL) or
+      uniformly at random (SET). Grown weights start at 0 with fresh (zero) optimizer state; the mask's kept count
+      never changes (the count of non-zero weights drifts slightly, since grown weights start at 0).
+    * Decisions are made on global rank 0 and broadcast (DDP); the masks (one bit per weight), the update count
+      and SET's random generator are in this callback's checkpointed state, so a resumed run makes the same
+      decisions as an uninterrupted one.
+
+    Masks are held by the shared :class:`~litmix.sparsity.MaskEngine` (non-persistent ``<param>_mask`` buffers:
+    the module's checkpoint loads strictly into its own class). Between updates the cost is one in-place multiply
+    per masked gradient; RigL's dense gradient is the one backprop computes anyway. Pruning does not make dense
+    kernels faster.
+
+    Logs ``<prefix>/sparsity`` (mask sparsity) and ``<prefix>/churn`` (fraction of kept weights replaced at the
+    last update) whenever the masks change, ``<prefix>/sparsity/<param>`` at each epoch end, and the final values to
+    every logger at the end of fit. ``<prefix>`` is ``name`` when given, else ``dst``.
+
+    Args:
+        sparsity: fraction of pruned weights over all pruned parameters, in [0, 1).
+        method: ``"rigl"`` (grow by gradient magnitude) or ``"set"`` (grow at random).
+        update_every: optimizer steps between mask updates (``Delta T``, >= 1).
+        zeta: initial drop fraction, in (0, 1].
+        end_fraction: ``T_end`` as a fraction of ``trainer.estimated_stepping_batches``, in (0, 1].
+        end_step: absolute ``T_end`` in optimizer steps (>= 1); overrides ``end_fraction``.
+        distribution: layer densities, ``"erk"`` or ``"uniform"``.
+        parameter_names: parameters to sparsify (``named_parameters`` names); default ``None``: the weights of
+            ``nn.Linear``, ``nn.Conv*``, ``nn.Bilinear``, HF ``Conv1D`` and PyG ``Linear`` layers.
+        seed: seed of the initial masks and of SET's growth (>= 0).
+        name: optional instance name (checkpoint key and logging prefix).
+
+    Raises:
+        ValueError: for arguments out of range (in ``__init__``) and, when fit starts, unknown parameter names, a
+            module without prunable layers, or a run whose length is unknown without ``end_step``.
+        TypeError: for arguments of the wrong type.
+        MisconfigurationException: under manual optimization or a sharded strategy (FSDP, DeepSpeed).
+
+    Example:
+        >>> from litmix.testing import fit_tiny, TinyClassifier
+        >>> model = TinyClassifier()
+        >>> cb = DynamicSparseTraining(sparsity=0.5, update_every=2, distribution="uniform")
+        >>> _ = fit_tiny([cb], module=model, max_steps=8)
+        >>> cb.engine.sparsity_report()["global"], cb.n_updates
+        (0.5, 2)
+    """
+
+    default_log_prefix: ClassVar[str] = "dst"
+    state_version: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        sparsity: float = 0.9,
+        method: Literal["rigl", "set"] = "rigl",
+        update_every: int = 100,
+        zeta: float = 0.3,
+        end_fraction: float = 0.75,
+        end_step: int | None = None,
+        distribution: Literal["erk", "uniform"] = "erk",
+        parameter_names: list[str] | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        cls = type(self).__name__
+        sparsity = check_float(cls, "sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+        method = check_choice(cls, "method", method, ("rigl", "set"))
+        update_every = check_int(cls, "update_every", update_every, low=1)
+        zeta = check_float(cls, "zeta", zeta, low=0.0, high=1.0, low_open=True)
+        end_fraction = check_float(cls, "end_fraction", end_fraction, low=0.0, high=1.0, low_open=True)
+        end_step = check_int(cls, "end_step", end_step, low=1, allow_none=True)
+        distribution = check_choice(cls, "distribution", distribution, ("erk", "uniform"))
+        if parameter_names is not None:
+            check_type(cls, "parameter_names", parameter_names, (list, tuple))
+            if not parameter_names:
+                raise ValueError(
+                    f"{cls}(parameter_names=[]): parameter_names must be a non-empty list of parameter names or None"
+                )
+            for n in parameter_names:
+                check_str(cls, "parameter_names", n, allow_empty=False)
+        seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
+        super().__init__(name=name)
+        self.sparsity: float = sparsity
+        self.method: Literal["rigl", "set"] = method
+        self.update_every: int = update_every
+        self.zeta: float = zeta
+        self.end_fraction: float = end_fraction
+        self.end_step: int | None = end_step
+        self.distribution: Literal["erk", "uniform"] = distribution
+        self.parameter_names: list[str] | None = list(parameter_names) if parameter_names is not None else None
+        self.seed: int = seed
+        # state (checkpointed)
+        self.initialized: bool = False
+        self.last_update_step: int = -1
+        self.n_updates: int = 0
+        self.last_churn: float = 0.0
+        self._generator = torch.Generator().manual_seed(seed)
+        self._engine = MaskEngine(cls)
+        # resolved at setup / fit start
+        self._names: list[str] = []
+        self._t_end: int = 1
+        self._densities: dict[str, float] = {}
+        self._log_pending: bool = True
+
+    @classmethod
+    def example(cls) -> Example:
+        """RigL on ``TinyClassifier`` at 50 % sparsity, updating every step."""
+        from litmix.testing import TinyClassifier, TinyDataModule
+
+        return Example(
+            TinyClassifier(),
+            TinyDataModule(),
+            [cls(sparsity=0.5, update_every=1, end_fraction=1.0, distribution="uniform")],
+        )
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
+
+    @property
+    def engine(self) -> MaskEngine:
+        """The :class:`~litmix.sparsity.MaskEngine` owning the masks."""
+        return self._engine
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check the strategy and parameters; register the mask buffers (before a checkpoint's state is loaded)."""
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        cls = type(self).__name__
+        if not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
+            )
+        refuse_sharded_strategy(cls, trainer.strategy, "it ranks whole parameters and regrows by dense gradients")
+        names, excluded = self._engine.select(pl_module, self.parameter_names)
+        self._names = names
+        self.initialized, self.last_update_step, self.n_updates, self.last_churn = False, -1, 0, 0.0
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._engine.detach()
+        self._engine.masks = {}
+        self._engine.attach(pl_module, names, keep_existing=False)
+        params = dict(pl_module.named_parameters())
+        shapes = {n: tuple(params[n].shape) for n in names}
+        density = 1.0 - self.sparsity
+        if self.distribution == "erk":
+            self._densities = erk_densities(shapes, density)
+        else:
+            self._densities = dict.fromkeys(names, density)
+        left_out = "; not sparsified: " + ", ".join(f"{n} ({w})" for n, w in excluded.items()) if excluded else ""
+        rank_zero_info(f"{cls}: {len(names)} parameters at densities {self._densities}{left_out}")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resolve ``T_end`` in optimizer steps."""
+        total = trainer.estimated_stepping_batches
+        if self.end_step is not None:
+            self._t_end = self.end_step
+            return
+        if total <= 0 or not math.isfinite(total):
+            raise ValueError(
+                f"{type(self).__name__}(end_fraction={self.end_fraction}): the run length is unknown "
+                f"(trainer.estimated_stepping_batches={total}); pass end_step or set max_steps/max_epochs"
+            )
+        self._t_end = max(1, round(self.end_fraction * total))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Initial random masks on rank 0 (unless restored), broadcast; applied to weights and optimizer state."""
+        self._engine.refresh(pl_module)
+        if not self.initialized:
+            shapes = {n: tuple(m.shape) for n, m in self._engine.masks.items()}
+            masks = random_masks(shapes, self._densities, self._generator) if trainer.is_global_zero else {}
+            self._engine.update(masks, trainer.optimizers, strategy=trainer.strategy)
+            self._sync_generator(trainer)
+            self.initialized = True
+        self._engine.apply()
+        self._engine.mask_optimizer_state(trainer.optimizers)
+        self._engine.remask_weights = self._engine.needs_remask(trainer.optimizers)
+        self._log_pending = True
+
+    def _is_update_step(self, step: int) -> bool:
+        return 0 < step < self._t_end and step % self.update_every == 0 and step > self.last_update_step
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """At update steps prune and grow (rank 0, dense gradients), broadcast; then mask the gradients."""
+        step = trainer.global_step
+        if self._is_update_step(step):
+            self._update_masks(trainer, step)
+        self._engine.mask_gradients()
+
+    @torch.no_grad()
+    def _update_masks(self, trainer: pl.Trainer, step: int) -> None:
+        fraction = cosine_update_fraction(step, self._t_end, self.zeta)
+        new: dict[str, Tensor] = {}
+        if trainer.is_global_zero:
+            for n, p, mask in self._engine.parameters():
+                grow = None
+                if self.method == "rigl":
+                    grow = p.grad if p.grad is not None else torch.zeros_like(p)
+                new[n] = prune_and_grow(p, mask, fraction, grow, self._generator).cpu()
+        kept = sum(int(m.sum()) for m in self._engine.masks.values())
+        regrown = self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
+        self._sync_generator(trainer)
+        self.last_churn = sum(int(r.sum()) for r in regrown.values()) / max(kept, 1)
+        self.last_update_step = step
+        self.n_updates += 1
+        self._log_pending = True
+
+    def _sync_generator(self, trainer: pl.Trainer) -> None:
+        """Every rank continues from rank 0's generator (only rank 0 draws), so the checkpointed states agree."""
+        if trainer.world_size > 1:
+            self._generator.set_state(trainer.strategy.broadcast(self._generator.get_state(), src=0))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Re-mask the weights when the optimizer needs it; log sparsity and churn after a mask change."""
+        if self._engine.remask_weights:
+            self._engine.apply()
+        if self._log_pending:
+            pl_module.log(
+                f"{self.log_prefix}/sparsity",
+                self._engine.sparsity_report()["global"],
+                on_step=True,
+                on_epoch=False,
+                prog_bar=True,
+                batch_size=1,
+            )
+            pl_module.log(f"{self.log_prefix}/churn", self.last_churn, on_step=True, on_epoch=False, batch_size=1)
+            self._log_pending = False
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Per-parameter mask sparsity."""
+        for n, value in self._engine.sparsity_report().items():
+            if n != "global":
+                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Final per-parameter sparsity and update count to every logger."""
+        report = self._engine.sparsity_report()
+        metrics = {f"{self.log_prefix}/final_sparsity/{n}": v for n, v in report.items() if n != "global"}
+        metrics[f"{self.log_prefix}/final_sparsity"] = report["global"]
+        metrics[f"{self.log_prefix}/updates"] = float(self.n_updates)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Drop the engine's references to the parameters (the masks stay, for :meth:`state_dict`)."""
+        self._engine.detach()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Masks (one bit per weight), update position, churn and SET's generator state."""
+        return {
+            **super().state_dict(),
+            "initialized": self.initialized,
+            "last_update_step": self.last_update_step,
+            "n_updates": self.n_updates,
+            "last_churn": self.last_churn,
+            "generator": self._generator.get_state(),
+            **self._engine.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ValueError: for a newer state version, or a mask whose shape differs from the parameter's.
+        """
+        super().load_state_dict(state_dict)
+        self.initialized = bool(state_dict.get("initialized", False))
+        self.last_update_step = int(state_dict.get("last_update_step", -1))
+        self.n_updates = int(state_dict.get("n_updates", 0))
+        self.last_churn = float(state_dict.get("last_churn", 0.0))
+        if "generator" in state_dict:
+            self._generator.set_state(state_dict["generator"])
+        self._engine.load_state_dict(state_dict, strict=bool(self._names))

@@ -1,0 +1,244 @@
+"""DynamicSparseTraining (RigL / SET): budget, growth rule, fresh state, resume, DDP, bad arguments, effect."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from litmix.callbacks.dynamic_sparse_training import DynamicSparseTraining
+from litmix.functional.sparsity import prune_and_grow
+from litmix.testing import (
+    TinyClassifier,
+    TinyDataModule,
+    assert_resume_matches,
+    assert_state_roundtrip,
+    fit_tiny,
+    run_ddp,
+)
+
+# ----------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"sparsity": 1.0}, ValueError, "sparsity"),
+        ({"sparsity": -0.1}, ValueError, "sparsity"),
+        ({"sparsity": float("nan")}, ValueError, "sparsity"),
+        ({"sparsity": "0.9"}, TypeError, "sparsity"),
+        ({"method": "snip"}, ValueError, "method"),
+        ({"update_every": 0}, ValueError, "update_every"),
+        ({"update_every": 2.5}, TypeError, "update_every"),
+        ({"zeta": 0.0}, ValueError, "zeta"),
+        ({"zeta": 1.5}, ValueError, "zeta"),
+        ({"end_fraction": 0.0}, ValueError, "end_fraction"),
+        ({"end_step": 0}, ValueError, "end_step"),
+        ({"distribution": "er"}, ValueError, "distribution"),
+        ({"parameter_names": []}, ValueError, "parameter_names"),
+        ({"parameter_names": "net.0.weight"}, TypeError, "parameter_names"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        DynamicSparseTraining(**kwargs)
+
+
+def test_unknown_parameters_and_nothing_prunable_fail_at_setup():
+    with pytest.raises(ValueError, match=r"unknown parameters \['net.9.weight'\]"):
+        fit_tiny([DynamicSparseTraining(0.5, parameter_names=["net.9.weight"])])
+
+    class NoLinear(TinyClassifier):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(8))
+
+        def forward(self, x):
+            return self.net(x)[:, :4]
+
+    with pytest.raises(ValueError, match="found no prunable layer"):
+        fit_tiny([DynamicSparseTraining(0.5)], module=NoLinear())
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+
+class Probe(Callback):
+    """After DynamicSparseTraining in the list: records masks, weights and Adam state around every update."""
+
+    def __init__(self, cb: DynamicSparseTraining):
+        self.cb = cb
+        self.before: dict[str, torch.Tensor] = {}
+        self.updates: list[dict] = []
+        self.violations = 0
+        self.kept: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.before = {n: m.clone() for n, m in self.cb.engine.masks.items()}
+        self.n_before = self.cb.n_updates
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.cb.n_updates == self.n_before:
+            return
+        params = dict(pl_module.named_parameters())
+        record = {}
+        for n, mask in self.cb.engine.masks.items():
+            p = params[n]
+            grown = mask & ~self.before[n]
+            state = optimizer.state[p]
+            record[n] = {
+                "grown": grown.clone(),
+                "weight_zero": bool((p[grown] == 0).all()),
+                "state_zero": all(bool((state[k][grown] == 0).all()) for k in ("exp_avg", "exp_avg_sq")),
+                "grad": p.grad.clone(),
+            }
+        self.updates.append(record)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        params = dict(pl_module.named_parameters())
+        for n, mask in self.cb.engine.masks.items():
+            self.violations += int((params[n][~mask] != 0).sum())
+        self.kept.append(sum(int(m.sum()) for m in self.cb.engine.masks.values()))
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_budget_constant_grown_weights_zero_with_fresh_state(method):
+    pl.seed_everything(0)
+    cb = DynamicSparseTraining(0.6, method, update_every=3, zeta=0.5, end_step=25, distribution="uniform")
+    probe = Probe(cb)
+    trainer = fit_tiny([cb, probe], max_steps=30)
+    assert cb.n_updates == 8  # steps 3, 6, ..., 24
+    assert cb.last_update_step == 24
+    assert len(set(probe.kept)) == 1  # the mask's kept count never changes
+    assert cb.engine.sparsity_report()["global"] == pytest.approx(0.6, abs=0.01)
+    assert probe.violations == 0  # pruned weights exactly 0 after every step
+    assert probe.updates
+    grown_any = False
+    for record in probe.updates:
+        for entry in record.values():
+            grown_any |= bool(entry["grown"].any())
+            assert entry["weight_zero"]  # grown weights start at 0 ...
+            assert entry["state_zero"]  # ... with fresh Adam state (both moments)
+    assert grown_any
+    assert float(trainer.callback_metrics["dst/sparsity"]) == pytest.approx(0.6, abs=0.01)
+    assert "dst/churn" in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_decision_matches_prune_and_grow_on_the_dense_gradient(method):
+    """The first update is prune_and_grow on the weights and the unmasked gradient (RigL) or the seeded RNG (SET)."""
+    pl.seed_everything(0)
+    seen = {}
+
+    class Capture(DynamicSparseTraining):
+        def _update_masks(self, trainer, step):
+            fraction = 0.3 / 2 * (1 + math.cos(math.pi * step / self._t_end))
+            gen = torch.Generator().manual_seed(0)
+            gen.set_state(self._generator.get_state())
+            seen["expected"] = {
+                n: prune_and_grow(p, m, fraction, p.grad.clone() if method == "rigl" else None, gen)
+                for n, p, m in self.engine.parameters()
+            }
+            seen["top_grad"] = {
+                n: prune_and_grow(p, m, fraction, p.grad.clone()) for n, p, m in self.engine.parameters()
+            }
+            seen["dense_grad_nonzero"] = all(
+                bool((p.grad[~m] != 0).any()) for _, p, m in self.engine.parameters()
+            )  # the gradient is dense at update time
+            super()._update_masks(trainer, step)
+            seen["got"] = {n: m.clone() for n, m in self.engine.masks.items()}
+
+    cb = Capture(0.7, method, update_every=2, end_step=3, distribution="uniform")
+    fit_tiny([cb], max_steps=3)
+    assert cb.n_updates == 1
+    assert seen["dense_grad_nonzero"]
+    for n, expected in seen["expected"].items():
+        assert torch.equal(seen["got"][n], expected)
+    same_as_top_grad = all(torch.equal(seen["got"][n], m) for n, m in seen["top_grad"].items())
+    assert same_as_top_grad == (method == "rigl")  # SET grows at random, not by gradient
+
+
+def test_erk_layer_densities_and_state_roundtrip():
+    cb = DynamicSparseTraining(0.8, update_every=2, distribution="erk", name="dst1")
+    fit_tiny([cb], max_steps=4)
+    report = cb.engine.sparsity_report()
+    assert report["global"] == pytest.approx(0.8, abs=0.01)
+    assert report["net.0.weight"] != pytest.approx(report["net.2.weight"], abs=0.01)  # ERK: unequal layers
+    assert_state_roundtrip(cb)
+    restored = pickle.loads(pickle.dumps(cb))
+    assert restored.state_dict().keys() == cb.state_dict().keys()
+    assert cb.state_key != DynamicSparseTraining().state_key
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    """4 steps per epoch, updates every 3 steps: the resumed run repeats the later decisions exactly (SET: RNG)."""
+
+    for method in ("rigl", "set"):
+
+        def make(method=method):
+            return [DynamicSparseTraining(0.7, method, update_every=3, end_fraction=1.0, distribution="uniform")]
+
+        full, resumed = assert_resume_matches(make, TinyClassifier, TinyDataModule, tmp_path / method)
+        a = next(c for c in full.callbacks if isinstance(c, DynamicSparseTraining))
+        b = next(c for c in resumed.callbacks if isinstance(c, DynamicSparseTraining))
+        assert a.n_updates == b.n_updates == 2
+        for n, m in a.engine.masks.items():
+            assert torch.equal(m, b.engine.masks[n])
+        ckpt = torch.load(next((tmp_path / method / "ckpt").glob("epoch=0-*.ckpt")), weights_only=False)
+        assert not any(k.endswith("_mask") for k in ckpt["state_dict"])  # strict loading into the user's class
+        TinyClassifier().load_state_dict(ckpt["state_dict"])
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+class PerturbRank1(Callback):
+    """Before every step, makes rank 1's kept weights differ so that locally decided drops would differ."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1:
+            with torch.no_grad():
+                for p in (pl_module.net[0].weight, pl_module.net[2].weight):
+                    p.add_(torch.randn_like(p) * (p != 0))
+
+
+class MaskChecksum(Callback):
+    def __init__(self):
+        self.max_diff = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        masks = [pl_module.net[0].weight_mask, pl_module.net[2].weight_mask]
+        flat = torch.cat([m.flatten() for m in masks]).double()
+        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1).double()).sum()])
+        gathered = pl_module.all_gather(checksum)
+        self.max_diff = max(self.max_diff, float((gathered - gathered[0]).abs().max()))
+        pl_module.log("test/mask_diff", self.max_diff, reduce_fx="max", sync_dist=True)
+
+
+class LocalDecisions(DynamicSparseTraining):
+    """Negative control: every rank decides its own masks (no broadcast)."""
+
+    def _update_masks(self, trainer, step):
+        fraction = 0.3
+        new = {n: prune_and_grow(p, m, fraction, p.grad) for n, p, m in self.engine.parameters()}
+        self.engine.update(new, trainer.optimizers)
+        self.n_updates += 1
+        self.last_update_step = step
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("cb_cls", "identical"), [(DynamicSparseTraining, True), (LocalDecisions, False)])
+def test_ddp_masks_identical_on_both_ranks(cb_cls, identical):
+    cb = cb_cls(0.7, "rigl", update_every=2, end_step=7, distribution="uniform")
+    trainer = run_ddp([PerturbRank1(), cb, MaskChecksum()], TinyClassifier(), TinyDataModule(), max_steps=8)
+    diff = float(trainer.callback_metrics["test/mask_diff"])
+    if identical:
+        assert diff == 0.0
+        assert float(trainer.callback_metrics["dst/sparsity"]) == pytest.approx(0.7, abs=0.01)
+    else:
+        assert diff > 0  # the check can fail: without the broadcast the perturbed rank disagrees

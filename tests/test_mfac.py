@@ -357,6 +357,30 @@ def test_ddp_ranks_hold_equal_windows_and_weights():
     run_ddp([AssertRanksAgree(), _OptimizerStatesAgree()], _MFACClassifier(), TinyDataModule(), max_steps=6)
 
 
+class _PruneOnRankData(Callback):
+    """Prunes at train start from batches that differ between ranks; the masks must still agree."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import torch.distributed as dist
+
+        gen = torch.Generator().manual_seed(100 + trainer.global_rank)
+        data = [(torch.randn(8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)) for _ in range(4)]
+        masks = mfac_obs_masks(pl_module, None, data, 0.5, num_grads=4, recomputations=2, block_size=16)
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, ({k: v.cpu() for k, v in masks.items()}, data[0][0]))
+        assert not torch.equal(gathered[0][1], gathered[1][1])  # the ranks did see different batches
+        for other, _ in gathered[1:]:
+            assert all(torch.equal(gathered[0][0][k], other[k]) for k in masks)
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_prune_alike_from_different_batches():
+    from litmix.testing import AssertRanksAgree
+
+    pl.seed_everything(0, verbose=False)
+    run_ddp([_PruneOnRankData(), AssertRanksAgree()], TinyClassifier(), TinyDataModule(), max_steps=1)
+
+
 def test_cli_selects_mfac_by_short_name(tmp_path):
     # a subprocess, as users run it (in-process, doctest collection may import litmix/optim/mfac.py twice)
     cmd = [sys.executable, "-m", "litmix.cli", "fit", "--model=litmix.testing.TinyClassifier", "--optimizer=MFAC"]

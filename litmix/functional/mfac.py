@@ -369,6 +369,15 @@ def _select_drop_nm(scores: Tensor, keep: Tensor, kept: Tensor, group: int, prun
     return chosen.view(-1)[kept.to(scores.device)]
 
 
+def _average_over_ranks(grads: Tensor) -> None:
+    """Under ``torch.distributed``, average the gradient rows over the ranks, so every rank prunes alike."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(grads)
+        grads.div_(dist.get_world_size())
+
+
 def _parse_nm(owner: str, structure: Any) -> tuple[int, int] | None:
     """``"unstructured"`` -> None; ``"N:M"`` -> (N, M) with 1 <= N < M (N weights kept of every M)."""
     check_type(owner, "structure", structure, str)
@@ -407,6 +416,8 @@ def mfac_obs_masks(
     still kept (blocks of ``block_size`` consecutive coordinates of the selected weights, flattened in order),
     drops the lowest OBS saliencies ``w_q**2 / (2 [F^-1]_qq)`` and moves the remaining weights by the OBS update
     (:func:`obs_update`). Pruned weights are exactly 0 afterwards. Memory: ``num_grads`` times the selected weights.
+    Under ``torch.distributed`` (DDP) every rank draws gradients from its own batches and the gradient rows are
+    averaged over the ranks (one ``all_reduce`` per recomputation), so all ranks compute the same masks and weights.
 
     Args:
         model: any module; its selected weights are changed in place. Gradients of ``model`` are cleared
@@ -554,6 +565,7 @@ def mfac_obs_masks(
                         grads[i, offset : offset + idx.numel()] = p.grad.reshape(-1)[idx].to(first.device)
                     offset += idx.numel()
             model.zero_grad(set_to_none=True)
+            _average_over_ranks(grads)
             fisher = _inverse_fisher(grads, damp, block_size)
             del grads
             with torch.no_grad():

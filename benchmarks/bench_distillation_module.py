@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> str:
             "Separate fits interleaved in one process; per setting the minimum over "
             f"{args.repeats} repeats of the fit's median step ({args.steps} timed steps, second epoch). CPU time of "
             "the training thread (`time.thread_time()`). Student MLP 784-128-10, teacher 784-1024-1024-10, batch 128, "
-            "Adam, synthetic MNIST-shaped data. The DistillationModule rows include its per-step `self.log` of every "
-            "term (`distill/<term>`, `distill/task`, `distill/total`) and the epoch agreement.",
+            "Adam, synthetic MNIST-shaped data. The DistillationModule rows include its logging (detached values kept "
+            "per step, logged at logging steps and as epoch means) and the per-step teacher-student agreement count.",
             "",
             f"Machine: {cpu_model()}, 1 thread, torch {torch.__version__}, lightning {pl.__version__}; load average at "
             f"the end {load:.1f} on {os.cpu_count()} cores.",

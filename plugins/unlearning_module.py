@@ -110,7 +110,9 @@ class UnlearningModule(LitmixModule):
     - ``wga``: gradient ascent weighted by the model's own probability ``p^beta`` (https://arxiv.org/abs/2502.19301);
     - ``rmu``: the output of the submodule ``rmu_layer`` on forget data is steered to ``rmu_coeff * u`` (u a fixed
       random unit vector, seeded by ``rmu_seed``); its retain term ``"activation"`` (default) keeps that layer's
-      retain activations close to the frozen model's (WMDP, https://arxiv.org/abs/2403.03218).
+      retain activations close to the frozen model's (WMDP, https://arxiv.org/abs/2403.03218). Upstream RMU trains
+      only a few layers: set ``requires_grad_(False)`` on the others before passing the model (only trainable
+      parameters are optimised).
 
     Retain losses: ``"nll"``, ``"kl"`` (``KL(ref || theta)``), ``"activation"`` (needs ``rmu_layer``).
     ``method`` is the former name of ``forget_loss`` (``grad_ascent``, ``grad_diff``, ``npo``) and keeps working.

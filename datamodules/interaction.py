@@ -42,6 +42,10 @@ class _Ids(Dataset):
     def __getitem__(self, i: int) -> int:
         return i
 
+    def __getitems__(self, ids: list[int]) -> list[int]:
+        """A whole batch in one call (the DataLoader's batched fetch)."""
+        return list(ids)
+
 
 class _TripletCollate:
     """Interaction ids -> ``(triplets (B, 3) [user, positive item, negative item], None, ids)``.

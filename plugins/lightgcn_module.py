@@ -6,16 +6,25 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch_geometric.nn.conv import LGConv
 
 from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
-from litmix.functional.recsys import normalized_adjacency
+from litmix.functional.recsys import normalized_adjacency, symmetric_spmm
 from litmix.metrics.ndcg_at_k import NDCGAtK
 from litmix.metrics.recall_at_k import RecallAtK
 from litmix.registry import register
 from litmix.validation import check_float, check_int
 
 __all__ = ["LightGCNModule"]
+
+
+class _SymmetricLGConv(LGConv):
+    """PyG's ``LGConv`` whose sparse propagation uses the symmetric adjacency's cheap backward."""
+
+    def message_and_aggregate(self, adj_t: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        return symmetric_spmm(adj_t, x)
+
 
 _PAPER = (
     "LightGCN: Simplifying and Powering Graph Convolution Network for Recommendation (https://arxiv.org/abs/2002.02126)"
@@ -97,6 +106,8 @@ class LightGCNModule(LitmixModule):
         self.num_users, self.num_items, self.k = num_users, num_items, k
         self.lr, self.lambda_reg = float(lr), float(lambda_reg)
         self.model = LightGCN(num_users + num_items, embedding_dim, num_layers, normalize=False)
+        # LGConv has no parameters: the state_dict keys stay those of PyG's LightGCN
+        self.model.convs = torch.nn.ModuleList(_SymmetricLGConv(normalize=False) for _ in range(num_layers))
         self.val_recall, self.val_ndcg = RecallAtK(k), NDCGAtK(k)
         self.test_recall, self.test_ndcg = RecallAtK(k), NDCGAtK(k)
         self._adj: Tensor | None = None
@@ -177,7 +188,8 @@ class LightGCNModule(LitmixModule):
         neg_rank = (emb[users] * emb[neg]).sum(-1)
         node_id = torch.cat([users, pos, neg]).unique()
         loss = self.model.recommendation_loss(pos_rank, neg_rank, node_id=node_id, lambda_reg=self.lambda_reg)
-        self.log("lightgcn/loss", loss, batch_size=int(users.numel()))
+        if self._trainer is not None:
+            self.log("lightgcn/loss", loss, batch_size=int(users.numel()))
         return loss  # type: ignore[no-any-return]
 
     def _eval_embeddings(self) -> Tensor:

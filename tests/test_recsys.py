@@ -251,3 +251,22 @@ def test_lightgcn_beats_gte_and_popularity_in_three_epochs(shared_data):
     recall, ndcg = (float(trainer.callback_metrics[f"lightgcn/val_{m}@20"]) for m in ("recall", "ndcg"))
     assert recall >= 0.21, recall
     assert ndcg >= 0.38, ndcg
+
+
+@pytest.mark.ddp
+def test_two_rank_training_equals_one_rank_with_the_global_batch():
+    """2 ranks x 11 triplets train the 1-rank x 22 model: the ranks' batches are the 1-rank batch split in two
+    (one shuffling per seed and epoch, per-interaction negatives) and DDP averages the BPR means. Needs
+    ``lambda_reg=0``: the L2 term is over each rank's batch nodes, which is not additive over ranks."""
+    train, test = _tiny_interactions()  # 110 training pairs: no DistributedSampler padding
+    weights = []
+    for devices, batch in ((1, 22), (2, 11)):
+        torch.manual_seed(0)
+        module = LightGCNModule(num_users=24, num_items=16, embedding_dim=8, num_layers=2, lambda_reg=0.0, k=5)
+        init = module.model.embedding.weight.detach().clone()
+        dm = InteractionDataModule(train=train, test=test, batch_size=batch, seed=1)
+        trainer = make_trainer(devices=devices, strategy="ddp_fork" if devices > 1 else "auto", max_epochs=2)
+        trainer.fit(module, datamodule=dm)
+        weights.append(module.model.embedding.weight.detach().clone())
+        assert (weights[-1] - init).abs().max() > 0.01  # trained
+    assert torch.allclose(weights[0], weights[1], atol=1e-5), float((weights[0] - weights[1]).abs().max())

@@ -12,6 +12,7 @@ the user's training items are excluded (ranked last), items are ranked by score 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ __all__ = [
     "normalized_adjacency",
     "ranked_hits",
     "recall_at_k",
+    "symmetric_spmm",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -109,13 +111,14 @@ def bpr_negatives(
     neg = hash32(seed, epoch, index, 0) % num_items
     if positives is None or positives.numel() == 0:
         return neg
+    todo = torch.arange(neg.numel())
     for t in range(1, max_tries + 1):
-        keys = users * num_items + neg
+        keys = users[todo] * num_items + neg[todo]
         pos = torch.searchsorted(positives, keys).clamp(max=positives.numel() - 1)
-        bad = positives[pos] == keys
-        if not bool(bad.any()):
+        todo = todo[positives[pos] == keys]
+        if todo.numel() == 0:
             break
-        neg = torch.where(bad, hash32(seed, epoch, index, t) % num_items, neg)
+        neg[todo] = hash32(seed, epoch, index[todo], t) % num_items
     return neg
 
 
@@ -146,6 +149,36 @@ def normalized_adjacency(pairs: Tensor, num_users: int, num_items: int) -> Tenso
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support", category=UserWarning)
         return coo.to_sparse_csr()
+
+
+class _SymmetricSpmm(torch.autograd.Function):
+    """``adj @ x`` for a constant symmetric sparse ``adj``: the backward is ``adj @ grad`` (no transpose)."""
+
+    @staticmethod
+    def forward(ctx: Any, adj: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(adj)
+        return adj @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        (adj,) = ctx.saved_tensors
+        return None, adj @ grad
+
+
+def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:
+    """``adj @ x`` for a constant **symmetric** sparse matrix (e.g. :func:`normalized_adjacency`), differentiable in x.
+
+    The gradient is ``adj @ grad``, which spares the transpose of a CSR matrix that autograd's sparse
+    ``mm`` builds on every backward (measured: most of a LightGCN step's time on ML-100K).
+
+    Example:
+        >>> adj = normalized_adjacency(torch.tensor([[0, 0], [0, 1], [1, 1]]), 2, 2)
+        >>> x = torch.randn(4, 3, requires_grad=True)
+        >>> symmetric_spmm(adj, x).sum().backward()
+        >>> torch.allclose(x.grad, adj.to_dense().T @ torch.ones(4, 3))
+        True
+    """
+    return _SymmetricSpmm.apply(adj, x)  # type: ignore[no-any-return]
 
 
 @register("function", "graph", paper=GTE_PAPER, module="litmix.functional.recsys")

@@ -558,7 +558,8 @@ def mfac_obs_masks(
             grads = torch.zeros(num_grads, d1, dtype=first.dtype, device=first.device)
             for i, batch in enumerate(_batches(loader, num_grads)):
                 model.zero_grad(set_to_none=True)
-                loss_of(model, batch).backward()
+                with torch.enable_grad():  # callers may be inside torch.no_grad()
+                    loss_of(model, batch).backward()
                 offset = 0
                 for p, idx in zip(params, kept, strict=True):
                     if p.grad is not None:

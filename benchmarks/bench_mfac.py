@@ -2,10 +2,11 @@
 
 1. **Optimizer step alone** (``optimizer.step()`` on fixed gradients, no forward/backward), side by side in one
    process, round robin over the settings in every repeat: :class:`litmix.optim.MFAC` with windows of m = 32 and
-   128 gradients (and m = 32 with momentum) against AdamW (foreach, fused) and Lion, on the digits MLP 64-256-10 of
-   the effect tests (19,210 parameters) and a char-LM MLP (embedding 65x64, context 16, 1024-512-512-65; 824,961
-   parameters). A setting's time is the minimum over repeats of the median step in that repeat (CPU time of the
-   thread, ``time.thread_time``). State bytes from :func:`litmix.optim.memory_report`.
+   128 gradients (and m = 32 with momentum) against AdamW (foreach, fused), Lion and FRUGAL (block, density 0.25),
+   on the digits MLP 64-256-10 of the effect tests (19,210 parameters) and a char-LM MLP (embedding 65x64,
+   context 16, 1024-512-512-65; 824,961 parameters). A setting's time is the minimum over repeats of the median
+   step in that repeat (CPU time of the thread, ``time.thread_time``). State bytes from
+   :func:`litmix.optim.memory_report`.
 2. **One-shot pruning without fine-tuning** of the digits MLP (Adam, 10 epochs, seeds 0-2, stratified 70/30 split
    of scikit-learn's digits): validation accuracy after global magnitude pruning and after
    :func:`litmix.functional.mfac.mfac_obs_masks` (m = 64 gradients of batch 32, blocks of 128, damp 1e-5,
@@ -33,7 +34,7 @@ from torch import nn
 
 from litmix.functional.mfac import mfac_obs_masks
 from litmix.functional.sparsity import magnitude_masks
-from litmix.optim import MFAC, Lion, memory_report
+from litmix.optim import FRUGAL, MFAC, Lion, memory_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mfac.md"
 VOCAB, CONTEXT, EMB = 65, 16, 64
@@ -68,6 +69,7 @@ OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
     "AdamW foreach": lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
     "AdamW fused": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
     "Lion foreach": lambda p: Lion(p, lr=3e-4),
+    "FRUGAL block 0.25": lambda p: FRUGAL(p, lr=1e-3, density=0.25, projection="block"),
     "MFAC m=32": lambda p: MFAC(p, lr=1e-2, num_grads=32, damp=1e-2),
     "MFAC m=32 momentum 0.9": lambda p: MFAC(p, lr=1e-2, num_grads=32, damp=1e-2, momentum=0.9),
     "MFAC m=128": lambda p: MFAC(p, lr=1e-2, num_grads=128, damp=1e-2),
@@ -191,7 +193,10 @@ def _label(sparsity: float | str) -> str:
 
 def render(steps: list[dict[str, Any]], prune: list[dict[str, Any]], repeats: int, n_steps: int, load: float) -> str:
     """The markdown report."""
-    out = ["# M-FAC: optimizer step and state against AdamW and Lion; one-shot OBS pruning of the digits MLP", ""]
+    out = [
+        "# M-FAC: optimizer step and state against AdamW, Lion and FRUGAL; one-shot OBS pruning of the digits MLP",
+        "",
+    ]
     out += [
         "| model | optimizer | step (ms) | vs AdamW foreach | vs AdamW fused | state bytes/param | state bytes |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -209,7 +214,8 @@ def render(steps: list[dict[str, Any]], prune: list[dict[str, Any]], repeats: in
         "step, the settings measured round robin in one process. MFAC's state is its window of m gradients (4 m bytes "
         "per float32 parameter element), an m x m Gram matrix per parameter group (the fraction 4 m^2 / params in the "
         "bytes/param column) and, with momentum, one buffer (4 more bytes); AdamW's is 8 bytes per element plus a "
-        "4-byte step per tensor. A step makes two passes over the window and an m x m float64 solve.",
+        "4-byte step per tensor; Lion's 4; FRUGAL (block, density 0.25) keeps AdamW moments for a random quarter of "
+        "the matrices. A step makes two passes over the window and an m x m float64 solve.",
         "",
         "## One-shot pruning of the digits MLP without fine-tuning (validation accuracy)",
         "",

@@ -255,11 +255,22 @@ def acquire_indices(
         raise ValueError("acquire_indices(similarity=None): the 'learned' strategy needs the pool similarity")
     mask = labelled.clone()
     chosen: list[int] = []
+    closest = None
+    if strategy == "learned":
+        assert similarity is not None
+        closest = (similarity.to(probs.dtype) * mask.to(probs.dtype)).amax(dim=-1)  # kept up to date per pick
     for _ in range(n):
-        scores = _strategy_scores(strategy, probs, similarity, mask, targets, progress, policy, generator)
+        if strategy == "learned":
+            assert policy is not None
+            assert similarity is not None
+            scores = policy(candidate_features(probs, similarity, mask, targets, progress, closest))
+        else:
+            scores = _strategy_scores(strategy, probs, similarity, mask, targets, progress, policy, generator)
         pick = int(scores.masked_fill(mask, float("-inf")).argmax())
         chosen.append(pick)
         mask[pick] = True
+        if closest is not None:
+            closest = torch.maximum(closest, similarity[pick].to(closest.dtype))  # type: ignore[index]
         if strategy != "learned":  # other scores do not depend on the labelled set
             rest = scores.masked_fill(mask, float("-inf")).argsort(descending=True)[: n - len(chosen)]
             chosen += rest.tolist()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,14 +28,16 @@ from litmix.functional.oneshot_pruning import prune_model
 
 OUT = Path(__file__).resolve().parent / "results" / "oneshot.md"
 
-VARIANTS = [  # (label, method, refine, profile)
-    ("magnitude", "magnitude", None, "uniform"),
-    ("wanda", "wanda", None, "uniform"),
-    ("wanda + dsnot", "wanda", "dsnot", "uniform"),
-    ("wanda + owl", "wanda", None, "owl"),
-    ("sparsegpt", "sparsegpt", None, "uniform"),
-    ("sparsegpt + dsnot", "sparsegpt", "dsnot", "uniform"),
-    ("sparsegpt + owl", "sparsegpt", None, "owl"),
+VARIANTS = [  # (label, method, refine, profile, sequential)
+    ("magnitude", "magnitude", None, "uniform", "auto"),
+    ("wanda", "wanda", None, "uniform", "auto"),
+    ("wanda, layer by layer", "wanda", None, "uniform", "layer"),
+    ("wanda + dsnot", "wanda", "dsnot", "uniform", "auto"),
+    ("wanda + owl", "wanda", None, "owl", "auto"),
+    ("sparsegpt", "sparsegpt", None, "uniform", "auto"),
+    ("sparsegpt, block by block", "sparsegpt", None, "uniform", "block"),
+    ("sparsegpt + dsnot", "sparsegpt", "dsnot", "uniform", "auto"),
+    ("sparsegpt + owl", "sparsegpt", None, "owl", "auto"),
 ]
 SETTINGS = [("50 %", 0.5, "unstructured"), ("70 %", 0.7, "unstructured"), ("2:4", 0.5, "2:4")]
 
@@ -45,6 +49,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration-sample seeds")
     ap.add_argument("--calib", type=int, default=32, help="calibration sequences")
     ap.add_argument("--windows", type=int, default=256, help="validation windows")
+    ap.add_argument(
+        "--llmcompressor-python",
+        default=None,
+        help="a Python with llmcompressor installed: runs benchmarks/bench_oneshot_llmcompressor.py per seed",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     from transformers import GPT2LMHeadModel
@@ -60,7 +69,7 @@ def main() -> None:
     for seed in args.seeds:
         calib = calibration_batches(train_ids, args.calib, block, 8, seed=seed)
         for setting, sparsity, structure in SETTINGS:
-            for label, method, refine, profile in VARIANTS:
+            for label, method, refine, profile, sequential in VARIANTS:
                 if structure != "unstructured" and profile == "owl":
                     continue
                 pruned = copy.deepcopy(model)
@@ -73,11 +82,26 @@ def main() -> None:
                     structure=structure,
                     refine=refine,
                     sparsity_profile=profile,
+                    sequential=sequential,
                 )
                 seconds = time.perf_counter() - start
                 ppl = perplexity(pruned, val_ids, block, args.windows)
                 rows.setdefault((setting, label), []).append((ppl, seconds))
                 print(f"seed {seed} {setting} {label}: ppl {ppl:.3f} ({seconds:.2f} s)", flush=True)
+        if args.llmcompressor_python:
+            script = Path(__file__).resolve().parent / "bench_oneshot_llmcompressor.py"
+            cmd = [args.llmcompressor_python, str(script), str(folder), "--seed", str(seed), "--calib", str(args.calib)]
+            cmd += ["--windows", str(args.windows)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            for line in out.splitlines():
+                if line.startswith("{"):
+                    r = json.loads(line)
+                    rows.setdefault((r["setting"], r["method"]), []).append((r["ppl"], r["seconds"]))
+                    print(
+                        f"seed {seed} {r['setting']} {r['method']}: ppl {r['ppl']:.3f} ({r['seconds']:.2f} s), "
+                        f"sparsity {r['sparsity']:.4f}",
+                        flush=True,
+                    )
     n_params = sum(p.numel() for p in model.parameters())
     lines = [
         "# One-shot pruning of a character-level GPT-2 (Tiny Shakespeare)",
@@ -88,8 +112,10 @@ def main() -> None:
         "characters of the last 10 % of the text). Pruned: every block's `c_attn`, `c_proj`, `c_fc`, `mlp.c_proj` "
         "(HF `Conv1D`); the tied `lm_head` stays dense. Calibration: "
         f"{args.calib} random training windows per seed (seeds {', '.join(map(str, args.seeds))}), "
-        "sequential layer by layer (`prune_model(..., sequential='layer')`). Magnitude and Wanda compare within each "
-        "output row (magnitude per row, the stronger baseline); N:M groups run along the inputs.",
+        "sequential (`prune_model`'s default `sequential='auto'`: layer by layer for SparseGPT and DSnoT, block by "
+        "block otherwise; two rows show the other choice). Magnitude and Wanda compare within each output row "
+        "(magnitude per row, the stronger baseline); N:M groups run along the inputs. DSnoT refines the base mask "
+        "with swaps that never raise a row's reconstruction error.",
         "",
         "Perplexity: mean over calibration seeds (per seed in brackets); time: mean wall seconds of `prune_model` "
         f"on 1 CPU thread of a shared machine ({platform.processor() or platform.machine()}), ratios to magnitude "
@@ -98,9 +124,10 @@ def main() -> None:
         "| sparsity | method | val perplexity | per seed | prune time (s) | time / magnitude |",
         "|---|---|---|---|---|---|",
     ]
+    labels = [v[0] for v in VARIANTS] + ["llm-compressor wanda", "llm-compressor sparsegpt"]
     for setting, _, _ in SETTINGS:
         base_t = sum(t for _, t in rows[(setting, "magnitude")]) / len(args.seeds)
-        for label, *_ in VARIANTS:
+        for label in labels:
             vals = rows.get((setting, label))
             if not vals:
                 continue
@@ -108,18 +135,31 @@ def main() -> None:
             t = sum(s for _, s in vals) / len(vals)
             per = " / ".join(f"{p:.3f}" for p, _ in vals)
             lines.append(f"| {setting} | {label} | {ppl:.3f} | {per} | {t:.2f} | {t / base_t:.1f}x |")
-    lines += ["", LLMCOMPRESSOR_NOTE, ""]
+    lines += ["", LLMCOMPRESSOR_NOTE if args.llmcompressor_python else LLMCOMPRESSOR_ABSENT, ""]
     OUT.write_text("\n".join(lines))
     print(OUT.read_text())
 
 
-LLMCOMPRESSOR_NOTE = """## llm-compressor
+LLMCOMPRESSOR_NOTE = """## llm-compressor side by side
 
-Not run side by side. `llmcompressor` 0.14.0.1 (the newest on the package index when measured) requires
-`transformers>=5.15.0,<=5.17.0`, `auto-round`, `compressed-tensors==0.19.0`, `datasets` and `nvidia-ml-py`; this
-project's environment has transformers 5.25.0, so it cannot be installed beside it without downgrading
-transformers for every other plugin (and the rules forbid installing it into the project's environment). See the
-report of the session that wrote this file for the separate-environment attempt."""
+`llmcompressor` 0.14.0.1 (newest on the package index when measured) pins `transformers>=5.15.0,<=5.17.0` and
+pulls `auto-round`, `compressed-tensors==0.19.0`, `datasets`, `accelerate` and `nvidia-ml-py`; this project's
+environment has transformers 5.25.0, so it cannot be installed beside it. It ran from a separate venv (this
+project's CPU torch 2.13 through a `.pth` file, transformers 5.17.0) via `benchmarks/bench_oneshot_llmcompressor.py`:
+`oneshot(model, dataset, recipe=SparseGPTModifier | WandaPruningModifier(sparsity, mask_structure, targets=the four
+block layers, ignore=["lm_head"]), pipeline="sequential", sequential_targets=["GPT2Block"])` with the same model
+folder, the same calibration windows and the same validation windows (defaults: dampening 0.01, block 128). Its
+pruners select layers by class name (`Linear`, `Conv1d`, `Conv2d`, `Conv3d`), so **GPT-2's HF `Conv1D` layers are
+silently skipped** (measured: 0 % sparsity and the dense perplexity); its rows therefore prune the same model with
+every `Conv1D` replaced by the equivalent `nn.Linear` (transposed weights, identical outputs). llm-compressor's
+Wanda prunes per row like litmix's; its SparseGPT propagates the calibration inputs block by block (litmix: layer by
+layer, so each layer also sees the pruned outputs of the layers before it inside the block). Its time includes its
+own pipeline set-up (session, tracing, hooks); both timed in the same script run, on the same loaded machine."""
+
+LLMCOMPRESSOR_ABSENT = """## llm-compressor
+
+Not run in this table (pass `--llmcompressor-python` with a Python that has `llmcompressor`). `llmcompressor`
+0.14.0.1 pins `transformers<=5.17.0`, so it cannot be installed beside this project's transformers 5.25.0."""
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ def main() -> None:
             seconds = time.perf_counter() - start
             ppl = perplexity(model, val_ids, block, args.windows)
             zeros = [
-                float((m.weight == 0).float().mean()) for n, m in model.named_modules() if type(m).__name__ == "Conv1D"
+                float((m.weight == 0).float().mean())
+                for n, m in model.named_modules()
+                if type(m).__name__ in ("Conv1D", "Linear") and "lm_head" not in n
             ]
             print(
                 json.dumps(

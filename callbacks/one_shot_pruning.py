@@ -61,7 +61,8 @@ class OneShotPruning(LitmixCallback):
         sparsity_profile: ``"uniform"`` or ``"owl"``.
         calibration_batches: batches taken from the train dataloader when the DataModule has no
             ``calibration_dataloader()`` (>= 1).
-        sequential: ``"layer"`` or ``"block"`` (see ``prune_model``).
+        sequential: ``"auto"`` (layer by layer for SparseGPT / DSnoT, block by block otherwise), ``"layer"`` or
+            ``"block"`` (see ``prune_model``).
         parameter_names: weights to prune; default: every Linear / HF Conv1D weight (a tied ``lm_head`` stays dense).
         blocksize: SparseGPT lazy block size (>= 1).
         percdamp: SparseGPT relative damping (>= 0).
@@ -99,7 +100,7 @@ class OneShotPruning(LitmixCallback):
         refine: Literal["dsnot"] | None = None,
         sparsity_profile: Literal["uniform", "owl"] = "uniform",
         calibration_batches: int = 8,
-        sequential: Literal["layer", "block"] = "layer",
+        sequential: Literal["auto", "layer", "block"] = "auto",
         parameter_names: list[str] | None = None,
         blocksize: int = 128,
         percdamp: float = 0.01,
@@ -115,7 +116,7 @@ class OneShotPruning(LitmixCallback):
         refine = check_choice(cls, "refine", refine, (None, "dsnot"))
         sparsity_profile = check_choice(cls, "sparsity_profile", sparsity_profile, ("uniform", "owl"))
         calibration_batches = check_int(cls, "calibration_batches", calibration_batches, low=1)
-        sequential = check_choice(cls, "sequential", sequential, ("layer", "block"))
+        sequential = check_choice(cls, "sequential", sequential, ("auto", "layer", "block"))
         if parameter_names is not None:
             check_type(cls, "parameter_names", parameter_names, (list, tuple))
             if not parameter_names:

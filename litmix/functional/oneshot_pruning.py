@@ -710,7 +710,7 @@ def prune_model(
     structure: str = "unstructured",
     refine: Literal["dsnot"] | None = None,
     sparsity_profile: Literal["uniform", "owl"] = "uniform",
-    sequential: Literal["layer", "block"] = "layer",
+    sequential: Literal["auto", "layer", "block"] = "auto",
     parameter_names: list[str] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
@@ -727,8 +727,11 @@ def prune_model(
     transformer block (``"block"``: the layers under one element of an ``nn.ModuleList``, e.g. GPT-2's
     ``transformer.h.3``), the calibration batches run through the model *as pruned so far* until that layer (block)
     has run: hooks collect its input statistics (Σx², and ``E[x xᵀ]`` for SparseGPT/DSnoT, float64), the forward
-    stops there, and the layer is pruned before the next one is calibrated. Memory: one layer's (block's) Hessian
-    plus one batch's activations; compute: about ``layers / 2`` full forwards per batch.
+    stops there, and the layer is pruned before the next one is calibrated. ``"auto"`` (default): ``"layer"`` when
+    a Hessian is needed (SparseGPT, DSnoT), else ``"block"``, so memory stays one layer's Hessian plus one batch's
+    activations; compute: about ``groups / 2`` full forwards per batch. Measured on the char-GPT
+    (``benchmarks/results/oneshot.md``): SparseGPT is better layer by layer (its reconstruction sees the pruned
+    inputs), Wanda better block by block (as in the Wanda and llm-compressor code).
 
     * ``"magnitude"``: ``|W|``; ``"wanda"``: ``|W|·||X_j||``; both compared within each output row (or N:M group).
     * ``"sparsegpt"``: :func:`sparsegpt_prune` (mask and reconstructed weights).
@@ -751,7 +754,7 @@ def prune_model(
         structure: ``"unstructured"`` or ``"N:M"`` (``"2:4"``: 2 kept in every 4 consecutive inputs).
         refine: ``None`` or ``"dsnot"``.
         sparsity_profile: ``"uniform"`` or ``"owl"`` (unstructured only).
-        sequential: calibration granularity, ``"layer"`` or ``"block"``.
+        sequential: calibration granularity, ``"auto"``, ``"layer"`` or ``"block"``.
         parameter_names: weights to prune (default: every Linear / Conv1D weight of the default selection).
         blocksize: SparseGPT lazy block size.
         percdamp: SparseGPT relative damping.
@@ -776,7 +779,7 @@ def prune_model(
         <torch._C.Generator object at ...>
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
         >>> batches = [torch.randn(32, 8) for _ in range(4)]
-        >>> res = prune_model(net, batches, method="sparsegpt", sparsity=0.5)
+        >>> res = prune_model(net, batches, method="sparsegpt", sparsity=0.5)  # calibrated layer by layer
         >>> res.groups, res.sparsity["global"]
         ([['0.weight'], ['2.weight']], 0.5)
         >>> res = prune_model(net, batches, method="wanda", structure="2:4")
@@ -795,7 +798,7 @@ def prune_model(
     nm = parse_structure(structure)
     check_choice(_OWNER, "refine", refine, (None, "dsnot"))
     check_choice(_OWNER, "sparsity_profile", sparsity_profile, ("uniform", "owl"))
-    check_choice(_OWNER, "sequential", sequential, ("layer", "block"))
+    check_choice(_OWNER, "sequential", sequential, ("auto", "layer", "block"))
     blocksize = check_int(_OWNER, "blocksize", blocksize, low=1)
     percdamp = check_float(_OWNER, "percdamp", percdamp, low=0.0)
     owl_m = check_float(_OWNER, "owl_m", owl_m, low=0.0, low_open=True)
@@ -971,6 +974,8 @@ def _prune(
     owl_groups: dict[str, list[_Layer]] = {}
     for ly in layers:
         owl_groups.setdefault(block_of[ly.name], []).append(ly)
+    if sequential == "auto":
+        sequential = "layer" if method == "sparsegpt" or refine == "dsnot" else "block"
     groups = list(owl_groups.values()) if sequential == "block" else [[ly] for ly in layers]
 
     # OWL: outlier ratios on the dense model (one pass, Σx² only), then per-layer targets

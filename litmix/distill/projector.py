@@ -19,10 +19,10 @@ from litmix.validation import check_int
     module="litmix.distill",
 )
 class FeatureProjector(nn.Module):
-    """Map features of width ``in_features`` to ``out_features``: a Linear layer on ``[..., D]``, a 1x1 conv on ``[B, C, H, W]``.
+    """Map features from ``in_features`` to ``out_features`` wide: Linear on ``[..., D]``, 1x1 conv on ``[B, C, H, W]``.
 
-    One weight ``[out_features, in_features]`` and a bias serve both layouts: 4-D inputs are convolved with the weight as
-    a ``1x1`` kernel over their channel dimension (dim 1), every other input is mapped along its last dimension.
+    One weight ``[out_features, in_features]`` and a bias serve both layouts: 4-D inputs are convolved with the
+    weight as a ``1x1`` kernel over their channel dimension (dim 1), every other input is mapped along its last dimension.
     Initialised like ``nn.Linear``. The FitNets regressor (Romero et al., https://arxiv.org/abs/1412.6550) and
     the embedding heads of the contrastive term are projectors.
 
@@ -57,7 +57,8 @@ class FeatureProjector(nn.Module):
         width = x.shape[1] if x.dim() == 4 else x.shape[-1]
         if width != self.in_features:
             raise ValueError(
-                f"{type(self).__name__}(in_features={self.in_features}): got a feature of shape {tuple(x.shape)} (width {width})"
+                f"{type(self).__name__}(in_features={self.in_features}): got a feature of shape {tuple(x.shape)} "
+                f"(width {width})"
             )
         x = x.to(self.weight.dtype)
         if x.dim() == 4:

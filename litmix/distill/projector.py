@@ -22,9 +22,9 @@ class FeatureProjector(nn.Module):
     """Map features from ``in_features`` to ``out_features`` wide: Linear on ``[..., D]``, 1x1 conv on ``[B, C, H, W]``.
 
     One weight ``[out_features, in_features]`` and a bias serve both layouts: 4-D inputs are convolved with the
-    weight as a ``1x1`` kernel over their channel dimension (dim 1), every other input is mapped along its last dimension.
-    Initialised like ``nn.Linear``. The FitNets regressor (Romero et al., https://arxiv.org/abs/1412.6550) and
-    the embedding heads of the contrastive term are projectors.
+    weight as a ``1x1`` kernel over their channel dimension (dim 1), every other input is mapped along its last
+    dimension. Initialised like ``nn.Linear``. The FitNets regressor (Romero et al.,
+    https://arxiv.org/abs/1412.6550) and the embedding heads of the contrastive term are projectors.
 
     Args:
         in_features: input width (channels), >= 1.

@@ -242,6 +242,20 @@ def test_callback_uses_the_datamodules_calibration_dataloader():
     assert cb.layer_sparsity["global"] == 0.25
 
 
+def test_callback_calibrates_on_a_plain_train_dataloader_and_refuses_empty_calibration_data():
+    loader = TinyDataModule().train_dataloader()
+    cb = OneShotPruning(method="magnitude", sparsity=0.5, calibration_batches=1)
+    make_trainer(callbacks=[cb], max_steps=1).fit(TinyClassifier(), train_dataloaders=loader)
+    assert cb.layer_sparsity["global"] == 0.5
+
+    class Empty(TinyDataModule):
+        def calibration_dataloader(self):
+            return []
+
+    with pytest.raises(ValueError, match="calibration"):
+        make_trainer(callbacks=[OneShotPruning()], max_steps=1).fit(TinyClassifier(), datamodule=Empty())
+
+
 # --------------------------------------------------------------------------------------------- char-GPT effects
 @pytest.mark.slow
 def test_sparsegpt_beats_magnitude_on_the_char_gpt(char_gpt):

@@ -738,7 +738,8 @@ def prune_model(
     * ``"mfac_obs"``: ``litmix.functional.mfac.mfac_obs_masks`` (M-FAC OBS from ``mfac_grads`` loss gradients,
       each layer to ``sparsity``; whole-model, not sequential; unstructured, uniform, no refinement). The loss is
       cross-entropy against the batch targets, or next-token cross-entropy for token batches without targets.
-    * ``refine="dsnot"``: :func:`dsnot_refine` on each layer's mask (no weight update).
+    * ``refine="dsnot"``: :func:`dsnot_refine` on each layer's mask (no weight update). On SparseGPT it changes
+      nothing: the reconstructed weights are 0 where pruned, so no swap lowers the error.
     * ``sparsity_profile="owl"``: one dense pre-pass computes each group's outlier ratio (Wanda scores above
       ``owl_m`` × their mean) and :func:`owl_sparsities` sets the per-group sparsity (mean = ``sparsity``); the
       groups are the transformer blocks when the model has them, else the layers.

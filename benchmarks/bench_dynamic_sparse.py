@@ -1,0 +1,192 @@
+"""DynamicSparseTraining (RigL / SET) on the MNIST MLP: step-time ratios, accuracy per seed, memory and export sizes.
+
+Usage: ``python benchmarks/bench_dynamic_sparse.py [--root ../shared/data/mnist] [--epochs 3] [--repeats 3]
+[--acc-epochs 5] [--seeds 0 1 2] [--out benchmarks/results/dynamic_sparse.md]``
+
+Every run trains the same 784-300-100-10 MLP (Adam 1e-3, batch 128, 20k MNIST training images) at 90 % sparsity
+(uniform layer densities). Step time: mean wall time between consecutive ``on_train_batch_start`` calls (forward,
+backward, optimizer step, every hook); runs interleaved (dense, static mask, RigL every 100 steps) ``--repeats``
+times in one process and each ratio is the median over repeats of the run's mean step time over the dense run's of
+the same repeat. "static" is DynamicSparseTraining with no update (the cost between mask updates); "RigL" updates
+every 100 steps until 75 % of the run (the amortised cost of the grow step). Accuracy: test accuracy (10k MNIST
+test images) of dense, static random mask, RigL and SET, same seed (same initial weights and initial mask), 5
+epochs, updates every 50 steps. Memory: bytes per masked weight held by the module and by the checkpointed state;
+export: sizes of the dense and the compact sparse state dicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from _machine import cpu_model
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from litmix.callbacks.dynamic_sparse_training import DynamicSparseTraining
+from litmix.data import split_batch
+from litmix.datamodules.mnist import MNISTDataModule
+from litmix.sparsity import MaskEngine
+from litmix.testing import make_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+SPARSITY = 0.9
+
+
+class MLP(pl.LightningModule):
+    """784-300-100-10 ReLU MLP, Adam 1e-3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = split_batch(batch)
+        assert y is not None
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class StepTimer(Callback):
+    """Wall time between consecutive batch starts."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last: float | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        now = time.perf_counter()
+        if self._last is not None and idx > 0:
+            self.times.append(now - self._last)
+        self._last = now
+
+
+def make_cb(kind: str, seed: int, every: int) -> list[Callback]:
+    if kind == "dense":
+        return []
+    if kind == "static":
+        return [DynamicSparseTraining(SPARSITY, end_step=1, distribution="uniform", seed=seed)]
+    return [DynamicSparseTraining(SPARSITY, kind, update_every=every, distribution="uniform", seed=seed)]
+
+
+def fit(kind: str, dm: MNISTDataModule, epochs: int, seed: int, every: int) -> tuple[MLP, StepTimer, list[Callback]]:
+    pl.seed_everything(seed, verbose=False)
+    model, timer = MLP(), StepTimer()
+    cbs = make_cb(kind, seed, every)
+    make_trainer(callbacks=[*cbs, timer], max_epochs=epochs).fit(model, datamodule=dm)
+    return model, timer, cbs
+
+
+def accuracy(model: MLP, dm: MNISTDataModule) -> float:
+    x, y = dm.test_dataset.dataset.tensors  # type: ignore[attr-defined]
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--acc-epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dynamic_sparse.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dm = MNISTDataModule(args.root, batch_size=128, val_size=0, train_size=20000, flatten=True, seed=0)
+    dm.setup()
+
+    # 1. step time, interleaved
+    kinds = ("dense", "static", "rigl")
+    means: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.repeats):
+        for kind in kinds:
+            _, timer, _ = fit(kind, dm, args.epochs, 0, 100)
+            means[kind].append(statistics.fmean(timer.times))
+    ratios = {
+        k: statistics.median(m / d for m, d in zip(means[k], means["dense"], strict=True))
+        for k in kinds
+        if k != "dense"
+    }
+
+    # 2. accuracy per seed
+    acc: dict[int, dict[str, float]] = {}
+    for seed in args.seeds:
+        acc[seed] = {
+            k: accuracy(fit(k, dm, args.acc_epochs, seed, 50)[0], dm) for k in ("dense", "static", "rigl", "set")
+        }
+
+    # 3. memory and export of one RigL run
+    model, _, cbs = fit("rigl", dm, 1, 0, 50)
+    cb = cbs[0]
+    assert isinstance(cb, DynamicSparseTraining)
+    masked = sum(m.numel() for m in cb.engine.masks.values())
+    buffer_bytes = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if n.endswith("_mask"))
+    state_bytes = sum(len(v["bits"]) for v in cb.state_dict()["masks"].values())
+    dense_bytes = MaskEngine.nbytes(cb.engine.dense_state_dict(model))
+    bitmask_bytes = MaskEngine.nbytes(cb.engine.to_sparse_state_dict(model))
+    csr_bytes = MaskEngine.nbytes(cb.engine.to_sparse_state_dict(model, layout="csr"))
+
+    lines = [
+        "# DynamicSparseTraining: step time, accuracy, memory (MNIST MLP 784-300-100-10, 90 % sparsity)",
+        "",
+        f"Machine: {cpu_model()}, {platform.python_version()}, torch {torch.__version__}, 1 thread "
+        f"(shared, loaded 2-core machine: only ratios from the same process mean anything). Generated by "
+        "`benchmarks/bench_dynamic_sparse.py`.",
+        "",
+        f"## Step time ({args.epochs} epochs of 20k images per run, {args.repeats} interleaved repeats)",
+        "",
+        "| run | mean step / dense step (median over repeats) | per-repeat means (ms) |",
+        "|---|---|---|",
+        f"| dense | 1.00 | {', '.join(f'{1e3 * v:.2f}' for v in means['dense'])} |",
+        f"| static mask (cost between updates) | {ratios['static']:.3f} | "
+        f"{', '.join(f'{1e3 * v:.2f}' for v in means['static'])} |",
+        f"| RigL, update every 100 steps (amortised) | {ratios['rigl']:.3f} | "
+        f"{', '.join(f'{1e3 * v:.2f}' for v in means['rigl'])} |",
+        "",
+        f"## Test accuracy ({args.acc_epochs} epochs, updates every 50 steps to 75 %, zeta 0.3, uniform densities)",
+        "",
+        "| seed | dense | static random 90 % | RigL 90 % | SET 90 % | RigL - static |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed, a in acc.items():
+        lines.append(
+            f"| {seed} | {a['dense']:.4f} | {a['static']:.4f} | {a['rigl']:.4f} | {a['set']:.4f} | "
+            f"{a['rigl'] - a['static']:+.4f} |"
+        )
+    mean = {k: statistics.fmean(a[k] for a in acc.values()) for k in ("dense", "static", "rigl", "set")}
+    lines += [
+        f"| mean | {mean['dense']:.4f} | {mean['static']:.4f} | {mean['rigl']:.4f} | {mean['set']:.4f} | "
+        f"{mean['rigl'] - mean['static']:+.4f} |",
+        "",
+        "## Memory and export (one RigL run)",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| masked weights | {masked} |",
+        f"| mask buffers on the module, bytes per masked weight | {buffer_bytes / masked:.3f} |",
+        f"| masks in the checkpointed state, bytes per masked weight | {state_bytes / masked:.3f} |",
+        f"| dense state dict (with zeros) | {dense_bytes} B |",
+        f"| compact sparse state dict, bitmask + values | {bitmask_bytes} B ({bitmask_bytes / dense_bytes:.3f}x) |",
+        f"| sparse state dict, CSR (int64 indices) | {csr_bytes} B ({csr_bytes / dense_bytes:.3f}x) |",
+        "",
+    ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ from litmix.distill.logits_kd import AGGREGATES, LogitsKDTerm
 from litmix.distill.terms import build_term
 from litmix.models import load_model, output_logits
 from litmix.registry import register
-from litmix.validation import check_choice, check_float, check_type
+from litmix.validation import check_choice, check_float, check_str, check_type
 
 TEACHER_DTYPES = {
     "float32": torch.float32,
@@ -150,6 +150,10 @@ class DistillationModule(LitmixModule):
         lr: learning rate, > 0.
         weight_decay: weight decay, >= 0.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum 0.9).
+        cache_key: a dict batch holding this key carries precomputed teacher logits (e.g. from a teacher-output
+            cache DataModule): the KD terms on the teachers' aggregated output (``teacher="."``, no
+            ``teacher_index``) use them and the teachers run only for the other terms (not at all if none).
+            Logits or log-probabilities at ``T = 1`` (the same tempered softmax at every ``T``). ``None``: ignore.
 
     Raises:
         TypeError: for an argument of the wrong type (a teacher that is not a module or path, a term that is not
@@ -182,6 +186,7 @@ class DistillationModule(LitmixModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: Literal["adam", "adamw", "sgd"] = "adam",
+        cache_key: str | None = "teacher_logits",
     ) -> None:
         owner = type(self).__name__
         check_type(owner, "student", student, nn.Module)
@@ -203,6 +208,7 @@ class DistillationModule(LitmixModule):
         lr = check_float(owner, "lr", lr, low=0.0, low_open=True)
         weight_decay = check_float(owner, "weight_decay", weight_decay, low=0.0)
         check_choice(owner, "optimizer", optimizer, OPTIMIZERS)
+        cache_key = check_str(owner, "cache_key", cache_key, allow_none=True, allow_empty=False)
         built = [build_term(spec, owner=owner, where=f"terms[{i}]") for i, spec in enumerate(terms)]
         if not built and task_loss is None:
             raise ValueError(f"{owner}(terms=[], task_loss=None): nothing to train on; give a term or a task loss")
@@ -213,6 +219,7 @@ class DistillationModule(LitmixModule):
         self.task_loss, self.task_weight, self.aggregate = task_loss, task_weight, aggregate
         self.teacher_dtype = teacher_dtype
         self.lr, self.weight_decay, self.optimizer_name = lr, weight_decay, optimizer
+        self.cache_key = cache_key
         dtype = TEACHER_DTYPES[teacher_dtype] if teacher_dtype is not None else None
         for t in loaded:
             t.requires_grad_(False).eval()
@@ -248,13 +255,22 @@ class DistillationModule(LitmixModule):
         self._count = 0
         self._agree: list[Tensor] = []
         self._names: list[str] = []
+        # teacher paths to capture; the second list skips the KD terms a batch's cached teacher logits serve
         self._teacher_paths: list[list[str]] = [[] for _ in loaded]
+        self._teacher_paths_cached: list[list[str]] = [[] for _ in loaded]
         for term in built:
             for j in term.teachers_read(len(loaded)):
                 if term.teacher_path not in self._teacher_paths[j]:
                     self._teacher_paths[j].append(term.teacher_path)
+                if not self._served_by_cache(term) and term.teacher_path not in self._teacher_paths_cached[j]:
+                    self._teacher_paths_cached[j].append(term.teacher_path)
 
     # ------------------------------------------------------------------------------------------------ teachers
+
+    @staticmethod
+    def _served_by_cache(term: DistillTerm) -> bool:
+        """A KD term on the teachers' (aggregated) output: cached teacher logits in the batch replace them."""
+        return isinstance(term, LogitsKDTerm) and term.teacher_path in (".", "") and term.teacher_index is None
 
     @property
     def teachers(self) -> list[nn.Module]:
@@ -331,7 +347,8 @@ class DistillationModule(LitmixModule):
             raise ValueError(f"{type(self).__name__}: a dict batch needs an 'input_ids', 'x' or 'input' key")
         x, y, _ = split_batch(batch)
         if isinstance(batch, dict):
-            inputs = {k: v for k, v in batch.items() if k not in ("y", "target", "targets", "labels", "index")}
+            skip = ("y", "target", "targets", "labels", "index", self.cache_key)
+            inputs = {k: v for k, v in batch.items() if k not in skip}
             if "x" in inputs:
                 return (inputs.pop("x"),), inputs, y
             if "input" in inputs:
@@ -342,9 +359,11 @@ class DistillationModule(LitmixModule):
         args, kwargs = self._call_args(x)
         return args, kwargs, y
 
-    def _run_teachers(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    def _run_teachers(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], paths_per_teacher: list[list[str]]
+    ) -> list[dict[str, Any]]:
         outs = []
-        for teacher, paths in zip(self._teachers, self._teacher_paths, strict=True):
+        for teacher, paths in zip(self._teachers, paths_per_teacher, strict=True):
             teacher.eval()  # re-asserted every step: a user's .train() must never reach the teacher
             dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()), None)
             t_args, t_kwargs = (
@@ -378,7 +397,11 @@ class DistillationModule(LitmixModule):
         with _capture(self.student, self._student_paths, store):
             store["."] = self.student(*args, **kwargs)
         logits = output_logits(store["."], owner=type(self).__name__, who="student")
-        teacher_outs = self._run_teachers(args, kwargs)
+        cached = batch.get(self.cache_key) if isinstance(batch, dict) and self.cache_key else None
+        if cached is not None and not isinstance(cached, Tensor):
+            raise TypeError(f"{type(self).__name__}: batch[{self.cache_key!r}] must be a tensor of teacher logits")
+        paths = self._teacher_paths if cached is None else self._teacher_paths_cached
+        teacher_outs = self._run_teachers(args, kwargs, paths)
         values: dict[str, Tensor] = {}
         total = logits.new_zeros((), dtype=torch.float32)
         if self.task_loss is not None:
@@ -396,10 +419,13 @@ class DistillationModule(LitmixModule):
             assert isinstance(term, DistillTerm)
             is_kd = isinstance(term, LogitsKDTerm)
             s = self._feature(store, term.student_path, "student", term, is_kd)
-            ts = [
-                self._feature(teacher_outs[j], term.teacher_path, "teacher", term, is_kd).float()
-                for j in term.teachers_read(len(self._teachers))
-            ]
+            if cached is not None and self._served_by_cache(term):
+                ts = [cached.float()]
+            else:
+                ts = [
+                    self._feature(teacher_outs[j], term.teacher_path, "teacher", term, is_kd).float()
+                    for j in term.teachers_read(len(self._teachers))
+                ]
             value = term(s, ts, mask=mask) if is_kd else term(s, ts)
             values[term.log_name] = value
             total = total + term.weight * value

@@ -439,3 +439,28 @@ def test_effect_gpt2_student_from_a_bigger_gpt2_teacher(shared_data):
     losses = _gpt2_losses(shared_data, 0, kd_only=True)
     assert losses["alone"] - losses["distilled"] >= 0.06, losses
     assert losses["kd only"] - losses["distilled"] >= 0.01, losses
+
+
+def test_cached_teacher_logits_in_the_batch_replace_the_teacher_forward():
+    student, teacher = _conv_pair()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    x, y = torch.randn(6, 8), torch.arange(6) % 4
+    with torch.no_grad():
+        logits = teacher(x)
+    calls.clear()
+    kd_only = DistillationModule(student, teacher, [{"kind": "kd", "temperature": 2.0}])
+    live, _, _, _ = kd_only._losses({"x": x, "y": y})
+    assert len(calls) == 1
+    cached, _, _, _ = kd_only._losses({"x": x, "y": y, "teacher_logits": logits})
+    assert len(calls) == 1  # not run again
+    torch.testing.assert_close(cached, live)
+    # log-probabilities at T=1 give the same tempered target as the logits
+    logp, _, _, _ = kd_only._losses({"x": x, "y": y, "teacher_logits": F.log_softmax(logits, -1)})
+    torch.testing.assert_close(logp, live)
+    # other terms still run the teacher (for their hooked features only)
+    both = DistillationModule(student, teacher, ALL_TERMS[:2])
+    both._losses({"x": x, "y": y, "teacher_logits": logits})
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="cache_key"):
+        DistillationModule(student, teacher, cache_key="")

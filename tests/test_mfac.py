@@ -428,6 +428,11 @@ def test_obs_masks_reach_the_sparsity_and_zero_exactly_the_pruned_weights(scope)
     more = mfac_obs_masks(net, None, data, 0.8, num_grads=5, recomputations=2, masks=masks)
     assert all(bool((more[n] <= masks[n]).all()) for n in masks)
     assert sum(int((~m).sum()) for m in more.values()) == round(0.8 * 64)
+    # masks already past the target: nothing to drop, no gradients drawn, and the masked weights are zeroed
+    fresh, _ = _toy_net(5)
+    again = mfac_obs_masks(fresh, None, [], 0.1, masks=more)  # an empty loader is never touched
+    assert all(torch.equal(again[n], more[n]) for n in more)
+    assert all(torch.equal(dict(fresh.named_parameters())[n].detach() == 0, ~more[n]) for n in more)
 
 
 def test_obs_masks_accept_a_loss_function_and_parameter_names():

@@ -598,6 +598,9 @@ def mfac_obs_masks(
                     p.copy_(flat.view(p.shape))
                     offset += size
             del fisher
+        with torch.no_grad():  # the weights pruned by earlier masks are 0 too, even when nothing was left to drop
+            for p, k in zip(params, keep, strict=True):
+                p.masked_fill_(~k.view(p.shape), 0.0)
     finally:
         model.zero_grad(set_to_none=True)
         for p, r in zip(params, requires, strict=True):

@@ -302,3 +302,24 @@ def test_rigl_beats_static_random_mask_at_90_percent_on_mnist(mnist_10k, seed):
     static = _sparse_accuracy(mnist_10k, seed, "static")
     rigl = _sparse_accuracy(mnist_10k, seed, "rigl")
     assert rigl >= static + 0.012, (seed, static, rigl)
+
+
+def test_gradient_accumulation_updates_on_optimizer_steps_with_accumulated_gradients():
+    pl.seed_everything(0)
+    cb = DynamicSparseTraining(0.6, "rigl", update_every=2, end_step=9, distribution="uniform")
+    probe = Probe(cb)
+    trainer = fit_tiny([cb, probe], max_steps=10, accumulate_grad_batches=2)
+    assert trainer.global_step == 10
+    assert cb.n_updates == 4  # optimizer steps 2, 4, 6, 8 (not micro-batches)
+    assert probe.violations == 0  # checked after every micro-batch
+    assert len(set(probe.kept)) == 1
+
+
+def test_mixed_precision_keeps_budget_and_zeros():
+    pl.seed_everything(0)
+    cb = DynamicSparseTraining(0.6, "rigl", update_every=2, end_step=7, distribution="uniform")
+    probe = Probe(cb)
+    fit_tiny([cb, probe], max_steps=8, precision="bf16-mixed")
+    assert cb.n_updates == 3
+    assert probe.violations == 0
+    assert len(set(probe.kept)) == 1

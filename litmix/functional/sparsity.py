@@ -707,16 +707,19 @@ def prune_and_grow(
     k = round(fraction * kept)  # after the drop numel - kept + k >= k candidates
     if k <= 0:
         return mask.clone()
+    # one float copy of the tensor alive at a time (scores filled in place)
     score = weight.detach().reshape(-1).abs().float()
-    score = score.masked_fill(~flat_mask.to(score.device), float("inf"))
+    score.masked_fill_(~flat_mask.to(score.device), float("inf"))
     drop = torch.topk(score, k, largest=False).indices
+    del score
     after = flat_mask.clone()
     after[drop.to(after.device)] = False
     if grow_scores is None:
         grow = torch.rand(after.numel(), generator=generator).to(after.device)
     else:
         grow = grow_scores.detach().reshape(-1).abs().float().to(after.device)
-    grow = grow.masked_fill(after, float("-inf"))
+    grow.masked_fill_(after, float("-inf"))
     chosen = torch.topk(grow, k, largest=True).indices
+    del grow
     after[chosen] = True
     return after.view(mask.shape)

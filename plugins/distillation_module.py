@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from litmix._loss_terms import _logs_this_step
@@ -70,6 +71,9 @@ def _task_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(flat, target, ignore_index=-100, reduction="sum") / kept
 
 
+_WARNED: dict[str, bool] = {}
+
+
 @contextlib.contextmanager
 def _capture(model: nn.Module, paths: list[str], store: dict[str, Any]) -> Iterator[None]:
     """Forward hooks on ``model``'s submodules at ``paths`` (not ``"."``) storing their outputs in ``store``."""
@@ -79,6 +83,12 @@ def _capture(model: nn.Module, paths: list[str], store: dict[str, Any]) -> Itera
             continue
 
         def hook(module: nn.Module, args: Any, output: Any, path: str = path) -> None:
+            if path in store and not _WARNED.get(path):
+                _WARNED[path] = True
+                rank_zero_warn(
+                    f"DistillationModule: module {path!r} ran more than once in one forward (shared or re-run, e.g. "
+                    "activation checkpointing); its terms use the last output"
+                )
             store[path] = output
 
         handles.append(model.get_submodule(path).register_forward_hook(hook))
@@ -403,7 +413,7 @@ class DistillationModule(LitmixModule):
         paths = self._teacher_paths if cached is None else self._teacher_paths_cached
         teacher_outs = self._run_teachers(args, kwargs, paths)
         values: dict[str, Tensor] = {}
-        total = logits.new_zeros((), dtype=torch.float32)
+        total: Tensor | None = None
         if self.task_loss is not None:
             if y is None:
                 raise ValueError(
@@ -411,7 +421,7 @@ class DistillationModule(LitmixModule):
                     "task_loss=None to distil without labels"
                 )
             values["task"] = _task_cross_entropy(logits, y)
-            total = total + self.task_weight * values["task"]
+            total = self.task_weight * values["task"]
         mask = kwargs.get("attention_mask")
         mask = mask if isinstance(mask, Tensor) and logits.dim() > 2 and mask.shape == logits.shape[:-1] else None
         agree_target: Tensor | None = None
@@ -428,9 +438,11 @@ class DistillationModule(LitmixModule):
                 ]
             value = term(s, ts, mask=mask) if is_kd else term(s, ts)
             values[term.log_name] = value
-            total = total + term.weight * value
+            total = term.weight * value if total is None else total + term.weight * value
             if isinstance(term, LogitsKDTerm) and agree_target is None and term.student_path in (".", ""):
                 agree_target = term.teacher_logprob(ts).detach()
+        if total is None:  # no term and no task loss cannot happen (refused at construction)
+            raise RuntimeError(f"{type(self).__name__}: nothing to train on")
         agreement = None
         if agree_target is not None and agree_target.shape == logits.shape:
             agreement = (logits.detach().argmax(-1) == agree_target.argmax(-1)).float().mean()

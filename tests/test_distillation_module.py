@@ -464,3 +464,22 @@ def test_cached_teacher_logits_in_the_batch_replace_the_teacher_forward():
     assert len(calls) == 2
     with pytest.raises(ValueError, match="cache_key"):
         DistillationModule(student, teacher, cache_key="")
+
+
+class _Twice(nn.Module):
+    """Runs its hidden layer twice (weight sharing): a hooked feature is then ambiguous."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.out(self.hidden(self.hidden(x)))
+
+
+def test_a_hooked_module_that_runs_twice_warns():
+    _, teacher = _conv_pair()
+    module = DistillationModule(_Twice(), teacher, [{"kind": "rkd", "student": "hidden", "teacher": "2"}])
+    with pytest.warns(UserWarning, match="'hidden' ran more than once"):
+        module._losses((torch.randn(4, 8), torch.arange(4)))

@@ -187,6 +187,7 @@ def test_datamodule_uncertainty_acquires_the_lowest_margins_and_respects_the_bud
     assert {t for _, t in seen} <= {0, 1, 2}
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_state_roundtrip_and_resume_continues_the_rounds(tmp_path):
     def make_dm():
         return ActiveLearningDataModule(strategy="learned", policy=ActiveLearningPolicy(hidden=8, seed=0),

@@ -122,7 +122,7 @@ def test_bad_arguments_name_what_is_wrong():
         DistillationModule(student, teacher, [{"kind": "fitnet", "student": "layer9", "teacher": "1"}])
     with pytest.raises(ValueError, match=r"terms\[1\]\.teacher='1.weight'"):
         DistillationModule(student, teacher, [{"kind": "kd"}, {"kind": "at", "student": "1", "teacher": "1.weight"}])
-    with pytest.raises(ValueError, match=r"terms\[0\].*unknown kind 'dkd'; known kinds: at, crd, fitnet, kd, rkd"):
+    with pytest.raises(ValueError, match=r"terms\[0\].*unknown kind 'dkd'; known kinds: at, crd, fitnet, kd\b"):
         DistillationModule(student, teacher, [{"kind": "dkd"}])
     with pytest.raises(ValueError, match=r"terms\[0\].*weight must be a finite number >= 0"):
         DistillationModule(student, teacher, [{"kind": "kd", "weight": -0.5}])

@@ -37,10 +37,11 @@ def build_term(spec: dict[str, Any] | DistillTerm, *, owner: str = "build_term",
         >>> term = build_term({"kind": "fitnet", "student": "layers.1", "teacher": "layers.3", "weight": 0.5})
         >>> type(term).__name__, term.student_path, term.weight
         ('FitNetTerm', 'layers.1', 0.5)
-        >>> build_term({"kind": "fitnets"})
-        Traceback (most recent call last):
-        ...
-        ValueError: build_term(spec={'kind': 'fitnets'}): unknown kind 'fitnets'; known kinds: at, crd, fitnet, kd, rkd
+        >>> try:
+        ...     build_term({"kind": "fitnets"})
+        ... except ValueError as err:
+        ...     print("unknown kind 'fitnets'; known kinds: at, crd, fitnet, kd," in str(err))
+        True
     """
     if isinstance(spec, DistillTerm):
         return spec

@@ -8,6 +8,7 @@ from litmix.callbacks.gradual_pruning import GradualPruning
 from litmix.callbacks.inference_cost import InferenceCost
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
 from litmix.callbacks.lazy_rich_monitor import LazyRichMonitor
+from litmix.callbacks.lottery_ticket import LotteryTicket
 from litmix.callbacks.mst_compression import MSTCompression
 from litmix.callbacks.netinfof_probe import NetInfoFProbe
 from litmix.callbacks.one_shot_pruning import OneShotPruning
@@ -16,6 +17,7 @@ from litmix.callbacks.quantization_aware_training import QuantizationAwareTraini
 from litmix.callbacks.save_init import SaveInit
 from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
 from litmix.callbacks.thresholdout_validation import ThresholdoutValidation
+from litmix.callbacks.unlearning_evaluator import UnlearningEvaluator
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "InferenceCost",
     "KnowledgeDistillation",
     "LazyRichMonitor",
+    "LotteryTicket",
     "MSTCompression",
     "NetInfoFProbe",
     "OneShotPruning",
@@ -35,5 +38,6 @@ __all__ = [
     "SaveInit",
     "ShrinkingSchedule",
     "ThresholdoutValidation",
+    "UnlearningEvaluator",
     "ZeroCostProxies",
 ]

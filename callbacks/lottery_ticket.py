@@ -1,0 +1,334 @@
+"""Lottery tickets with weight rewinding (iterative magnitude pruning), as a Lightning callback."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, ClassVar, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from litmix._sharded import refuse_sharded_strategy
+from litmix.base import Example, LitmixCallback
+from litmix.functional.sparsity import magnitude_masks, random_masks
+from litmix.registry import register
+from litmix.sparsity import MaskEngine
+from litmix.validation import check_bool, check_choice, check_float, check_int, check_str, check_type
+
+__all__ = ["LotteryTicket"]
+
+PAPER = (
+    "Grokking Tickets: Lottery Tickets Accelerate Grokking (https://arxiv.org/abs/2310.19470); "
+    "Linear Mode Connectivity and the Lottery Ticket Hypothesis (https://arxiv.org/abs/1912.05668)"
+)
+
+
+@register("callback", "sparsity", paper=PAPER)
+class LotteryTicket(LitmixCallback):
+    """Find a lottery ticket in one ``fit``: train, prune by magnitude, rewind the survivors, retrain with the mask.
+
+    Implements the lottery-ticket procedure with rewinding used by Grokking Tickets (Minegishi et al., "Grokking
+    Tickets: Lottery Tickets Accelerate Grokking", https://arxiv.org/abs/2310.19470) and by Frankle et al. ("Linear
+    Mode Connectivity and the Lottery Ticket Hypothesis", https://arxiv.org/abs/1912.05668):
+
+    * Before optimizer step ``rewind_step`` (0: the initialization ``theta_0``) every trainable parameter is copied
+      to the CPU (the rewind point, kept in this callback's checkpointed state).
+    * Round ``r = 1 .. rounds`` happens after ``r * prune_every`` optimizer steps (``unit="step"``) or epochs
+      (``unit="epoch"``): the selected weights get a magnitude mask (``scope="global"``: one threshold over all of
+      them; ``"layer"``: each tensor on its own) at the sparsity ``1 - (1 - sparsity) ** (r / rounds)`` (already
+      pruned weights stay pruned), decided on global rank 0 and broadcast; then every trainable parameter is
+      rewound to the snapshot (pruned weights stay 0) and, with ``reset_optimizer``, the optimizer state is
+      cleared (a fresh optimizer, as a new IMP level in open_lth). The learning-rate schedule is not rewound.
+    * After the last round training continues with the mask fixed (gradients masked before each step, weights
+      re-masked after it when the optimizer needs it).
+
+    ``scoring="random"`` draws a uniformly random mask at the same per-tensor density instead (the random-ticket
+    control of the papers). Masks are held by the shared :class:`~litmix.sparsity.MaskEngine` (non-persistent
+    ``<param>_mask`` buffers; the module's checkpoint still loads strictly into its class) and checkpointed (one
+    bit per weight) with the snapshot and the round count, so a resumed run repeats the uninterrupted one exactly.
+
+    Logs ``<prefix>/sparsity`` at each round, ``<prefix>/sparsity/<param>`` at epoch ends and the final values to
+    every logger at the end of fit (``<prefix>`` is ``name`` when given, else ``lottery``).
+
+    Args:
+        sparsity: fraction of the selected weights pruned after the last round, in [0, 1).
+        prune_every: optimizer steps (or epochs) of training before each round (>= 1).
+        unit: ``"step"`` or ``"epoch"``: the unit of ``prune_every``.
+        rounds: number of pruning rounds (iterative magnitude pruning when > 1).
+        rewind_step: optimizer step whose weights are the rewind point (0: the initialization). With
+            ``unit="step"`` it must be smaller than ``prune_every``.
+        scope: ``"global"`` or ``"layer"`` magnitude ranking.
+        scoring: ``"magnitude"`` (the ticket) or ``"random"`` (the control).
+        reset_optimizer: clear the optimizer state at each rewind.
+        parameter_names: parameters to prune (``named_parameters`` names); default ``None``: the weights of
+            ``nn.Linear``, ``nn.Conv*``, ``nn.Bilinear``, HF ``Conv1D`` and PyG ``Linear`` layers.
+        seed: seed of the random control's masks (>= 0).
+        name: optional instance name (checkpoint key and logging prefix).
+
+    Raises:
+        ValueError: for arguments out of range (in ``__init__``, e.g. ``sparsity`` outside [0, 1)) and, when fit
+            starts, unknown parameter names or a module without prunable layers.
+        TypeError: for arguments of the wrong type.
+        MisconfigurationException: under manual optimization or a sharded strategy (FSDP, DeepSpeed).
+
+    Example:
+        >>> from litmix.testing import fit_tiny, TinyClassifier
+        >>> model = TinyClassifier()
+        >>> cb = LotteryTicket(sparsity=0.75, prune_every=4, unit="step")
+        >>> _ = fit_tiny([cb], module=model, max_steps=8)
+        >>> cb.rounds_done, cb.engine.sparsity_report()["global"]
+        (1, 0.75)
+    """
+
+    default_log_prefix: ClassVar[str] = "lottery"
+    state_version: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        sparsity: float = 0.8,
+        prune_every: int = 1,
+        unit: Literal["step", "epoch"] = "epoch",
+        rounds: int = 1,
+        rewind_step: int = 0,
+        scope: Literal["global", "layer"] = "global",
+        scoring: Literal["magnitude", "random"] = "magnitude",
+        reset_optimizer: bool = True,
+        parameter_names: list[str] | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        cls = type(self).__name__
+        sparsity = check_float(cls, "sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+        prune_every = check_int(cls, "prune_every", prune_every, low=1)
+        unit = check_choice(cls, "unit", unit, ("step", "epoch"))
+        rounds = check_int(cls, "rounds", rounds, low=1, high=1000)
+        rewind_step = check_int(cls, "rewind_step", rewind_step, low=0)
+        if unit == "step" and rewind_step >= prune_every:
+            raise ValueError(
+                f"{cls}(rewind_step={rewind_step}): the rewind point must come before the first round, "
+                f"i.e. rewind_step < prune_every={prune_every} with unit='step'"
+            )
+        scope = check_choice(cls, "scope", scope, ("global", "layer"))
+        scoring = check_choice(cls, "scoring", scoring, ("magnitude", "random"))
+        reset_optimizer = check_bool(cls, "reset_optimizer", reset_optimizer)
+        if parameter_names is not None:
+            check_type(cls, "parameter_names", parameter_names, (list, tuple))
+            if not parameter_names:
+                raise ValueError(
+                    f"{cls}(parameter_names=[]): parameter_names must be a non-empty list of parameter names or None"
+                )
+            for n in parameter_names:
+                check_str(cls, "parameter_names", n, allow_empty=False)
+        seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
+        super().__init__(name=name)
+        self.sparsity: float = sparsity
+        self.prune_every: int = prune_every
+        self.unit: Literal["step", "epoch"] = unit
+        self.rounds: int = rounds
+        self.rewind_step: int = rewind_step
+        self.scope: Literal["global", "layer"] = scope
+        self.scoring: Literal["magnitude", "random"] = scoring
+        self.reset_optimizer: bool = reset_optimizer
+        self.parameter_names: list[str] | None = list(parameter_names) if parameter_names is not None else None
+        self.seed: int = seed
+        # state (checkpointed)
+        self.rounds_done: int = 0
+        self.snapshot: dict[str, Tensor] = {}
+        self.round_steps: list[int] = []
+        self._generator = torch.Generator().manual_seed(seed)
+        self._engine = MaskEngine(cls)
+        self._names: list[str] = []
+        self._log_pending: bool = False
+
+    @classmethod
+    def example(cls) -> Example:
+        """A ticket at 50 % sparsity after one step of ``TinyClassifier``, rewound to the initialization."""
+        from litmix.testing import TinyClassifier, TinyDataModule
+
+        return Example(TinyClassifier(), TinyDataModule(), [cls(sparsity=0.5, prune_every=1, unit="step")])
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
+
+    @property
+    def engine(self) -> MaskEngine:
+        """The :class:`~litmix.sparsity.MaskEngine` owning the masks."""
+        return self._engine
+
+    def round_sparsity(self, r: int) -> float:
+        """Target sparsity after round ``r`` (1-based): ``1 - (1 - sparsity) ** (r / rounds)``."""
+        return 1.0 - (1.0 - self.sparsity) ** (r / self.rounds)
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check the strategy and parameters; register all-ones mask buffers (before a checkpoint is loaded)."""
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        cls = type(self).__name__
+        if not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
+            )
+        refuse_sharded_strategy(cls, trainer.strategy, "it snapshots and ranks whole parameters")
+        names, excluded = self._engine.select(pl_module, self.parameter_names)
+        self._names = names
+        self.rounds_done, self.snapshot, self.round_steps = 0, {}, []
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._engine.detach()
+        self._engine.masks = {}
+        self._engine.attach(pl_module, names, keep_existing=False)
+        left_out = "; not pruned: " + ", ".join(f"{n} ({w})" for n, w in excluded.items()) if excluded else ""
+        rank_zero_info(f"{cls}: {len(names)} parameters, target sparsity {self.sparsity}{left_out}")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Re-take the parameters; after a resume, apply the restored masks to the weights and optimizer state."""
+        self._engine.refresh(pl_module)
+        self._engine.apply()
+        self._engine.mask_optimizer_state(trainer.optimizers)
+        self._engine.remask_weights = self._engine.needs_remask(trainer.optimizers)
+
+    def _position(self, trainer: pl.Trainer) -> int:
+        return trainer.global_step if self.unit == "step" else trainer.current_epoch
+
+    def _maybe_act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.snapshot and trainer.global_step >= self.rewind_step:
+            self._take_snapshot(pl_module)
+        if (
+            self.snapshot
+            and self.rounds_done < self.rounds
+            and self._position(trainer) >= (self.rounds_done + 1) * self.prune_every
+        ):
+            self._prune_and_rewind(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Epoch rounds happen before the first batch of epoch ``r * prune_every``."""
+        if self.unit == "epoch":
+            self._maybe_act(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Snapshot before step ``rewind_step``; step rounds happen before the forward of step ``r * prune_every``."""
+        self._maybe_act(trainer, pl_module)
+
+    @torch.no_grad()
+    def _take_snapshot(self, pl_module: pl.LightningModule) -> None:
+        self.snapshot = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def _prune_and_rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        r = self.rounds_done + 1
+        target = self.round_sparsity(r)
+        new: dict[str, Tensor] = {}
+        if trainer.is_global_zero:
+            params = self._engine.parameters()
+            if self.scoring == "magnitude":
+                weights = {n: p.detach() for n, p, _ in params}
+                masks = {n: m for n, _, m in params}
+                new = {n: m.cpu() for n, m in magnitude_masks(weights, target, self.scope, masks=masks).items()}
+            else:
+                shapes = {n: tuple(p.shape) for n, p, _ in params}
+                fresh = random_masks(shapes, dict.fromkeys(shapes, 1.0 - target), self._generator)
+                # nested random tickets: keep previous prunes, top up at random among the kept weights
+                new = {}
+                for n, _, m in params:
+                    keep = m.cpu() & fresh[n]
+                    need = round((1.0 - target) * m.numel()) - int(keep.sum())
+                    if need > 0:
+                        candidates = (m.cpu() & ~keep).flatten().nonzero().flatten()
+                        order = torch.randperm(len(candidates), generator=self._generator)[:need]
+                        keep.view(-1)[candidates[order]] = True
+                    new[n] = keep
+        self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
+        if trainer.world_size > 1:
+            self._generator.set_state(trainer.strategy.broadcast(self._generator.get_state(), src=0))
+        # rewind every trainable parameter to the snapshot (pruned weights stay 0)
+        for n, p in pl_module.named_parameters():
+            if n in self.snapshot:
+                p.copy_(self.snapshot[n].to(p.device, p.dtype))
+        self._engine.apply()
+        if self.reset_optimizer:
+            for opt in trainer.optimizers:
+                opt.state = defaultdict(dict)
+        else:
+            self._engine.mask_optimizer_state(trainer.optimizers)
+        self.rounds_done = r
+        self.round_steps.append(trainer.global_step)
+        self._log_pending = True
+        rank_zero_info(
+            f"{type(self).__name__}: round {r}/{self.rounds} at step {trainer.global_step}: sparsity "
+            f"{self._engine.sparsity_report()['global']:.4f}, rewound to step {self.rewind_step}"
+        )
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Mask the gradients once a mask exists."""
+        if self.rounds_done:
+            self._engine.mask_gradients()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Re-mask the weights when the optimizer needs it; log the sparsity after a round."""
+        if self.rounds_done and self._engine.remask_weights:
+            self._engine.apply()
+        if self._log_pending:
+            pl_module.log(
+                f"{self.log_prefix}/sparsity",
+                self._engine.sparsity_report()["global"],
+                on_step=True,
+                on_epoch=False,
+                prog_bar=True,
+                batch_size=1,
+            )
+            self._log_pending = False
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Per-parameter mask sparsity."""
+        for n, value in self._engine.sparsity_report().items():
+            if n != "global":
+                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Final sparsity and rounds to every logger."""
+        report = self._engine.sparsity_report()
+        metrics = {f"{self.log_prefix}/final_sparsity/{n}": v for n, v in report.items() if n != "global"}
+        metrics[f"{self.log_prefix}/final_sparsity"] = report["global"]
+        metrics[f"{self.log_prefix}/rounds"] = float(self.rounds_done)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Drop the engine's references to the parameters (the masks stay, for :meth:`state_dict`)."""
+        self._engine.detach()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Masks (one bit per weight), rounds done, the rewind snapshot (CPU) and the random control's generator."""
+        return {
+            **super().state_dict(),
+            "rounds_done": self.rounds_done,
+            "round_steps": list(self.round_steps),
+            "snapshot": dict(self.snapshot),
+            "generator": self._generator.get_state(),
+            **self._engine.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ValueError: for a newer state version, or a mask whose shape differs from the parameter's.
+        """
+        super().load_state_dict(state_dict)
+        self.rounds_done = int(state_dict.get("rounds_done", 0))
+        self.round_steps = [int(s) for s in state_dict.get("round_steps", [])]
+        self.snapshot = {n: t.detach().cpu().clone() for n, t in state_dict.get("snapshot", {}).items()}
+        if "generator" in state_dict:
+            self._generator.set_state(state_dict["generator"])
+        self._engine.load_state_dict(state_dict, strict=bool(self._names))

@@ -1,0 +1,263 @@
+"""LotteryTicket: rewind point, magnitude mask, fixed mask after the rounds, resume, DDP, bad arguments, effect."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from litmix.callbacks.lottery_ticket import LotteryTicket
+from litmix.data import split_batch
+from litmix.functional.sparsity import magnitude_masks
+from litmix.testing import (
+    AssertRanksAgree,
+    TinyClassifier,
+    TinyDataModule,
+    assert_resume_matches,
+    assert_state_roundtrip,
+    fit_tiny,
+    make_trainer,
+    run_ddp,
+)
+
+# ----------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"sparsity": 1.0}, ValueError, "sparsity"),
+        ({"sparsity": -0.1}, ValueError, "sparsity"),
+        ({"sparsity": float("nan")}, ValueError, "sparsity"),
+        ({"sparsity": "0.9"}, TypeError, "sparsity"),
+        ({"prune_every": 0}, ValueError, "prune_every"),
+        ({"unit": "batch"}, ValueError, "unit"),
+        ({"rounds": 0}, ValueError, "rounds"),
+        ({"rewind_step": -1}, ValueError, "rewind_step"),
+        ({"rewind_step": 4, "prune_every": 4, "unit": "step"}, ValueError, "rewind_step"),
+        ({"scope": "row"}, ValueError, "scope"),
+        ({"scoring": "snip"}, ValueError, "scoring"),
+        ({"reset_optimizer": 1}, TypeError, "reset_optimizer"),
+        ({"parameter_names": []}, ValueError, "parameter_names"),
+        ({"parameter_names": "net.0.weight"}, TypeError, "parameter_names"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        LotteryTicket(**kwargs)
+
+
+def test_unknown_parameters_and_nothing_prunable_fail_at_setup():
+    with pytest.raises(ValueError, match=r"unknown parameters \['net.9.weight'\]"):
+        fit_tiny([LotteryTicket(0.5, parameter_names=["net.9.weight"])])
+
+    class NoLinear(TinyClassifier):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(8))
+
+        def forward(self, x):
+            return self.net(x)[:, :4]
+
+    with pytest.raises(ValueError, match="found no prunable layer"):
+        fit_tiny([LotteryTicket(0.5)], module=NoLinear())
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+
+class Probe(Callback):
+    """After LotteryTicket in the list: records the weights at each round and checks pruned weights stay 0."""
+
+    def __init__(self, cb: LotteryTicket):
+        self.cb = cb
+        self.at_round: list[dict] = []
+        self.violations = 0
+        self.init = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.init = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if len(self.at_round) < self.cb.rounds_done:
+            opt = trainer.optimizers[0]
+            self.at_round.append(
+                {
+                    "step": trainer.global_step,
+                    "weights": {n: p.detach().clone() for n, p in pl_module.named_parameters()},
+                    "masks": {n: m.clone() for n, m in self.cb.engine.masks.items()},
+                    "opt_state_empty": len(opt.state) == 0,
+                }
+            )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.cb.rounds_done:
+            self.violations += sum(self.cb.engine.check_weights().values())
+
+
+def test_rewind_to_init_with_global_magnitude_mask():
+    """At step 4: mask = global magnitude mask of the trained weights, all weights rewound to theta_0, Adam fresh."""
+    pl.seed_everything(0)
+    seen = {}
+
+    class Capture(LotteryTicket):
+        def _prune_and_rewind(self, trainer, pl_module):
+            trained = {n: p.detach().clone() for n, p, _ in self.engine.parameters()}
+            seen["expected"] = magnitude_masks(trained, 0.7, "global")
+            super()._prune_and_rewind(trainer, pl_module)
+
+    cb = Capture(0.7, prune_every=4, unit="step")
+    probe = Probe(cb)
+    trainer = fit_tiny([cb, probe], max_steps=10)
+    assert cb.rounds_done == 1
+    assert cb.round_steps == [4]
+    (record,) = probe.at_round
+    assert record["step"] == 4
+    assert record["opt_state_empty"]
+    for n, mask in record["masks"].items():
+        assert torch.equal(mask, seen["expected"][n])
+    for n, w in record["weights"].items():
+        mask = record["masks"].get(n, torch.ones_like(w, dtype=torch.bool))
+        assert torch.equal(w, probe.init[n] * mask), n  # rewound to the initialization (biases too)
+    assert probe.violations == 0  # the mask stays fixed and applied while retraining
+    assert cb.engine.sparsity_report()["global"] == pytest.approx(0.7, abs=0.01)
+    assert float(trainer.callback_metrics["lottery/sparsity"]) == pytest.approx(0.7, abs=0.01)
+
+
+def test_rewind_to_step_k_iterative_rounds_and_layer_scope():
+    pl.seed_everything(0)
+    snapshots = {}
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2 and not snapshots:
+                snapshots.update({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+    cb = LotteryTicket(0.84, prune_every=4, unit="step", rounds=2, rewind_step=2, scope="layer", reset_optimizer=False)
+    probe = Probe(cb)
+    fit_tiny([Record(), cb, probe], max_steps=12)
+    assert cb.rounds_done == 2
+    assert cb.round_steps == [4, 8]
+    first, second = probe.at_round
+    for n, m in first["masks"].items():
+        assert (~m).float().mean().item() == pytest.approx(cb.round_sparsity(1), abs=0.02)  # 0.6 per layer
+        assert bool((second["masks"][n] <= m).all())  # nested: earlier prunes stay pruned
+        assert (~second["masks"][n]).float().mean().item() == pytest.approx(0.84, abs=0.02)
+    for record in (first, second):
+        for n, w in record["weights"].items():
+            mask = record["masks"].get(n, torch.ones_like(w, dtype=torch.bool))
+            assert torch.equal(w, snapshots[n] * mask)  # rewound to theta_2
+        assert not record["opt_state_empty"]
+    assert probe.violations == 0
+    assert_state_roundtrip(cb)
+
+
+def test_random_control_has_same_density_and_differs():
+    pl.seed_everything(0)
+    a = LotteryTicket(0.75, prune_every=2, unit="step", scope="layer")
+    b = LotteryTicket(0.75, prune_every=2, unit="step", scope="layer", scoring="random")
+    fit_tiny([a], max_steps=3)
+    pl.seed_everything(0)
+    fit_tiny([b], max_steps=3)
+    for n, m in a.engine.masks.items():
+        assert int(m.sum()) == int(b.engine.masks[n].sum())
+        assert not torch.equal(m, b.engine.masks[n])
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    """4 steps per epoch; the round at step 6 falls in the resumed second epoch; epoch rounds at epoch 1."""
+    for unit, every in (("step", 6), ("epoch", 1)):
+        full, resumed = assert_resume_matches(
+            lambda unit=unit, every=every: [LotteryTicket(0.6, prune_every=every, unit=unit, rewind_step=1)],
+            TinyClassifier,
+            TinyDataModule,
+            tmp_path / unit,
+        )
+        a = next(c for c in full.callbacks if isinstance(c, LotteryTicket))
+        b = next(c for c in resumed.callbacks if isinstance(c, LotteryTicket))
+        assert a.rounds_done == b.rounds_done == 1
+        for n, m in a.engine.masks.items():
+            assert torch.equal(m, b.engine.masks[n])
+        ckpt = torch.load(next((tmp_path / unit / "ckpt").glob("epoch=0-*.ckpt")), weights_only=False)
+        assert not any(k.endswith("_mask") for k in ckpt["state_dict"])  # strict loading into the user's class
+        TinyClassifier().load_state_dict(ckpt["state_dict"])
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+class PerturbRank1(Callback):
+    """Makes rank 1's weights differ before the round, so that a locally decided mask would differ."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == 3:
+            with torch.no_grad():
+                for p in (pl_module.net[0].weight, pl_module.net[2].weight):
+                    p.add_(torch.randn_like(p))
+
+
+class MaskChecksum(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        flat = torch.cat([pl_module.net[0].weight_mask.flatten(), pl_module.net[2].weight_mask.flatten()]).double()
+        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1).double()).sum()])
+        gathered = pl_module.all_gather(checksum)
+        pl_module.log("test/mask_diff", float((gathered - gathered[0]).abs().max()), sync_dist=True, reduce_fx="max")
+
+
+@pytest.mark.ddp
+def test_ddp_masks_and_state_identical_on_both_ranks():
+    cb = LotteryTicket(0.7, prune_every=4, unit="step")
+    trainer = run_ddp(
+        [PerturbRank1(), cb, MaskChecksum(), AssertRanksAgree()], TinyClassifier(), TinyDataModule(), max_steps=6
+    )
+    assert float(trainer.callback_metrics["test/mask_diff"]) == 0.0
+
+
+# ----------------------------------------------------------------------------- effect on digits
+
+
+class MLP(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = split_batch(batch)
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+def _ticket_accuracy(seed: int, scoring: str) -> float:
+    from litmix.datamodules.digits import DigitsDataModule
+
+    dm = DigitsDataModule(batch_size=64, seed=seed)
+    pl.seed_everything(seed, verbose=False)
+    model = MLP()
+    cb = LotteryTicket(0.9, prune_every=3, unit="epoch", scoring=scoring, seed=seed)
+    make_trainer(callbacks=[cb], max_epochs=6).fit(model, datamodule=dm)
+    assert cb.engine.sparsity_report()["global"] == pytest.approx(0.9, abs=1e-3)
+    batches = [split_batch(b) for b in dm.val_dataloader()]
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).float().mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ticket_beats_random_mask_at_90_percent_on_digits(seed):
+    """64-128-10 MLP on digits: 3 epochs dense, 90 % global magnitude mask, rewind to theta_0, 3 epochs retrained.
+
+    Measured (539 validation digits): ticket 0.850 / 0.835 / 0.881, random mask at the same per-layer density (same
+    rewind, same steps) 0.499 / 0.395 / 0.341 on seeds 0 / 1 / 2 (gaps +0.35 / +0.44 / +0.54). Asserted: ticket >=
+    random + 0.2.
+    """
+    ticket = _ticket_accuracy(seed, "magnitude")
+    random = _ticket_accuracy(seed, "random")
+    assert ticket >= random + 0.2, (seed, ticket, random)

@@ -11,6 +11,7 @@ from litmix.datamodules.interaction import InteractionDataModule
 from litmix.datamodules.mnist import MNISTDataModule
 from litmix.datamodules.modular_arithmetic import ModularArithmeticDataModule
 from litmix.datamodules.proxy_features import ProxyFeatureDataModule
+from litmix.datamodules.teacher_cache import TeacherCacheDataModule
 from litmix.datamodules.xor_cluster import XORClusterDataModule
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "MNISTDataModule",
     "ModularArithmeticDataModule",
     "ProxyFeatureDataModule",
+    "TeacherCacheDataModule",
     "XORClusterDataModule",
 ]

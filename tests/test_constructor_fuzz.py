@@ -50,6 +50,7 @@ REQUIRED = {
     "params": lambda: list(TinyClassifier().parameters()),
     "base": lambda: litmix.testing.TinyDataModule(),  # data-pruning wrappers (any DataModule)
     "budget_samples": lambda: 1000,
+    "cache_dir": lambda: __import__("tempfile").mkdtemp(prefix="litmix-fuzz-"),  # TeacherCacheDataModule
     "retrain_auc": lambda: 0.5,  # PrivLeak
     "make_module": lambda: lambda width: TinyClassifier(hidden=width),  # ParetoSweep
     "make_datamodule": lambda: lambda seed: litmix.testing.TinyDataModule(),  # ParetoSweep

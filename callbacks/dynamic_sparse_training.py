@@ -88,6 +88,8 @@ class DynamicSparseTraining(LitmixCallback):
 
     default_log_prefix: ClassVar[str] = "dst"
     state_version: ClassVar[int] = 1
+    #: optimizer steps between refills of the pruned coordinates' second moments (see ``on_train_batch_end``)
+    refill_every: ClassVar[int] = 1000
 
     def __init__(
         self,
@@ -141,6 +143,8 @@ class DynamicSparseTraining(LitmixCallback):
         self._t_end: int = 1
         self._densities: dict[str, float] = {}
         self._log_pending: bool = True
+        self._fill_pending: bool = True
+        self._filled_step: int = -1
 
     @classmethod
     def example(cls) -> Example:
@@ -216,6 +220,7 @@ class DynamicSparseTraining(LitmixCallback):
         self._engine.mask_optimizer_state(trainer.optimizers)
         self._engine.remask_weights = self._engine.needs_remask(trainer.optimizers)
         self._log_pending = True
+        self._fill_pending, self._filled_step = True, -1
 
     def _is_update_step(self, step: int) -> bool:
         return 0 < step < self._t_end and step % self.update_every == 0 and step > self.last_update_step
@@ -246,6 +251,7 @@ class DynamicSparseTraining(LitmixCallback):
         self.last_update_step = step
         self.n_updates += 1
         self._log_pending = True
+        self._fill_pending = True
 
     def _sync_generator(self, trainer: pl.Trainer) -> None:
         """Every rank continues from rank 0's generator (only rank 0 draws), so the checkpointed states agree."""
@@ -258,6 +264,13 @@ class DynamicSparseTraining(LitmixCallback):
         """Re-mask the weights when the optimizer needs it; log sparsity and churn after a mask change."""
         if self._engine.remask_weights:
             self._engine.apply()
+        step = trainer.global_step
+        due = self._fill_pending or step - self._filled_step >= self.refill_every
+        # never-active coordinates hold exp_avg_sq == 0, which makes Adam's sqrt slow on some CPUs; their update is
+        # exactly zero whatever the second moment holds (see MaskEngine.fill_second_moments)
+        if step > self._filled_step and due and self._engine.fill_second_moments(trainer.optimizers):
+            self._fill_pending = False
+            self._filled_step = step
         if self._log_pending:
             pl_module.log(
                 f"{self.log_prefix}/sparsity",

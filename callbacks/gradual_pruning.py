@@ -44,7 +44,8 @@ class GradualPruning(LitmixCallback):
     weights stay pruned, and masks already on the module (from an earlier fit of the same module object) are kept
     as a floor.
 
-    **Masks.** One bool per pruned weight (1 byte), held as *non-persistent* buffers ``<param>_mask`` on the owning
+    **Masks.** Owned by the shared :class:`~litmix.sparsity.MaskEngine` (``callback.engine``), like every litmix
+    pruner's. One bool per pruned weight (1 byte), held as *non-persistent* buffers ``<param>_mask`` on the owning
     module (``net.0.weight_mask``): they follow the module across devices but are not in its ``state_dict``, so a
     checkpoint of a pruned model loads with strict loading into the class that wrote it
     (``MyModule.load_from_checkpoint(path)``). The masks are saved in this callback's state (one bit per weight),

@@ -127,6 +127,10 @@ def test_budget_constant_grown_weights_zero_with_fresh_state(method):
             assert entry["weight_zero"]  # grown weights start at 0 ...
             assert entry["state_zero"]  # ... with fresh Adam state (both moments)
     assert grown_any
+    params, opt = dict(trainer.lightning_module.named_parameters()), trainer.optimizers[0]
+    for n, mask in cb.engine.masks.items():  # pruned second moments filled (CPU speed), first moments zero
+        assert (opt.state[params[n]]["exp_avg_sq"][~mask] > 0).all()
+        assert (opt.state[params[n]]["exp_avg"][~mask] == 0).all()
     assert float(trainer.callback_metrics["dst/sparsity"]) == pytest.approx(0.6, abs=0.01)
     assert "dst/churn" in trainer.callback_metrics
 

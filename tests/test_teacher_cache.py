@@ -141,11 +141,16 @@ def test_fkd_student_gets_the_teachers_labels_of_the_exact_crops(teacher, tmp_pa
     dm.setup("fit")
     assert dm.bytes_per_sample == 3 * (4 * 4 + 4 * 2 + 1) + 8
     loader = dm.train_dataloader()
+    stored = torch.from_numpy(np.load(tmp_path / "values.npy"))
     seen = []
     for epoch in range(2):
         loader.sampler.set_epoch(epoch)
-        for x, _, _, logp in loader:
+        keys = torch.tensor(list(loader.sampler))  # position + n * crop, as the loader fetches them
+        for b, (x, _, _, logp) in enumerate(loader):
             probs = torch.softmax(teacher(x), -1)  # the teacher on the very crops the student gets
+            key = keys[b * 32 : (b + 1) * 32]
+            values, _ = topk_soft_labels(probs, 4)
+            assert torch.equal(values, stored[key % len(stored), key // len(stored)])  # bitwise in float16
             top = logp.topk(4, -1).indices
             assert torch.equal(top[:, 0], probs.argmax(-1))
             assert torch.allclose(logp.exp().gather(-1, top), probs.gather(-1, top), atol=1e-3)

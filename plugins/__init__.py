@@ -1,5 +1,6 @@
 """LightningModules: methods that own the training step (unlearning, NAS, learned proxies)."""
 
+from litmix.plugins.analytic_cil import AnalyticCILModule
 from litmix.plugins.compositional_ebm import CompositionalEBM
 from litmix.plugins.distillation_module import DistillationModule
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
@@ -15,6 +16,7 @@ from litmix.plugins.unlearning_module import UnlearningModule
 from litmix.plugins.zeroth_order_module import ZerothOrderModule
 
 __all__ = [
+    "AnalyticCILModule",
     "CompositionalEBM",
     "DistillationModule",
     "GradientBoostedNetwork",

@@ -34,6 +34,7 @@ REQUIRED = {
     "student": lambda: nn.Linear(8, 4),
     "teachers": lambda: [nn.Linear(8, 4)],
     "model": lambda: TinyClassifier(),
+    "backbone": lambda: nn.Linear(8, 4),  # AnalyticCILModule (any frozen feature extractor)
     "in_features": lambda: 8,
     "out_features": lambda: 4,
     "embed_dim": lambda: 8,

@@ -21,6 +21,8 @@ CORE_MODULES = (
     "litmix.active_learning_policy",
     "litmix.distill",
     "litmix.functional.fastrp",
+    "litmix.functional.random_walks",
+    "litmix.graph",
     "litmix.functional.conformal_selection",
     "litmix.functional.flag_aggregator",
     "litmix.functional.graph_proxies",

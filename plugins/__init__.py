@@ -2,6 +2,7 @@
 
 from litmix.plugins.analytic_cil import AnalyticCILModule
 from litmix.plugins.compositional_ebm import CompositionalEBM
+from litmix.plugins.deepwalk_module import DeepWalkModule
 from litmix.plugins.distillation_module import DistillationModule
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
 from litmix.plugins.lightgcn_module import LightGCNModule
@@ -18,6 +19,7 @@ from litmix.plugins.zeroth_order_module import ZerothOrderModule
 __all__ = [
     "AnalyticCILModule",
     "CompositionalEBM",
+    "DeepWalkModule",
     "DistillationModule",
     "GradientBoostedNetwork",
     "LightGCNModule",

@@ -51,6 +51,9 @@ REQUIRED = {
     "params": lambda: list(TinyClassifier().parameters()),
     "base": lambda: litmix.testing.TinyDataModule(),  # data-pruning wrappers (any DataModule)
     "budget_samples": lambda: 1000,
+    "data": lambda: __import__("litmix.datamodules.graph", fromlist=["_tiny_graph"])._tiny_graph(),
+    "num_nodes": lambda: 10,
+    "num_neighbors": lambda: [2, 2],
     "cache_dir": lambda: __import__("tempfile").mkdtemp(prefix="litmix-fuzz-"),  # TeacherCacheDataModule
     "retrain_auc": lambda: 0.5,  # PrivLeak
     "make_module": lambda: lambda width: TinyClassifier(hidden=width),  # ParetoSweep

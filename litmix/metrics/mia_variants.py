@@ -27,16 +27,16 @@ def mia_attack_scores(
     texts: Sequence[str] | Sequence[Sequence[int]] | Tensor | None = None,
 ) -> Tensor:
     """Per-sample attack scores (higher = looks unseen) from classifier ``[B, C]`` or LM ``[B, T, V]`` logits."""
+    if attack == "min_k":
+        return min_k_score(logits, labels, k)
+    if attack == "min_k_plus_plus":
+        return min_k_plus_plus_score(logits, labels, k)
     if logits.dim() == 2:
         nll = F.cross_entropy(logits.float(), labels, reduction="none")
     else:
         nll = sequence_nll(logits, labels, reduction="mean")
     if attack == "loss":
         return nll
-    if attack == "min_k":
-        return min_k_score(logits, labels, k)
-    if attack == "min_k_plus_plus":
-        return min_k_plus_plus_score(logits, labels, k)
     if attack == "zlib":
         if texts is None:
             texts = labels.reshape(labels.shape[0], -1)  # token ids (-100 dropped); classifiers: the label

@@ -13,6 +13,7 @@ from litmix.callbacks.mst_compression import MSTCompression
 from litmix.callbacks.netinfof_probe import NetInfoFProbe
 from litmix.callbacks.one_shot_pruning import OneShotPruning
 from litmix.callbacks.pada_sampler import PADASampling
+from litmix.callbacks.polarization_pruning import PolarizationPruning
 from litmix.callbacks.quantization_aware_training import QuantizationAwareTraining
 from litmix.callbacks.save_init import SaveInit
 from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
@@ -34,6 +35,7 @@ __all__ = [
     "NetInfoFProbe",
     "OneShotPruning",
     "PADASampling",
+    "PolarizationPruning",
     "QuantizationAwareTraining",
     "SaveInit",
     "ShrinkingSchedule",

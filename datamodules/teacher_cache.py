@@ -125,6 +125,24 @@ class _CacheDataset(Dataset):
         x, y, index = _split_item(self.dataset[pos], "TeacherCacheDataModule")
         return x, y, index, pos, crop
 
+    def __getitems__(self, keys: list[int]) -> _Fetched:
+        """A whole batch at once (the DataLoader's batched fetch): the wrapped items and their positions/crops."""
+        keys_np = np.asarray(keys, dtype=np.int64)
+        pos, crop = keys_np % self.n, keys_np // self.n
+        fetch = getattr(self.dataset, "__getitems__", None)
+        positions = pos.tolist()
+        items = fetch(positions) if callable(fetch) else [self.dataset[p] for p in positions]
+        if items and not (isinstance(items[0], tuple | list) and len(items[0]) == 3):
+            _split_item(items[0], "TeacherCacheDataModule")
+        return _Fetched(items, pos, crop)
+
+
+class _Fetched:
+    """A batch's wrapped ``(x, y, index)`` items with their cache positions and crops."""
+
+    def __init__(self, items: list[Any], pos: np.ndarray, crop: np.ndarray) -> None:
+        self.items, self.pos, self.crop = items, pos, crop
+
 
 class _CropSampler(Sampler[int]):
     """The wrapped sampler's positions, each with its stored crop for this epoch (cycles through the crops)."""
@@ -164,11 +182,15 @@ class _Collate:
             self._arrays = _open_arrays(self.directory)
         return self._arrays
 
-    def __call__(self, items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    def __call__(self, items: _Fetched | list[tuple[Any, ...]]) -> tuple[Any, ...]:
         arrays = self.arrays()
-        x, y, index = self.inner([(it[0], it[1], it[2]) for it in items])
-        pos = np.fromiter((it[3] for it in items), dtype=np.int64, count=len(items))
-        crop = np.fromiter((it[4] for it in items), dtype=np.int64, count=len(items))
+        if isinstance(items, _Fetched):
+            x, y, index = self.inner(items.items)
+            pos, crop = items.pos, items.crop
+        else:
+            x, y, index = self.inner([(it[0], it[1], it[2]) for it in items])
+            pos = np.fromiter((it[3] for it in items), dtype=np.int64, count=len(items))
+            crop = np.fromiter((it[4] for it in items), dtype=np.int64, count=len(items))
         stored = arrays["sample_index"][pos]
         if isinstance(index, Tensor) and not np.array_equal(stored, index.numpy()):
             bad = index.numpy()[stored != index.numpy()][:8].tolist()

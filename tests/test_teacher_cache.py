@@ -62,15 +62,16 @@ def _dm(teacher, path, **kwargs):
 
 
 def test_topk_expand_roundtrip_and_residual():
-    probs = torch.softmax(torch.randn(50, 10) * 3, -1)
+    probs = torch.softmax(torch.randn(50, 10, generator=torch.Generator().manual_seed(0)) * 3, -1)
     values, indices = topk_soft_labels(probs, 3)
     full = expand_soft_labels(values, indices, 10)
     assert torch.allclose(full.sum(-1), torch.ones(50), atol=1e-6)
-    assert torch.equal(full.topk(3, -1).indices.sort(-1).values, indices.long().sort(-1).values)
+    assert torch.allclose(full.gather(-1, indices.long()), values.float(), atol=2e-3)
+    others = full.scatter(-1, indices.long(), 0.0)
     residual = 1 - values.float().sum(-1)
-    others = full.clone().scatter_(-1, indices.long(), 0.0)
-    assert torch.allclose(others.sum(-1), residual.clamp(min=0) / residual.clamp(min=0).add(1e-30) * others.sum(-1))
-    assert torch.allclose(others.sum(-1), residual, atol=1e-3)  # spread uniformly: 7 equal entries
+    spread = torch.minimum(residual / 7, values.float().amin(-1))  # uniform, capped at the smallest kept value
+    assert torch.allclose(others.amax(-1), spread, atol=1e-3)
+    assert torch.allclose(others.sum(-1), 7 * spread, atol=2e-3)  # the 7 dropped classes share the residual
     with pytest.raises(ValueError, match="k=11"):
         topk_soft_labels(probs, 11)
 

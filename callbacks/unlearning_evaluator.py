@@ -27,7 +27,17 @@ from litmix.registry import register
 from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
 SPLITS = ("forget", "retain", "test", "holdout")
-METRICS = ("accuracy", "nll", "mia_auc", "mia_efficacy", "forget_quality", "privleak", "wasserstein", "utility")
+METRICS = (
+    "accuracy",
+    "nll",
+    "mia_auc",
+    "mia_efficacy",
+    "forget_quality",
+    "privleak",
+    "wasserstein",
+    "retrain_gap",
+    "utility",
+)
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
 
 
@@ -58,7 +68,9 @@ class UnlearningEvaluator(LitmixCallback):
       this callback's checkpoint state): ``forget_quality`` = exact KS p-value of the per-item forget NLL
       against the retrained model's (:class:`~litmix.metrics.ForgetQuality`; mind its lattice), ``privleak``
       (MUSE, about 0 = like retraining, -100 = memorised), ``wasserstein`` = W1 between the true-answer
-      probabilities of the two models on the forget set;
+      probabilities of the two models on the forget set, ``retrain_gap`` = mean absolute difference to the
+      retrained model of forget, retain and test accuracy and MIA efficacy (the "average gap" of SalUn,
+      https://arxiv.org/abs/2310.12508);
     - ``model_utility`` (``utility``): harmonic mean of the retain and test accuracies present (TOFU's utility
       needs generation; compute it with :class:`~litmix.metrics.ModelUtility`);
     - ``score``: **harmonic mean of model utility and forget quality** (the retrained reference present), else
@@ -76,7 +88,8 @@ class UnlearningEvaluator(LitmixCallback):
     Args:
         every_n_epochs: evaluate after every this many training epochs (>= 1).
         metrics: names out of ``accuracy``, ``nll``, ``mia_auc``, ``mia_efficacy``, ``forget_quality``,
-            ``privleak``, ``wasserstein``, ``utility`` (None = all that the splits and reference allow).
+            ``privleak``, ``wasserstein``, ``retrain_gap``, ``utility`` (None = all that the splits and the
+            reference allow).
         attack: membership attack of ``mia_auc`` / ``privleak`` (see :class:`~litmix.metrics.MIAScoreAUC`;
             ``reference`` is not available here).
         k: share of lowest tokens for the min-k attacks, in ``(0, 1]``.
@@ -87,8 +100,8 @@ class UnlearningEvaluator(LitmixCallback):
     Raises:
         TypeError: an argument of the wrong type.
         ValueError: ``every_n_epochs < 1``, an unknown metric name or attack, ``k`` outside ``(0, 1]``;
-            ``forget_quality`` / ``privleak`` / ``wasserstein`` asked for without ``retrain_model``; at
-            evaluation, an empty loader or items without an index (naming the split).
+            ``forget_quality`` / ``privleak`` / ``wasserstein`` / ``retrain_gap`` asked for without
+            ``retrain_model``; at evaluation, an empty loader or items without an index (naming the split).
         MisconfigurationException: in ``setup``, a datamodule without a ``forget`` loader.
 
     Example:
@@ -100,7 +113,7 @@ class UnlearningEvaluator(LitmixCallback):
         >>> keys = sorted(k[8:] for k in trainer.callback_metrics if k.startswith("unlearn/"))
         >>> keys  # doctest: +NORMALIZE_WHITESPACE
         ['forget_acc', 'forget_nll', 'forget_quality', 'mia_auc', 'mia_efficacy', 'model_utility', 'privleak',
-         'retain_acc', 'retain_nll', 'score', 'test_acc', 'test_nll', 'wasserstein']
+         'retain_acc', 'retain_nll', 'retrain_gap', 'score', 'test_acc', 'test_nll', 'wasserstein']
         >>> 0.0 <= float(trainer.callback_metrics["unlearn/score"]) <= 1.0
         True
     """
@@ -128,7 +141,7 @@ class UnlearningEvaluator(LitmixCallback):
         check_float(owner, "k", k, low=0.0, high=1.0, low_open=True)
         check_type(owner, "retrain_model", retrain_model, nn.Module, allow_none=True)
         check_bool(owner, "images", images)
-        needs_ref = sorted({"forget_quality", "privleak", "wasserstein"} & set(metrics or []))
+        needs_ref = sorted({"forget_quality", "privleak", "wasserstein", "retrain_gap"} & set(metrics or []))
         if needs_ref and retrain_model is None:
             raise ValueError(
                 f"{owner}(metrics={metrics!r}, retrain_model=None): {needs_ref} compare with the model retrained "
@@ -256,17 +269,34 @@ class UnlearningEvaluator(LitmixCallback):
         model.eval()
         nll = ForgetQuality().to(device)
         auc = MIAScoreAUC(self.attack, self.k).to(device)
-        for split in ("forget", holdout):
-            if split is None:
-                continue
-            for logits, y, index in self._per_sample(model, loaders[split], split, device):
+        eff = MIAEfficacy().to(device)
+        acc = {s: IndexedMean().to(device) for s in loaders}
+        is_lm = False
+        for split, loader in loaders.items():
+            for logits, y, index in self._per_sample(model, loader, split, device):
+                is_lm = logits.dim() == 3
+                if is_lm:
+                    correct, count = sequence_correct(logits, y)
+                else:
+                    correct, count = (logits.argmax(-1) == y).long(), torch.ones_like(y)
+                    if split in ("retain", "test", "forget"):
+                        eff.update(logits, y, index, split)
+                acc[split].update(correct, index, weight=count)
                 if split == "forget":
                     nll.update(_nll(logits, y), index)
-                auc.update(logits, y, index, holdout=split != "forget")
+                if split == "forget" or split == holdout:
+                    auc.update(logits, y, index, holdout=split != "forget")
         model.train(was_training)
         values, index = nll.rows(0)
         mia = float(auc.compute()) if holdout is not None else float("nan")
-        return {"forget_nll": values.reshape(-1).cpu().tolist(), "forget_index": index.cpu().tolist(), "mia_auc": mia}
+        efficacy = float(eff.compute()) if not is_lm and {"retain", "test"} <= set(loaders) else None
+        return {
+            "forget_nll": values.reshape(-1).cpu().tolist(),
+            "forget_index": index.cpu().tolist(),
+            "mia_auc": mia,
+            "mia_efficacy": efficacy,
+            "acc": {s: float(m.compute()) for s, m in acc.items()},
+        }
 
     def evaluate(
         self,
@@ -348,6 +378,15 @@ class UnlearningEvaluator(LitmixCallback):
             if "privleak" in want and holdout is not None and ref_auc < 1.0 and not math.isnan(ref_auc):
                 gap = (1.0 - values.get("mia_auc", float(auc.compute()))) - (1.0 - ref_auc)
                 values["privleak"] = gap / (1.0 - ref_auc) * 100.0
+            if "retrain_gap" in want:
+                ref_acc = self.reference.get("acc", {})
+                diffs = [
+                    abs(float(acc[s].compute()) - ref_acc[s]) for s in ("forget", "retain", "test") if s in ref_acc
+                ]
+                ref_eff = self.reference.get("mia_efficacy")
+                if ref_eff is not None and not is_lm and {"retain", "test"} <= set(loaders):
+                    diffs.append(abs(float(eff.compute()) - ref_eff))
+                values["retrain_gap"] = sum(diffs) / len(diffs)
         parts = [float(acc[s].compute()) for s in ("retain", "test") if s in loaders]
         utility = float(harmonic_mean(torch.tensor(parts))) if parts else float("nan")
         if "utility" in want:

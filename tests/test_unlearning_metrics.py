@@ -50,7 +50,7 @@ from litmix.metrics import (
     TruthRatio,
 )
 from litmix.plugins.unlearning_module import UnlearningModule
-from litmix.testing import TinyDataModule, make_trainer
+from litmix.testing import TinyDataModule, make_trainer, run_ddp
 
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
@@ -406,6 +406,40 @@ def test_evaluator_checkpoint_keeps_the_best_score_and_reloads_identically(tmp_p
     logged = evaluator.history[best]
     for key, value in values.items():
         assert value == pytest.approx(logged[key], abs=1e-6), key
+
+
+def _frozen_example():
+    """The evaluator's example with a learning rate so small that weights do not move (1 vs 3 ranks comparable)."""
+    module, datamodule, callbacks = UnlearningEvaluator.example()
+    module.lr = 1e-12
+    return module, datamodule, callbacks
+
+
+@pytest.mark.ddp
+def test_evaluator_on_three_ranks_logs_the_one_process_values():
+    # 10 forget items on 3 ranks: the evaluation sampler pads to 12; every logged value equals 1 process
+    module, datamodule, callbacks = _frozen_example()
+    single = make_trainer(max_epochs=1, callbacks=callbacks)
+    single.fit(module, datamodule=datamodule)
+    module, datamodule, callbacks = _frozen_example()
+    multi = run_ddp(callbacks, module, datamodule, world_size=3, max_epochs=1, max_steps=-1)
+    ones = {k: float(v) for k, v in single.callback_metrics.items() if k.startswith("unlearn/")}
+    threes = {k: float(v) for k, v in multi.callback_metrics.items() if k.startswith("unlearn/")}
+    assert ones.keys() == threes.keys()
+    assert len(ones) == 14
+    for key, value in ones.items():
+        assert threes[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_retrain_gap_by_hand(blobs_unlearning):
+    module, datamodule, evaluator = _unlearning_run(blobs_unlearning)
+    datamodule.setup("validate")
+    values = evaluator.evaluate(module, datamodule)
+    ref = evaluator.reference
+    gap = [abs(values[f"{s}_acc"] - ref["acc"][s]) for s in ("forget", "retain", "test")]
+    gap.append(abs(values["mia_efficacy"] - ref["mia_efficacy"]))
+    assert values["retrain_gap"] == pytest.approx(sum(gap) / 4, abs=1e-6)
+    assert values["retrain_gap"] > 0
 
 
 def test_evaluator_every_n_epochs_and_bad_arguments():

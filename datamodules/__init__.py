@@ -11,6 +11,7 @@ from litmix.datamodules.interaction import InteractionDataModule
 from litmix.datamodules.mnist import MNISTDataModule
 from litmix.datamodules.modular_arithmetic import ModularArithmeticDataModule
 from litmix.datamodules.proxy_features import ProxyFeatureDataModule
+from litmix.datamodules.sampled_graph import SampledGraphDataModule
 from litmix.datamodules.teacher_cache import TeacherCacheDataModule
 from litmix.datamodules.xor_cluster import XORClusterDataModule
 
@@ -26,6 +27,7 @@ __all__ = [
     "MNISTDataModule",
     "ModularArithmeticDataModule",
     "ProxyFeatureDataModule",
+    "SampledGraphDataModule",
     "TeacherCacheDataModule",
     "XORClusterDataModule",
 ]

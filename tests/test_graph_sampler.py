@@ -184,3 +184,48 @@ def test_graphsage_minibatch_training_on_cora(shared_data, tmp_path):
             pred = model(d.x, d.edge_index).argmax(-1)
         accs.append(float((pred[d.test_mask] == d.y[d.test_mask]).float().mean()))
     assert min(accs) >= 0.76, accs
+
+
+def test_sampled_graph_datamodule_batches_are_subgraphs_of_the_seeds():
+    from litmix.datamodules.graph import _tiny_graph
+    from litmix.datamodules.sampled_graph import SampledGraphDataModule
+
+    data = _tiny_graph()
+    data.edge_attr = torch.arange(data.edge_index.shape[1]).float()
+    dm = SampledGraphDataModule(None, data=data, num_neighbors=[3, 2], batch_size=5, seed=3)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    seen = []
+    for graph, y, index in batches:
+        n_id = graph["n_id"]
+        assert torch.equal(n_id[: index.numel()], index)
+        assert torch.equal(y, data.y[index])
+        assert torch.equal(graph["x"], data.x[n_id])
+        edges = graph["edge_attr"].long()  # edge ids, since edge_attr = arange(E)
+        assert torch.equal(data.edge_index[:, edges], n_id[graph["edge_index"]])
+        seen += index.tolist()
+    assert sorted(seen) == data.train_mask.nonzero().flatten().tolist()
+    other = SampledGraphDataModule(None, data=data, num_neighbors=[3, 2], batch_size=5, seed=3)
+    other.setup("fit")
+    for (g1, _, i1), (g2, _, i2) in zip(batches, other.train_dataloader(), strict=True):
+        assert torch.equal(i1, i2)
+        assert torch.equal(g1["edge_index"], g2["edge_index"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"num_neighbors": []}, ValueError, "num_neighbors"),
+        ({"num_neighbors": [0, 2]}, ValueError, "num_neighbors"),
+        ({"num_neighbors": "3"}, TypeError, "num_neighbors"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"batch_size": None}, TypeError, "batch_size"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_sampled_graph_datamodule_bad_arguments_are_named(kwargs, error, name):
+    from litmix.datamodules.graph import _tiny_graph
+    from litmix.datamodules.sampled_graph import SampledGraphDataModule
+
+    with pytest.raises(error, match=name):
+        SampledGraphDataModule(None, **{"data": _tiny_graph(), **kwargs})

@@ -1,5 +1,6 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
+from litmix.callbacks.adanpc import AdaNPC
 from litmix.callbacks.dynamic_sparse_training import DynamicSparseTraining
 from litmix.callbacks.flag_aggregation import FlagAggregation
 from litmix.callbacks.gradient_matching_split import GradientMatchingSplit
@@ -22,6 +23,7 @@ from litmix.callbacks.unlearning_evaluator import UnlearningEvaluator
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
+    "AdaNPC",
     "DynamicSparseTraining",
     "FlagAggregation",
     "GradientMatchingSplit",

@@ -11,6 +11,7 @@ from litmix.layers.binary import BinaryConv2d, BinaryLinear, to_binary
 from litmix.layers.continual_attention import ContinualAttention
 from litmix.layers.continual_conv import ContinualConv1d
 from litmix.layers.moe_plus_plus import MoEPlusPlus
+from litmix.layers.nonparametric_head import NonParametricHead
 from litmix.layers.phatgoose import PHATGOOSELinear, import_expert, phatgoose_mode, to_phatgoose
 from litmix.layers.shift import ShiftConv2d, ShiftLinear, to_denseshift
 
@@ -20,6 +21,7 @@ __all__ = [
     "ContinualAttention",
     "ContinualConv1d",
     "MoEPlusPlus",
+    "NonParametricHead",
     "PHATGOOSELinear",
     "ShiftConv2d",
     "ShiftLinear",

@@ -13,7 +13,7 @@ from torch import nn
 
 from litmix.callbacks import KnowledgeDistillation
 from litmix.datamodules.digits import DigitsDataModule
-from litmix.datamodules.teacher_cache import TeacherCacheDataModule
+from litmix.datamodules.teacher_cache import TeacherCacheDataModule, _expand_log_np
 from litmix.distill.logit_discriminator import LogitDiscriminatorTerm
 from litmix.functional.fkd import expand_soft_labels, replay_crops, sample_crop_boxes, topk_soft_labels
 from litmix.plugins import DistillationModule
@@ -74,6 +74,8 @@ def test_topk_expand_roundtrip_and_residual():
     assert torch.allclose(others.sum(-1), 7 * spread, atol=2e-3)  # the 7 dropped classes share the residual
     with pytest.raises(ValueError, match="k=11"):
         topk_soft_labels(probs, 11)
+    fast = _expand_log_np(values.numpy(), indices.numpy(), 10)  # the loader's numpy path equals the reference
+    assert np.allclose(fast, full.log().numpy(), atol=1e-5)
 
 
 def test_replay_matches_interpolate_when_downscaling():

@@ -442,6 +442,43 @@ def test_retrain_gap_by_hand(blobs_unlearning):
     assert values["retrain_gap"] > 0
 
 
+class _TokenLM(nn.Module):
+    """A causal token model with the Hugging Face call signature (``input_ids``, ``attention_mask``)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(11, 16), nn.Linear(16, 11)
+
+    def forward(self, input_ids, attention_mask=None):
+        return {"logits": self.head(torch.tanh(self.emb(input_ids)).cumsum(1))}
+
+
+def test_evaluator_on_language_model_items():
+    g = torch.Generator().manual_seed(0)
+
+    def loader(n, offset):
+        ids = torch.randint(0, 11, (n, 8), generator=g)
+        labels = ids.clone()
+        labels[:, :3] = -100
+        items = [{"input_ids": ids[i], "labels": labels[i], "index": torch.tensor(i + offset)} for i in range(n)]
+        return DataLoader(items, batch_size=4)
+
+    loaders = {"forget": loader(6, 0), "retain": loader(10, 0), "holdout": loader(5, 0)}
+    model = _TokenLM()
+    values = UnlearningEvaluator(attack="min_k").evaluate(model, loaders)
+    assert "mia_efficacy" not in values  # classifier-only
+    batch = next(iter(DataLoader(list(loaders["forget"].dataset), batch_size=6)))
+    logits = model(batch["input_ids"])["logits"]
+    hits = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & (batch["labels"][:, 1:] != -100)
+    assert values["forget_acc"] == pytest.approx(float(hits.sum()) / 30, abs=1e-6)  # 5 answer tokens x 6 items
+    m = MIAScoreAUC("min_k")
+    for split in ("forget", "holdout"):
+        for b in loaders[split]:
+            m.update(model(b["input_ids"])["logits"], b["labels"], b["index"], holdout=split == "holdout")
+    assert values["mia_auc"] == pytest.approx(float(m.compute()), abs=1e-6)
+
+
 def test_evaluator_every_n_epochs_and_bad_arguments():
     module, datamodule, evaluator = _example(every_n_epochs=2)
     trainer = make_trainer(max_epochs=3, callbacks=[evaluator])

@@ -44,8 +44,9 @@ class AnalyticCILModule(LitmixModule):
     Notes: the statistics count every sample each time it is seen, so run one epoch per phase to reproduce the
     paper (a second epoch acts as duplicated samples, i.e. ``gamma / 2``). Under DDP, ``DistributedSampler``'s
     padding repeats up to ``world_size - 1`` samples per epoch; use a data size divisible by the world size (or
-    ``drop_last``) for a result identical to one process. Checkpoints written in the middle of an epoch under
-    DDP hold rank 0's not-yet-reduced statistics only (a warning says so); checkpoint at epoch ends.
+    ``drop_last``) for a result identical to one process. A checkpoint written in the middle of an epoch
+    carries the statistics not yet solved (rank 0's only under DDP, with a warning), but a resumed run may re-read
+    or skip batches of that epoch (a plain ``DataLoader`` holds no position): checkpoint at phase (epoch) ends.
     ``training_step`` calls the (mock) optimizer's ``step`` so that ``global_step`` counts batches; the head's
     ``weight`` is a ``Parameter`` only so that DDP can wrap the module, and is never touched by gradients.
 
@@ -201,7 +202,7 @@ class AnalyticCILModule(LitmixModule):
     def on_train_epoch_end(self) -> None:
         """Reduce the epoch's statistics and solve the head (before checkpoint callbacks save it)."""
         self.solve()
-        self.log("acil/samples", self.samples.float())
+        self.log("acil/samples", self.samples.float(), sync_dist=True, reduce_fx="max")  # equal on every rank
 
     def on_train_end(self) -> None:
         """Absorb statistics left by a run stopped in the middle of an epoch."""

@@ -100,6 +100,22 @@ def test_two_ranks_give_the_one_process_head():
     assert torch.allclose(double.weight, single.weight, atol=1e-10, rtol=0)
 
 
+def test_checkpoint_in_the_middle_of_a_phase_carries_the_unsolved_statistics(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    x, y = _blobs()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
+    trainer = make_trainer(max_steps=3, callbacks=[ckpt], enable_checkpointing=True)
+    trainer.fit(_module(buffer_size=12), train_dataloaders=_loader(x, y))  # 3 of 8 batches, then stopped
+    checkpoint = torch.load(next(tmp_path.glob("*.ckpt")), weights_only=False)
+    assert int(checkpoint["state_dict"]["samples"]) == 0
+    assert int(checkpoint["litmix"]["pending"]["samples"]) == 48
+    restored = _module(buffer_size=12)
+    restored.on_load_checkpoint(checkpoint)
+    expected, _ = ridge_statistics(restored.features(x[:48].float()), y[:48], 5)
+    assert torch.allclose(restored._pending["xtx"], expected, atol=1e-10)
+
+
 def test_bad_arguments_are_named_before_compute():
     with pytest.raises(ValueError, match="gamma"):
         AnalyticClassifier(4, gamma=0.0)

@@ -329,8 +329,11 @@ def digits_results():
 
 @pytest.mark.slow
 def test_digits_membership_signal_of_the_model_that_saw_the_forget_class(digits_results):
-    # measured (seeds 0/1/2): loss AUC full 0.821/0.764/0.843 vs retrain 0.483/0.520/0.567; privleak full
-    # -65.4/-50.8/-63.7; efficacy full vs retrain and forget quality in the report
+    # measured (seeds 0/1/2): loss AUC full 0.821/0.764/0.843 vs retrain 0.483/0.520/0.567 (worst margin 0.24);
+    # privleak full -65.5/-51.0/-63.7; MIA efficacy full 0.000/0.044/0.022 vs retrain 0.637/0.626/0.714; forget
+    # quality of the full model vs the retrained one 5.5e-54 on every seed (the two NLL samples do not overlap:
+    # the smallest p-value the n = m = 91 lattice has). Not asserted: min-k++ AUC on a 10-class classifier
+    # (full 0.556/0.564/0.538 vs retrain 0.486/0.471/0.570: no margin on seed 2).
     for seed, r in digits_results.items():
         assert r["full_auc_loss"] >= r["retrain_auc_loss"] + 0.15, (seed, r)
         assert 0.35 <= r["retrain_auc_loss"] <= 0.65, (seed, r)

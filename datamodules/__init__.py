@@ -13,6 +13,7 @@ from litmix.datamodules.modular_arithmetic import ModularArithmeticDataModule
 from litmix.datamodules.proxy_features import ProxyFeatureDataModule
 from litmix.datamodules.sampled_graph import SampledGraphDataModule
 from litmix.datamodules.teacher_cache import TeacherCacheDataModule
+from litmix.datamodules.tofu import TOFUDataModule
 from litmix.datamodules.xor_cluster import XORClusterDataModule
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ModularArithmeticDataModule",
     "ProxyFeatureDataModule",
     "SampledGraphDataModule",
+    "TOFUDataModule",
     "TeacherCacheDataModule",
     "XORClusterDataModule",
 ]

@@ -56,6 +56,7 @@ REQUIRED = {
     "num_neighbors": lambda: [2, 2],
     "cache_dir": lambda: __import__("tempfile").mkdtemp(prefix="litmix-fuzz-"),  # TeacherCacheDataModule
     "retrain_auc": lambda: 0.5,  # PrivLeak
+    "data_dir": lambda: litmix.functional.synthetic_tofu.synthetic_tofu_root(),  # TOFUDataModule
     "make_module": lambda: lambda width: TinyClassifier(hidden=width),  # ParetoSweep
     "make_datamodule": lambda: lambda seed: litmix.testing.TinyDataModule(),  # ParetoSweep
 }

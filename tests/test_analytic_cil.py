@@ -106,6 +106,23 @@ def test_two_ranks_give_the_one_process_head():
     assert torch.allclose(double.weight, single.weight, atol=1e-10, rtol=0)
 
 
+def test_recurring_classes_with_new_samples_generalised_cil():
+    """G-ACIL's generalised setting: a class may come back in a later phase with new (disjoint) samples."""
+    x, y = _blobs()
+    phases = [(0, 1, 2), (3,), (1, 4), (0, 2)]
+    owner = torch.zeros(len(y), dtype=torch.long)  # which phase gets each sample: its class's k-th appearance
+    for c in range(5):
+        where = [p for p, classes in enumerate(phases) if c in classes]
+        idx = (y == c).nonzero().flatten()
+        owner[idx] = torch.tensor(where)[torch.arange(len(idx)) % len(where)]
+    module = _module(buffer_size=12)
+    for p in range(len(phases)):
+        make_trainer(max_epochs=1).fit(module, train_dataloaders=_loader(x[owner == p], y[owner == p]))
+    joint = _fit_phases(_module(buffer_size=12), x, y, [tuple(range(5))])
+    assert int(module.samples) == 120
+    assert torch.allclose(module.weight, joint.weight, atol=1e-10, rtol=0)
+
+
 def test_checkpoint_in_the_middle_of_a_phase_carries_the_unsolved_statistics(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 

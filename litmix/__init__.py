@@ -22,6 +22,8 @@ CORE_MODULES = (
     "litmix.distill",
     "litmix.functional.fastrp",
     "litmix.functional.random_walks",
+    "litmix.functional.teddy",
+    "litmix.graph_transforms",
     "litmix.graph",
     "litmix.functional.conformal_selection",
     "litmix.functional.flag_aggregator",

@@ -16,12 +16,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from litmix.base import Example, LitmixCallback
 from litmix.data import split_batch
 from litmix.functional.unlearning import sequence_correct, sequence_nll
-from litmix.functional.unlearning_metrics import harmonic_mean
+from litmix.functional.unlearning_metrics import harmonic_mean, truth_ratio
 from litmix.metrics.forget_quality import ForgetQuality
 from litmix.metrics.indexed_mean import IndexedMean
 from litmix.metrics.mia_efficacy import MIAEfficacy
 from litmix.metrics.mia_variants import ATTACKS, MIAScoreAUC
 from litmix.metrics.prediction_wasserstein import PredictionWasserstein
+from litmix.metrics.truth_ratio import TruthRatio
 from litmix.models import output_logits
 from litmix.registry import register
 from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
@@ -36,6 +37,7 @@ METRICS = (
     "privleak",
     "wasserstein",
     "retrain_gap",
+    "truth_ratio",
     "utility",
 )
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
@@ -65,14 +67,18 @@ class UnlearningEvaluator(LitmixCallback):
       when there is no holdout): 1 = memorised, 0.5 = indistinguishable;
     - ``mia_efficacy`` (classifiers): :class:`~litmix.metrics.MIAEfficacy`, entropy attacker fit on retain vs test;
     - with ``retrain_model`` (the model trained without the forget set; evaluated once, its statistics kept in
-      this callback's checkpoint state): ``forget_quality`` = exact KS p-value of the per-item forget NLL
-      against the retrained model's (:class:`~litmix.metrics.ForgetQuality`; mind its lattice), ``privleak``
+      this callback's checkpoint state): ``forget_quality`` = exact KS p-value of the per-item forget statistic
+      against the retrained model's: TOFU's truth ratio when a ``forget_perturbed`` loader serves items with
+      ``paraphrased`` and ``perturbed`` answers (:class:`~litmix.datamodules.TOFUDataModule`), else the NLL
+      (:class:`~litmix.metrics.ForgetQuality`; mind its lattice), ``privleak``
       (MUSE, about 0 = like retraining, -100 = memorised), ``wasserstein`` = W1 between the true-answer
       probabilities of the two models on the forget set, ``retrain_gap`` = mean absolute difference to the
       retrained model of forget, retain and test accuracy and MIA efficacy (the "average gap" of SalUn,
       https://arxiv.org/abs/2310.12508);
     - ``model_utility`` (``utility``): harmonic mean of the retain and test accuracies present (TOFU's utility
       needs generation; compute it with :class:`~litmix.metrics.ModelUtility`);
+    - ``<split>_truth_ratio`` (``truth_ratio``) for every ``*_perturbed`` loader: TOFU's aggregate of the truth
+      ratio (``forget*``: ``mean(min(tr, 1/tr))``, others ``mean(max(0, 1 - tr))``);
     - ``score``: **harmonic mean of model utility and forget quality** (the retrained reference present), else
       of model utility and ``1 - forget_acc``; high only when both are high, so
       ``ModelCheckpoint(monitor="unlearn/score", mode="max")`` keeps the best epoch (forget quality peaks then
@@ -155,6 +161,8 @@ class UnlearningEvaluator(LitmixCallback):
         #: One dict of logged values per evaluation (with ``epoch``), kept in the checkpoint.
         self.history: list[dict[str, float]] = []
         self._last_forget_nll: list[float] = []
+        self._pending_tr: dict[str, float] = {}
+        self._truth_ratios: list[tuple[Tensor, Tensor]] = []
 
     # ------------------------------------------------------------------ Lightning plumbing
     @classmethod
@@ -253,9 +261,13 @@ class UnlearningEvaluator(LitmixCallback):
         self, model: nn.Module, loader: DataLoader, split: str, device: torch.device
     ) -> list[tuple[Tensor, Tensor, Tensor]]:
         out = []
+        self._truth_ratios = []
         for batch in loader:
             batch = _to_device(batch, device)
-            out.append(self._forward(model, batch, split))
+            logits, y, index = self._forward(model, batch, split)
+            out.append((logits, y, index))
+            if isinstance(batch, dict) and isinstance(batch.get("paraphrased"), dict) and "perturbed" in batch:
+                self._truth_ratios.append((_truth_ratio(model, batch), index))
         if not out:
             raise ValueError(f"UnlearningEvaluator: the {split} loader is empty; give it at least one item")
         return out
@@ -270,6 +282,7 @@ class UnlearningEvaluator(LitmixCallback):
         nll = ForgetQuality().to(device)
         auc = MIAScoreAUC(self.attack, self.k).to(device)
         eff = MIAEfficacy().to(device)
+        ref_tr = ForgetQuality().to(device)
         acc = {s: IndexedMean().to(device) for s in loaders}
         is_lm = False
         for split, loader in loaders.items():
@@ -286,8 +299,12 @@ class UnlearningEvaluator(LitmixCallback):
                     nll.update(_nll(logits, y), index)
                 if split == "forget" or split == holdout:
                     auc.update(logits, y, index, holdout=split != "forget")
+            if split == "forget_perturbed":
+                for tr, index in self._truth_ratios:
+                    ref_tr.update(tr, index)
         model.train(was_training)
         values, index = nll.rows(0)
+        ref_truth = ref_tr.rows(0)[0].reshape(-1).cpu().tolist() if "forget_perturbed" in loaders else None
         mia = float(auc.compute()) if holdout is not None else float("nan")
         efficacy = float(eff.compute()) if not is_lm and {"retain", "test"} <= set(loaders) else None
         return {
@@ -296,6 +313,7 @@ class UnlearningEvaluator(LitmixCallback):
             "mia_auc": mia,
             "mia_efficacy": efficacy,
             "acc": {s: float(m.compute()) for s, m in acc.items()},
+            "forget_truth_ratio": ref_truth,
         }
 
     def evaluate(
@@ -330,7 +348,15 @@ class UnlearningEvaluator(LitmixCallback):
         nll = {s: IndexedMean().to(device) for s in loaders}
         auc = MIAScoreAUC(self.attack, self.k).to(device)
         eff = MIAEfficacy().to(device)
-        fq = ForgetQuality(reference_values=self.reference["forget_nll"] if self.reference else None).to(device)
+        ref_tr = self.reference.get("forget_truth_ratio") if self.reference else None
+        use_tr = "forget_perturbed" in loaders and bool(ref_tr)
+        ref_stat = ref_tr if use_tr else (self.reference["forget_nll"] if self.reference else None)
+        fq = ForgetQuality(reference_values=ref_stat).to(device)
+        truth = {
+            s: TruthRatio("forget" if s.startswith("forget") else "retain").to(device)
+            for s in loaders
+            if s.endswith("_perturbed")
+        }
         w1 = PredictionWasserstein(
             reference_values=[math.exp(-v) for v in self.reference["forget_nll"]] if self.reference else None
         ).to(device)
@@ -348,14 +374,23 @@ class UnlearningEvaluator(LitmixCallback):
                 if split == "forget" or split == holdout:
                     auc.update(logits, y, index, holdout=split != "forget")
                 if split == "forget":
-                    fq.update(sample_nll, index)
+                    if not use_tr:
+                        fq.update(sample_nll, index)
                     w1.update(torch.exp(-sample_nll), index)
                 if not is_lm and split in ("retain", "test", "forget"):
                     eff.update(logits, y, index, split)
+            for tr, index in self._truth_ratios if split in truth else []:
+                truth[split].update_ratios(tr, index)
+                if split == "forget_perturbed" and use_tr:
+                    fq.update(tr, index)
         model.train(was_training)
         self._last_forget_nll = fq.rows(0)[0].reshape(-1).cpu().tolist()
+        for split, metric in truth.items():
+            if "truth_ratio" in set(self.metrics):
+                self._pending_tr[f"{split}_truth_ratio"] = float(metric.compute())
         want = set(self.metrics)
-        values: dict[str, float] = {}
+        values: dict[str, float] = dict(self._pending_tr)
+        self._pending_tr = {}
         for split in loaders:
             a, n = float(acc[split].compute()), float(nll[split].compute())
             if "accuracy" in want:
@@ -447,3 +482,17 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, list | tuple):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
+
+
+def _answer_nll(model: nn.Module, part: dict[str, Tensor]) -> Tensor:
+    """Per-token mean answer NLL of ``[B, L]`` or ``[B, K, L]`` items (shape ``[B]`` or ``[B, K]``)."""
+    ids, labels = part["input_ids"], part["labels"]
+    lead = ids.shape[:-1]
+    flat = {k: v.reshape(-1, v.shape[-1]) for k, v in part.items() if k in MODEL_INPUT_KEYS}
+    logits = output_logits(model(**flat))
+    return sequence_nll(logits, labels.reshape(-1, labels.shape[-1]), reduction="mean").reshape(lead)
+
+
+def _truth_ratio(model: nn.Module, batch: dict[str, Any]) -> Tensor:
+    """TOFU truth ratio of a batch carrying ``paraphrased`` and ``perturbed`` answers (TOFUDataModule)."""
+    return truth_ratio(_answer_nll(model, batch["paraphrased"]), _answer_nll(model, batch["perturbed"]))

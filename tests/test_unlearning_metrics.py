@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from litmix.callbacks import UnlearningEvaluator
 from litmix.datamodules.forget_retain import ForgetRetainDataModule
+from litmix.functional.unlearning import sequence_nll
 from litmix.functional.unlearning_metrics import (
     extraction_strength,
     harmonic_mean,
@@ -480,6 +481,52 @@ def test_evaluator_on_language_model_items():
         for b in loaders[split]:
             m.update(model(b["input_ids"])["logits"], b["labels"], b["index"], holdout=split == "holdout")
     assert values["mia_auc"] == pytest.approx(float(m.compute()), abs=1e-6)
+
+
+def test_evaluator_truth_ratio_and_tofu_forget_quality():
+    g = torch.Generator().manual_seed(1)
+
+    def part(n, k=None):
+        shape = (n, 8) if k is None else (n, k, 8)
+        ids = torch.randint(0, 11, shape, generator=g)
+        labels = ids.clone()
+        labels[..., :3] = -100
+        return ids, labels
+
+    def loader(n, perturbed=False):
+        ids, labels = part(n)
+        items = []
+        pids, plabels = part(n)
+        wids, wlabels = part(n, 3)
+        for i in range(n):
+            item = {"input_ids": ids[i], "labels": labels[i], "index": torch.tensor(i)}
+            if perturbed:
+                item["paraphrased"] = {"input_ids": pids[i], "labels": plabels[i]}
+                item["perturbed"] = {"input_ids": wids[i], "labels": wlabels[i]}
+            items.append(item)
+        return DataLoader(items, batch_size=4)
+
+    loaders = {"forget": loader(9), "forget_perturbed": loader(9, True), "retain": loader(6), "holdout": loader(5)}
+    model, retrain = _TokenLM(), _TokenLM()
+    with torch.no_grad():
+        retrain.head.weight.mul_(-1.0)
+    values = UnlearningEvaluator(retrain_model=retrain).evaluate(model, loaders)
+
+    def ratios(net):
+        out = []
+        for b in loaders["forget_perturbed"]:
+            para = sequence_nll(net(b["paraphrased"]["input_ids"])["logits"], b["paraphrased"]["labels"], "mean")
+            wrong = b["perturbed"]["input_ids"].reshape(-1, 8)
+            pert = sequence_nll(net(wrong)["logits"], b["perturbed"]["labels"].reshape(-1, 8), "mean")
+            out.append(truth_ratio(para, pert.reshape(-1, 3)))
+        return torch.cat(out)
+
+    with torch.no_grad():
+        tr_model, tr_retrain = ratios(model), ratios(retrain)
+    assert values["forget_perturbed_truth_ratio"] == pytest.approx(
+        float(torch.minimum(tr_model, 1 / tr_model).mean()), abs=1e-5
+    )
+    assert values["forget_quality"] == pytest.approx(float(ks_2samp_exact(tr_model, tr_retrain)), abs=1e-9)
 
 
 def test_evaluator_every_n_epochs_and_bad_arguments():

@@ -58,6 +58,10 @@ class TruthRatio(IndexedRows):
         """Add items: ``[B]`` (or ``[B, P]``) paraphrased and ``[B, K]`` perturbed per-token mean NLLs."""
         self._add(truth_ratio(paraphrased_nll, perturbed_nll), index, 0)
 
+    def update_ratios(self, ratios: Tensor, index: Tensor) -> None:
+        """Add already computed per-item truth ratios."""
+        self._add(ratios.reshape(-1), index, 0)
+
     def values(self) -> Tensor:
         """Per-item truth ratios, one per distinct index, sorted by index."""
         return self.rows(0)[0].reshape(-1)

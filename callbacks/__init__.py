@@ -1,6 +1,7 @@
 """Callbacks: distillation, sparsity, proxy scoring and other methods for any LightningModule."""
 
 from litmix.callbacks.adanpc import AdaNPC
+from litmix.callbacks.dynamic_sparse_embedding import DynamicSparseEmbedding
 from litmix.callbacks.dynamic_sparse_training import DynamicSparseTraining
 from litmix.callbacks.flag_aggregation import FlagAggregation
 from litmix.callbacks.gradient_matching_split import GradientMatchingSplit
@@ -24,6 +25,7 @@ from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
     "AdaNPC",
+    "DynamicSparseEmbedding",
     "DynamicSparseTraining",
     "FlagAggregation",
     "GradientMatchingSplit",

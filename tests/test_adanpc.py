@@ -151,13 +151,13 @@ def test_two_ranks_hold_one_memory():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# effect: digits, source MLP trained on clean data, test stream with severity rising from 0 to 1
+# effect: MNIST, source MLP trained on clean images, test streams with corruption severity rising from 0 to 1
 
 
 class _Source(pl.LightningModule):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
+        self.features = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU())
         self.head = nn.Linear(128, 10)
 
     def forward(self, x):
@@ -169,29 +169,39 @@ class _Source(pl.LightningModule):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    pytest.importorskip("sklearn")
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def mnist(shared_data):
+    from litmix.datamodules.mnist import read_idx
 
-    x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(x / 16, y, test_size=0.3, stratify=y, random_state=0)
-    f = torch.float32
-    return torch.tensor(xtr, dtype=f), torch.tensor(ytr), torch.tensor(xte, dtype=f), torch.tensor(yte)
+    raw = shared_data / "mnist" / "MNIST" / "raw"
+    if not (raw / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found in {raw}")
+    # only the 10k-image file is read (decompressing the 60k training file costs seconds): images 1,000-5,999
+    # train the source model, images 0-999 make the test stream
+    x = read_idx(raw / "t10k-images-idx3-ubyte.gz")[:6000].float().flatten(1) / 255
+    y = read_idx(raw / "t10k-labels-idx1-ubyte.gz")[:6000].long()
+    return x[1000:], y[1000:], x[:1000], y[:1000]
+
+
+def _stream(xte, kind, gen):
+    sev = torch.linspace(0, 1, len(xte)).unsqueeze(1)  # severity rises linearly along the stream
+    if kind == "noise":
+        return (xte + 0.6 * sev * torch.randn(xte.shape, generator=gen)).clamp(0, 1)
+    return xte * (1 - 0.8 * sev) + 0.4 * sev  # contrast falls to 20 % around grey
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_adanpc_beats_the_linear_head_on_a_gradual_shift_stream(digits, seed):
-    """Shift x(1 - s/2) + 0.4 s + 0.25 s N(0, 1), s rising linearly from 0 to 1 over the 539 test images, batches
-    of 32; MLP 64-128-128 + linear head, 30 Adam epochs on clean digits; k = 10, tau = 0.1, vote share >= 0.9.
-    Measured (seeds 0/1/2): linear head 0.8370 / 0.8537 / 0.8519, static kNN memory 0.8556 / 0.8648 / 0.8556,
-    AdaNPC 0.8611 / 0.8796 / 0.8704."""
-    xtr, ytr, xte, yte = digits
+def test_adanpc_beats_the_source_head_on_corruption_streams(mnist, seed):
+    """MNIST t10k file: 5,000 source images (MLP 784-256-128 + linear head, 2 Adam epochs) and a stream of 1,000
+    other images with Gaussian noise (sigma up to 0.6) or contrast (down to 20 %) rising from 0 to full severity,
+    batches of 32; k = 10, tau = 0.1, vote share >= 0.9. Measured (seeds 0/1/2):
+    noise: linear head 0.649 / 0.739 / 0.673, static kNN 0.700 / 0.737 / 0.713, AdaNPC 0.752 / 0.786 / 0.747;
+    contrast: linear 0.513 / 0.568 / 0.477, static 0.521 / 0.566 / 0.531, AdaNPC 0.584 / 0.583 / 0.552."""
+    xtr, ytr, xte, yte = mnist
     torch.manual_seed(seed)
     model = _Source()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=5e-4)
-    for _ in range(30):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
         perm = torch.randperm(len(ytr))
         for s in range(0, len(ytr), 128):
             b = perm[s : s + 128]
@@ -201,19 +211,17 @@ def test_adanpc_beats_the_linear_head_on_a_gradual_shift_stream(digits, seed):
             opt.step()
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(yte), generator=gen)
-    xs, ys = xte[order], yte[order]
-    sev = torch.linspace(0, 1, len(ys)).unsqueeze(1)
-    xs = xs * (1 - 0.5 * sev) + 0.4 * sev + 0.25 * sev * torch.randn(xs.shape, generator=gen)
-    with torch.no_grad():
-        static = NonParametricHead(128, 10, k=10)
-        static.add(model.features(xtr), ytr)
-        static_acc = float((static(model.features(xs)).argmax(-1) == ys).float().mean())
-    cb = AdaNPC(num_classes=10, feature_module="features", k=10, threshold=0.9)
-    cb.build_memory(model, DataLoader(TensorDataset(xtr, ytr), batch_size=256))
-    out = make_trainer(callbacks=[cb]).test(model, dataloaders=_loader(xs, ys, batch_size=32), verbose=False)[0]
-    linear, adanpc = out["test/acc"], out["adanpc/acc"]
-    print(f"seed {seed}: linear {linear:.4f} static {static_acc:.4f} adanpc {adanpc:.4f} memory {len(cb.head)}")
-    assert adanpc - linear >= 0.015  # measured +0.024 / +0.026 / +0.019
-    assert adanpc > static_acc  # measured +0.006 / +0.015 / +0.015
-    assert static_acc >= linear  # measured +0.019 / +0.011 / +0.004
+    for kind in ("noise", "contrast"):
+        xs = _stream(xte, kind, gen)
+        with torch.no_grad():
+            static = NonParametricHead(128, 10, k=10)
+            static.add(model.features(xtr), ytr)
+            static_acc = float((static(model.features(xs)).argmax(-1) == yte).float().mean())
+        cb = AdaNPC(num_classes=10, feature_module="features", k=10, threshold=0.9)
+        cb.build_memory(model, DataLoader(TensorDataset(xtr, ytr), batch_size=1000))
+        out = make_trainer(callbacks=[cb]).test(model, dataloaders=_loader(xs, yte, batch_size=32), verbose=False)[0]
+        linear, adanpc = out["test/acc"], out["adanpc/acc"]
+        print(f"seed {seed} {kind}: linear {linear:.4f} static {static_acc:.4f} adanpc {adanpc:.4f} mem {len(cb.head)}")
+        assert len(cb.head) > len(ytr)  # confident test samples joined the memory
+        assert adanpc - linear >= 0.01  # measured noise +0.103 / +0.047 / +0.074, contrast +0.071 / +0.015 / +0.075
+        assert adanpc - static_acc >= 0.01  # measured noise +0.052 / +0.049 / +0.034, contrast +0.063 / +0.017 / +0.021

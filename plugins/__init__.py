@@ -5,6 +5,7 @@ from litmix.plugins.compositional_ebm import CompositionalEBM
 from litmix.plugins.deepwalk_module import DeepWalkModule
 from litmix.plugins.distillation_module import DistillationModule
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
+from litmix.plugins.graph_to_mlp import GraphToMLPDistillModule
 from litmix.plugins.lightgcn_module import LightGCNModule
 from litmix.plugins.mixed_precision_gnn import MixedPrecisionGNN
 from litmix.plugins.nb201_supernet import NB201SupernetModule
@@ -23,6 +24,7 @@ __all__ = [
     "DeepWalkModule",
     "DistillationModule",
     "GradientBoostedNetwork",
+    "GraphToMLPDistillModule",
     "LightGCNModule",
     "MixedPrecisionGNN",
     "NB201SupernetModule",

@@ -156,6 +156,24 @@ def main() -> None:
             if isinstance(dm, TeacherCacheDataModule):  # the cache dm's adapter must be the module's teacher
                 module = DistillationModule(_student(), dm.as_teacher(), terms=kd)
             times[name] += _fit(module, dm, args.epochs)
+    # The data side alone: a full pass over each training loader (no model), interleaved.
+    loaders = {
+        "loader only: wrapped MNIST": base,
+        "loader only: index cache": lambda: TeacherCacheDataModule(base(), teacher, str(tmp / "index"), k=5),
+        "loader only: MNIST + augmentation": lambda: base(_AugmentedMNIST),
+        "loader only: FKD cache": lambda: TeacherCacheDataModule(
+            base(), teacher, str(tmp / "fkd"), k=5, mode="fkd", crops=8
+        ),
+    }
+    loader_times: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(3 * args.repeats):
+        for name, make_dm in loaders.items():
+            dm = make_dm()
+            dm.setup("fit")
+            t0 = time.perf_counter()
+            for _batch in dm.train_dataloader():
+                pass
+            loader_times[name].append(time.perf_counter() - t0)
     median = {name: statistics.median(v) for name, v in times.items()}
     ratios = {
         "student alone": median["student alone"] / median["student alone"],
@@ -189,6 +207,21 @@ def main() -> None:
     ]
     for name in settings:
         lines.append(f"| {name} | {median[name]:.3f} | {ratios[name]:.3f} | {against[name]} | {size.get(name, '-')} |")
+    lm = {name: statistics.median(v) for name, v in loader_times.items()}
+    lines += [
+        "",
+        "The data side alone (a full pass over the training loader, no model; median of "
+        f"{3 * args.repeats} interleaved passes):",
+        "",
+        "| loader | pass (s) | ratio |",
+        "|---|---|---|",
+        f"| wrapped MNIST | {lm['loader only: wrapped MNIST']:.3f} | 1.000 |",
+        f"| index cache (k=5) | {lm['loader only: index cache']:.3f} | "
+        f"{lm['loader only: index cache'] / lm['loader only: wrapped MNIST']:.3f} |",
+        f"| MNIST + random-resized-crop augmentation | {lm['loader only: MNIST + augmentation']:.3f} | 1.000 |",
+        f"| FKD cache (8 crops, k=5) | {lm['loader only: FKD cache']:.3f} | "
+        f"{lm['loader only: FKD cache'] / lm['loader only: MNIST + augmentation']:.3f} |",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

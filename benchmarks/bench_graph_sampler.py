@@ -10,11 +10,11 @@ One process, one CPU thread, side by side:
    at two graph sizes with the same mean degree: 100k nodes / 1M edges and 1M nodes / 10M edges. The sampler
    never allocates per-graph maps, so the figure follows the sampled subgraph, not the graph.
 3. FastRP (:func:`litmix.functional.fastrp.fastrp`, defaults) vs DeepWalk (:class:`DeepWalkModule` in a
-   ``Trainer``: 1 epoch, 2 walks x 20 steps per node, window 5, 64-d, 1 negative, Adam 0.05, as in
-   ``tests/test_random_walks.py``) on Cora: wall time and linear-probe accuracy (:func:`litmix.graph.linear_probe`,
-   random 50/50 split) for seeds 0, 1, 2, raw features alongside. This DeepWalk is already the cheap setting
-   that reaches its plateau here (the catalogue's 10 walks x 20 steps, 128-d, 5 negatives took 31 s per epoch);
-   FastRP's time is the median of 5 calls.
+   ``Trainer``: 1 epoch, 2 walks x 20 steps per node, window 5, 128-d, 1 negative, Adam 0.025, 256 start nodes
+   per batch, as in ``tests/test_random_walks.py``) on Cora: wall time and linear-probe accuracy
+   (:func:`litmix.graph.linear_probe`, random 50/50 split) for seeds 0, 1, 2, raw features alongside. This
+   DeepWalk is a cheap setting that already beats the raw features (the catalogue's 10 walks x 20 steps, 128-d,
+   5 negatives took 31 s per epoch); FastRP's time is the median of 5 calls.
 
 Writes ``benchmarks/results/graph_sampler.md``. Run: ``python benchmarks/bench_graph_sampler.py`` (a few minutes).
 """
@@ -108,9 +108,9 @@ def deepwalk(cora: Data, seed: int) -> tuple[torch.Tensor, float]:
                  val_mask=cora.val_mask, test_mask=cora.test_mask)  # fmt: skip
     torch.manual_seed(seed)
     start = time.perf_counter()
-    module = DeepWalkModule(cora.num_nodes, 64, walk_length=20, walks_per_node=2, window=5, num_negatives=1,
-                            lr=0.05, seed=seed)  # fmt: skip
-    make_trainer(max_epochs=1).fit(module, datamodule=GraphDataModule(None, data=graph, batch_size=128, seed=seed))
+    module = DeepWalkModule(cora.num_nodes, 128, walk_length=20, walks_per_node=2, window=5, num_negatives=1,
+                            lr=0.025, seed=seed)  # fmt: skip
+    make_trainer(max_epochs=1).fit(module, datamodule=GraphDataModule(None, data=graph, batch_size=256, seed=seed))
     return module.embedding.weight.detach(), time.perf_counter() - start
 
 

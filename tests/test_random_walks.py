@@ -106,17 +106,15 @@ def test_deepwalk_refuses_a_graph_larger_than_its_table():
 
 
 @pytest.mark.slow
-def test_deepwalk_on_cora_linear_probe(shared_data, tmp_path):
-    """DeepWalk in a Trainer on Cora (1 epoch, 2 walks x 20 steps per node, window 5, 64-d, 1 negative, Adam 0.05,
-    batches of 128 start nodes), linear probe on random 50/50 splits (``linear_probe``, seeds 0/1/2).
+def test_deepwalk_on_cora_linear_probe_beats_raw_features(shared_data, tmp_path):
+    """DeepWalk in a Trainer on Cora (1 epoch, 2 walks x 20 steps per node, window 5, 128-d, 1 negative, Adam
+    0.025, batches of 256 start nodes), linear probe on random 50/50 splits (``linear_probe``, seeds 0/1/2).
 
-    Measured: DeepWalk 0.736 / 0.766 / 0.725 vs raw bag-of-words features 0.741 / 0.753 / 0.750 (this probe:
-    default-C logistic regression; the catalogue's 0.694 for raw features came from another probe set-up), and
-    with 4 epochs in a plain loop still 0.747-0.762 on seed 0: DeepWalk does NOT beat raw features here within a
-    test budget. What holds and is asserted: DeepWalk (no features) >= 0.70 on every seed (catalogue's proposed
-    bound; chance is 0.30), and DeepWalk concatenated with the raw features beats the raw features alone by
-    >= 0.05 (measured with it: 0.819 / 0.830 / 0.823, +0.078 / +0.077 / +0.074: structure adds information the
-    features lack).
+    Measured: DeepWalk 0.769 / 0.812 / 0.787 vs raw bag-of-words features 0.741 / 0.753 / 0.750 (+0.028 / +0.059 /
+    +0.037; this probe is a default-C logistic regression, the catalogue's 0.694 for raw features came from
+    another probe set-up); DeepWalk concatenated with the raw features 0.826 / 0.847 / 0.842 (+0.085 / +0.094 /
+    +0.092). Asserted on every seed: DeepWalk (no node features) >= raw + 0.02, concatenation >= raw + 0.07.
+    (A 64-d, lr 0.05, 128-node-batch setting stayed on a par with the raw features: 0.736 / 0.766 / 0.725.)
     """
     from torch_geometric.datasets import Planetoid
 
@@ -130,13 +128,13 @@ def test_deepwalk_on_cora_linear_probe(shared_data, tmp_path):
     results = []
     for seed in (0, 1, 2):
         torch.manual_seed(seed)
-        module = DeepWalkModule(d.num_nodes, 64, walk_length=20, walks_per_node=2, window=5, num_negatives=1,
-                                lr=0.05, seed=seed)  # fmt: skip
-        make_trainer(max_epochs=1).fit(module, datamodule=GraphDataModule(None, data=graph, batch_size=128, seed=seed))
+        module = DeepWalkModule(d.num_nodes, 128, walk_length=20, walks_per_node=2, window=5, num_negatives=1,
+                                lr=0.025, seed=seed)  # fmt: skip
+        make_trainer(max_epochs=1).fit(module, datamodule=GraphDataModule(None, data=graph, batch_size=256, seed=seed))
         emb = module.embedding.weight.detach()
         raw = linear_probe(d.x, d.y, seed=seed)
         dw = linear_probe(emb, d.y, seed=seed)
         both = linear_probe(torch.cat([d.x, emb], 1), d.y, seed=seed)
         results.append((raw, dw, both))
-    assert all(dw >= 0.70 for _, dw, _ in results), results
-    assert all(both >= raw + 0.05 for raw, _, both in results), results
+    assert all(dw >= raw + 0.02 for raw, dw, _ in results), results
+    assert all(both >= raw + 0.07 for raw, _, both in results), results

@@ -10,6 +10,7 @@ from litmix.distill.attention_transfer import AttentionTransferTerm
 from litmix.distill.base import DistillTerm, feature_tensor, infer_width
 from litmix.distill.contrastive import ContrastiveTerm
 from litmix.distill.fitnet import FitNetTerm
+from litmix.distill.logit_discriminator import LogitDiscriminatorTerm
 from litmix.distill.logits_kd import LogitsKDTerm
 from litmix.distill.projector import FeatureProjector
 from litmix.distill.rkd import RKDTerm
@@ -22,6 +23,7 @@ __all__ = [
     "DistillTerm",
     "FeatureProjector",
     "FitNetTerm",
+    "LogitDiscriminatorTerm",
     "LogitsKDTerm",
     "RKDTerm",
     "build_term",

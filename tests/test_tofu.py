@@ -164,6 +164,26 @@ def test_unlearning_module_runs_two_steps_on_a_tiny_gpt2():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_idkdpo_alternate_answers_and_evaluator_loaders():
+    """IdkDPO reads forget items' ``alternate`` answers; UnlearningEvaluator finds the named loaders."""
+    from litmix.callbacks.unlearning_evaluator import UnlearningEvaluator
+    from litmix.datamodules.tofu import _TinyCausalLM
+    from litmix.plugins.unlearning_module import UnlearningModule
+    from litmix.testing import make_trainer
+
+    dm = TOFUDataModule(synthetic_tofu_root(), batch_size=4, max_length=48, alternate_answers=["I don't know."])
+    dm.setup("fit")
+    alt = dm.forget_dataset[3]["alternate"]
+    assert dm.tokenizer.decode(alt["labels"][alt["labels"] >= 0]) == "I don't know."
+    assert torch.equal(alt["input_ids"][:10], dm.forget_dataset[3]["input_ids"][:10])  # the same question
+    torch.manual_seed(0)
+    module = UnlearningModule(_TinyCausalLM(dm.vocab_size), forget_loss="idkdpo", retain_loss="nll", lr=1e-3)
+    trainer = make_trainer(max_steps=2, limit_val_batches=1, callbacks=[UnlearningEvaluator(images=False)])
+    trainer.fit(module, datamodule=dm)
+    keys = {k for k in trainer.callback_metrics if k.startswith("unlearn/")}
+    assert {"unlearn/forget_nll", "unlearn/retain_nll", "unlearn/holdout_nll", "unlearn/mia_auc"} <= keys
+
+
 # ------------------------------------------------------------------------------------------ synthetic task
 def test_synthetic_task_round_trip_and_determinism(tmp_path):
     a = make_synthetic_tofu(tmp_path / "a", n_entities=200, seed=3)

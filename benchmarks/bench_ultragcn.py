@@ -27,8 +27,14 @@ def _models(seed: int) -> dict[str, tuple[torch.nn.Module, int]]:
     torch.manual_seed(seed)
     ultra = UltraGCNModule(lr=1e-2, negative_weight=1.0, negative_num=20, init_std=0.1, seed=seed)
     torch.manual_seed(seed)
+    ultra_big = UltraGCNModule(lr=3e-2, negative_weight=1.0, negative_num=20, init_std=0.1, seed=seed)
+    torch.manual_seed(seed)
     light = LightGCNModule(lr=2e-2)
-    return {"UltraGCN (20 neg, batch 1024)": (ultra, 1024), "LightGCN (3 layers, batch 4096)": (light, 4096)}
+    return {
+        "UltraGCN (20 neg, batch 1024, Adam 1e-2)": (ultra, 1024),
+        "UltraGCN (20 neg, batch 4096, Adam 3e-2)": (ultra_big, 4096),
+        "LightGCN (3 layers, batch 4096, Adam 2e-2)": (light, 4096),
+    }
 
 
 def _fit(module: torch.nn.Module, batch: int, seed: int, epochs: int, validate: bool) -> tuple[float, dict]:
@@ -64,7 +70,7 @@ def main() -> None:
             for name, (module, batch) in _models(seed).items():
                 times.setdefault(name, []).append(_fit(module, batch, seed, 1, False)[0])
         best = {n: min(t) for n, t in times.items()}
-        light = best["LightGCN (3 layers, batch 4096)"]
+        light = best["LightGCN (3 layers, batch 4096, Adam 2e-2)"]
         for name, (module, batch) in _models(seed).items():
             _, metrics = _fit(module, batch, seed, args.epochs, True)
             prefix = "ultragcn" if isinstance(module, UltraGCNModule) else "lightgcn"

@@ -38,11 +38,16 @@ def _item_neighbours(
     """Top-``k`` item neighbours of each item from ``G = A^T A`` with weights ``G_ij beta_i(g) beta_j(g)``.
 
     ``beta`` as in :func:`_degree_betas` on ``G``'s row sums ``g`` (the reference's ``ii_constraint_mat``);
-    vectorised (one ``topk`` over the dense ``(I, I)`` matrix). Returns ``(I, k)`` item ids and weights.
+    vectorised (a sparse ``A^T A``, then one ``topk`` over the dense ``(I, I)`` matrix). Returns ``(I, k)`` item
+    ids and weights.
     """
-    a = torch.zeros(num_users, num_items)
-    a[pairs[:, 0], pairs[:, 1]] = 1.0
-    g = a.T @ a
+    import numpy as np
+    from scipy.sparse import csr_matrix
+
+    p = pairs.numpy()
+    a = csr_matrix((np.ones(len(p), dtype=np.float32), (p[:, 0], p[:, 1])), shape=(num_users, num_items))
+    a.data[:] = 1.0  # duplicate pairs count once
+    g = torch.from_numpy((a.T @ a).toarray().astype(np.float32))
     if zero_diagonal:
         g.fill_diagonal_(0.0)
     deg = g.sum(1).double()

@@ -724,6 +724,9 @@ class UnlearningModule(LitmixModule):
                 f"UnlearningModule: {split} evaluation items must carry their index as the third element (or "
                 "'index' key), as ForgetRetainDataModule's loaders do"
             )
+        if split not in self.accuracy:  # a named loader beyond the four standard ones (e.g. TOFU's real_authors)
+            self.accuracy[split] = IndexedMean().to(self.device)
+            self.mean_nll[split] = IndexedMean().to(self.device)
         logits = self._logits(self.model, inputs)
         if logits.dim() == 3:
             correct, count = sequence_correct(logits, targets)
@@ -748,7 +751,7 @@ class UnlearningModule(LitmixModule):
         self._eval_step(batch, dataloader_idx)
 
     def _log_eval(self, stage: str) -> None:
-        for split in SPLITS:
+        for split in list(self.accuracy.keys()):
             acc, nll = cast(IndexedMean, self.accuracy[split]), cast(IndexedMean, self.mean_nll[split])
             if acc.update_count > 0:
                 self.log(f"{stage}/{split}_acc", acc.compute(), sync_dist=True, add_dataloader_idx=False)

@@ -143,7 +143,10 @@ def test_unlearning_module_runs_two_steps_on_a_tiny_gpt2():
     from litmix.testing import make_trainer
 
     torch.manual_seed(0)
-    dm = TOFUDataModule(str(TOFU), forget_split="forget01", max_length=256, batch_size=4, eval_batch_size=8)
+    dm = TOFUDataModule(
+        str(TOFU), forget_split="forget01", max_length=256, batch_size=4, eval_batch_size=8,
+        val_splits=["forget", "retain", "holdout", "real_authors"],
+    )  # fmt: skip
     config = transformers.GPT2Config(
         vocab_size=dm.vocab_size, n_positions=256, n_layer=2, n_head=4, n_embd=64, resid_pdrop=0.0,
         embd_pdrop=0.0, attn_pdrop=0.0,
@@ -161,6 +164,7 @@ def test_unlearning_module_runs_two_steps_on_a_tiny_gpt2():
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["val/forget_nll"])
     assert "val/forget_mia_auc" in metrics
+    assert torch.isfinite(metrics["val/real_authors_acc"])  # a named loader beyond the four standard splits
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 

@@ -52,3 +52,28 @@ def test_bad_arguments_are_named():
         DynamicSparseEmbedding(zeta=0.0)
     with pytest.raises(ValueError, match="parameter_names"):
         DynamicSparseEmbedding(parameter_names=[])
+
+
+@pytest.mark.slow
+def test_dsl_beats_a_static_random_mask_at_80_percent_on_ml100k(shared_data):
+    """UltraGCN (64-d, 20 negatives, negative_weight 1, init std 0.1, Adam 1e-2, batch 1024, 3 epochs = 237 steps)
+    on ML-100K u1 with 80 % of each embedding table pruned: DSL (RigL grow, update every 10 steps to 75 %,
+    zeta 0.3, 17 updates) against the same callback with no update (``end_step=1``: the static random mask).
+
+    Measured Recall@20 / NDCG@20, DSL vs static, seeds 0 / 1 / 2: 0.1295 / 0.2444 vs 0.1072 / 0.2176;
+    0.1320 / 0.2468 vs 0.1087 / 0.2151; 0.1311 / 0.2481 vs 0.1090 / 0.2134
+    (at 90 %, seed 0: 0.1220 / 0.2417 vs 0.0876 / 0.1856). Asserted on seed 0: Recall@20 and NDCG@20 of DSL >=
+    static + 0.015 (smallest margins measured: +0.022 recall, +0.027 NDCG).
+    """
+    out = {}
+    for mode in ("dsl", "static"):
+        dm = InteractionDataModule(root=shared_data / "movielens100k" / "raw", batch_size=1024, seed=0)
+        torch.manual_seed(0)
+        module = UltraGCNModule(lr=1e-2, negative_weight=1.0, negative_num=20, init_std=0.1, seed=0)
+        cb = DynamicSparseEmbedding(sparsity=0.8, update_every=10, **({"end_step": 1} if mode == "static" else {}))
+        trainer = make_trainer(max_epochs=3, limit_val_batches=None, check_val_every_n_epoch=3, callbacks=[cb])
+        trainer.fit(module, datamodule=dm)
+        assert cb.engine.sparsity_report()["global"] == pytest.approx(0.8)
+        out[mode] = [float(trainer.callback_metrics[f"ultragcn/val_{m}@20"]) for m in ("recall", "ndcg")]
+    assert out["dsl"][0] >= out["static"][0] + 0.015, out
+    assert out["dsl"][1] >= out["static"][1] + 0.015, out

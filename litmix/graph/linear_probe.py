@@ -42,6 +42,7 @@ def linear_probe(features: Tensor, y: Tensor, seed: int = 0, test_size: float = 
         ValueError: if their lengths differ or ``test_size`` / ``seed`` / ``max_iter`` are out of range.
 
     Example:
+        >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(200) % 2
         >>> x = torch.randn(200, 3, generator=g) + 3 * y.unsqueeze(1)

@@ -14,6 +14,7 @@ from litmix.plugins.ofa_supernet import OFASupernetModule
 from litmix.plugins.parzc_predictor import ParZCPredictor
 from litmix.plugins.phatgoose_module import PHATGOOSEModule
 from litmix.plugins.proxyless_nas import ProxylessNASModule
+from litmix.plugins.regression_unlearning import RegressionUnlearningModule
 from litmix.plugins.ultragcn_module import UltraGCNModule
 from litmix.plugins.unlearning_module import UnlearningModule
 from litmix.plugins.zeroth_order_module import ZerothOrderModule
@@ -33,6 +34,7 @@ __all__ = [
     "PHATGOOSEModule",
     "ParZCPredictor",
     "ProxylessNASModule",
+    "RegressionUnlearningModule",
     "UltraGCNModule",
     "UnlearningModule",
     "ZerothOrderModule",

@@ -19,11 +19,14 @@ from litmix.callbacks.polarization_pruning import PolarizationPruning
 from litmix.callbacks.quantization_aware_training import QuantizationAwareTraining
 from litmix.callbacks.save_init import SaveInit
 from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
+from litmix.callbacks.ssvi import SSVI
+from litmix.callbacks.structured_pruning import StructuredPruning
 from litmix.callbacks.thresholdout_validation import ThresholdoutValidation
 from litmix.callbacks.unlearning_evaluator import UnlearningEvaluator
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
 __all__ = [
+    "SSVI",
     "AdaNPC",
     "DynamicSparseEmbedding",
     "DynamicSparseTraining",
@@ -43,6 +46,7 @@ __all__ = [
     "QuantizationAwareTraining",
     "SaveInit",
     "ShrinkingSchedule",
+    "StructuredPruning",
     "ThresholdoutValidation",
     "UnlearningEvaluator",
     "ZeroCostProxies",

@@ -30,6 +30,7 @@ CORE_MODULES = (
     "litmix.functional.graph_proxies",
     "litmix.functional.graph_valuation",
     "litmix.functional.inductive_bias",
+    "litmix.functional.link_prediction",
     "litmix.layers",
     "litmix.functional.quantization",
     "litmix.functional.zeroth_order",
@@ -39,6 +40,8 @@ CORE_MODULES = (
     "litmix.optim",
     "litmix.quantization_pareto",
     "litmix.sparsity",
+    "litmix.sparsity.removal",
+    "litmix.functional.head_importance",
 )
 
 

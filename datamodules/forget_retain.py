@@ -281,6 +281,72 @@ class ForgetRetainDataModule(LitmixDataModule):
         """Wrap a map-style training dataset (and optional test set)."""
         return cls(base=None, dataset=dataset, test_dataset=test_dataset, **kwargs)
 
+    @classmethod
+    def from_scores(
+        cls,
+        dataset: Dataset,
+        scores: Tensor | Sequence[float],
+        k: int | None = None,
+        quantile: float | None = None,
+        lowest: bool = True,
+        test_dataset: Dataset | None = None,
+        **kwargs: Any,
+    ) -> ForgetRetainDataModule:
+        """Forget the items of ``dataset`` chosen by per-sample ``scores`` (bottom-/top-``k`` or a quantile).
+
+        Score producers: :func:`litmix.functional.forget_selection.knn_shapley` (Data Shapley values: lowest =
+        harmful / mislabeled, highest = most valuable) and
+        :func:`~litmix.functional.forget_selection.worst_case_forget_scores` (Challenging Forgets: highest weights =
+        hardest to forget). Give exactly one of ``k`` (the ``k`` lowest, or highest with ``lowest=False``; ties by
+        index) or ``quantile`` (every item with a score ``<=`` the ``quantile``-quantile, or ``>=`` it with
+        ``lowest=False``: ``quantile=0.9, lowest=False`` = the top 10 %).
+
+        Raises:
+            TypeError: ``scores`` not a tensor or list of numbers, ``k`` not an int, ``lowest`` not a bool.
+            ValueError: ``scores`` not one finite value per item, neither or both of ``k`` and ``quantile``,
+                ``k`` outside ``[1, N - 1]``, ``quantile`` outside ``(0, 1)``, or a selection that is empty or
+                covers every item.
+
+        Example:
+            >>> from litmix.testing import TinyDataModule
+            >>> ds = TinyDataModule(n=10).dataset
+            >>> dm = ForgetRetainDataModule.from_scores(ds, torch.arange(10.0), k=3, lowest=False)
+            >>> dm.forget_indices
+            [7, 8, 9]
+            >>> ForgetRetainDataModule.from_scores(ds, torch.arange(10.0), quantile=0.2).forget_indices
+            [0, 1]
+        """
+        owner = f"{cls.__name__}.from_scores"
+        check_type(owner, "scores", scores, (Tensor, list, tuple))
+        if not isinstance(scores, Tensor):
+            bad = [s for s in scores if isinstance(s, bool) or not isinstance(s, numbers.Real)]
+            if bad:
+                raise TypeError(f"{owner}(scores=[..., {bad[0]!r}, ...]): scores must be numbers")
+        values = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+        n = len(dataset)  # type: ignore[arg-type]
+        if values.numel() != n:
+            raise ValueError(f"{owner}(scores): {values.numel()} scores for a dataset of {n} items; give one per item")
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"{owner}(scores): scores hold NaN or infinite values")
+        check_type(owner, "lowest", lowest, bool)
+        if (k is None) == (quantile is None):
+            raise ValueError(f"{owner}(k={k!r}, quantile={quantile!r}): give exactly one of k and quantile")
+        if k is not None:
+            check_int(owner, "k", k, low=1, high=n - 1)
+            key = values if lowest else -values
+            chosen = torch.from_numpy(key.numpy().argsort(kind="stable"))[:k]  # ties: lower index first
+        else:
+            check_float(owner, "quantile", quantile, low=0.0, high=1.0, low_open=True, high_open=True)
+            cut = torch.quantile(values, float(quantile))  # type: ignore[arg-type]
+            chosen = torch.nonzero(values <= cut if lowest else values >= cut).flatten()
+        forget = sorted(int(i) for i in chosen)
+        if not forget or len(forget) >= n:
+            raise ValueError(
+                f"{owner}(quantile={quantile!r}, lowest={lowest}): the selection holds {len(forget)} of {n} items; "
+                "the forget set must be non-empty and leave items to retain"
+            )
+        return cls(base=None, dataset=dataset, test_dataset=test_dataset, forget_indices=forget, **kwargs)
+
     def _base_datasets(self) -> tuple[Dataset, Dataset | None]:
         if self.base is None:
             assert self.dataset is not None

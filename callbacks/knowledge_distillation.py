@@ -15,6 +15,8 @@ from torch.utils.hooks import RemovableHandle
 
 from litmix.base import Example
 from litmix.data import split_batch
+from litmix.distill.augmentation import random_augmentation, row_checksums
+from litmix.distill.base import cast_floating, floating_dtype, needs_cast
 from litmix.functional.distill_losses import KDRowsFunction as _KDTerm
 from litmix.functional.distillation import kd_loss
 from litmix.loss_terms import LossTermCallback
@@ -27,14 +29,6 @@ _FOLD_EVERY = 64  # agreement counts are folded into one device tensor every thi
 _SMALL_LOGITS = 1 << 15  # logits up to this many elements are kept (by reference) until the next fold
 
 
-def _floating_dtype(module: nn.Module) -> torch.dtype | None:
-    """The dtype of the module's first floating-point parameter or buffer (``None`` if it has none)."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return None
-
-
 def _meta_tensor(module: nn.Module) -> str | None:
     """The name of a parameter or buffer of ``module`` on the meta device, if any."""
     for name, tensor in (*module.named_parameters(), *module.named_buffers()):
@@ -43,24 +37,11 @@ def _meta_tensor(module: nn.Module) -> str | None:
     return None
 
 
-def _cast_floating(value: Any, dtype: torch.dtype) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
-    if isinstance(value, tuple | list):
-        return type(value)(_cast_floating(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _cast_floating(v, dtype) for k, v in value.items()}
-    return value
-
-
-def _needs_cast(value: Any, dtype: torch.dtype) -> bool:
-    if isinstance(value, Tensor):
-        return value.is_floating_point() and value.dtype != dtype
-    if isinstance(value, tuple | list):
-        return any(_needs_cast(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return any(_needs_cast(v, dtype) for v in value.values())
-    return False
+def _grown(rows: Tensor, size: int) -> Tensor:
+    """``rows`` padded with zeros to ``size`` rows."""
+    grown = rows.new_zeros((size, *rows.shape[1:]))
+    grown[: len(rows)] = rows
+    return grown
 
 
 @register(
@@ -107,9 +88,17 @@ class KnowledgeDistillation(LossTermCallback):
     With ``cache_teacher_outputs=True`` the teacher's log-probabilities at temperature ``T`` are stored by sample
     index (the third batch element or ``batch["index"]``, see :func:`litmix.data.split_batch`; wrap a dataset in
     :class:`litmix.data.IndexedDataset` to get it): the first visit of a sample runs the teacher, later epochs
-    reuse the stored values (changing ``temperature`` clears the cache). This is **invalid with random data
-    augmentation** (the stored outputs belong to the first augmented view) and stores ``N x C`` floats on the
-    training device. The cache is not checkpointed; after a resume it fills again.
+    reuse the stored values (changing ``temperature`` clears the cache). It stores ``N x C`` floats on the
+    training device and is not checkpointed; after a resume it fills again. It is keyed by sample index only, so
+    it is **refused with random data augmentation** (the stored output would belong to another view): in
+    ``setup`` when the DataModule says so (:func:`litmix.distill.augmentation.random_augmentation`: an
+    ``augmentation`` / ``random_augmentation`` / ``augmented`` flag, a random torchvision-style transform, a
+    training dataset that returns two different inputs for one sample, a
+    :class:`~litmix.datamodules.TeacherCacheDataModule` in FKD mode), and at run time when a cached index comes
+    back with other inputs (an exact checksum of each sample's input row is stored with its output). For
+    augmented data use :class:`~litmix.datamodules.TeacherCacheDataModule` with ``mode="fkd"`` and pass its
+    :meth:`~litmix.datamodules.TeacherCacheDataModule.as_teacher` as ``teacher`` (each stored crop is replayed
+    with its own soft label), or keep the cache off.
 
     Logs, under ``log_prefix`` (``name`` or ``"kd"``): ``kd/loss_step``, ``kd/loss_epoch`` and ``kd/loss`` (the
     unweighted KD term, logged by the loss-term core at ``log_every_n_steps`` and as exact epoch means, see
@@ -144,6 +133,8 @@ class KnowledgeDistillation(LossTermCallback):
             ``FileNotFoundError``) or is empty, a teacher folder without ``config.json``, a teacher with tensors
             on the meta device (at ``setup``), or teacher and student logits of different shapes (at the first
             batch, naming both shapes).
+            With ``cache_teacher_outputs=True``, randomly augmented training data (in ``setup``, or when a cached
+            sample index comes back with other inputs).
         MisconfigurationException: if ``student_path`` names no submodule, if the hooked module did not run
             during a training step (set ``student_path``), or if ``cache_teacher_outputs=True`` and the batch
             has no sample indices.
@@ -233,6 +224,7 @@ class KnowledgeDistillation(LossTermCallback):
     def _reset_caches(self) -> None:
         self._cache: Tensor | None = None  # teacher log-probabilities at self._cache_temperature, by sample index
         self._filled: Tensor | None = None
+        self._checksums: Tensor | None = None  # int64 checksum of each cached sample's input row
         self._cache_temperature = self.temperature
         self._complete = False  # every row of the cache is filled (checked once per epoch)
         self._reset_agreement()
@@ -282,7 +274,16 @@ class KnowledgeDistillation(LossTermCallback):
         self._teacher.requires_grad_(False)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Install the loss wrapper and the student hook; check, freeze and move the teacher."""
+        """Install the loss wrapper and the student hook; check, freeze and move the teacher.
+
+        Raises:
+            ValueError: with ``cache_teacher_outputs=True``, a DataModule whose training data is randomly
+                augmented (before anything is installed).
+        """
+        if stage == "fit" and self.cache_teacher_outputs:
+            why = random_augmentation(getattr(trainer, "datamodule", None))
+            if why is not None:
+                raise ValueError(self._augmented_error(why))
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
@@ -312,9 +313,32 @@ class KnowledgeDistillation(LossTermCallback):
         self._teacher = trainer.strategy.precision_plugin.convert_module(self._teacher)
         self._teacher.to(trainer.strategy.root_device)
         self._freeze()
-        self._teacher_dtype = _floating_dtype(self._teacher)
+        self._teacher_dtype = floating_dtype(self._teacher)
         self._armed, self._captured, self._warned_rerun = False, None, False
         self._reset_caches()
+
+    def _augmented_error(self, why: str) -> str:
+        return (
+            f"{type(self).__name__}(cache_teacher_outputs=True): {why}. The teacher cache is keyed by sample index "
+            "only and would serve every augmented view the teacher's output for another view. For augmented data "
+            "use TeacherCacheDataModule(base, teacher, cache_dir, mode='fkd') and pass its as_teacher() as the "
+            "teacher (each stored crop is replayed with its own soft label), or set cache_teacher_outputs=False"
+        )
+
+    def _check_inputs(self, index: Tensor, sums: Tensor | None) -> None:
+        """Refuse a cached sample index whose input row differs from the one its teacher output was stored for."""
+        stored = self._checksums
+        if sums is None or stored is None:
+            return
+        seen = stored.index_select(0, index.to(stored.device).long())
+        if not torch.equal(seen, sums.to(stored.device)):
+            bad = int(index.reshape(-1)[int((seen != sums.to(stored.device)).nonzero()[0, 0])])
+            raise ValueError(
+                self._augmented_error(
+                    f"sample index {bad} came back with other inputs than those its teacher output was cached for "
+                    "(random augmentation?)"
+                )
+            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Follow the module to its final device."""
@@ -401,8 +425,8 @@ class KnowledgeDistillation(LossTermCallback):
         teacher = self._teacher
         teacher.eval()  # re-asserted every step: a user's .train() must never reach the teacher
         dtype = self._teacher_dtype
-        if dtype is not None and _needs_cast((args, kwargs), dtype):
-            args, kwargs = _cast_floating(args, dtype), _cast_floating(kwargs, dtype)
+        if dtype is not None and needs_cast((args, kwargs), dtype):
+            args, kwargs = cast_floating(args, dtype), cast_floating(kwargs, dtype)
         with torch.no_grad():
             output = teacher(*args, **kwargs)
         return output_logits(output, owner=type(self).__name__, who="teacher").float()
@@ -416,7 +440,8 @@ class KnowledgeDistillation(LossTermCallback):
                 "element or batch['index']); wrap the dataset in litmix.data.IndexedDataset"
             )
         if self._cache_temperature != self.temperature:  # the stored log-probabilities belong to another T
-            self._cache, self._filled, self._cache_temperature = None, None, self.temperature
+            self._cache, self._filled, self._checksums = None, None, None
+            self._cache_temperature = self.temperature
             self._complete = False
         if index.dim() != 1:
             index = index.reshape(-1)
@@ -425,13 +450,17 @@ class KnowledgeDistillation(LossTermCallback):
                 f"{type(self).__name__}: {index.numel()} sample indices for student logits of shape "
                 f"{tuple(student.shape)}; caching needs one index per row of the logits"
             )
+        sums = row_checksums((args, kwargs), index.numel())
         cache, filled = self._cache, self._filled
         if self._complete and cache is not None and cache.device.type == "cpu" and index.device.type == "cpu":
             # every stored row is filled: one gather, and an index beyond the cache (a new sample) raises
             try:
-                return cache.index_select(0, index.long())
+                served = cache.index_select(0, index.long())
             except IndexError:
                 pass
+            else:
+                self._check_inputs(index, sums)
+                return served
         if cache is not None and filled is not None:
             if index.device.type == "cpu" and filled.device.type == "cpu":  # numpy: no kernel launches
                 idx, done = index.numpy(), filled.numpy()
@@ -439,6 +468,7 @@ class KnowledgeDistillation(LossTermCallback):
             else:
                 hit = bool(int(index.max()) < len(filled) and bool(filled[index.to(filled.device)].all()))
             if hit:
+                self._check_inputs(index, sums)
                 return cache[index.to(cache.device)]
         logits = self._run_teacher(args, kwargs)
         self._check_shapes(student, logits)
@@ -448,15 +478,22 @@ class KnowledgeDistillation(LossTermCallback):
         if self._cache is None or self._filled is None:
             self._cache = log_p.new_zeros((needed, *log_p.shape[1:]))
             self._filled = torch.zeros(needed, dtype=torch.bool, device=log_p.device)
+            self._checksums = None if sums is None else torch.zeros(needed, dtype=torch.long, device=log_p.device)
         elif needed > len(self._filled):
             size = max(needed, 2 * len(self._filled))
-            grown = log_p.new_zeros((size, *self._cache.shape[1:]))
-            grown[: len(self._cache)] = self._cache
-            filled = torch.zeros(size, dtype=torch.bool, device=log_p.device)
-            filled[: len(self._filled)] = self._filled
-            self._cache, self._filled = grown, filled
+            self._cache = _grown(self._cache, size)
+            self._filled = _grown(self._filled, size)
+            self._checksums = None if self._checksums is None else _grown(self._checksums, size)
+        seen = self._filled[index]
+        if sums is not None and bool(seen.any()):  # a batch mixing new and cached samples
+            self._check_inputs(index[seen], sums[seen.to(sums.device)])
         self._cache[index] = log_p
         self._filled[index] = True
+        if self._checksums is not None:
+            if sums is None:  # inputs without a tensor of one row per sample: no guard from here on
+                self._checksums = None
+            else:
+                self._checksums[index] = sums.to(self._checksums.device)
         self._complete = False
         return log_p
 
@@ -467,6 +504,8 @@ class KnowledgeDistillation(LossTermCallback):
             return
         last = int(filled.nonzero().max()) + 1
         self._cache, self._filled = self._cache[:last], filled[:last]
+        if self._checksums is not None:
+            self._checksums = self._checksums[:last]
         self._complete = bool(self._filled.all())
 
     def _check_shapes(self, student: Tensor, teacher: Tensor) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -15,7 +13,14 @@ from torch import Tensor, nn
 from litmix._loss_terms import _logs_this_step
 from litmix.base import Example, LitmixModule
 from litmix.data import split_batch
-from litmix.distill.base import DistillTerm, feature_tensor, infer_width
+from litmix.distill.base import (
+    DistillTerm,
+    capture_outputs,
+    cast_floating,
+    feature_tensor,
+    infer_width,
+    resolve_module,
+)
 from litmix.distill.logits_kd import AGGREGATES, LogitsKDTerm
 from litmix.distill.terms import build_term
 from litmix.models import load_model, output_logits
@@ -34,36 +39,6 @@ STUDENT_PREFIX, TERMS_PREFIX = "student.", "distill_terms."
 _PAPER = "Distilling the Knowledge in a Neural Network (https://arxiv.org/abs/1503.02531)"
 
 
-def _candidates(model: nn.Module, path: str, limit: int = 12) -> str:
-    names = [n for n, _ in model.named_modules() if n]
-    head = path.split(".")[0]
-    close = [n for n in names if n.startswith(head)] or names
-    shown = ", ".join(repr(n) for n in close[:limit])
-    return f"{shown}{', ...' if len(close) > limit else ''}"
-
-
-def _resolve(model: nn.Module, path: str, owner: str, where: str) -> nn.Module:
-    if path in (".", ""):
-        return model
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        raise ValueError(
-            f"{owner}({where}={path!r}): {type(model).__name__} has no submodule {path!r}; candidates: "
-            f"{_candidates(model, path)} ('.' is the output)"
-        ) from None
-
-
-def _cast_floating(value: Any, dtype: torch.dtype) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
-    if isinstance(value, tuple | list):
-        return type(value)(_cast_floating(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _cast_floating(v, dtype) for k, v in value.items()}
-    return value
-
-
 def _task_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """Cross-entropy over the rows whose target is not ``-100`` (0 when every target is ``-100``)."""
     flat, target = logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
@@ -74,29 +49,13 @@ def _task_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
 _WARNED: dict[str, bool] = {}
 
 
-@contextlib.contextmanager
-def _capture(model: nn.Module, paths: list[str], store: dict[str, Any]) -> Iterator[None]:
-    """Forward hooks on ``model``'s submodules at ``paths`` (not ``"."``) storing their outputs in ``store``."""
-    handles = []
-    for path in paths:
-        if path in (".", ""):
-            continue
-
-        def hook(module: nn.Module, args: Any, output: Any, path: str = path) -> None:
-            if path in store and not _WARNED.get(path):
-                _WARNED[path] = True
-                rank_zero_warn(
-                    f"DistillationModule: module {path!r} ran more than once in one forward (shared or re-run, e.g. "
-                    "activation checkpointing); its terms use the last output"
-                )
-            store[path] = output
-
-        handles.append(model.get_submodule(path).register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+def _warn_rerun(path: str) -> None:
+    if not _WARNED.get(path):
+        _WARNED[path] = True
+        rank_zero_warn(
+            f"DistillationModule: module {path!r} ran more than once in one forward (shared or re-run, e.g. "
+            "activation checkpointing); its terms use the last output"
+        )
 
 
 @register("plugin", "distillation", paper=_PAPER)
@@ -245,10 +204,10 @@ class DistillationModule(LitmixModule):
                     raise ValueError(
                         f"{owner}({where}={term.spec()!r}): teacher_index {j} but only {len(loaded)} teacher(s)"
                     )
-            _resolve(student, term.student_path, owner, f"{where}.student")
+            resolve_module(student, term.student_path, owner, f"{where}.student")
             t_index = term.teachers_read(len(loaded))[0]
             for j in term.teachers_read(len(loaded)):
-                _resolve(loaded[j], term.teacher_path, owner, f"{where}.teacher")
+                resolve_module(loaded[j], term.teacher_path, owner, f"{where}.teacher")
             if isinstance(term, LogitsKDTerm) and term.aggregate is None:
                 term.aggregate = aggregate
             try:
@@ -377,11 +336,11 @@ class DistillationModule(LitmixModule):
             teacher.eval()  # re-asserted every step: a user's .train() must never reach the teacher
             dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()), None)
             t_args, t_kwargs = (
-                (args, kwargs) if dtype is None else (_cast_floating(args, dtype), _cast_floating(kwargs, dtype))
+                (args, kwargs) if dtype is None else (cast_floating(args, dtype), cast_floating(kwargs, dtype))
             )
             store: dict[str, Any] = {}
             if paths:
-                with torch.no_grad(), _capture(teacher, paths, store):
+                with torch.no_grad(), capture_outputs(teacher, paths, store, _warn_rerun):
                     store["."] = teacher(*t_args, **t_kwargs)
             outs.append(store)
         return outs
@@ -404,7 +363,7 @@ class DistillationModule(LitmixModule):
     def _losses(self, batch: Any) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor | None]:
         args, kwargs, y = self._inputs(batch)
         store: dict[str, Any] = {}
-        with _capture(self.student, self._student_paths, store):
+        with capture_outputs(self.student, self._student_paths, store, _warn_rerun):
             store["."] = self.student(*args, **kwargs)
         logits = output_logits(store["."], owner=type(self).__name__, who="student")
         cached = batch.get(self.cache_key) if isinstance(batch, dict) and self.cache_key else None

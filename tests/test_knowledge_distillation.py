@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from litmix.base import Example
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
 from litmix.data import IndexedDataset, split_batch
+from litmix.distill.augmentation import random_augmentation
 from litmix.functional.distillation import kd_loss, top1_agreement
 from litmix.loss_terms import LossTermCallback, apply_loss_terms
 from litmix.testing import (
@@ -338,6 +339,80 @@ def test_cache_needs_sample_indices():
     kd = KnowledgeDistillation(make_teacher(), cache_teacher_outputs=True)
     with pytest.raises(MisconfigurationException, match="IndexedDataset"):
         fit_tiny([kd], datamodule=NoIndexData(), max_steps=1)
+
+
+class RandomResizedCrop:  # a torchvision-style random transform (torchvision is not a dependency)
+    def __call__(self, x):
+        return x
+
+
+class Compose:
+    def __init__(self, transforms):
+        self.transforms = transforms
+
+
+class NoisyDataset(torch.utils.data.Dataset):
+    """Inputs with fresh noise at every read (a random augmentation nothing declares)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y, index = self.base[i]
+        return x + 0.1 * torch.randn_like(x), y, index
+
+
+def _augmented_datamodules(tmp_path):
+    from litmix.datamodules import TeacherCacheDataModule
+
+    declared = TinyDataModule()
+    declared.random_augmentation = True
+    transformed = TinyDataModule()
+    transformed.dataset.transform = Compose([RandomResizedCrop()])
+    noisy = TinyDataModule()
+    noisy.dataset = NoisyDataset(noisy.dataset)
+    fkd = TeacherCacheDataModule(TinyDataModule(), make_teacher(), str(tmp_path), mode="fkd")
+    return {
+        "declared": (declared, "declares random_augmentation=True"),
+        "transform": (transformed, "holds the random transform RandomResizedCrop"),
+        "probed": (noisy, "returned two different inputs for sample 0"),
+        "fkd": (fkd, r"TeacherCacheDataModule\(mode='fkd'\)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["declared", "transform", "probed", "fkd"])
+def test_cache_refuses_augmented_data_at_setup(tmp_path, case):
+    dm, why = _augmented_datamodules(tmp_path)[case]
+    trainer = SimpleNamespace(datamodule=dm)
+    kd = KnowledgeDistillation(make_teacher(), cache_teacher_outputs=True)
+    with pytest.raises(ValueError, match=r"KnowledgeDistillation\(cache_teacher_outputs=True\): .*" + why) as err:
+        kd.setup(trainer, TinyClassifier(), "fit")
+    assert "TeacherCacheDataModule(base, teacher, cache_dir, mode='fkd')" in str(err.value)
+    assert "as_teacher()" in str(err.value)
+    assert kd._handle is None  # refused before anything was installed
+    assert random_augmentation(TinyDataModule()) is None  # plain data passes (a fit with it: the tests above)
+
+
+def test_cache_refuses_an_index_seen_again_with_other_inputs():
+    kd = KnowledgeDistillation(make_teacher(), cache_teacher_outputs=True)
+    x, index = torch.randn(4, 8), torch.arange(4)
+    student = torch.zeros(4, 4)
+    first = kd._cached_teacher((x, None, index), (x,), {}, student)
+    assert torch.equal(kd._cached_teacher((x, None, index), (x.clone(),), {}, student), first)  # same inputs: cached
+    for changed in (x + 1e-3, x.flip(1)):  # noise, and a flip (same values, other places)
+        with pytest.raises(ValueError, match=r"cache_teacher_outputs=True\): sample index 0 came back with other"):
+            kd._cached_teacher((changed, None, index), (changed,), {}, student)
+    kd._trim_cache()  # every row filled: the one-gather path checks too
+    assert kd._complete
+    with pytest.raises(ValueError, match=r"as_teacher\(\)"):
+        kd._cached_teacher((x, None, index), (x[[0, 1, 3, 2]],), {}, student)
+    # a batch mixing new and cached samples checks the cached ones
+    y, mixed = torch.cat([x[:2], torch.randn(2, 8)]), torch.tensor([2, 1, 5, 6])
+    with pytest.raises(ValueError, match="sample index 2 came back"):
+        kd._cached_teacher((y, None, mixed), (y,), {}, student)
 
 
 class L2Penalty(LossTermCallback):

@@ -7,7 +7,7 @@ The maths lives in :mod:`litmix.functional.distill_losses` (shared with
 """
 
 from litmix.distill.attention_transfer import AttentionTransferTerm
-from litmix.distill.base import DistillTerm, feature_tensor, infer_width
+from litmix.distill.base import DistillTerm, ProjectedTerm, feature_tensor, infer_width
 from litmix.distill.contrastive import ContrastiveTerm
 from litmix.distill.fitnet import FitNetTerm
 from litmix.distill.logit_discriminator import LogitDiscriminatorTerm
@@ -25,6 +25,7 @@ __all__ = [
     "FitNetTerm",
     "LogitDiscriminatorTerm",
     "LogitsKDTerm",
+    "ProjectedTerm",
     "RKDTerm",
     "build_term",
     "feature_tensor",

@@ -29,12 +29,10 @@ class AttentionTransferTerm(DistillTerm):
 
     Spec: ``{"kind": "at", "student": "layer2", "teacher": "layer3", "weight": 100.0}``.
 
+    Takes :class:`~litmix.distill.base.DistillTerm`'s ``student``, ``teacher``, ``weight``, ``teacher_index``
+    (``None``: the first teacher) and ``name`` (default ``"at"``), and:
+
     Args:
-        student: student module path.
-        teacher: teacher module path.
-        weight: weight of the term, a finite number >= 0.
-        teacher_index: which teacher (``None``: the first).
-        name: logged name (default ``"at"``).
         p: exponent of the attention map, a finite number > 0 (the paper uses 2).
 
     Raises:
@@ -50,16 +48,8 @@ class AttentionTransferTerm(DistillTerm):
 
     kind: ClassVar[str] = "at"
 
-    def __init__(
-        self,
-        student: str = ".",
-        teacher: str = ".",
-        weight: float = 1.0,
-        teacher_index: int | None = None,
-        name: str | None = None,
-        p: float = 2.0,
-    ) -> None:
-        super().__init__(student, teacher, weight, teacher_index, name)
+    def __init__(self, *args: Any, p: float = 2.0, **common: Any) -> None:
+        super().__init__(*args, **common)
         self.p = check_float(type(self).__name__, "p", p, low=0.0, low_open=True)
 
     def spec(self) -> dict[str, Any]:
@@ -68,9 +58,5 @@ class AttentionTransferTerm(DistillTerm):
 
     def forward(self, student: Tensor, teachers: list[Tensor], mask: Tensor | None = None) -> Tensor:
         """The attention-transfer loss against the (first) teacher read."""
-        try:
+        with self.named_errors():
             return attention_transfer_loss(student, teachers[0], p=self.p)
-        except ValueError as err:
-            raise ValueError(
-                f"{type(self).__name__}(student={self.student_path!r}, teacher={self.teacher_path!r}): {err}"
-            ) from None

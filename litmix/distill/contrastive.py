@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from litmix.distill.base import DistillTerm
+from litmix.distill.base import ProjectedTerm
 from litmix.distill.projector import FeatureProjector
 from litmix.functional.distill_losses import info_nce_loss
 from litmix.registry import register
@@ -28,7 +28,7 @@ def _pooled(feature: Tensor) -> Tensor:
     paper="Contrastive Representation Distillation (https://arxiv.org/abs/1910.10699)",
     module="litmix.distill",
 )
-class ContrastiveTerm(DistillTerm):
+class ContrastiveTerm(ProjectedTerm):
     """CRD-style contrastive distillation: InfoNCE between projected student and teacher embeddings.
 
     Paper: "Contrastive Representation Distillation", Tian, Krishnan and Isola (https://arxiv.org/abs/1910.10699).
@@ -40,16 +40,13 @@ class ContrastiveTerm(DistillTerm):
 
     Spec: ``{"kind": "crd", "student": "net.1", "teacher": "4", "embed_dim": 32, "temperature": 0.1}``.
 
+    Takes :class:`~litmix.distill.base.ProjectedTerm`'s ``student`` (the penultimate feature in CRD),
+    ``teacher``, ``weight`` (CRD: 0.8), ``teacher_index`` (``None``: the first teacher), ``name`` (default
+    ``"crd"``), ``student_dim`` and ``teacher_dim``, and:
+
     Args:
-        student: student module path (the penultimate feature in CRD).
-        teacher: teacher module path.
-        weight: weight of the term, a finite number >= 0 (CRD: 0.8).
-        teacher_index: which teacher (``None``: the first).
-        name: logged name (default ``"crd"``).
         embed_dim: embedding width, >= 1 (CRD: 128).
         temperature: InfoNCE temperature, a finite number > 0 (CRD: 0.07).
-        student_dim: student feature width (``None``: read from the module).
-        teacher_dim: teacher feature width (``None``: read from the module).
 
     Raises:
         TypeError: for an argument of the wrong type, naming it.
@@ -65,47 +62,21 @@ class ContrastiveTerm(DistillTerm):
 
     kind: ClassVar[str] = "crd"
 
-    def __init__(
-        self,
-        student: str = ".",
-        teacher: str = ".",
-        weight: float = 1.0,
-        teacher_index: int | None = None,
-        name: str | None = None,
-        embed_dim: int = 32,
-        temperature: float = 0.1,
-        student_dim: int | None = None,
-        teacher_dim: int | None = None,
-    ) -> None:
-        super().__init__(student, teacher, weight, teacher_index, name)
+    def __init__(self, *args: Any, embed_dim: int = 32, temperature: float = 0.1, **common: Any) -> None:
+        super().__init__(*args, **common)
         owner = type(self).__name__
         self.embed_dim = check_int(owner, "embed_dim", embed_dim, low=1, high=1 << 16)
         self.temperature = check_float(owner, "temperature", temperature, low=0.0, low_open=True)
-        self.student_dim = check_int(owner, "student_dim", student_dim, low=1, high=1 << 20, allow_none=True)
-        self.teacher_dim = check_int(owner, "teacher_dim", teacher_dim, low=1, high=1 << 20, allow_none=True)
         self.student_head: FeatureProjector | None = None
         self.teacher_head: FeatureProjector | None = None
 
     def spec(self) -> dict[str, Any]:
         """Constructor arguments and ``kind``."""
-        return {
-            **super().spec(),
-            "embed_dim": self.embed_dim,
-            "temperature": self.temperature,
-            "student_dim": self.student_dim,
-            "teacher_dim": self.teacher_dim,
-        }
+        return {**super().spec(), "embed_dim": self.embed_dim, "temperature": self.temperature}
 
     def bind(self, student_width: int | None, teacher_width: int | None) -> None:
         """Create the two embedding heads."""
-        s = self.student_dim or student_width
-        t = self.teacher_dim or teacher_width
-        if s is None or t is None:
-            which = "student_dim" if s is None else "teacher_dim"
-            raise ValueError(
-                f"{type(self).__name__}(student={self.student_path!r}, teacher={self.teacher_path!r}): cannot read "
-                f"the feature width from the module; pass {which}="
-            )
+        s, t = self.required_widths(student_width, teacher_width)
         self.student_head = FeatureProjector(s, self.embed_dim)
         self.teacher_head = FeatureProjector(t, self.embed_dim)
 
@@ -113,11 +84,7 @@ class ContrastiveTerm(DistillTerm):
         """InfoNCE of the projected, pooled features against the (first) teacher read."""
         if self.student_head is None or self.teacher_head is None:
             raise RuntimeError(f"{type(self).__name__}: call bind(student_width, teacher_width) before forward")
-        try:
+        with self.named_errors():
             z_s = self.student_head(_pooled(student))
             z_t = self.teacher_head(_pooled(teachers[0]).detach())
-        except ValueError as err:
-            raise ValueError(
-                f"{type(self).__name__}(student={self.student_path!r}, teacher={self.teacher_path!r}): {err}"
-            ) from None
         return info_nce_loss(z_s, z_t, temperature=self.temperature)

@@ -58,12 +58,11 @@ class LogitDiscriminatorTerm(DistillTerm):
     Registered as kind ``"logit_disc"`` of :func:`litmix.distill.build_term` when this module is imported (it is
     imported with :mod:`litmix.datamodules`); a term object can always be passed directly.
 
+    Takes :class:`~litmix.distill.base.DistillTerm`'s ``student`` and ``teacher`` (paths of the logits),
+    ``weight``, ``teacher_index`` (``None``: all teachers, averaged in probability) and ``name`` (default
+    ``"logit_disc"``), and:
+
     Args:
-        student: module path of the student logits (``"."`` = output).
-        teacher: module path of the teacher logits (``"."`` = output).
-        weight: weight of the term, a finite number >= 0.
-        teacher_index: one teacher (``None``: all, averaged in probability).
-        name: logged name (default ``"logit_disc"``).
         hidden: width of the discriminator's first hidden layer, >= 4.
         adversarial: reverse the gradient reaching the student.
         reversal: gradient-reversal scale, a finite number > 0.
@@ -89,17 +88,14 @@ class LogitDiscriminatorTerm(DistillTerm):
 
     def __init__(
         self,
-        student: str = ".",
-        teacher: str = ".",
-        weight: float = 1.0,
-        teacher_index: int | None = None,
-        name: str | None = None,
+        *args: Any,
         hidden: int = 64,
         adversarial: bool = True,
         reversal: float = 1.0,
         num_classes: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(student, teacher, weight, teacher_index, name)
+        super().__init__(*args, **common)
         owner = type(self).__name__
         self.hidden = check_int(owner, "hidden", hidden, low=4, high=1 << 16)
         self.adversarial = check_bool(owner, "adversarial", adversarial)
@@ -134,12 +130,7 @@ class LogitDiscriminatorTerm(DistillTerm):
         """The discriminator's BCE on student (label 1) and teacher (label 0) log-probabilities."""
         if self.discriminator is None:
             raise RuntimeError(f"{type(self).__name__}: call bind() first (DistillationModule does)")
-        for t in teachers:
-            if t.shape != student.shape:
-                raise ValueError(
-                    f"{type(self).__name__}: teacher logits of shape {tuple(t.shape)} do not match student logits "
-                    f"of shape {tuple(student.shape)}"
-                )
+        self.check_same_shapes(student, teachers)
         width = student.shape[-1]
         s = F.log_softmax(student.float(), dim=-1).reshape(-1, width)
         t = aggregate_teachers([x.detach() for x in teachers], 1.0, "mean_prob").reshape(-1, width)

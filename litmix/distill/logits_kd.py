@@ -55,12 +55,10 @@ class LogitsKDTerm(DistillTerm):
 
     Spec: ``{"kind": "kd", "temperature": 4.0, "weight": 0.9}`` (paths default to ``"."``, the outputs).
 
+    Takes :class:`~litmix.distill.base.DistillTerm`'s ``student`` and ``teacher`` (paths of the logits),
+    ``weight``, ``teacher_index`` (``None``: every teacher, aggregated) and ``name`` (default ``"kd"``), and:
+
     Args:
-        student: module path of the student logits (``"."`` = output).
-        teacher: module path of the teacher logits (``"."`` = output).
-        weight: weight of the term, a finite number >= 0.
-        teacher_index: one teacher (``None``: every teacher, aggregated).
-        name: logged name (default ``"kd"``).
         temperature: softmax temperature, a finite number > 0.
         aggregate: ``"mean_prob"`` or ``"mean_logit"``; ``None`` takes the module's ``aggregate``.
 
@@ -78,17 +76,8 @@ class LogitsKDTerm(DistillTerm):
     kind: ClassVar[str] = "kd"
     reads_all_teachers: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        student: str = ".",
-        teacher: str = ".",
-        weight: float = 1.0,
-        teacher_index: int | None = None,
-        name: str | None = None,
-        temperature: float = 4.0,
-        aggregate: str | None = None,
-    ) -> None:
-        super().__init__(student, teacher, weight, teacher_index, name)
+    def __init__(self, *args: Any, temperature: float = 4.0, aggregate: str | None = None, **common: Any) -> None:
+        super().__init__(*args, **common)
         owner = type(self).__name__
         self.temperature = check_float(owner, "temperature", temperature, low=0.0, low_open=True)
         if aggregate is not None:
@@ -105,12 +94,7 @@ class LogitsKDTerm(DistillTerm):
 
     def forward(self, student: Tensor, teachers: list[Tensor], mask: Tensor | None = None) -> Tensor:
         """The KD term; ``mask`` (``[B, L]``) keeps the real tokens of ``[B, L, V]`` logits."""
-        for t in teachers:
-            if t.shape != student.shape:
-                raise ValueError(
-                    f"{type(self).__name__}(student={self.student_path!r}, teacher={self.teacher_path!r}): teacher "
-                    f"logits of shape {tuple(t.shape)} do not match student logits of shape {tuple(student.shape)}"
-                )
+        self.check_same_shapes(student, teachers)
         target = self.teacher_logprob(teachers)
         if mask is None and student.dim() == 2:
             return kd_rows(student, target, self.temperature)

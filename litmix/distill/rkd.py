@@ -27,12 +27,10 @@ class RKDTerm(DistillTerm):
 
     Spec: ``{"kind": "rkd", "student": "net.1", "teacher": "4", "distance_weight": 1.0, "angle_weight": 2.0}``.
 
+    Takes :class:`~litmix.distill.base.DistillTerm`'s ``student``, ``teacher``, ``weight``, ``teacher_index``
+    (``None``: the first teacher) and ``name`` (default ``"rkd"``), and:
+
     Args:
-        student: student module path.
-        teacher: teacher module path.
-        weight: weight of the term, a finite number >= 0.
-        teacher_index: which teacher (``None``: the first).
-        name: logged name (default ``"rkd"``).
         distance_weight: weight of the distance loss, a finite number >= 0.
         angle_weight: weight of the angle loss, a finite number >= 0.
 
@@ -49,17 +47,8 @@ class RKDTerm(DistillTerm):
 
     kind: ClassVar[str] = "rkd"
 
-    def __init__(
-        self,
-        student: str = ".",
-        teacher: str = ".",
-        weight: float = 1.0,
-        teacher_index: int | None = None,
-        name: str | None = None,
-        distance_weight: float = 1.0,
-        angle_weight: float = 2.0,
-    ) -> None:
-        super().__init__(student, teacher, weight, teacher_index, name)
+    def __init__(self, *args: Any, distance_weight: float = 1.0, angle_weight: float = 2.0, **common: Any) -> None:
+        super().__init__(*args, **common)
         owner = type(self).__name__
         self.distance_weight = check_float(owner, "distance_weight", distance_weight, low=0.0)
         self.angle_weight = check_float(owner, "angle_weight", angle_weight, low=0.0)
@@ -71,12 +60,8 @@ class RKDTerm(DistillTerm):
     def forward(self, student: Tensor, teachers: list[Tensor], mask: Tensor | None = None) -> Tensor:
         """The weighted sum of the distance and angle losses against the (first) teacher read."""
         teacher = teachers[0]
-        try:
+        with self.named_errors():
             loss = self.distance_weight * rkd_distance_loss(student, teacher)
             if self.angle_weight:
                 loss = loss + self.angle_weight * rkd_angle_loss(student, teacher)
-        except ValueError as err:
-            raise ValueError(
-                f"{type(self).__name__}(student={self.student_path!r}, teacher={self.teacher_path!r}): {err}"
-            ) from None
         return loss

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from litmix._sharded import refuse_sharded_strategy
-from litmix.base import Example, LitmixCallback
+from litmix.base import Example
 from litmix.functional.sparsity import cosine_update_fraction, erk_densities, prune_and_grow, random_masks
 from litmix.registry import register
-from litmix.sparsity import MaskEngine
-from litmix.validation import check_choice, check_float, check_int, check_str, check_type
+from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names, sync_generator
+from litmix.validation import check_choice, check_float, check_int
 
 __all__ = ["DynamicSparseTraining"]
 
@@ -28,7 +26,7 @@ PAPER = (
 
 
 @register("callback", "sparsity", paper=PAPER)
-class DynamicSparseTraining(LitmixCallback):
+class DynamicSparseTraining(MaskedPruningCallback):
     """Sparse training from scratch at a constant parameter budget: periodically drop weights and grow others.
 
     Implements RigL (Evci et al., "Rigging the Lottery: Making All Tickets Winners",
@@ -54,9 +52,10 @@ class DynamicSparseTraining(LitmixCallback):
     per masked gradient; RigL's dense gradient is the one backprop computes anyway. Pruning does not make dense
     kernels faster.
 
-    Logs ``<prefix>/sparsity`` (mask sparsity) and ``<prefix>/churn`` (fraction of kept weights replaced at the
-    last update) whenever the masks change, ``<prefix>/sparsity/<param>`` at each epoch end, and the final values to
-    every logger at the end of fit. ``<prefix>`` is ``name`` when given, else ``dst``.
+    Logs like every litmix pruner (see :class:`~litmix.callbacks.GradualPruning`: sparsity per layer and overall
+    and a per-layer image at every mask change, final values at the end of fit), plus ``<prefix>/churn`` (fraction
+    of kept weights replaced at the last update) at every mask change and ``<prefix>/updates`` at the end.
+    ``<prefix>`` is ``name`` when given, else ``dst``.
 
     Args:
         sparsity: fraction of pruned weights over all pruned parameters, in [0, 1).
@@ -88,6 +87,7 @@ class DynamicSparseTraining(LitmixCallback):
 
     default_log_prefix: ClassVar[str] = "dst"
     state_version: ClassVar[int] = 1
+    sharded_reason: ClassVar[str] = "it ranks whole parameters and regrows by dense gradients"
     #: optimizer steps between refills of the pruned coordinates' second moments (see ``on_train_batch_end``)
     refill_every: ClassVar[int] = 1000
 
@@ -112,14 +112,7 @@ class DynamicSparseTraining(LitmixCallback):
         end_fraction = check_float(cls, "end_fraction", end_fraction, low=0.0, high=1.0, low_open=True)
         end_step = check_int(cls, "end_step", end_step, low=1, allow_none=True)
         distribution = check_choice(cls, "distribution", distribution, ("erk", "uniform"))
-        if parameter_names is not None:
-            check_type(cls, "parameter_names", parameter_names, (list, tuple))
-            if not parameter_names:
-                raise ValueError(
-                    f"{cls}(parameter_names=[]): parameter_names must be a non-empty list of parameter names or None"
-                )
-            for n in parameter_names:
-                check_str(cls, "parameter_names", n, allow_empty=False)
+        parameter_names = check_parameter_names(cls, parameter_names)
         seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
         super().__init__(name=name)
         self.sparsity: float = sparsity
@@ -129,7 +122,7 @@ class DynamicSparseTraining(LitmixCallback):
         self.end_fraction: float = end_fraction
         self.end_step: int | None = end_step
         self.distribution: Literal["erk", "uniform"] = distribution
-        self.parameter_names: list[str] | None = list(parameter_names) if parameter_names is not None else None
+        self.parameter_names = parameter_names
         self.seed: int = seed
         # state (checkpointed)
         self.initialized: bool = False
@@ -137,12 +130,9 @@ class DynamicSparseTraining(LitmixCallback):
         self.n_updates: int = 0
         self.last_churn: float = 0.0
         self._generator = torch.Generator().manual_seed(seed)
-        self._engine = MaskEngine(cls)
         # resolved at setup / fit start
-        self._names: list[str] = []
         self._t_end: int = 1
         self._densities: dict[str, float] = {}
-        self._log_pending: bool = True
         self._fill_pending: bool = True
         self._filled_step: int = -1
 
@@ -157,42 +147,22 @@ class DynamicSparseTraining(LitmixCallback):
             [cls(sparsity=0.5, update_every=1, end_fraction=1.0, distribution="uniform")],
         )
 
-    def _state_key_fields(self) -> dict[str, Any]:
-        return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
-
-    @property
-    def engine(self) -> MaskEngine:
-        """The :class:`~litmix.sparsity.MaskEngine` owning the masks."""
-        return self._engine
-
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check the strategy and parameters; register the mask buffers (before a checkpoint's state is loaded)."""
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
-        cls = type(self).__name__
-        if not pl_module.automatic_optimization:
-            raise MisconfigurationException(
-                f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
-            )
-        refuse_sharded_strategy(cls, trainer.strategy, "it ranks whole parameters and regrows by dense gradients")
-        names, excluded = self._engine.select(pl_module, self.parameter_names)
-        self._names = names
+    def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
         self.initialized, self.last_update_step, self.n_updates, self.last_churn = False, -1, 0, 0.0
         self._generator = torch.Generator().manual_seed(self.seed)
-        self._engine.detach()
-        self._engine.masks = {}
-        self._engine.attach(pl_module, names, keep_existing=False)
-        params = dict(pl_module.named_parameters())
-        shapes = {n: tuple(params[n].shape) for n in names}
+        shapes = {n: tuple(m.shape) for n, m in self._engine.masks.items()}
         density = 1.0 - self.sparsity
         if self.distribution == "erk":
             self._densities = erk_densities(shapes, density)
         else:
             self._densities = dict.fromkeys(names, density)
-        left_out = "; not sparsified: " + ", ".join(f"{n} ({w})" for n, w in excluded.items()) if excluded else ""
-        rank_zero_info(f"{cls}: {len(names)} parameters at densities {self._densities}{left_out}")
+
+    def _selection_detail(self) -> str:
+        return f"; densities {self._densities}"
+
+    def _target_sparsity(self) -> float:
+        return self.sparsity
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve ``T_end`` in optimizer steps."""
@@ -207,19 +177,14 @@ class DynamicSparseTraining(LitmixCallback):
             )
         self._t_end = max(1, round(self.end_fraction * total))
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _prepare_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Initial random masks on rank 0 (unless restored), broadcast; applied to weights and optimizer state."""
-        self._engine.refresh(pl_module)
         if not self.initialized:
             shapes = {n: tuple(m.shape) for n, m in self._engine.masks.items()}
             masks = random_masks(shapes, self._densities, self._generator) if trainer.is_global_zero else {}
             self._engine.update(masks, trainer.optimizers, strategy=trainer.strategy)
-            self._sync_generator(trainer)
+            sync_generator(trainer, self._generator)
             self.initialized = True
-        self._engine.apply()
-        self._engine.mask_optimizer_state(trainer.optimizers)
-        self._engine.remask_weights = self._engine.needs_remask(trainer.optimizers)
-        self._log_pending = True
         self._fill_pending, self._filled_step = True, -1
 
     def _is_update_step(self, step: int) -> bool:
@@ -232,7 +197,7 @@ class DynamicSparseTraining(LitmixCallback):
         step = trainer.global_step
         if self._is_update_step(step):
             self._update_masks(trainer, step)
-        self._engine.mask_gradients()
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
 
     @torch.no_grad()
     def _update_masks(self, trainer: pl.Trainer, step: int) -> None:
@@ -246,24 +211,18 @@ class DynamicSparseTraining(LitmixCallback):
                 new[n] = prune_and_grow(p, mask, fraction, grow, self._generator).cpu()
         kept = sum(int(m.sum()) for m in self._engine.masks.values())
         regrown = self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
-        self._sync_generator(trainer)
+        sync_generator(trainer, self._generator)
         self.last_churn = sum(int(r.sum()) for r in regrown.values()) / max(kept, 1)
         self.last_update_step = step
         self.n_updates += 1
-        self._log_pending = True
+        self._masks_changed()
         self._fill_pending = True
-
-    def _sync_generator(self, trainer: pl.Trainer) -> None:
-        """Every rank continues from rank 0's generator (only rank 0 draws), so the checkpointed states agree."""
-        if trainer.world_size > 1:
-            self._generator.set_state(trainer.strategy.broadcast(self._generator.get_state(), src=0))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Re-mask the weights when the optimizer needs it; log sparsity and churn after a mask change."""
-        if self._engine.remask_weights:
-            self._engine.apply()
+        """Re-mask the weights when the optimizer needs it; refill second moments; log sparsity and churn."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         step = trainer.global_step
         due = self._fill_pending or step - self._filled_step >= self.refill_every
         # never-active coordinates hold exp_avg_sq == 0, which makes Adam's sqrt slow on some CPUs; their update is
@@ -271,61 +230,28 @@ class DynamicSparseTraining(LitmixCallback):
         if step > self._filled_step and due and self._engine.fill_second_moments(trainer.optimizers):
             self._fill_pending = False
             self._filled_step = step
-        if self._log_pending:
-            pl_module.log(
-                f"{self.log_prefix}/sparsity",
-                self._engine.sparsity_report()["global"],
-                on_step=True,
-                on_epoch=False,
-                prog_bar=True,
-                batch_size=1,
-            )
-            pl_module.log(f"{self.log_prefix}/churn", self.last_churn, on_step=True, on_epoch=False, batch_size=1)
-            self._log_pending = False
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Per-parameter mask sparsity."""
-        for n, value in self._engine.sparsity_report().items():
-            if n != "global":
-                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
+    def _step_metrics(self) -> dict[str, float]:
+        return {"churn": self.last_churn}
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Final per-parameter sparsity and update count to every logger."""
-        report = self._engine.sparsity_report()
-        metrics = {f"{self.log_prefix}/final_sparsity/{n}": v for n, v in report.items() if n != "global"}
-        metrics[f"{self.log_prefix}/final_sparsity"] = report["global"]
-        metrics[f"{self.log_prefix}/updates"] = float(self.n_updates)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Drop the engine's references to the parameters (the masks stay, for :meth:`state_dict`)."""
-        self._engine.detach()
+    def _final_metrics(self) -> dict[str, float]:
+        return {"updates": float(self.n_updates)}
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Masks (one bit per weight), update position, churn and SET's generator state."""
+    def _extra_state(self) -> dict[str, Any]:
+        """Update position, churn and SET's generator state (the masks follow at one bit per weight)."""
         return {
-            **super().state_dict(),
             "initialized": self.initialized,
             "last_update_step": self.last_update_step,
             "n_updates": self.n_updates,
             "last_churn": self.last_churn,
             "generator": self._generator.get_state(),
-            **self._engine.state_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`.
-
-        Raises:
-            ValueError: for a newer state version, or a mask whose shape differs from the parameter's.
-        """
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.initialized = bool(state_dict.get("initialized", False))
         self.last_update_step = int(state_dict.get("last_update_step", -1))
         self.n_updates = int(state_dict.get("n_updates", 0))
         self.last_churn = float(state_dict.get("last_churn", 0.0))
         if "generator" in state_dict:
             self._generator.set_state(state_dict["generator"])
-        self._engine.load_state_dict(state_dict, strict=bool(self._names))

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from litmix._sharded import refuse_sharded_strategy
-from litmix.base import Example, LitmixCallback
+from litmix.base import Example
 from litmix.functional.sparsity import (
     cubic_sparsity,
     keeps_pruned_weights_zero,
@@ -21,7 +20,8 @@ from litmix.functional.sparsity import (
 )
 from litmix.registry import register
 from litmix.sparsity import MaskEngine
-from litmix.validation import check_bool, check_choice, check_float, check_int, check_str, check_type
+from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names
+from litmix.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = ["GradualPruning"]
 
@@ -31,9 +31,8 @@ PAPER = (
 )
 
 
-#: strategies that shard parameters: a mask decided on a shard is not a global magnitude ranking
 @register("callback", "sparsity", paper=PAPER)
-class GradualPruning(LitmixCallback):
+class GradualPruning(MaskedPruningCallback):
     """Gradual magnitude pruning to an absolute target sparsity with a cubic schedule.
 
     Implements Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
@@ -74,10 +73,13 @@ class GradualPruning(LitmixCallback):
     language model's ``lm_head`` tied to its input ``Embedding``) stays dense. The chosen parameters are listed in
     an info log line at the start of fit. Explicit ``parameter_names`` may name any alias of a tied parameter.
 
-    Logs ``<prefix>/sparsity`` (mask sparsity, progress bar) whenever the masks change and every
-    ``Trainer(log_every_n_steps)`` steps, and ``<prefix>/sparsity/<param>`` at each epoch end; at the end of fit
-    every logger gets ``<prefix>/final_sparsity`` and ``<prefix>/final_sparsity/<param>`` through ``log_metrics``
-    and a ``WandbLogger`` also a bar chart image. ``<prefix>`` is ``name`` when given, else ``pruning``.
+    **Logging** (shared by every litmix pruner): ``<prefix>/sparsity`` (mask sparsity, progress bar) whenever the
+    masks change and every ``Trainer(log_every_n_steps)`` steps; at every mask change every logger also gets
+    ``<prefix>/sparsity`` and ``<prefix>/sparsity/<param>`` through ``log_metrics`` and a per-layer bar chart
+    (``<prefix>/sparsity_per_layer`` on a ``WandbLogger``; a PNG under ``images/`` of a ``CSVLogger``'s
+    ``log_dir``; skipped without matplotlib); ``<prefix>/sparsity/<param>`` at each epoch end; at the end of fit
+    ``<prefix>/final_sparsity`` and ``<prefix>/final_sparsity/<param>``. ``<prefix>`` is ``name`` when given,
+    else ``pruning``.
 
     Args:
         target_sparsity: final fraction of pruned weights ``s_f``, in [0, 1).
@@ -122,8 +124,8 @@ class GradualPruning(LitmixCallback):
 
     default_log_prefix: ClassVar[str] = "pruning"
     state_version: ClassVar[int] = 2
-    #: optimizer steps between checks that pruned weights are still exactly 0 (a few bool passes each)
-    check_every_n_steps: ClassVar[int] = 500
+    #: masks already on the module (an earlier fit of the same module object) are a floor for the schedule
+    keep_existing_masks: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -155,14 +157,7 @@ class GradualPruning(LitmixCallback):
         )
         every_n_steps = check_int(cls, "every_n_steps", every_n_steps, low=1)
         scope = check_choice(cls, "scope", scope, ("global", "layer"))
-        if parameter_names is not None:
-            check_type(cls, "parameter_names", parameter_names, (list, tuple))
-            if not parameter_names:
-                raise ValueError(
-                    f"{cls}(parameter_names=[]): parameter_names must be a non-empty list of parameter names or None"
-                )
-            for n in parameter_names:
-                check_str(cls, "parameter_names", n, allow_empty=False)
+        parameter_names = check_parameter_names(cls, parameter_names)
         if zero_second_moments is not None:
             check_bool(cls, "zero_second_moments", zero_second_moments)
             warnings.warn(
@@ -182,19 +177,13 @@ class GradualPruning(LitmixCallback):
         self.end_step: int | None = end_step
         self.every_n_steps: int = every_n_steps
         self.scope: Literal["global", "layer"] = scope
-        self.parameter_names: list[str] | None = list(parameter_names) if parameter_names is not None else None
-        # state (checkpointed)
+        self.parameter_names = parameter_names
+        # state (checkpointed, with last_applied_step and the engine's masks)
         self.last_update_step: int = -1
-        self.last_applied_step: int = -1
         self.current_sparsity: float = 0.0
-        # the masks (name -> bool, the module's non-persistent buffers once set up) live in the shared engine
-        self._engine = MaskEngine(type(self).__name__)
-        # resolved at setup / fit start (not checkpointed: derived from the module and the Trainer)
-        self._names: list[str] = []
+        # resolved at fit start (not checkpointed: derived from the Trainer)
         self._t0: int = 0
         self._t1: int = 1
-        self._layer_sparsity: dict[str, float] = {}
-        self._log_pending: bool = True
 
     @classmethod
     def example(cls) -> Example:
@@ -207,51 +196,14 @@ class GradualPruning(LitmixCallback):
             [cls(target_sparsity=0.5, start_fraction=0.0, end_fraction=0.5, every_n_steps=1)],
         )
 
-    def _state_key_fields(self) -> dict[str, Any]:
-        """Unnamed instances on explicit parameters differ by them; the default selection keeps the class name."""
-        return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
-
     # ------------------------------------------------------------------ helpers
-    @property
-    def engine(self) -> MaskEngine:
-        """The :class:`~litmix.sparsity.MaskEngine` owning the masks."""
-        return self._engine
-
-    @property
-    def _masks(self) -> dict[str, Tensor]:
-        return self._engine.masks
-
-    @property
-    def _fast(self) -> list[tuple[nn.Parameter, Tensor]]:
-        return self._engine._fast
-
-    @property
-    def _param_refs(self) -> dict[str, nn.Parameter]:
-        return self._engine._params
-
-    @property
-    def _remask_weights(self) -> bool:
-        return self._engine.remask_weights
-
-    @_remask_weights.setter
-    def _remask_weights(self, value: bool) -> None:
-        self._engine.remask_weights = value
-
     def _params(self, pl_module: pl.LightningModule) -> list[tuple[str, nn.Parameter, Tensor]]:
         params = dict(pl_module.named_parameters())
         return [(n, params[n], self._masks[n]) for n in self._names]
 
-    def _refresh(self, pl_module: pl.LightningModule) -> None:
-        """Recompute the per-parameter mask sparsity and the uint8 views of the masks (no copies)."""
-        self._engine.refresh(pl_module)
-        self._log_pending = True
-        self._refresh_layer_sparsity()
-
-    def _apply_masks(self) -> None:
-        self._engine.apply()
-
-    def _refresh_layer_sparsity(self) -> None:
-        self._layer_sparsity = self._engine.sparsity_report()
+    @property
+    def _param_refs(self) -> dict[str, nn.Parameter]:
+        return self._engine._params
 
     def _is_update_step(self, step: int) -> bool:
         if step < self._t0 or step <= self.last_update_step:
@@ -260,39 +212,14 @@ class GradualPruning(LitmixCallback):
             return (step - self._t0) % self.every_n_steps == 0 or step == self._t1
         return self.current_sparsity < self.target_sparsity  # t1 missed (e.g. resumed past it): catch up once
 
-    def _select(self, pl_module: pl.LightningModule) -> tuple[list[str], dict[str, str]]:
-        """Canonical names to prune and the aliases mapped or left out (alias -> why)."""
-        names, excluded = self._engine.select(pl_module, self.parameter_names)
-        return names, excluded
+    def _target_sparsity(self) -> float:
+        return self.target_sparsity
+
+    def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
+        # a fresh fit starts the schedule afresh; on resume the checkpointed state is loaded after setup
+        self.last_update_step, self.current_sparsity = -1, 0.0
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check the strategy and the parameters; register the masks (before a resumed checkpoint is loaded)."""
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
-        cls = type(self).__name__
-        if not pl_module.automatic_optimization:
-            raise MisconfigurationException(
-                f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
-            )
-        refuse_sharded_strategy(
-            cls, trainer.strategy, "it ranks whole parameters by magnitude and sharding gives each rank a shard"
-        )
-        names, excluded = self._select(pl_module)
-        self._names = names
-        # a fresh fit starts the schedule afresh; on resume the checkpointed state is loaded after setup
-        self.last_update_step, self.last_applied_step, self.current_sparsity = -1, -1, 0.0
-        # masks already on the module (an earlier fit of the same object) are kept: a floor for the schedule
-        self._engine.detach()
-        self._engine.masks = {}
-        self._engine.attach(pl_module, names, keep_existing=True)
-        self._refresh_layer_sparsity()
-        shown = ", ".join(names[:50]) + (f", ... ({len(names) - 50} more)" if len(names) > 50 else "")
-        how = "default selection" if self.parameter_names is None else "parameter_names"
-        left_out = "; not pruned: " + ", ".join(f"{n} ({why})" for n, why in excluded.items()) if excluded else ""
-        rank_zero_info(f"{cls}: pruning {len(names)} parameters ({how}): {shown}{left_out}")
-
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve the schedule in optimizer steps; refuse one that the run does not reach."""
         cls = type(self).__name__
@@ -336,20 +263,16 @@ class GradualPruning(LitmixCallback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply the (possibly restored) masks to weights and first moments; pick the masking engine."""
-        cls = type(self).__name__
-        self._refresh(pl_module)
-        self._apply_masks()
-        self._engine.mask_optimizer_state(trainer.optimizers, second_moments=self.zero_second_moments)
+        super().on_train_start(trainer, pl_module)
         inexact = [type(o).__name__ for o in trainer.optimizers if not keeps_pruned_weights_zero(o)]
-        self._remask_weights = bool(inexact)
         engine = (
             f"gradients and weights masked every step ({', '.join(inexact)} is not known to keep zeros at zero)"
             if inexact
             else "gradients masked every step"
         )
         rank_zero_info(
-            f"{cls}: {self.scope} magnitude pruning {self.initial_sparsity:.3f} -> {self.target_sparsity:.3f} "
-            f"over steps {self._t0}..{self._t1} every {self.every_n_steps}; {engine}"
+            f"{type(self).__name__}: {self.scope} magnitude pruning {self.initial_sparsity:.3f} -> "
+            f"{self.target_sparsity:.3f} over steps {self._t0}..{self._t1} every {self.every_n_steps}; {engine}"
         )
 
     def on_train_batch_start(
@@ -361,8 +284,8 @@ class GradualPruning(LitmixCallback):
             return
         sparsity = cubic_sparsity(step, self._t0, self._t1, self.initial_sparsity, self.target_sparsity)
         # masks never shrink: masks already on the module (e.g. from an earlier fit) are a floor
-        layers = [v for n, v in self._layer_sparsity.items() if n != "global"]
-        floor = self._layer_sparsity.get("global", 0.0) if self.scope == "global" else min(layers, default=0.0)
+        layers = [v for n, v in self.layer_sparsity.items() if n != "global"]
+        floor = self.layer_sparsity.get("global", 0.0) if self.scope == "global" else min(layers, default=0.0)
         sparsity = max(sparsity, floor)
         entries = self._params(pl_module)
         new_masks = self._decide_masks(trainer, entries, sparsity)
@@ -385,126 +308,25 @@ class GradualPruning(LitmixCallback):
         assert new_masks is not None
         return new_masks
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Zero the gradients of pruned weights (one in-place multiply per masked tensor)."""
-        for p, mask in self._fast:
-            grad = p.grad
-            if grad is not None:
-                grad.mul_(mask)
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Re-mask the weights when the optimizer needs it; check them periodically; log the sparsity."""
-        step = trainer.global_step
-        every = int(getattr(trainer, "log_every_n_steps", 50) or 0)
-        if step > self.last_applied_step:
-            self.last_applied_step = step
-            if self._remask_weights:
-                self._apply_masks()
-            elif step % self.check_every_n_steps == 0:
-                self._check_pruned_weights(pl_module)
-        # `log` costs ~0.3 ms on CPU and the value only changes with the masks: log when it changed and on the
-        # steps the loggers record (the progress bar and callback_metrics keep the last value in between)
-        if self._log_pending or (every > 0 and step % every == 0):
-            pl_module.log(
-                f"{self.log_prefix}/sparsity",
-                self._layer_sparsity.get("global", 0.0),
-                on_step=True,
-                on_epoch=False,
-                prog_bar=True,
-                batch_size=1,
-            )
-            self._log_pending = False
-
-    def _check_pruned_weights(self, pl_module: pl.LightningModule) -> None:
-        """Pruned weights must still be 0; if something wrote them, warn and re-mask after every step from now on."""
-        bad = self._engine.check_weights()
-        if not bad:
-            return
-        rank_zero_warn(
-            f"{type(self).__name__}: pruned weights became non-zero between optimizer steps ({bad}); something "
-            "other than the optimizer writes the weights (another callback, a custom step). Re-masking the weights "
-            "after every optimizer step from now on."
-        )
-        self._remask_weights = True
-        self._apply_masks()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Per-parameter mask sparsity."""
-        for n, value in self._layer_sparsity.items():
-            if n != "global":
-                # identical on every rank; sync_dist only silences Lightning's DDP advice (one scalar per epoch)
-                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Final per-parameter sparsity to every logger; a bar chart image to W&B (rank 0)."""
-        if not trainer.loggers:
-            return
-        layers = {n: v for n, v in self._layer_sparsity.items() if n != "global"}
-        metrics = {f"{self.log_prefix}/final_sparsity/{n}": v for n, v in layers.items()}
-        metrics[f"{self.log_prefix}/final_sparsity"] = self._layer_sparsity.get("global", 0.0)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        if not trainer.is_global_zero:
-            return
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                self._log_wandb_chart(logger, layers, trainer.global_step)
-
-    def _log_wandb_chart(self, logger: Any, layers: dict[str, float], step: int) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import wandb
-
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(layers) + 2), 3))
-        ax.bar(range(len(layers)), list(layers.values()))
-        ax.set_xticks(range(len(layers)), list(layers), rotation=45, ha="right", fontsize=7)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("sparsity")
-        ax.axhline(self.target_sparsity, color="k", ls="--", lw=0.8)
-        fig.tight_layout()
-        logger.experiment.log({f"{self.log_prefix}/sparsity_per_layer": wandb.Image(fig), "trainer/global_step": step})
-        plt.close(fig)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Drop the cached references to parameters (the masks stay, for :meth:`state_dict`)."""
-        self._engine.detach()
-
     # ------------------------------------------------------------------ state and export
-    def state_dict(self) -> dict[str, Any]:
-        """Schedule position and every mask at one bit per weight (``{name: {"shape", "bits"}}``)."""
+    def _extra_state(self) -> dict[str, Any]:
+        """Schedule position (the masks follow at one bit per weight)."""
         return {
-            **super().state_dict(),
             "last_update_step": self.last_update_step,
             "last_applied_step": self.last_applied_step,
             "current_sparsity": self.current_sparsity,
-            **self._engine.state_dict(),  # {"masks": {name: {"shape", "bits"}}}, one bit per weight
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; masks are copied into the module's mask buffers when fit has set them up.
-
-        Raises:
-            ValueError: for a newer state version, or a mask whose shape differs from the parameter's.
-        """
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.last_update_step = int(state_dict.get("last_update_step", -1))
         self.last_applied_step = int(state_dict.get("last_applied_step", -1))
         self.current_sparsity = float(state_dict.get("current_sparsity", 0.0))
-        masks = state_dict.get("masks")
-        if masks is None:  # version 1 kept the masks in the module's state_dict (see _migrate_v1)
+
+    def _load_masks(self, state_dict: Mapping[str, Any]) -> None:
+        if state_dict.get("masks") is None:  # version 1 kept the masks in the module's state_dict (see _migrate_v1)
             self._migrate_v1()
-            return
-        self._engine.load_state_dict(state_dict, strict=bool(self._names))
-        if self._names:
-            self._refresh_layer_sparsity()
+        else:
+            super()._load_masks(state_dict)
 
     def _migrate_v1(self) -> None:
         """A version-1 checkpoint (litmix < 0.2) held the masks as ``*_mask`` keys of the module's ``state_dict``.
@@ -518,10 +340,10 @@ class GradualPruning(LitmixCallback):
         with torch.no_grad():
             for n in self._names:
                 self._masks[n].copy_(self._param_refs[n] != 0)
-        self._refresh_layer_sparsity()
+        self._masks_changed()
         rank_zero_info(
             f"{type(self).__name__}: version-1 checkpoint state; masks rebuilt from the restored weights' zeros "
-            f"(sparsity {self._layer_sparsity.get('global', 0.0):.4f})"
+            f"(sparsity {self.layer_sparsity.get('global', 0.0):.4f})"
         )
 
     @staticmethod

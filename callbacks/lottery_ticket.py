@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from litmix._sharded import refuse_sharded_strategy
-from litmix.base import Example, LitmixCallback
+from litmix.base import Example
 from litmix.functional.sparsity import magnitude_masks, random_masks
 from litmix.registry import register
-from litmix.sparsity import MaskEngine
-from litmix.validation import check_bool, check_choice, check_float, check_int, check_str, check_type
+from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names, sync_generator
+from litmix.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = ["LotteryTicket"]
 
@@ -27,7 +26,7 @@ PAPER = (
 
 
 @register("callback", "sparsity", paper=PAPER)
-class LotteryTicket(LitmixCallback):
+class LotteryTicket(MaskedPruningCallback):
     """Find a lottery ticket in one ``fit``: train, prune by magnitude, rewind the survivors, retrain with the mask.
 
     Implements the lottery-ticket procedure with rewinding used by Grokking Tickets (Minegishi et al., "Grokking
@@ -50,8 +49,9 @@ class LotteryTicket(LitmixCallback):
     ``<param>_mask`` buffers; the module's checkpoint still loads strictly into its class) and checkpointed (one
     bit per weight) with the snapshot and the round count, so a resumed run repeats the uninterrupted one exactly.
 
-    Logs ``<prefix>/sparsity`` at each round, ``<prefix>/sparsity/<param>`` at epoch ends and the final values to
-    every logger at the end of fit (``<prefix>`` is ``name`` when given, else ``lottery``).
+    Logs like every litmix pruner (see :class:`~litmix.callbacks.GradualPruning`: sparsity per layer and overall
+    and a per-layer image at each round, final values and ``<prefix>/rounds`` at the end of fit; ``<prefix>`` is
+    ``name`` when given, else ``lottery``).
 
     Args:
         sparsity: fraction of the selected weights pruned after the last round, in [0, 1).
@@ -85,6 +85,7 @@ class LotteryTicket(LitmixCallback):
 
     default_log_prefix: ClassVar[str] = "lottery"
     state_version: ClassVar[int] = 1
+    sharded_reason: ClassVar[str] = "it snapshots and ranks whole parameters"
 
     def __init__(
         self,
@@ -114,14 +115,7 @@ class LotteryTicket(LitmixCallback):
         scope = check_choice(cls, "scope", scope, ("global", "layer"))
         scoring = check_choice(cls, "scoring", scoring, ("magnitude", "random"))
         reset_optimizer = check_bool(cls, "reset_optimizer", reset_optimizer)
-        if parameter_names is not None:
-            check_type(cls, "parameter_names", parameter_names, (list, tuple))
-            if not parameter_names:
-                raise ValueError(
-                    f"{cls}(parameter_names=[]): parameter_names must be a non-empty list of parameter names or None"
-                )
-            for n in parameter_names:
-                check_str(cls, "parameter_names", n, allow_empty=False)
+        parameter_names = check_parameter_names(cls, parameter_names)
         seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
         super().__init__(name=name)
         self.sparsity: float = sparsity
@@ -132,16 +126,13 @@ class LotteryTicket(LitmixCallback):
         self.scope: Literal["global", "layer"] = scope
         self.scoring: Literal["magnitude", "random"] = scoring
         self.reset_optimizer: bool = reset_optimizer
-        self.parameter_names: list[str] | None = list(parameter_names) if parameter_names is not None else None
+        self.parameter_names = parameter_names
         self.seed: int = seed
         # state (checkpointed)
         self.rounds_done: int = 0
         self.snapshot: dict[str, Tensor] = {}
         self.round_steps: list[int] = []
         self._generator = torch.Generator().manual_seed(seed)
-        self._engine = MaskEngine(cls)
-        self._names: list[str] = []
-        self._log_pending: bool = False
 
     @classmethod
     def example(cls) -> Example:
@@ -150,46 +141,25 @@ class LotteryTicket(LitmixCallback):
 
         return Example(TinyClassifier(), TinyDataModule(), [cls(sparsity=0.5, prune_every=1, unit="step")])
 
-    def _state_key_fields(self) -> dict[str, Any]:
-        return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
-
-    @property
-    def engine(self) -> MaskEngine:
-        """The :class:`~litmix.sparsity.MaskEngine` owning the masks."""
-        return self._engine
-
     def round_sparsity(self, r: int) -> float:
         """Target sparsity after round ``r`` (1-based): ``1 - (1 - sparsity) ** (r / rounds)``."""
         return 1.0 - (1.0 - self.sparsity) ** (r / self.rounds)
 
+    @property
+    def masks_active(self) -> bool:
+        """The mask is in force once the first round pruned."""
+        return self.rounds_done > 0
+
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check the strategy and parameters; register all-ones mask buffers (before a checkpoint is loaded)."""
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
-        cls = type(self).__name__
-        if not pl_module.automatic_optimization:
-            raise MisconfigurationException(
-                f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
-            )
-        refuse_sharded_strategy(cls, trainer.strategy, "it snapshots and ranks whole parameters")
-        names, excluded = self._engine.select(pl_module, self.parameter_names)
-        self._names = names
+    def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
         self.rounds_done, self.snapshot, self.round_steps = 0, {}, []
         self._generator = torch.Generator().manual_seed(self.seed)
-        self._engine.detach()
-        self._engine.masks = {}
-        self._engine.attach(pl_module, names, keep_existing=False)
-        left_out = "; not pruned: " + ", ".join(f"{n} ({w})" for n, w in excluded.items()) if excluded else ""
-        rank_zero_info(f"{cls}: {len(names)} parameters, target sparsity {self.sparsity}{left_out}")
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Re-take the parameters; after a resume, apply the restored masks to the weights and optimizer state."""
-        self._engine.refresh(pl_module)
-        self._engine.apply()
-        self._engine.mask_optimizer_state(trainer.optimizers)
-        self._engine.remask_weights = self._engine.needs_remask(trainer.optimizers)
+    def _selection_detail(self) -> str:
+        return f"; target sparsity {self.sparsity}"
+
+    def _target_sparsity(self) -> float:
+        return self.sparsity
 
     def _position(self, trainer: pl.Trainer) -> int:
         return trainer.global_step if self.unit == "step" else trainer.current_epoch
@@ -244,8 +214,7 @@ class LotteryTicket(LitmixCallback):
                         keep.view(-1)[candidates[order]] = True
                     new[n] = keep
         self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
-        if trainer.world_size > 1:
-            self._generator.set_state(trainer.strategy.broadcast(self._generator.get_state(), src=0))
+        sync_generator(trainer, self._generator)
         # rewind every trainable parameter to the snapshot (pruned weights stay 0)
         for n, p in pl_module.named_parameters():
             if n in self.snapshot:
@@ -258,77 +227,28 @@ class LotteryTicket(LitmixCallback):
             self._engine.mask_optimizer_state(trainer.optimizers)
         self.rounds_done = r
         self.round_steps.append(trainer.global_step)
-        self._log_pending = True
+        self._masks_changed()
         rank_zero_info(
             f"{type(self).__name__}: round {r}/{self.rounds} at step {trainer.global_step}: sparsity "
-            f"{self._engine.sparsity_report()['global']:.4f}, rewound to step {self.rewind_step}"
+            f"{self.layer_sparsity['global']:.4f}, rewound to step {self.rewind_step}"
         )
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Mask the gradients once a mask exists."""
-        if self.rounds_done:
-            self._engine.mask_gradients()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Re-mask the weights when the optimizer needs it; log the sparsity after a round."""
-        if self.rounds_done and self._engine.remask_weights:
-            self._engine.apply()
-        if self._log_pending:
-            pl_module.log(
-                f"{self.log_prefix}/sparsity",
-                self._engine.sparsity_report()["global"],
-                on_step=True,
-                on_epoch=False,
-                prog_bar=True,
-                batch_size=1,
-            )
-            self._log_pending = False
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Per-parameter mask sparsity."""
-        for n, value in self._engine.sparsity_report().items():
-            if n != "global":
-                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Final sparsity and rounds to every logger."""
-        report = self._engine.sparsity_report()
-        metrics = {f"{self.log_prefix}/final_sparsity/{n}": v for n, v in report.items() if n != "global"}
-        metrics[f"{self.log_prefix}/final_sparsity"] = report["global"]
-        metrics[f"{self.log_prefix}/rounds"] = float(self.rounds_done)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Drop the engine's references to the parameters (the masks stay, for :meth:`state_dict`)."""
-        self._engine.detach()
+    def _final_metrics(self) -> dict[str, float]:
+        return {"rounds": float(self.rounds_done)}
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Masks (one bit per weight), rounds done, the rewind snapshot (CPU) and the random control's generator."""
+    def _extra_state(self) -> dict[str, Any]:
+        """Rounds done, the rewind snapshot (CPU) and the random control's generator (then the masks)."""
         return {
-            **super().state_dict(),
             "rounds_done": self.rounds_done,
             "round_steps": list(self.round_steps),
             "snapshot": dict(self.snapshot),
             "generator": self._generator.get_state(),
-            **self._engine.state_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`.
-
-        Raises:
-            ValueError: for a newer state version, or a mask whose shape differs from the parameter's.
-        """
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.rounds_done = int(state_dict.get("rounds_done", 0))
         self.round_steps = [int(s) for s in state_dict.get("round_steps", [])]
         self.snapshot = {n: t.detach().cpu().clone() for n, t in state_dict.get("snapshot", {}).items()}
         if "generator" in state_dict:
             self._generator.set_state(state_dict["generator"])
-        self._engine.load_state_dict(state_dict, strict=bool(self._names))

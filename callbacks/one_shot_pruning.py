@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 
-from litmix._sharded import refuse_sharded_strategy
-from litmix.base import Example, LitmixCallback
-from litmix.functional.oneshot_pruning import parse_structure, prune_model
+from litmix.base import Example
+from litmix.functional.oneshot_pruning import check_mfac_obs_options, parse_structure, prune_model
 from litmix.registry import register
-from litmix.sparsity import MaskEngine
-from litmix.validation import check_choice, check_float, check_int, check_str, check_type
+from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names
+from litmix.validation import check_choice, check_float, check_int, check_str
 
 __all__ = ["OneShotPruning"]
 
@@ -27,7 +28,7 @@ _METHODS = ("magnitude", "wanda", "sparsegpt", "mfac_obs")
 
 
 @register("callback", "sparsity", paper=PAPER)
-class OneShotPruning(LitmixCallback):
+class OneShotPruning(MaskedPruningCallback):
     """Prune the module one-shot with calibration data when fit starts, then fine-tune it with the mask fixed.
 
     Implements SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
@@ -50,8 +51,9 @@ class OneShotPruning(LitmixCallback):
     zeroed in ``on_before_optimizer_step``, first moments masked, weights re-masked after the step for optimizers
     that could revive them; masks checkpointed at one bit per weight.
 
-    Logs ``<prefix>/sparsity`` (and ``<prefix>/sparsity/<param>`` at the end of each epoch) and, at the end of fit,
-    ``<prefix>/prune_seconds`` to every logger; ``<prefix>`` is ``name`` when given, else ``oneshot``.
+    Logs like every litmix pruner (see :class:`~litmix.callbacks.GradualPruning`: sparsity per layer and overall
+    and a per-layer image once pruned, final values at the end of fit) plus ``<prefix>/prune_seconds`` at the end;
+    ``<prefix>`` is ``name`` when given, else ``oneshot``.
 
     Args:
         method: ``"magnitude"``, ``"wanda"``, ``"sparsegpt"`` or ``"mfac_obs"``.
@@ -90,6 +92,9 @@ class OneShotPruning(LitmixCallback):
 
     default_log_prefix: ClassVar[str] = "oneshot"
     state_version: ClassVar[int] = 1
+    requires_automatic_optimization: ClassVar[bool] = False
+    sharded_reason: ClassVar[str] = "masks are decided on rank 0 from whole weight matrices and per-layer Hessians"
+    sharded_instead: ClassVar[str] = "DDP or a single device"
     measured_state_keys: ClassVar[tuple[str, ...]] = ("prune_seconds",)
 
     def __init__(
@@ -117,12 +122,7 @@ class OneShotPruning(LitmixCallback):
         sparsity_profile = check_choice(cls, "sparsity_profile", sparsity_profile, ("uniform", "owl"))
         calibration_batches = check_int(cls, "calibration_batches", calibration_batches, low=1)
         sequential = check_choice(cls, "sequential", sequential, ("auto", "layer", "block"))
-        if parameter_names is not None:
-            check_type(cls, "parameter_names", parameter_names, (list, tuple))
-            if not parameter_names:
-                raise ValueError(f"{cls}(parameter_names=[]): name at least one weight, or pass None")
-            for n in parameter_names:
-                check_str(cls, "parameter_names", n, allow_empty=False)
+        parameter_names = check_parameter_names(cls, parameter_names)
         blocksize = check_int(cls, "blocksize", blocksize, low=1)
         percdamp = check_float(cls, "percdamp", percdamp, low=0.0)
         owl_m = check_float(cls, "owl_m", owl_m, low=0.0, low_open=True)
@@ -133,16 +133,7 @@ class OneShotPruning(LitmixCallback):
                 "sparsity_profile='uniform' or structure='unstructured'"
             )
         if method == "mfac_obs":
-            for arg, value, ok in (
-                ("structure", structure, nm is None),
-                ("refine", refine, refine is None),
-                ("sparsity_profile", sparsity_profile, sparsity_profile == "uniform"),
-            ):
-                if not ok:
-                    raise ValueError(
-                        f"{cls}(method='mfac_obs', {arg}={value!r}): M-FAC OBS supports unstructured, uniform "
-                        "sparsity without refinement"
-                    )
+            check_mfac_obs_options(cls, structure, refine, sparsity_profile)
         super().__init__(name=name)
         self.method: str = method
         self.sparsity: float = sparsity
@@ -151,18 +142,15 @@ class OneShotPruning(LitmixCallback):
         self.sparsity_profile: str = sparsity_profile
         self.calibration_batches: int = calibration_batches
         self.sequential: str = sequential
-        self.parameter_names: list[str] | None = list(parameter_names) if parameter_names is not None else None
+        self.parameter_names = parameter_names
         self.blocksize: int = blocksize
         self.percdamp: float = percdamp
         self.owl_m: float = owl_m
         self.owl_lamda: float = owl_lamda
         # state (checkpointed)
         self.pruned: bool = False
-        self.layer_sparsity: dict[str, float] = {}
         self.layer_targets: dict[str, float] = {}
         self.prune_seconds: float = 0.0
-        self._engine = MaskEngine(cls)
-        self._log_pending = True
 
     @classmethod
     def example(cls) -> Example:
@@ -171,38 +159,23 @@ class OneShotPruning(LitmixCallback):
 
         return Example(TinyClassifier(), TinyDataModule(), [cls(method="wanda", sparsity=0.5, calibration_batches=2)])
 
-    def _state_key_fields(self) -> dict[str, Any]:
-        """Unnamed instances on explicit parameters differ by them; the default selection keeps the class name."""
-        return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
-
-    @property
-    def engine(self) -> MaskEngine:
-        """The :class:`~litmix.sparsity.MaskEngine` holding the masks."""
-        return self._engine
+    def _target_sparsity(self) -> float:
+        return self.sparsity
 
     # ------------------------------------------------------------------ fit
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Refuse sharded strategies; attach the mask buffers (all kept until pruning or a restored state)."""
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
-        cls = type(self).__name__
-        refuse_sharded_strategy(
-            cls,
-            trainer.strategy,
-            "masks are decided on rank 0 from whole weight matrices and per-layer Hessians",
-            instead="DDP or a single device",
-        )
-        names, _ = self._engine.select(pl_module, self.parameter_names)
+    def _select(self, pl_module: pl.LightningModule) -> tuple[list[str], dict[str, str]]:
+        names, excluded = super()._select(pl_module)
         if not names:
             raise ValueError(
-                f"{cls}(parameter_names={self.parameter_names!r}): nothing prunable (no nn.Linear or Hugging Face "
-                f"Conv1D weight) in {type(pl_module).__name__}"
+                f"{type(self).__name__}(parameter_names={self.parameter_names!r}): nothing prunable (no nn.Linear or "
+                f"Hugging Face Conv1D weight) in {type(pl_module).__name__}"
             )
+        return names, excluded
+
+    def _initial_masks(self, names: list[str]) -> dict[str, Tensor | None]:
+        """All kept until pruning, or the masks of a pruned state restored before setup."""
         pending = dict(self._engine.masks) if self.pruned else {}
-        self._engine.detach()
-        self._engine.masks = {}
-        self._engine.attach(pl_module, {n: pending.get(n) for n in names}, keep_existing=False)
+        return {n: pending.get(n) for n in names}
 
     def _calibration_data(self, trainer: pl.Trainer) -> list[Any]:
         cls = type(self).__name__
@@ -231,7 +204,7 @@ class OneShotPruning(LitmixCallback):
         """Prune on rank 0 and broadcast masks (and reconstructed weights); after a resume only re-apply masks."""
         if self.pruned:
             self._engine.apply()
-            self._refresh_report()
+            self._masks_changed()
             return
         names = self._engine.names
         payload: dict[str, Any] | None = None
@@ -270,83 +243,33 @@ class OneShotPruning(LitmixCallback):
         self.layer_targets = payload["targets"]
         self.prune_seconds = float(payload["seconds"])
         self.pruned = True
-        self._refresh_report()
+        self._masks_changed()
         rank_zero_info(
             f"{type(self).__name__}: {self.method} ({self.structure}, {self.sparsity_profile}"
             f"{', dsnot' if self.refine else ''}) pruned {len(names)} weights to {self.layer_sparsity['global']:.4f} "
             f"sparsity in {self.prune_seconds:.2f} s"
         )
 
-    def _refresh_report(self) -> None:
-        self.layer_sparsity = self._engine.sparsity_report()
-        self._log_pending = True
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Mask the (possibly restored) optimizer state at pruned coordinates."""
-        self._engine.mask_optimizer_state(trainer.optimizers)
-
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Zero the gradients of pruned weights."""
-        self._engine.mask_gradients()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Re-mask the weights when the optimizer needs it; log the sparsity when it changed."""
-        self._engine.after_step(trainer.optimizers)
-        if self._log_pending:
-            pl_module.log(
-                f"{self.log_prefix}/sparsity",
-                self.layer_sparsity.get("global", 0.0),
-                on_step=True,
-                on_epoch=False,
-                prog_bar=True,
-                batch_size=1,
-            )
-            self._log_pending = False
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Per-parameter sparsity."""
-        for n, value in self.layer_sparsity.items():
-            if n != "global":
-                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Final sparsity and pruning time to every logger."""
-        metrics = {f"{self.log_prefix}/final_sparsity/{n}": v for n, v in self.layer_sparsity.items() if n != "global"}
-        metrics[f"{self.log_prefix}/final_sparsity"] = self.layer_sparsity.get("global", 0.0)
-        metrics[f"{self.log_prefix}/prune_seconds"] = self.prune_seconds
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Drop the engine's references to the parameters (the masks stay, for :meth:`state_dict`)."""
-        self._engine.detach()
+    def _final_metrics(self) -> dict[str, float]:
+        return {"prune_seconds": self.prune_seconds}
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Whether pruning happened, the masks (one bit per weight), per-layer sparsities and targets."""
+    def _extra_state(self) -> dict[str, Any]:
+        """Whether pruning happened, per-layer sparsities and targets, pruning time (then the masks)."""
         return {
-            **super().state_dict(),
             "pruned": self.pruned,
             "layer_sparsity": dict(self.layer_sparsity),
             "layer_targets": dict(self.layer_targets),
             "prune_seconds": self.prune_seconds,
-            **self._engine.state_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; a restored pruned state is never pruned again.
-
-        Raises:
-            ValueError: for a newer state version, or a mask whose shape differs from the parameter's.
-        """
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+        """A restored pruned state is never pruned again."""
         self.pruned = bool(state_dict.get("pruned", False))
         self.layer_sparsity = {str(k): float(v) for k, v in state_dict.get("layer_sparsity", {}).items()}
         self.layer_targets = {str(k): float(v) for k, v in state_dict.get("layer_targets", {}).items()}
         self.prune_seconds = float(state_dict.get("prune_seconds", 0.0))
+
+    def _load_masks(self, state_dict: Mapping[str, Any]) -> None:
         self._engine.load_state_dict(state_dict, strict=self._engine.attached)
         self._log_pending = True

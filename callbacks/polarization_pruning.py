@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
-from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example
 from litmix.data import split_batch
 from litmix.functional.sparsity import magnitude_masks
 from litmix.loss_terms import LossTermCallback
 from litmix.registry import register
-from litmix.sparsity import MaskEngine
-from litmix.validation import check_bool, check_choice, check_float, check_int, check_str, check_type
+from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names
+from litmix.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = ["PolarizationPruning"]
 
@@ -60,7 +59,7 @@ class _BNClassifier(pl.LightningModule):
 
 
 @register("callback", "sparsity", paper=PAPER)
-class PolarizationPruning(LossTermCallback):
+class PolarizationPruning(MaskedPruningCallback, LossTermCallback):
     """Push per-neuron scaling gates to 0 or 1 with the polarization regularizer, then prune the gates near 0.
 
     Implements Zhuang et al., "Neuron-level Structured Pruning using Polarization Regularizer" (NeurIPS 2020,
@@ -82,8 +81,10 @@ class PolarizationPruning(LossTermCallback):
       with the mask fixed (fine-tuning).
 
     Logs ``<prefix>/loss*`` (the term), ``<prefix>/middle_band`` (fraction of gates with
-    ``0.1 < gamma / max(gamma) < 0.9``) at epoch ends and ``<prefix>/sparsity`` after pruning (``<prefix>`` is
-    ``name`` when given, else ``polarization``).
+    ``0.1 < gamma / max(gamma) < 0.9``) at epoch ends and, like every litmix pruner (see
+    :class:`~litmix.callbacks.GradualPruning`), the sparsity per gate/bias tensor and ``<prefix>/sparsity`` (the
+    fraction of gates pruned) with a per-layer image when the gates are pruned (``<prefix>`` is ``name`` when
+    given, else ``polarization``).
 
     Args:
         sparsity: fraction of gates (neurons/channels) pruned, in [0, 1).
@@ -112,6 +113,7 @@ class PolarizationPruning(LossTermCallback):
 
     default_log_prefix: ClassVar[str] = "polarization"
     state_version: ClassVar[int] = 1
+    sharded_reason: ClassVar[str] = "it ranks whole gate vectors"
 
     def __init__(
         self,
@@ -133,14 +135,7 @@ class PolarizationPruning(LossTermCallback):
         unit = check_choice(cls, "unit", unit, ("step", "epoch"))
         init_gates = check_float(cls, "init_gates", init_gates, low=0.0, high=1e3, allow_none=True)
         clamp = check_bool(cls, "clamp", clamp)
-        if parameter_names is not None:
-            check_type(cls, "parameter_names", parameter_names, (list, tuple))
-            if not parameter_names:
-                raise ValueError(
-                    f"{cls}(parameter_names=[]): parameter_names must be a non-empty list of parameter names or None"
-                )
-            for n in parameter_names:
-                check_str(cls, "parameter_names", n, allow_empty=False)
+        parameter_names = check_parameter_names(cls, parameter_names)
         super().__init__(name=name)
         self.sparsity: float = sparsity
         self.weight: float = weight
@@ -150,15 +145,13 @@ class PolarizationPruning(LossTermCallback):
         self.unit: Literal["step", "epoch"] = unit
         self.init_gates: float | None = init_gates
         self.clamp: bool = clamp
-        self.parameter_names: list[str] | None = list(parameter_names) if parameter_names is not None else None
+        self.parameter_names = parameter_names
         # state (checkpointed)
         self.pruned: bool = False
         self.pruned_step: int = -1
-        self._engine = MaskEngine(cls)
         self._gates: list[str] = []
         self._biases: dict[str, str] = {}
-        self._params: dict[str, nn.Parameter] = {}
-        self._log_pending: bool = False
+        self._gate_params: dict[str, nn.Parameter] = {}
 
     @classmethod
     def example(cls) -> Example:
@@ -167,17 +160,9 @@ class PolarizationPruning(LossTermCallback):
 
         return Example(_BNClassifier(), TinyDataModule(), [cls(sparsity=0.5, weight=1e-2, prune_at=1, unit="step")])
 
-    def _state_key_fields(self) -> dict[str, Any]:
-        return {} if self.parameter_names is None else {"parameter_names": list(self.parameter_names)}
-
-    @property
-    def engine(self) -> MaskEngine:
-        """The :class:`~litmix.sparsity.MaskEngine` owning the masks (gates and their biases)."""
-        return self._engine
-
     def gates(self) -> Tensor:
         """All gate values, concatenated (detached)."""
-        return torch.cat([self._params[n].detach().flatten() for n in self._gates])
+        return torch.cat([self._gate_params[n].detach().flatten() for n in self._gates])
 
     def middle_band(self, low: float = 0.1, high: float = 0.9) -> float:
         """Fraction of gates with ``low < |gamma| / max|gamma| < high`` (unpruned gates only after pruning)."""
@@ -190,8 +175,13 @@ class PolarizationPruning(LossTermCallback):
         r = g / g.max()
         return float(((r > low) & (r < high)).float().mean())
 
+    @property
+    def masks_active(self) -> bool:
+        """The masks are in force once the gates were pruned."""
+        return self.pruned
+
     # ------------------------------------------------------------------ hooks
-    def _select(self, pl_module: pl.LightningModule) -> list[str]:
+    def _select_gates(self, pl_module: pl.LightningModule) -> list[str]:
         cls = type(self).__name__
         if self.parameter_names is None:
             names = [
@@ -213,43 +203,40 @@ class PolarizationPruning(LossTermCallback):
             raise ValueError(f"{cls}(parameter_names={self.parameter_names}): gates must be 1-D parameters, got {bad}")
         return names
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Select the gates and their biases; register the mask buffers (before a checkpoint is loaded)."""
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
-        cls = type(self).__name__
-        if not pl_module.automatic_optimization:
-            raise MisconfigurationException(
-                f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
-            )
-        refuse_sharded_strategy(cls, trainer.strategy, "it ranks whole gate vectors")
-        self._gates = self._select(pl_module)
+    def _select(self, pl_module: pl.LightningModule) -> tuple[list[str], dict[str, str]]:
+        """The gates and, per gate, the same module's ``bias`` of the same shape (the neuron's shift)."""
+        self._gates = self._select_gates(pl_module)
         params = dict(pl_module.named_parameters())
         self._biases = {}
         for n in self._gates:
             bias = n[: -len("weight")] + "bias" if n.endswith("weight") else ""
             if bias in params and params[bias].shape == params[n].shape:
                 self._biases[n] = bias
+        self._gate_params = {n: params[n] for n in self._gates}
+        return [*self._gates, *self._biases.values()], {}
+
+    def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
         self.pruned, self.pruned_step = False, -1
-        self._engine.detach()
-        self._engine.masks = {}
-        self._engine.attach(pl_module, [*self._gates, *self._biases.values()], keep_existing=False)
-        self._params = {n: params[n] for n in self._gates}
-        rank_zero_info(f"{cls}: {sum(params[n].numel() for n in self._gates)} gates in {self._gates}")
+
+    def _selection_detail(self) -> str:
+        return f"; {sum(p.numel() for p in self._gate_params.values())} gates in {self._gates}"
+
+    def _target_sparsity(self) -> float:
+        return self.sparsity
+
+    def _global_sparsity(self, report: Mapping[str, float]) -> float:
+        """Fraction of the gates pruned (their biases follow them)."""
+        total = sum(p.numel() for p in self._gate_params.values())
+        return sum(report.get(n, 0.0) * p.numel() for n, p in self._gate_params.items()) / max(total, 1)
 
     @torch.no_grad()
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Initialize the gates at step 0; re-apply restored masks after a resume."""
+    def _prepare_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Initialize the gates at step 0 (restored masks are applied after this)."""
         params = dict(pl_module.named_parameters())
-        self._params = {n: params[n] for n in self._gates}
-        self._engine.refresh(pl_module)
+        self._gate_params = {n: params[n] for n in self._gates}
         if trainer.global_step == 0 and self.init_gates is not None and not self.pruned:
-            for p in self._params.values():
+            for p in self._gate_params.values():
                 p.fill_(self.init_gates)
-        self._engine.apply()
-        self._engine.mask_optimizer_state(trainer.optimizers)
-        self._engine.remask_weights = self._engine.needs_remask(trainer.optimizers)
 
     def loss_term(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, outputs: Any
@@ -257,7 +244,7 @@ class PolarizationPruning(LossTermCallback):
         """``R(gamma)`` over all gates until pruning, then nothing."""
         if self.pruned:
             return None
-        return polarization(torch.cat([self._params[n].flatten() for n in self._gates]), self.t)
+        return polarization(torch.cat([self._gate_params[n].flatten() for n in self._gates]), self.t)
 
     def _position(self, trainer: pl.Trainer) -> int:
         return trainer.global_step if self.unit == "step" else trainer.current_epoch
@@ -279,70 +266,41 @@ class PolarizationPruning(LossTermCallback):
     def _prune(self, trainer: pl.Trainer) -> None:
         new: dict[str, Tensor] = {}
         if trainer.is_global_zero:
-            gate_masks = magnitude_masks({n: self._params[n].detach() for n in self._gates}, self.sparsity, "global")
+            gate_masks = magnitude_masks(
+                {n: self._gate_params[n].detach() for n in self._gates}, self.sparsity, "global"
+            )
             for n, m in gate_masks.items():
                 new[n] = m.cpu()
                 if n in self._biases:
                     new[self._biases[n]] = m.cpu()
         self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
         self.pruned, self.pruned_step = True, trainer.global_step
-        self._log_pending = True
+        self._masks_changed()
         rank_zero_info(
             f"{type(self).__name__}: pruned {self.sparsity:.0%} of the gates at step {trainer.global_step} "
             f"(gates in the middle band: {self.middle_band():.3f})"
         )
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Mask the gradients of pruned gates and biases."""
-        if self.pruned:
-            self._engine.mask_gradients()
-
     @torch.no_grad()
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Clamp the gates to [0, 1]; re-mask when needed; log the sparsity after pruning."""
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        """Clamp the gates to [0, 1]; then re-mask when needed and log the sparsity (the shared engine)."""
         if self.clamp:
-            for p in self._params.values():
+            for p in self._gate_params.values():
                 p.clamp_(0.0, 1.0)
-        if self.pruned and self._engine.remask_weights:
-            self._engine.apply()
-        if self._log_pending:
-            report = self._engine.sparsity_report()
-            value = sum(report[n] * self._params[n].numel() for n in self._gates) / self.gates().numel()
-            pl_module.log(f"{self.log_prefix}/sparsity", value, on_step=True, on_epoch=False, batch_size=1)
-            self._log_pending = False
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the fraction of gates in the middle band (bimodality)."""
         super().on_train_epoch_end(trainer, pl_module)
         pl_module.log(f"{self.log_prefix}/middle_band", self.middle_band(), on_epoch=True, sync_dist=True)
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Remove the loss wrapper; drop the engine's parameter references (the masks stay)."""
-        super().teardown(trainer, pl_module, stage)
-        self._engine.detach()
-
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Whether and when the gates were pruned, and the masks (one bit per gate and bias)."""
-        return {
-            **super().state_dict(),
-            "pruned": self.pruned,
-            "pruned_step": self.pruned_step,
-            **self._engine.state_dict(),
-        }
+    def _extra_state(self) -> dict[str, Any]:
+        """Whether and when the gates were pruned (then the masks, one bit per gate and bias)."""
+        return {"pruned": self.pruned, "pruned_step": self.pruned_step}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`.
-
-        Raises:
-            ValueError: for a newer state version, or a mask whose shape differs from the parameter's.
-        """
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.pruned = bool(state_dict.get("pruned", False))
         self.pruned_step = int(state_dict.get("pruned_step", -1))
-        self._engine.load_state_dict(state_dict, strict=bool(self._gates))

@@ -41,6 +41,7 @@ __all__ = [
     "METHODS",
     "CalibrationStats",
     "PruneResult",
+    "check_mfac_obs_options",
     "dsnot_refine",
     "magnitude_scores",
     "nm_mask",
@@ -161,6 +162,27 @@ def parse_structure(structure: str, owner: str = _OWNER) -> tuple[int, int] | No
         f"{owner}(structure={structure!r}): structure must be 'unstructured' or 'N:M' with 0 < N < M "
         "(N weights kept in every M consecutive inputs, e.g. '2:4')"
     )
+
+
+def check_mfac_obs_options(owner: str, structure: str, refine: str | None, sparsity_profile: str) -> None:
+    """M-FAC OBS prunes unstructured, at a uniform sparsity, without refinement; anything else names the argument.
+
+    Raises:
+        ValueError: naming ``structure``, ``refine`` or ``sparsity_profile``.
+
+    Example:
+        >>> check_mfac_obs_options("prune_model", "unstructured", None, "uniform")  # fine: no error
+    """
+    for arg, value, ok in (
+        ("structure", structure, structure == "unstructured"),
+        ("refine", refine, refine is None),
+        ("sparsity_profile", sparsity_profile, sparsity_profile == "uniform"),
+    ):
+        if not ok:
+            raise ValueError(
+                f"{owner}(method='mfac_obs', {arg}={value!r}): M-FAC OBS supports unstructured, uniform sparsity "
+                "without refinement"
+            )
 
 
 def row_mask(scores: Tensor, sparsity: float) -> Tensor:
@@ -695,8 +717,22 @@ def _run(
     model from the start (the layers lie inside the block); a replay that fails falls back to the model forward.
     """
     if block is not None:
+        module, calls = block
+        replays = [lambda a=args, k=kwargs: module(*a, **k) for args, kwargs in calls]
         with contextlib.suppress(Exception):  # an unusual block: the full forward below is always correct
-            return _run_calls(layers, hessian, device, block[0], block[1])
+            return _collect(layers, hessian, device, replays, must_reach=True)
+    runs = [lambda b=batch: forward(model, _move(b, device)) for batch in batches]
+    return _collect(layers, hessian, device, runs, must_reach=False)
+
+
+def _collect(
+    layers: list[_Layer],
+    hessian: bool,
+    device: torch.device,
+    runs: list[Callable[..., Any]],
+    must_reach: bool,
+) -> dict[str, CalibrationStats]:
+    """Input statistics of ``layers`` over ``runs`` (each stops once every layer ran; ``must_reach``: or raise)."""
     stats = {ly.name: CalibrationStats.empty(ly.in_features, hessian, device) for ly in layers}
     pending: set[str] = set()
 
@@ -711,44 +747,12 @@ def _run(
 
     handles = [ly.module.register_forward_hook(make_hook(ly)) for ly in layers]
     try:
-        for batch in batches:
+        for run in runs:
             pending.clear()
             pending.update(ly.name for ly in layers)
             with contextlib.suppress(_Stop):
-                forward(model, _move(batch, device))
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
-
-
-def _run_calls(
-    layers: list[_Layer],
-    hessian: bool,
-    device: torch.device,
-    module: nn.Module,
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-) -> dict[str, CalibrationStats]:
-    stats = {ly.name: CalibrationStats.empty(ly.in_features, hessian, device) for ly in layers}
-    pending: set[str] = set()
-
-    def make_hook(ly: _Layer) -> Callable[..., None]:
-        def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            stats[ly.name].update(args[0])
-            pending.discard(ly.name)
-            if not pending:
-                raise _Stop
-
-        return hook
-
-    handles = [ly.module.register_forward_hook(make_hook(ly)) for ly in layers]
-    try:
-        for args, kwargs in calls:
-            pending.clear()
-            pending.update(ly.name for ly in layers)
-            with contextlib.suppress(_Stop):
-                module(*args, **kwargs)
-            if pending:
+                run()
+            if must_reach and pending:
                 raise RuntimeError("the replayed block did not reach every layer")
     finally:
         for h in handles:
@@ -889,6 +893,8 @@ def prune_model(
             f"{_OWNER}(sparsity_profile='owl', structure={structure!r}): N:M fixes every layer's sparsity; "
             "use the uniform profile or unstructured sparsity"
         )
+    if method == "mfac_obs":
+        check_mfac_obs_options(_OWNER, structure, refine, sparsity_profile)
     if parameter_names is not None:
         check_type(_OWNER, "parameter_names", parameter_names, (list, tuple))
         if not parameter_names:
@@ -915,7 +921,7 @@ def prune_model(
     forward = forward or _default_forward
     device = next(iter(model.parameters())).device
     if method == "mfac_obs":
-        return _prune_mfac(model, batches, layers, sparsity, nm, refine, sparsity_profile, mfac_grads, forward, start)
+        return _prune_mfac(model, batches, layers, sparsity, mfac_grads, forward, start)
     was_training = model.training
     model.eval()
     try:
@@ -965,23 +971,10 @@ def _prune_mfac(
     batches: list[Any],
     layers: list[_Layer],
     sparsity: float,
-    nm: tuple[int, int] | None,
-    refine: str | None,
-    sparsity_profile: str,
     mfac_grads: int,
     forward: Callable[[nn.Module, Any], Any],
     start: float,
 ) -> PruneResult:
-    for arg, value, ok in (
-        ("structure", nm, nm is None),
-        ("refine", refine, refine is None),
-        ("sparsity_profile", sparsity_profile, sparsity_profile == "uniform"),
-    ):
-        if not ok:
-            raise ValueError(
-                f"{_OWNER}(method='mfac_obs', {arg}={value!r}): M-FAC OBS supports unstructured, uniform sparsity "
-                "without refinement"
-            )
     mfac = _mfac_dispatch()
     assert mfac is not None
     device = next(iter(model.parameters())).device

@@ -14,6 +14,7 @@ from litmix.datamodules.proxy_features import ProxyFeatureDataModule
 from litmix.datamodules.sampled_graph import SampledGraphDataModule
 from litmix.datamodules.teacher_cache import TeacherCacheDataModule
 from litmix.datamodules.tofu import TOFUDataModule
+from litmix.datamodules.unlabeled_pool import UnlabeledPoolDataModule
 from litmix.datamodules.xor_cluster import XORClusterDataModule
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "SampledGraphDataModule",
     "TOFUDataModule",
     "TeacherCacheDataModule",
+    "UnlabeledPoolDataModule",
     "XORClusterDataModule",
 ]

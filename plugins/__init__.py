@@ -6,6 +6,7 @@ from litmix.plugins.deepwalk_module import DeepWalkModule
 from litmix.plugins.distillation_module import DistillationModule
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
 from litmix.plugins.graph_to_mlp import GraphToMLPDistillModule
+from litmix.plugins.kd3_module import KD3Module
 from litmix.plugins.lightgcn_module import LightGCNModule
 from litmix.plugins.mixed_precision_gnn import MixedPrecisionGNN
 from litmix.plugins.nb201_supernet import NB201SupernetModule
@@ -26,6 +27,7 @@ __all__ = [
     "DistillationModule",
     "GradientBoostedNetwork",
     "GraphToMLPDistillModule",
+    "KD3Module",
     "LightGCNModule",
     "MixedPrecisionGNN",
     "NB201SupernetModule",

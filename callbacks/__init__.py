@@ -22,6 +22,7 @@ from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
 from litmix.callbacks.ssvi import SSVI
 from litmix.callbacks.structured_pruning import StructuredPruning
 from litmix.callbacks.thresholdout_validation import ThresholdoutValidation
+from litmix.callbacks.topological_concentration import TopologicalConcentration
 from litmix.callbacks.unlearning_evaluator import UnlearningEvaluator
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
@@ -48,6 +49,7 @@ __all__ = [
     "ShrinkingSchedule",
     "StructuredPruning",
     "ThresholdoutValidation",
+    "TopologicalConcentration",
     "UnlearningEvaluator",
     "ZeroCostProxies",
 ]

@@ -8,6 +8,7 @@ from litmix.datamodules.digits import DigitsDataModule
 from litmix.datamodules.forget_retain import ForgetRetainDataModule
 from litmix.datamodules.graph import GraphDataModule
 from litmix.datamodules.interaction import InteractionDataModule
+from litmix.datamodules.link import LinkDataModule
 from litmix.datamodules.mnist import MNISTDataModule
 from litmix.datamodules.modular_arithmetic import ModularArithmeticDataModule
 from litmix.datamodules.proxy_features import ProxyFeatureDataModule
@@ -26,6 +27,7 @@ __all__ = [
     "ForgetRetainDataModule",
     "GraphDataModule",
     "InteractionDataModule",
+    "LinkDataModule",
     "MNISTDataModule",
     "ModularArithmeticDataModule",
     "ProxyFeatureDataModule",

@@ -10,6 +10,7 @@ from litmix.plugins.kd3_module import KD3Module
 from litmix.plugins.lightgcn_module import LightGCNModule
 from litmix.plugins.mixed_precision_gnn import MixedPrecisionGNN
 from litmix.plugins.nb201_supernet import NB201SupernetModule
+from litmix.plugins.ncn_module import NCNModule
 from litmix.plugins.ofa_conv_supernet import OFAConvSupernetModule
 from litmix.plugins.ofa_supernet import OFASupernetModule
 from litmix.plugins.parzc_predictor import ParZCPredictor
@@ -31,6 +32,7 @@ __all__ = [
     "LightGCNModule",
     "MixedPrecisionGNN",
     "NB201SupernetModule",
+    "NCNModule",
     "OFAConvSupernetModule",
     "OFASupernetModule",
     "PHATGOOSEModule",

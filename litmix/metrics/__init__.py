@@ -5,7 +5,9 @@
 
 from litmix.metrics.extraction_strength import ExtractionStrength
 from litmix.metrics.forget_quality import ForgetQuality
+from litmix.metrics.hits_at_k import HitsAtK
 from litmix.metrics.indexed_mean import IndexedMean
+from litmix.metrics.link_mrr import LinkMRR
 from litmix.metrics.mia_auc import MembershipInferenceAUC
 from litmix.metrics.mia_efficacy import MIAEfficacy
 from litmix.metrics.mia_variants import MIAScoreAUC
@@ -21,7 +23,9 @@ from litmix.metrics.truth_ratio import TruthRatio
 __all__ = [
     "ExtractionStrength",
     "ForgetQuality",
+    "HitsAtK",
     "IndexedMean",
+    "LinkMRR",
     "MIAEfficacy",
     "MIAScoreAUC",
     "MembershipInferenceAUC",

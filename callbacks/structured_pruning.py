@@ -248,6 +248,13 @@ class StructuredPruning(LitmixCallback):
                 f"{cls}(head_sparsity={self.head_sparsity}): {type(pl_module).__name__} holds no supported attention "
                 "module (torch nn.MultiheadAttention or Hugging Face GPT-2 attention); set head_sparsity=0.0"
             )
+        mha = [a for a in self._attention if isinstance(pl_module.get_submodule(a), nn.MultiheadAttention)]
+        if self.remove and mha:
+            raise ValueError(
+                f"{cls}(remove=True, head_sparsity={self.head_sparsity}): heads of nn.MultiheadAttention ({mha}) can "
+                "be masked but not removed (its embed_dim is both the input width and num_heads * head_dim); pass "
+                "remove=False to keep them masked"
+            )
         self.last_update_step, self.current_channel_sparsity, self.current_head_sparsity = -1, 0.0, 0.0
         self._engine.detach()
         self._engine.masks = {}

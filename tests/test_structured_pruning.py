@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import math
 import sys
 import time
@@ -193,10 +194,12 @@ def test_shrink_model_refuses_coupled_and_output_channels():
 
     net, x = Res(), torch.randn(3, 4)
     groups, excluded = channel_groups(net, x)
-    assert groups == [] and "residual" in excluded["a"] and "model output" in excluded["c"]
+    assert groups == []
+    assert "residual" in excluded["a"]
+    assert "model output" in excluded["c"]
     mask = torch.ones(8, 4, dtype=torch.bool)
     mask[:2] = False
-    with pytest.raises(ValueError, match="coupled.*'b'"):
+    with pytest.raises(ValueError, match=r"coupled.*'b'"):
         shrink_model(net, {"a.weight": mask}, x)
     out_mask = torch.ones(2, 8, dtype=torch.bool)
     out_mask[0] = False
@@ -256,7 +259,8 @@ def test_callback_removes_channels_and_the_state_dict_loads_into_the_narrow_mode
     report = shrink_model(model, cb.engine.masks, x)
     with torch.no_grad():
         torch.testing.assert_close(model(x), masked, atol=1e-6, rtol=0)
-    assert report.widths == {"net.0": 8} and report.params_after == 108
+    assert report.widths == {"net.0": 8}
+    assert report.params_after == 108
     narrow = TinyClassifier(hidden=report.widths["net.0"])
     narrow.load_state_dict(model.state_dict(), strict=True)
     # remove=True does the same at the end of fit
@@ -264,7 +268,8 @@ def test_callback_removes_channels_and_the_state_dict_loads_into_the_narrow_mode
     model2 = TinyClassifier()
     cb2 = StructuredPruning(channel_sparsity=0.5, start_step=0, end_step=3, every_n_steps=1, remove=True)
     fit_tiny([cb2], module=model2, max_steps=5)
-    assert cb2.report is not None and cb2.report.params_after == 108
+    assert cb2.report is not None
+    assert cb2.report.params_after == 108
     assert all(torch.equal(v, model2.state_dict()[k]) for k, v in model.state_dict().items())
 
 
@@ -279,7 +284,7 @@ def test_schedule_is_cubic_and_masked_channels_stay_masked():
     fit_tiny([cb, Spy()], module=TinyClassifier(), max_steps=8)
     assert [s for s, _ in seen] == [0.0, 0.0, 0.0, 0.65625, 0.65625, 0.75, 0.75, 0.75]  # cubic, t0=1, t1=5
     assert [int((~k).sum()) for _, k in seen] == [0, 0, 0, 10, 10, 12, 12, 12]
-    for (_, before), (_, after) in zip(seen, seen[1:], strict=False):
+    for (_, before), (_, after) in itertools.pairwise(seen):
         assert not (after & ~before).any()  # nothing regrows
     assert int((~seen[-1][1]).sum()) == 12
 

@@ -11,16 +11,19 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from litmix.callbacks.dynamic_sparse_training import DynamicSparseTraining
-from litmix.data import split_batch
 from litmix.functional.sparsity import prune_and_grow
-from litmix.testing import (
-    TinyClassifier,
-    TinyDataModule,
-    assert_resume_matches,
-    assert_state_roundtrip,
-    fit_tiny,
-    make_trainer,
-    run_ddp,
+from litmix.testing import TinyClassifier, TinyDataModule, assert_state_roundtrip, fit_tiny, make_trainer, run_ddp
+from tests._pruning import (
+    MLP,
+    PARAMETER_NAMES_CASES,
+    SEED_CASES,
+    SPARSITY_CASES,
+    MaskChecksum,
+    PerturbRank1,
+    assert_resumed_masks_match,
+    assert_selection_errors_at_setup,
+    mnist,
+    mnist_test_accuracy,
 )
 
 # ----------------------------------------------------------------------------- arguments
@@ -29,10 +32,9 @@ from litmix.testing import (
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"sparsity": 1.0}, ValueError, "sparsity"),
-        ({"sparsity": -0.1}, ValueError, "sparsity"),
-        ({"sparsity": float("nan")}, ValueError, "sparsity"),
-        ({"sparsity": "0.9"}, TypeError, "sparsity"),
+        *SPARSITY_CASES,
+        *PARAMETER_NAMES_CASES,
+        *SEED_CASES,
         ({"method": "snip"}, ValueError, "method"),
         ({"update_every": 0}, ValueError, "update_every"),
         ({"update_every": 2.5}, TypeError, "update_every"),
@@ -41,9 +43,6 @@ from litmix.testing import (
         ({"end_fraction": 0.0}, ValueError, "end_fraction"),
         ({"end_step": 0}, ValueError, "end_step"),
         ({"distribution": "er"}, ValueError, "distribution"),
-        ({"parameter_names": []}, ValueError, "parameter_names"),
-        ({"parameter_names": "net.0.weight"}, TypeError, "parameter_names"),
-        ({"seed": -1}, ValueError, "seed"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
@@ -52,19 +51,7 @@ def test_bad_arguments(kwargs, exc, match):
 
 
 def test_unknown_parameters_and_nothing_prunable_fail_at_setup():
-    with pytest.raises(ValueError, match=r"unknown parameters \['net.9.weight'\]"):
-        fit_tiny([DynamicSparseTraining(0.5, parameter_names=["net.9.weight"])])
-
-    class NoLinear(TinyClassifier):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(8))
-
-        def forward(self, x):
-            return self.net(x)[:, :4]
-
-    with pytest.raises(ValueError, match="found no prunable layer"):
-        fit_tiny([DynamicSparseTraining(0.5)], module=NoLinear())
+    assert_selection_errors_at_setup(DynamicSparseTraining)
 
 
 # ----------------------------------------------------------------------------- behaviour
@@ -189,41 +176,11 @@ def test_resume_matches_uninterrupted(tmp_path):
         def make(method=method):
             return [DynamicSparseTraining(0.7, method, update_every=3, end_fraction=1.0, distribution="uniform")]
 
-        full, resumed = assert_resume_matches(make, TinyClassifier, TinyDataModule, tmp_path / method)
-        a = next(c for c in full.callbacks if isinstance(c, DynamicSparseTraining))
-        b = next(c for c in resumed.callbacks if isinstance(c, DynamicSparseTraining))
+        a, b = assert_resumed_masks_match(make, TinyClassifier, tmp_path / method)
         assert a.n_updates == b.n_updates == 2
-        for n, m in a.engine.masks.items():
-            assert torch.equal(m, b.engine.masks[n])
-        ckpt = torch.load(next((tmp_path / method / "ckpt").glob("epoch=0-*.ckpt")), weights_only=False)
-        assert not any(k.endswith("_mask") for k in ckpt["state_dict"])  # strict loading into the user's class
-        TinyClassifier().load_state_dict(ckpt["state_dict"])
 
 
 # ----------------------------------------------------------------------------- DDP
-
-
-class PerturbRank1(Callback):
-    """Before every step, makes rank 1's kept weights differ so that locally decided drops would differ."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_rank == 1:
-            with torch.no_grad():
-                for p in (pl_module.net[0].weight, pl_module.net[2].weight):
-                    p.add_(torch.randn_like(p) * (p != 0))
-
-
-class MaskChecksum(Callback):
-    def __init__(self):
-        self.max_diff = 0.0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        masks = [pl_module.net[0].weight_mask, pl_module.net[2].weight_mask]
-        flat = torch.cat([m.flatten() for m in masks]).double()
-        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1).double()).sum()])
-        gathered = pl_module.all_gather(checksum)
-        self.max_diff = max(self.max_diff, float((gathered - gathered[0]).abs().max()))
-        pl_module.log("test/mask_diff", self.max_diff, reduce_fx="max", sync_dist=True)
 
 
 class LocalDecisions(DynamicSparseTraining):
@@ -253,45 +210,22 @@ def test_ddp_masks_identical_on_both_ranks(cb_cls, identical):
 # ----------------------------------------------------------------------------- effect on MNIST
 
 
-class MLP(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y, _ = split_batch(batch)
-        return torch.nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
 @pytest.fixture(scope="module")
 def mnist_10k(mnist_root):
-    from litmix.datamodules.mnist import MNISTDataModule
-
-    dm = MNISTDataModule(str(mnist_root), batch_size=128, val_size=0, train_size=10000, flatten=True, seed=0)
-    dm.setup()
-    return dm
+    return mnist(str(mnist_root), 10000)
 
 
 def _sparse_accuracy(dm, seed: int, method: str) -> float:
     """4 epochs (316 steps) at 90 % uniform sparsity; ``"static"`` keeps the same initial random mask throughout."""
     pl.seed_everything(seed, verbose=False)
-    model = MLP()
+    model = MLP(784, 100, 10)
     if method == "static":
         cb = DynamicSparseTraining(0.9, end_step=1, distribution="uniform", seed=seed)
     else:
         cb = DynamicSparseTraining(0.9, method, update_every=25, zeta=0.3, distribution="uniform", seed=seed)
     make_trainer(callbacks=[cb], max_epochs=4).fit(model, datamodule=dm)
     assert cb.engine.sparsity_report()["global"] == pytest.approx(0.9, abs=1e-3)  # the budget held
-    x, y = dm.test_dataset.dataset.tensors
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean())
+    return mnist_test_accuracy(model, dm)
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from litmix.callbacks.gradual_pruning import GradualPruning
-from litmix.data import split_batch
 from litmix.functional.sparsity import (
     cubic_sparsity,
     default_parameter_names,
@@ -23,13 +22,13 @@ from litmix.functional.sparsity import (
 from litmix.testing import (
     TinyClassifier,
     TinyDataModule,
-    assert_resume_matches,
     assert_state_roundtrip,
     check_plugin,
     fit_tiny,
     make_trainer,
     run_ddp,
 )
+from tests._pruning import MLP, MaskChecksum, PerturbRank1, assert_resumed_masks_match, mnist, mnist_test_accuracy
 
 # ----------------------------------------------------------------------------- functional core
 
@@ -338,49 +337,18 @@ def test_resume_matches_uninterrupted(tmp_path):
     def make():
         return [GradualPruning(0.8, start_step=1, end_step=7, every_n_steps=3)]
 
-    full, resumed = assert_resume_matches(make, TinyClassifier, TinyDataModule, tmp_path)
-    cb_full = next(c for c in full.callbacks if isinstance(c, GradualPruning))
-    cb_res = next(c for c in resumed.callbacks if isinstance(c, GradualPruning))
+    cb_full, cb_res = assert_resumed_masks_match(make, TinyClassifier, tmp_path)  # every mask restored exactly
     assert cb_full.state_dict() == cb_res.state_dict()
     assert cb_res.current_sparsity == 0.8
-    for n in ("net.0.weight", "net.2.weight"):  # every mask restored exactly
-        assert torch.equal(cb_full._masks[n], cb_res._masks[n])
+    for n in ("net.0.weight", "net.2.weight"):
         assert int((~cb_res._masks[n]).sum()) > 0
     ckpt = torch.load(sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))[0], weights_only=True)
-    assert not any(k.endswith("_mask") for k in ckpt["state_dict"])  # loads strictly into the user's class
     assert ckpt["callbacks"]["GradualPruning"]["last_update_step"] == 1
     assert set(ckpt["callbacks"]["GradualPruning"]["masks"]) == {"net.0.weight", "net.2.weight"}
     assert ckpt["global_step"] == 4
 
 
 # ----------------------------------------------------------------------------- DDP
-
-
-class PerturbRank1(Callback):
-    """Before the mask update, makes rank 1's weights differ so that locally computed masks would differ."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_rank == 1:
-            with torch.no_grad():
-                for p in (pl_module.net[0].weight, pl_module.net[2].weight):
-                    p.add_(torch.randn_like(p) * (p != 0))
-
-
-class MaskChecksum(Callback):
-    """After the mask update: all-gather a checksum of the masks; log the largest difference between ranks."""
-
-    def __init__(self):
-        self.max_diff = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        masks = [pl_module.net[0].weight_mask, pl_module.net[2].weight_mask]
-        flat = torch.cat([m.flatten() for m in masks]).double()
-        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1).double()).sum()])
-        gathered = pl_module.all_gather(checksum)
-        self.max_diff = max(self.max_diff, float((gathered - gathered[0]).abs().max()))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        pl_module.log("test/mask_diff", self.max_diff, reduce_fx="max", sync_dist=True)
 
 
 class LocalMasks(GradualPruning):
@@ -407,36 +375,9 @@ def test_ddp_masks_identical_on_both_ranks(cb_cls, identical):
 # ----------------------------------------------------------------------------- effect on MNIST
 
 
-class MLP(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y, _ = split_batch(batch)
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
-def _test_accuracy(model, dm):
-    x, y = dm.test_dataset.dataset.tensors
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean())
-
-
 @pytest.fixture(scope="module")
 def mnist_20k(mnist_root):
-    from litmix.datamodules.mnist import MNISTDataModule
-
-    dm = MNISTDataModule(str(mnist_root), batch_size=128, val_size=0, train_size=20000, flatten=True, seed=0)
-    dm.setup()
-    return dm
+    return mnist(str(mnist_root), 20000)
 
 
 @pytest.mark.slow
@@ -451,15 +392,15 @@ def test_gradual_pruning_keeps_mnist_accuracy_at_90_percent(mnist_20k, seed):
     """
     dm = mnist_20k
     pl.seed_everything(seed)
-    dense = MLP()
+    dense = MLP(784, 300, 100, 10)
     make_trainer(max_epochs=6).fit(dense, datamodule=dm)
-    acc_dense = _test_accuracy(dense, dm)
+    acc_dense = mnist_test_accuracy(dense, dm)
 
     pl.seed_everything(seed)
-    pruned = MLP()
+    pruned = MLP(784, 300, 100, 10)
     cb = GradualPruning(0.9, start_fraction=0.0, end_fraction=0.6, every_n_steps=20, scope="global")
     make_trainer(max_epochs=6, callbacks=[cb]).fit(pruned, datamodule=dm)
-    acc_pruned = _test_accuracy(pruned, dm)
+    acc_pruned = mnist_test_accuracy(pruned, dm)
     sparsity = sparsity_report(pruned)["global"]
 
     names = default_parameter_names(dense)
@@ -468,7 +409,7 @@ def test_gradual_pruning_keeps_mnist_accuracy_at_90_percent(mnist_20k, seed):
     with torch.no_grad():
         for n in names:
             params[n].mul_(masks[n])
-    acc_oneshot = _test_accuracy(dense, dm)
+    acc_oneshot = mnist_test_accuracy(dense, dm)
 
     assert abs(sparsity - 0.9) < 0.01
     assert acc_dense > 0.95

@@ -8,17 +8,26 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from litmix.callbacks.lottery_ticket import LotteryTicket
-from litmix.data import split_batch
 from litmix.functional.sparsity import magnitude_masks
 from litmix.testing import (
     AssertRanksAgree,
     TinyClassifier,
     TinyDataModule,
-    assert_resume_matches,
     assert_state_roundtrip,
     fit_tiny,
     make_trainer,
     run_ddp,
+)
+from tests._pruning import (
+    MLP,
+    PARAMETER_NAMES_CASES,
+    SEED_CASES,
+    SPARSITY_CASES,
+    MaskChecksum,
+    PerturbRank1,
+    assert_resumed_masks_match,
+    assert_selection_errors_at_setup,
+    val_accuracy,
 )
 
 # ----------------------------------------------------------------------------- arguments
@@ -27,10 +36,9 @@ from litmix.testing import (
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"sparsity": 1.0}, ValueError, "sparsity"),
-        ({"sparsity": -0.1}, ValueError, "sparsity"),
-        ({"sparsity": float("nan")}, ValueError, "sparsity"),
-        ({"sparsity": "0.9"}, TypeError, "sparsity"),
+        *SPARSITY_CASES,
+        *PARAMETER_NAMES_CASES,
+        *SEED_CASES,
         ({"prune_every": 0}, ValueError, "prune_every"),
         ({"unit": "batch"}, ValueError, "unit"),
         ({"rounds": 0}, ValueError, "rounds"),
@@ -39,9 +47,6 @@ from litmix.testing import (
         ({"scope": "row"}, ValueError, "scope"),
         ({"scoring": "snip"}, ValueError, "scoring"),
         ({"reset_optimizer": 1}, TypeError, "reset_optimizer"),
-        ({"parameter_names": []}, ValueError, "parameter_names"),
-        ({"parameter_names": "net.0.weight"}, TypeError, "parameter_names"),
-        ({"seed": -1}, ValueError, "seed"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
@@ -50,19 +55,7 @@ def test_bad_arguments(kwargs, exc, match):
 
 
 def test_unknown_parameters_and_nothing_prunable_fail_at_setup():
-    with pytest.raises(ValueError, match=r"unknown parameters \['net.9.weight'\]"):
-        fit_tiny([LotteryTicket(0.5, parameter_names=["net.9.weight"])])
-
-    class NoLinear(TinyClassifier):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(8))
-
-        def forward(self, x):
-            return self.net(x)[:, :4]
-
-    with pytest.raises(ValueError, match="found no prunable layer"):
-        fit_tiny([LotteryTicket(0.5)], module=NoLinear())
+    assert_selection_errors_at_setup(LotteryTicket)
 
 
 # ----------------------------------------------------------------------------- behaviour
@@ -169,48 +162,25 @@ def test_random_control_has_same_density_and_differs():
 def test_resume_matches_uninterrupted(tmp_path):
     """4 steps per epoch; the round at step 6 falls in the resumed second epoch; epoch rounds at epoch 1."""
     for unit, every in (("step", 6), ("epoch", 1)):
-        full, resumed = assert_resume_matches(
-            lambda unit=unit, every=every: [LotteryTicket(0.6, prune_every=every, unit=unit, rewind_step=1)],
-            TinyClassifier,
-            TinyDataModule,
-            tmp_path / unit,
-        )
-        a = next(c for c in full.callbacks if isinstance(c, LotteryTicket))
-        b = next(c for c in resumed.callbacks if isinstance(c, LotteryTicket))
+
+        def make(unit=unit, every=every):
+            return [LotteryTicket(0.6, prune_every=every, unit=unit, rewind_step=1)]
+
+        a, b = assert_resumed_masks_match(make, TinyClassifier, tmp_path / unit)
         assert a.rounds_done == b.rounds_done == 1
-        for n, m in a.engine.masks.items():
-            assert torch.equal(m, b.engine.masks[n])
-        ckpt = torch.load(next((tmp_path / unit / "ckpt").glob("epoch=0-*.ckpt")), weights_only=False)
-        assert not any(k.endswith("_mask") for k in ckpt["state_dict"])  # strict loading into the user's class
-        TinyClassifier().load_state_dict(ckpt["state_dict"])
 
 
 # ----------------------------------------------------------------------------- DDP
-
-
-class PerturbRank1(Callback):
-    """Makes rank 1's weights differ before the round, so that a locally decided mask would differ."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_rank == 1 and trainer.global_step == 3:
-            with torch.no_grad():
-                for p in (pl_module.net[0].weight, pl_module.net[2].weight):
-                    p.add_(torch.randn_like(p))
-
-
-class MaskChecksum(Callback):
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        flat = torch.cat([pl_module.net[0].weight_mask.flatten(), pl_module.net[2].weight_mask.flatten()]).double()
-        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1).double()).sum()])
-        gathered = pl_module.all_gather(checksum)
-        pl_module.log("test/mask_diff", float((gathered - gathered[0]).abs().max()), sync_dist=True, reduce_fx="max")
 
 
 @pytest.mark.ddp
 def test_ddp_masks_and_state_identical_on_both_ranks():
     cb = LotteryTicket(0.7, prune_every=4, unit="step")
     trainer = run_ddp(
-        [PerturbRank1(), cb, MaskChecksum(), AssertRanksAgree()], TinyClassifier(), TinyDataModule(), max_steps=6
+        [PerturbRank1(at=3, kept_only=False), cb, MaskChecksum(), AssertRanksAgree()],
+        TinyClassifier(),
+        TinyDataModule(),
+        max_steps=6,
     )
     assert float(trainer.callback_metrics["test/mask_diff"]) == 0.0
 
@@ -218,35 +188,16 @@ def test_ddp_masks_and_state_identical_on_both_ranks():
 # ----------------------------------------------------------------------------- effect on digits
 
 
-class MLP(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y, _ = split_batch(batch)
-        return torch.nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=3e-3)
-
-
 def _ticket_accuracy(seed: int, scoring: str) -> float:
     from litmix.datamodules.digits import DigitsDataModule
 
     dm = DigitsDataModule(batch_size=64, seed=seed)
     pl.seed_everything(seed, verbose=False)
-    model = MLP()
+    model = MLP(64, 128, 10, lr=3e-3)
     cb = LotteryTicket(0.9, prune_every=3, unit="epoch", scoring=scoring, seed=seed)
     make_trainer(callbacks=[cb], max_epochs=6).fit(model, datamodule=dm)
     assert cb.engine.sparsity_report()["global"] == pytest.approx(0.9, abs=1e-3)
-    batches = [split_batch(b) for b in dm.val_dataloader()]
-    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean())
+    return val_accuracy(model, dm)
 
 
 @pytest.mark.slow

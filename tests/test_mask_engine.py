@@ -315,3 +315,50 @@ def test_filled_second_moments_keep_pruned_weights_exactly_zero():
     assert (opt.state[p]["exp_avg"][~mask] == 0).all()
     regrown = engine.update({n: torch.ones_like(m) for n, m in engine.masks.items()}, opt)
     assert (opt.state[p]["exp_avg_sq"][regrown["0.weight"]] == 0).all()  # regrown: fresh state
+
+
+# ----------------------------------------------------------------------------- the pruners' shared shell
+
+
+@pytest.mark.parametrize(
+    "cls_name", ["GradualPruning", "DynamicSparseTraining", "LotteryTicket", "PolarizationPruning", "OneShotPruning"]
+)
+def test_every_pruner_logs_sparsity_per_layer_and_an_image_at_each_mask_change(cls_name, tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    import litmix.callbacks
+    from litmix.testing import make_trainer
+
+    cls = getattr(litmix.callbacks, cls_name)
+    module, dm, [cb] = cls.example()
+    logger = CSVLogger(tmp_path, name="csv")
+    make_trainer(max_steps=3, callbacks=[cb], logger=logger, log_every_n_steps=50).fit(module, datamodule=dm)
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    prefix, report = cb.log_prefix, cb.engine.sparsity_report()
+    changes = [r for r in rows if r.get(f"{prefix}/sparsity")]
+    assert changes, rows  # written at the mask change although no logging step (50) came
+    for name, value in report.items():
+        if name != "global":  # per layer, at the last change, equal to the final masks
+            assert float(changes[-1][f"{prefix}/sparsity/{name}"]) == pytest.approx(value)
+    images = sorted((tmp_path / "csv").rglob(f"images/{prefix}_sparsity_per_layer_step*.png"))
+    assert len(images) >= 1
+    assert len(images) == len({r["step"] for r in changes})  # one image per mask change
+
+
+def test_sparsity_image_is_skipped_without_matplotlib(tmp_path, monkeypatch):
+    import sys
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from litmix.callbacks import GradualPruning
+    from litmix.testing import fit_tiny
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails like an absent package
+    logger = CSVLogger(tmp_path, name="csv")
+    fit_tiny([GradualPruning(0.5, start_step=0, end_step=1, every_n_steps=1)], max_steps=2, logger=logger)
+    assert not list(tmp_path.rglob("*.png"))
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        assert "pruning/sparsity/net.0.weight" in f.readline()

@@ -8,31 +8,29 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from litmix.callbacks.polarization_pruning import PolarizationPruning, _BNClassifier, polarization
-from litmix.data import split_batch
-from litmix.testing import (
-    TinyClassifier,
-    TinyDataModule,
-    assert_resume_matches,
-    assert_state_roundtrip,
-    fit_tiny,
-    make_trainer,
-    run_ddp,
+from litmix.testing import TinyClassifier, TinyDataModule, assert_state_roundtrip, fit_tiny, make_trainer, run_ddp
+from tests._pruning import (
+    MLP,
+    PARAMETER_NAMES_CASES,
+    SPARSITY_CASES,
+    MaskChecksum,
+    PerturbRank1,
+    assert_resumed_masks_match,
+    val_accuracy,
 )
 
 
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"sparsity": 1.0}, ValueError, "sparsity"),
-        ({"sparsity": -0.1}, ValueError, "sparsity"),
-        ({"sparsity": float("nan")}, ValueError, "sparsity"),
+        *SPARSITY_CASES,
+        *PARAMETER_NAMES_CASES,
         ({"weight": -1.0}, ValueError, "weight"),
         ({"t": 0.0}, ValueError, "t="),
         ({"prune_at": 0}, ValueError, "prune_at"),
         ({"unit": "batch"}, ValueError, "unit"),
         ({"init_gates": -0.5}, ValueError, "init_gates"),
         ({"clamp": "yes"}, TypeError, "clamp"),
-        ({"parameter_names": []}, ValueError, "parameter_names"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
@@ -88,63 +86,25 @@ def test_term_gates_and_structured_masks():
 
 def test_resume_matches_uninterrupted(tmp_path):
     for unit, at in (("step", 6), ("epoch", 1)):
-        full, resumed = assert_resume_matches(
-            lambda unit=unit, at=at: [PolarizationPruning(0.5, weight=0.05, prune_at=at, unit=unit)],
-            _BNClassifier,
-            TinyDataModule,
-            tmp_path / unit,
-            atol=1e-6,
-        )
-        a = next(c for c in full.callbacks if isinstance(c, PolarizationPruning))
-        b = next(c for c in resumed.callbacks if isinstance(c, PolarizationPruning))
+
+        def make(unit=unit, at=at):
+            return [PolarizationPruning(0.5, weight=0.05, prune_at=at, unit=unit)]
+
+        a, b = assert_resumed_masks_match(make, _BNClassifier, tmp_path / unit, atol=1e-6)
         assert a.pruned
         assert b.pruned
-        for n, m in a.engine.masks.items():
-            assert torch.equal(m, b.engine.masks[n])
-
-
-class PerturbRank1(Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_rank == 1 and trainer.global_step == 2:
-            with torch.no_grad():
-                pl_module.net[1].weight.copy_(torch.rand(16))
-
-
-class MaskChecksum(Callback):
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        flat = pl_module.net[1].weight_mask.double()
-        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1).double()).sum()])
-        gathered = pl_module.all_gather(checksum)
-        pl_module.log("test/mask_diff", float((gathered - gathered[0]).abs().max()), sync_dist=True, reduce_fx="max")
 
 
 @pytest.mark.ddp
 def test_ddp_masks_identical_on_both_ranks():
     """Rank 1's gates are overwritten at random before pruning: the masks still agree (rank 0 decides)."""
     cb = PolarizationPruning(0.5, weight=0.05, prune_at=3, unit="step")
-    trainer = run_ddp([PerturbRank1(), cb, MaskChecksum()], _BNClassifier(), TinyDataModule(), max_steps=4)
+    probes = [PerturbRank1(["net.1.weight"], at=2, overwrite=True), cb, MaskChecksum(["net.1.weight_mask"])]
+    trainer = run_ddp(probes, _BNClassifier(), TinyDataModule(), max_steps=4)
     assert float(trainer.callback_metrics["test/mask_diff"]) == 0.0
 
 
 # ----------------------------------------------------------------------------- effect on digits
-
-
-class MLP(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(64, 128), torch.nn.BatchNorm1d(128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
-        )
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y, _ = split_batch(batch)
-        return torch.nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
 def _run(seed: int, weight: float) -> tuple[float, float]:
@@ -153,7 +113,7 @@ def _run(seed: int, weight: float) -> tuple[float, float]:
 
     dm = DigitsDataModule(batch_size=64, seed=seed)
     pl.seed_everything(seed, verbose=False)
-    model = MLP()
+    model = MLP(64, 128, 10, lr=1e-2, batchnorm=True)
     cb = PolarizationPruning(sparsity=0.6, weight=weight, t=0.8, prune_at=4, unit="epoch")
     seen = {}
 
@@ -165,11 +125,7 @@ def _run(seed: int, weight: float) -> tuple[float, float]:
 
     make_trainer(callbacks=[Gates(), cb], max_epochs=6).fit(model, datamodule=dm)
     assert cb.engine.sparsity_report()["net.1.weight"] == pytest.approx(0.6, abs=0.005)  # the set sparsity
-    batches = [split_batch(b) for b in dm.val_dataloader()]
-    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    model.eval()
-    with torch.no_grad():
-        return seen["near01"], float((model(x).argmax(-1) == y).float().mean())
+    return seen["near01"], val_accuracy(model, dm)
 
 
 @pytest.mark.slow

@@ -178,7 +178,7 @@ def web_corrupt(
     if severity == 0.0:
         return images
     params, order, noise = corruption_params(index.cpu(), seed, severity, side)
-    x = images.detach().float().reshape(n, 1, side, side).cpu()
+    x = images.detach().float().reshape(n, 1, side, side).cpu().clone()  # never write into the caller's tensor
     shuffled = params[:, 4] > 0
     if bool(shuffled.any()):
         x[shuffled] = _shuffle_blocks(x[shuffled], order[shuffled])

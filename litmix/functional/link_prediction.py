@@ -13,6 +13,8 @@ Wang, Yang, Tang, Derr, Shah, "A Topological Perspective on Demystifying GNN-Bas
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -285,7 +287,9 @@ def topological_concentration(
     pairs = adj.indices() if pairs is None else check_edge_index(owner, pairs, num_nodes, name="pairs")
     walks = [adj]
     for _ in range(hops - 1):
-        walks.append(torch.sparse.mm(walks[-1], adj).coalesce())
+        with warnings.catch_warnings():  # torch routes COO @ COO through beta CSR kernels and says so
+            warnings.simplefilter("ignore", UserWarning)
+            walks.append(torch.sparse.mm(walks[-1], adj).coalesce())
     support = [
         torch.sparse_coo_tensor(
             w.indices(), torch.ones_like(w.values()), w.shape, is_coalesced=True, check_invariants=False

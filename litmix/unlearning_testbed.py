@@ -18,10 +18,12 @@ from __future__ import annotations
 import copy
 import functools
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from litmix.functional.unlearning import sequence_correct, sequence_nll
@@ -228,4 +230,108 @@ def oracle_forget_truth_ratios(task: SyntheticTOFU) -> Tensor:
     return _truth_ratios(task.oracle, task.forget_perturbed)
 
 
-__all__ += ["oracle_forget_truth_ratios"]
+class TrajectoryRecorder(Callback):
+    """Records :func:`evaluate_lm` of ``pl_module.model`` (or the module itself) every ``every`` optimizer steps.
+
+    ``rows`` holds ``(global_step, metrics)``. With ``configs`` (a dict of name -> attribute overrides of the
+    module, e.g. ``{"w-1": {"weight": -1.0}}``) each row holds one metrics dict per configuration instead.
+    """
+
+    def __init__(self, task: SyntheticTOFU, every: int, configs: dict[str, dict[str, Any]] | None = None) -> None:
+        self.task, self.every, self.configs = task, every, configs
+        self.oracle_tr = oracle_forget_truth_ratios(task)
+        self.rows: list[tuple[int, Any]] = []
+
+    def _evaluate(self, pl_module: nn.Module) -> dict[str, float]:
+        model = getattr(pl_module, "model", pl_module)
+        return evaluate_lm(model, self.task, self.oracle_tr)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Evaluate at every ``every``-th optimizer step."""
+        if trainer.global_step % self.every:
+            return
+        if self.configs is None:
+            self.rows.append((trainer.global_step, self._evaluate(pl_module)))
+            return
+        row = {}
+        for name, overrides in self.configs.items():
+            saved = {k: getattr(pl_module, k) for k in overrides}
+            for k, v in overrides.items():
+                setattr(pl_module, k, v)
+            row[name] = self._evaluate(pl_module)
+            for k, v in saved.items():
+                setattr(pl_module, k, v)
+        self.rows.append((trainer.global_step, row))
+
+
+def run_trajectory(
+    task: SyntheticTOFU,
+    module: Any,
+    steps: int,
+    every: int,
+    batch_size: int = 5,
+    configs: dict[str, dict[str, Any]] | None = None,
+) -> list[tuple[int, Any]]:
+    """Fit ``module`` on the task's :class:`~litmix.datamodules.TOFUDataModule` for ``steps``; the recorded rows."""
+    from litmix.datamodules.tofu import TOFUDataModule
+    from litmix.testing import make_trainer
+
+    dm = TOFUDataModule(
+        task.datamodule.data_dir,
+        tokenizer="word",
+        prompt_template="{question} :",
+        batch_size=batch_size,
+        seed=int(task.config["seed"]),
+    )
+    recorder = TrajectoryRecorder(task, every, configs)
+    trainer = make_trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[recorder])
+    trainer.fit(module, datamodule=dm)
+    return recorder.rows
+
+
+@functools.lru_cache(maxsize=16)
+def unlearning_trajectory(
+    seed: int,
+    forget_loss: str,
+    retain_loss: str | None = None,
+    lr: float = 3e-4,
+    steps: int = 300,
+    every: int = 25,
+    batch_size: int = 5,
+    n_entities: int = 100,
+    task_steps: int = 300,
+    task_lr: float = 1e-2,
+) -> tuple[tuple[int, dict[str, float]], ...]:
+    """:class:`~litmix.plugins.UnlearningModule` on :func:`synthetic_tofu_models`' original; cached per process.
+
+    Returns the recorded ``(step, metrics)`` rows (see :func:`run_trajectory`), so tests comparing against the
+    same run (e.g. NPO+RT) share one training. ``cache_reference`` is on for the losses that support it.
+    """
+    from litmix.functional.unlearning_losses import resolve_forget_loss
+    from litmix.plugins.unlearning_module import UnlearningModule
+
+    task = synthetic_tofu_models(seed=seed, n_entities=n_entities, steps=task_steps, lr=task_lr)
+    cache = resolve_forget_loss(forget_loss).needs in ("ref_nll", "ref_logits")
+    module = UnlearningModule(
+        task.fresh_original(), forget_loss=forget_loss, retain_loss=retain_loss, lr=lr, cache_reference=cache
+    )
+    return tuple(run_trajectory(task, module, steps, every, batch_size))
+
+
+def best_at_utility(
+    rows: Sequence[tuple[int, dict[str, float]]], utility: float, key: str = "forget_quality", lowest: bool = False
+) -> float:
+    """Best ``key`` (highest, or lowest) among rows whose ``model_utility`` is at least ``utility`` (NaN if none)."""
+    ok = [m[key] for _, m in rows if m["model_utility"] >= utility]
+    if not ok:
+        return float("nan")
+    return min(ok) if lowest else max(ok)
+
+
+__all__ += [
+    "TrajectoryRecorder",
+    "best_at_utility",
+    "oracle_forget_truth_ratios",
+    "run_trajectory",
+    "unlearning_trajectory",
+]

@@ -6,7 +6,7 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -24,7 +24,6 @@ from litmix.functional.unlearning import (
     npo_loss,
     npo_weights,
     retain_nll_loss,
-    sequence_correct,
     sequence_nll,
 )
 from litmix.functional.unlearning_losses import (
@@ -40,6 +39,7 @@ from litmix.functional.unlearning_losses import (
     undial_loss,
     wga_loss,
 )
+from litmix.metrics._split_evaluation import SplitEvaluation
 from litmix.metrics.indexed_mean import IndexedMean
 from litmix.metrics.mia_auc import MembershipInferenceAUC
 from litmix.models import import_class, load_model, output_logits
@@ -82,13 +82,22 @@ def _check_model(owner: str, value: Any, model_class: str | None) -> None:
         )
 
 
+def _model_logits(owner: str, model: nn.Module, inputs: Any, who: str = "model") -> Tensor:
+    """Logits of ``model`` on a batch side: dict inputs pass their model keys as keyword arguments."""
+    if isinstance(inputs, dict):
+        out = model(**{k: v for k, v in inputs.items() if k in MODEL_INPUT_KEYS})
+    else:
+        out = model(inputs)
+    return output_logits(out, owner=owner, who=who)
+
+
 @register(
     "plugin",
     "unlearning",
     paper="Negative Preference Optimization: Towards Balancing Catastrophic Collapse and Unlearning "
     "(https://arxiv.org/abs/2404.05868)",
 )
-class UnlearningModule(LitmixModule):
+class UnlearningModule(SplitEvaluation, LitmixModule):
     """Unlearn a forget set from a trained model with any forget loss of the unlearning registry.
 
     Implements Negative Preference Optimization (Zhang et al., https://arxiv.org/abs/2404.05868) and the
@@ -359,11 +368,7 @@ class UnlearningModule(LitmixModule):
 
     # ------------------------------------------------------------------ forward helpers
     def _logits(self, model: nn.Module, inputs: Any, who: str = "model") -> Tensor:
-        if isinstance(inputs, dict):
-            out = model(**{k: v for k, v in inputs.items() if k in MODEL_INPUT_KEYS})
-        else:
-            out = model(inputs)
-        return output_logits(out, owner=type(self).__name__, who=who)
+        return _model_logits(type(self).__name__, model, inputs, who)
 
     def _logits_and_activations(self, model: nn.Module, inputs: Any, who: str = "model") -> tuple[Tensor, Tensor]:
         """Logits and the output of the submodule ``rmu_layer`` (first element if it returns a tuple)."""
@@ -711,11 +716,6 @@ class UnlearningModule(LitmixModule):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
     # ------------------------------------------------------------------ evaluation
-    def _split_names(self) -> list[str]:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(dm, "val_loader_names", None)
-        return list(names) if names else list(SPLITS)
-
     def _eval_step(self, batch: Any, dataloader_idx: int) -> None:
         split = self._split_names()[dataloader_idx]
         inputs, targets, index = self._split(batch, f"{split} evaluation")
@@ -724,18 +724,7 @@ class UnlearningModule(LitmixModule):
                 f"UnlearningModule: {split} evaluation items must carry their index as the third element (or "
                 "'index' key), as ForgetRetainDataModule's loaders do"
             )
-        if split not in self.accuracy:  # a named loader beyond the four standard ones (e.g. TOFU's real_authors)
-            self.accuracy[split] = IndexedMean().to(self.device)
-            self.mean_nll[split] = IndexedMean().to(self.device)
-        logits = self._logits(self.model, inputs)
-        if logits.dim() == 3:
-            correct, count = sequence_correct(logits, targets)
-            score = sequence_nll(logits, targets, reduction="mean")
-        else:
-            correct, count = (logits.argmax(-1) == targets).long(), torch.ones_like(targets)
-            score = classifier_nll(logits, targets)
-        cast(IndexedMean, self.accuracy[split]).update(correct, index, weight=count)
-        cast(IndexedMean, self.mean_nll[split]).update(score, index)
+        score = self._update_split(split, self._logits(self.model, inputs), targets, index)
         holdout_name = "holdout" if "holdout" in self._split_names() else "test"
         if split == "forget":
             self.mia_auc.update(score, index, holdout=False)
@@ -751,13 +740,7 @@ class UnlearningModule(LitmixModule):
         self._eval_step(batch, dataloader_idx)
 
     def _log_eval(self, stage: str) -> None:
-        for split in list(self.accuracy.keys()):
-            acc, nll = cast(IndexedMean, self.accuracy[split]), cast(IndexedMean, self.mean_nll[split])
-            if acc.update_count > 0:
-                self.log(f"{stage}/{split}_acc", acc.compute(), sync_dist=True, add_dataloader_idx=False)
-                self.log(f"{stage}/{split}_nll", nll.compute(), sync_dist=True, add_dataloader_idx=False)
-            acc.reset()
-            nll.reset()
+        self._log_splits(stage)
         if self.mia_auc.update_count > 0:
             auc = self.mia_auc.compute()
             if not math.isnan(float(auc)):

@@ -16,59 +16,36 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
-from litmix.datamodules.tofu import TOFUDataModule
-from litmix.plugins.unlearning_module import UnlearningModule
-from litmix.testing import make_trainer
-from litmix.unlearning_testbed import evaluate_lm, oracle_forget_truth_ratios, synthetic_tofu_models
+from litmix.unlearning_testbed import best_at_utility, evaluate_lm, synthetic_tofu_models, unlearning_trajectory
 
 STEPS, EVERY, TOLERANCE = 300, 25, 0.15
-TASK: dict[str, Any] = {"n_entities": 100, "steps": 300, "lr": 1e-2}
 RECIPES: dict[str, dict[str, Any]] = {
     "ga": {"forget_loss": "grad_ascent"},
-    "npo_rt": {"forget_loss": "npo", "retain_loss": "nll", "cache_reference": True},
-    "ga_rt": {"forget_loss": "grad_diff"},
-    "npo": {"forget_loss": "npo", "cache_reference": True},
+    "npo_rt": {"forget_loss": "npo", "retain_loss": "nll"},
+    "ga_rt": {"forget_loss": "grad_diff", "retain_loss": "nll"},
+    "npo": {"forget_loss": "npo"},
 }
 
 
-class TrajectoryRecorder(Callback):
-    """Evaluates the unlearned model every ``every`` optimizer steps."""
-
-    def __init__(self, task: Any, oracle_tr: torch.Tensor, every: int) -> None:
-        self.task, self.oracle_tr, self.every = task, oracle_tr, every
-        self.rows: list[tuple[int, dict[str, float]]] = []
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step % self.every == 0:
-            self.rows.append((trainer.global_step, evaluate_lm(pl_module.model, self.task, self.oracle_tr)))
-
-
-def trajectory(seed: int, recipe: str) -> tuple[dict, list]:
-    """(original's metrics, [(step, metrics)]) of one unlearning run."""
+def trajectory(seed: int, recipe: str) -> tuple[dict[str, float], tuple[tuple[int, dict[str, float]], ...]]:
+    """(original's metrics, ((step, metrics), ...)) of one unlearning run (cached per session)."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    task = synthetic_tofu_models(seed=seed, **TASK)
-    oracle_tr = oracle_forget_truth_ratios(task)
-    dm = TOFUDataModule(
-        task.datamodule.data_dir, tokenizer="word", prompt_template="{question} :", batch_size=5, seed=seed
-    )
-    recorder = TrajectoryRecorder(task, oracle_tr, EVERY)
-    module = UnlearningModule(task.fresh_original(), lr=3e-4, **RECIPES[recipe])
-    trainer = make_trainer(max_steps=STEPS, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[recorder])
-    trainer.fit(module, datamodule=dm)
-    return evaluate_lm(task.original, task, oracle_tr), recorder.rows
+    rows = unlearning_trajectory(seed, lr=3e-4, steps=STEPS, every=EVERY, **RECIPES[recipe])
+    task = synthetic_tofu_models(seed=seed, n_entities=100, steps=300, lr=1e-2)
+    return evaluate_lm(task.original, task), rows
 
 
-def best_fq_at_utility(original: dict, rows: list, tolerance: float = TOLERANCE) -> float:
-    """Highest forget quality among checkpoints whose utility lost at most ``tolerance`` (0 when none)."""
-    ok = [m["forget_quality"] for _, m in rows if m["model_utility"] >= original["model_utility"] - tolerance]
-    return max(ok, default=0.0)
+def best_fq_at_utility(original: dict[str, float], rows: Sequence[tuple[int, dict[str, float]]]) -> float:
+    """Highest forget quality among checkpoints whose utility lost at most ``TOLERANCE`` (0 when none)."""
+    best = best_at_utility(rows, original["model_utility"] - TOLERANCE)
+    return 0.0 if best != best else best
 
 
 @pytest.mark.slow

@@ -133,7 +133,7 @@ def per_sample_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor
 
 
 def bisection_projection(w: Tensor, m: float, iters: int = 60) -> Tensor:
-    """Project ``w`` onto ``{v in [0, 1]^N : sum(v) = m}``: ``clamp(w - mu, 0, 1)`` with ``mu`` found by bisection.
+    """Project ``w`` onto ``{v in [0, 1]^N : sum(v) = m}``: ``clamp(w - mu, 0, 1)``, ``mu`` by bisection (float64).
 
     Raises:
         ValueError: ``m`` outside ``[0, N]``.
@@ -143,6 +143,7 @@ def bisection_projection(w: Tensor, m: float, iters: int = 60) -> Tensor:
         >>> [round(x, 4) for x in v.tolist()], round(float(v.sum()), 6)
         ([0.7, 0.3, 1.0, 0.0], 2.0)
     """
+    w = w.double()
     n = w.numel()
     if not 0.0 <= m <= n:
         raise ValueError(f"bisection_projection(m={m}): m must be in [0, {n}] (the number of weights)")

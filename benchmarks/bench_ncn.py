@@ -1,0 +1,78 @@
+"""NCN / NCNC training step time vs the GCN + dot-product baseline on Cora (side by side, one process).
+
+``python benchmarks/bench_ncn.py [--root /tmp/planetoid] [--steps 20] [--repeats 3] [--out benchmarks/results/ncn.md]``
+
+``--root`` must hold ``Cora/raw`` (a writable copy of ``../shared/data/planetoid``). Every predictor trains
+the same one-layer GCN encoder (hidden 64) on the same batches of 1024 positives + 1024 negatives with
+target-link removal; the table gives the median time per optimizer step and its ratio to GCN + dot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _machine import cpu_model
+
+from litmix.datamodules.link import LinkDataModule
+from litmix.plugins.ncn_module import NCNModule
+
+REPO = Path(__file__).resolve().parents[1]
+PREDICTORS = ("dot", "hadamard", "ncn", "ncnc")
+
+
+def step_times(dm: LinkDataModule, predictor: str, steps: int) -> list[float]:
+    torch.manual_seed(0)
+    module = NCNModule(in_channels=dm.num_features, hidden_channels=64, predictor=predictor, dropout=0.0)
+    opt = module.configure_optimizers()
+    batches = list(dm.train_dataloader())
+    times = []
+    for i in range(steps):
+        batch = batches[i % len(batches)]
+        start = time.perf_counter()
+        loss = module.training_step(batch, i)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", default="/tmp/planetoid")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ncn.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dm = LinkDataModule(args.root, name="Cora", batch_size=1024)
+    dm.prepare_data()
+    dm.setup("fit")
+    medians: dict[str, list[float]] = {p: [] for p in PREDICTORS}
+    for _ in range(args.repeats):  # interleaved, so that machine load hits every predictor alike
+        for predictor in PREDICTORS:
+            medians[predictor].append(statistics.median(step_times(dm, predictor, args.steps)))
+    base = statistics.median(medians["dot"])
+    lines = [
+        "# NCN / NCNC step time vs GCN + dot product (Cora)",
+        "",
+        f"CPU: {cpu_model()}, 1 thread; {args.steps} steps x {args.repeats} interleaved repeats; batch 1024 positives"
+        " + 1024 negatives, hidden 64, one GCNConv layer, target-link removal. Median ms per optimizer step.",
+        "",
+        "| predictor | ms / step | ratio to GCN + dot |",
+        "|---|---|---|",
+    ]
+    for predictor in PREDICTORS:
+        value = statistics.median(medians[predictor])
+        lines.append(f"| {predictor} | {1000 * value:.1f} | {value / base:.2f} |")
+    text = "\n".join(lines) + "\n"
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

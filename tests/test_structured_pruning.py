@@ -36,21 +36,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- helpers
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_char_gpt", REPO / "benchmarks" / "train_char_gpt.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_char_gpt", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _gpt2(n_layer=2, n_head=4, n_embd=32, vocab=17, block=16):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(
-        vocab_size=vocab,
-        n_positions=block,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return transformers.GPT2LMHeadModel(cfg)
+    pytest.importorskip("transformers")
+    return _load_script().build(vocab, n_layer, n_head, n_embd, block)  # the char-GPT config: no dropout
 
 
 class TinyGPT(pl.LightningModule):
@@ -422,10 +418,11 @@ def test_removing_half_the_mnist_channels_keeps_accuracy_and_beats_random_channe
 
     Protocol: dense 1 epoch on 10k MNIST images (Adam 1e-3, batch 128); then 40 fine-tuning steps during which
     StructuredPruning ramps to 50 % over steps 0..10 (every 2) and removes the channels at the end; full t10k test.
-    Measured (seeds 0/1/2, 2026-12-07): dense 0.9151/0.9140/0.9141, L2 0.9119/0.9120/0.9081, random
-    0.9067/0.9069/0.9048 (L2 - random +0.0052/+0.0051/+0.0033; L2 - dense -0.0032/-0.0020/-0.0060); parameters
-    exactly 0.4392 of dense (118,282 / 269,322). Forward time shrunk/dense (batch 1024, median of 15 interleaved):
-    see benchmarks/results/structured_pruning.md. The test runs seed 0.
+    Measured (seeds 0/1/2, 2026-12-07, benchmarks/bench_structured_pruning.py): dense 0.9151/0.9140/0.9141, L2
+    0.9119/0.9120/0.9081, random 0.9067/0.9051/0.9032 (L2 - random +0.0052/+0.0069/+0.0049; L2 - dense
+    -0.0032/-0.0020/-0.0060); parameters exactly 0.4392 of dense (118,282 / 269,322); forward time shrunk/dense
+    0.532/0.533/0.500 at batch 1024 and 0.715/0.718/0.722 at batch 1 (medians of interleaved runs, 1 thread).
+    The test runs seed 0.
     """
     from litmix.datamodules.mnist import MNISTDataModule
 
@@ -449,20 +446,12 @@ def test_removing_half_the_mnist_channels_keeps_accuracy_and_beats_random_channe
     ratio = _nparams(shrunk["l2"]) / _nparams(dense)
     assert ratio == pytest.approx(118_282 / 269_322)
     assert acc["l2"] >= acc_dense - 0.012  # measured -0.0032 / -0.0020 / -0.0060
-    assert acc["l2"] >= acc["random"] + 0.0015  # measured +0.0052 / +0.0051 / +0.0033
+    assert acc["l2"] >= acc["random"] + 0.002  # measured +0.0052 / +0.0069 / +0.0049
     dense.eval()
-    assert _forward_ratio(shrunk["l2"], dense, x[:1024]) < 0.9  # measured: see the benchmark
+    assert _forward_ratio(shrunk["l2"], dense, x[:1024]) < 0.8  # measured 0.532 / 0.533 / 0.500
 
 
 # ----------------------------------------------------------------------------- effect: char-GPT heads
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_char_gpt", REPO / "benchmarks" / "train_char_gpt.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_char_gpt", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.slow
 def test_removing_half_the_heads_by_importance_hurts_less_than_random_heads(shared_data):
     """A 2-block char-GPT-2 (4 heads, d=64) trained 300 steps on Tiny Shakespeare; 2 of 4 heads per block removed.

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from litmix.base import Example
-from litmix.functional.oneshot_pruning import check_mfac_obs_options, parse_structure, prune_model
+from litmix.functional.oneshot_pruning import check_prune_options, parse_structure, prune_model
 from litmix.registry import register
 from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names
 from litmix.validation import check_choice, check_float, check_int, check_str
@@ -127,13 +127,7 @@ class OneShotPruning(MaskedPruningCallback):
         percdamp = check_float(cls, "percdamp", percdamp, low=0.0)
         owl_m = check_float(cls, "owl_m", owl_m, low=0.0, low_open=True)
         owl_lamda = check_float(cls, "owl_lamda", owl_lamda, low=0.0, high=0.5)
-        if nm is not None and sparsity_profile == "owl":
-            raise ValueError(
-                f"{cls}(sparsity_profile='owl', structure={structure!r}): N:M fixes every layer's sparsity; use "
-                "sparsity_profile='uniform' or structure='unstructured'"
-            )
-        if method == "mfac_obs":
-            check_mfac_obs_options(cls, structure, refine, sparsity_profile)
+        check_prune_options(cls, method, structure, nm, refine, sparsity_profile)
         super().__init__(name=name)
         self.method: str = method
         self.sparsity: float = sparsity

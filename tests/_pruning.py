@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from litmix.data import split_batch
-from litmix.testing import TinyClassifier, TinyDataModule, assert_resume_matches, fit_tiny
+from litmix.testing import TinyClassifier, TinyDataModule, assert_resume_matches, fit_tiny, run_ddp
 
 #: ``(kwargs, exception, match)`` cases of a ``sparsity`` argument in [0, 1)
 SPARSITY_CASES = [
@@ -133,6 +133,18 @@ class MaskChecksum(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         self._check(pl_module)
         pl_module.log("test/mask_diff", self.max_diff, reduce_fx="max", sync_dist=True)
+
+
+def assert_ddp_masks_agree(cb: Callback, sparsity: float, identical: bool = True, max_steps: int = 8) -> None:
+    """2 ranks, rank 1's kept weights perturbed every step: the masks agree (``identical``) or, for a negative
+    control that decides locally, differ (the check can fail)."""
+    trainer = run_ddp([PerturbRank1(), cb, MaskChecksum()], TinyClassifier(), TinyDataModule(), max_steps=max_steps)
+    diff = float(trainer.callback_metrics["test/mask_diff"])
+    if identical:
+        assert diff == 0.0
+        assert float(trainer.callback_metrics[f"{cb.log_prefix}/sparsity"]) == pytest.approx(sparsity, abs=0.01)
+    else:
+        assert diff > 0  # without the broadcast the perturbed rank disagrees
 
 
 # ----------------------------------------------------------------------------- effect tests

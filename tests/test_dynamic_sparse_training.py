@@ -12,14 +12,13 @@ from lightning.pytorch.callbacks import Callback
 
 from litmix.callbacks.dynamic_sparse_training import DynamicSparseTraining
 from litmix.functional.sparsity import prune_and_grow
-from litmix.testing import TinyClassifier, TinyDataModule, assert_state_roundtrip, fit_tiny, make_trainer, run_ddp
+from litmix.testing import TinyClassifier, assert_state_roundtrip, fit_tiny, make_trainer
 from tests._pruning import (
     MLP,
     PARAMETER_NAMES_CASES,
     SEED_CASES,
     SPARSITY_CASES,
-    MaskChecksum,
-    PerturbRank1,
+    assert_ddp_masks_agree,
     assert_resumed_masks_match,
     assert_selection_errors_at_setup,
     mnist,
@@ -197,14 +196,7 @@ class LocalDecisions(DynamicSparseTraining):
 @pytest.mark.ddp
 @pytest.mark.parametrize(("cb_cls", "identical"), [(DynamicSparseTraining, True), (LocalDecisions, False)])
 def test_ddp_masks_identical_on_both_ranks(cb_cls, identical):
-    cb = cb_cls(0.7, "rigl", update_every=2, end_step=7, distribution="uniform")
-    trainer = run_ddp([PerturbRank1(), cb, MaskChecksum()], TinyClassifier(), TinyDataModule(), max_steps=8)
-    diff = float(trainer.callback_metrics["test/mask_diff"])
-    if identical:
-        assert diff == 0.0
-        assert float(trainer.callback_metrics["dst/sparsity"]) == pytest.approx(0.7, abs=0.01)
-    else:
-        assert diff > 0  # the check can fail: without the broadcast the perturbed rank disagrees
+    assert_ddp_masks_agree(cb_cls(0.7, "rigl", update_every=2, end_step=7, distribution="uniform"), 0.7, identical)
 
 
 # ----------------------------------------------------------------------------- effect on MNIST

@@ -41,7 +41,7 @@ __all__ = [
     "METHODS",
     "CalibrationStats",
     "PruneResult",
-    "check_mfac_obs_options",
+    "check_prune_options",
     "dsnot_refine",
     "magnitude_scores",
     "nm_mask",
@@ -164,17 +164,26 @@ def parse_structure(structure: str, owner: str = _OWNER) -> tuple[int, int] | No
     )
 
 
-def check_mfac_obs_options(owner: str, structure: str, refine: str | None, sparsity_profile: str) -> None:
-    """M-FAC OBS prunes unstructured, at a uniform sparsity, without refinement; anything else names the argument.
+def check_prune_options(
+    owner: str, method: str, structure: str, nm: tuple[int, int] | None, refine: str | None, sparsity_profile: str
+) -> None:
+    """The option combinations :func:`prune_model` refuses: OWL with N:M; M-FAC OBS beyond unstructured, uniform.
 
     Raises:
-        ValueError: naming ``structure``, ``refine`` or ``sparsity_profile``.
+        ValueError: naming the argument (``sparsity_profile``, ``structure`` or ``refine``).
 
     Example:
-        >>> check_mfac_obs_options("prune_model", "unstructured", None, "uniform")  # fine: no error
+        >>> check_prune_options("prune_model", "wanda", "2:4", (2, 4), None, "uniform")  # fine: no error
     """
+    if nm is not None and sparsity_profile == "owl":
+        raise ValueError(
+            f"{owner}(sparsity_profile='owl', structure={structure!r}): N:M fixes every layer's sparsity; use "
+            "sparsity_profile='uniform' or structure='unstructured'"
+        )
+    if method != "mfac_obs":
+        return
     for arg, value, ok in (
-        ("structure", structure, structure == "unstructured"),
+        ("structure", structure, nm is None),
         ("refine", refine, refine is None),
         ("sparsity_profile", sparsity_profile, sparsity_profile == "uniform"),
     ):
@@ -888,13 +897,7 @@ def prune_model(
     dsnot_cycles = check_int(_OWNER, "dsnot_cycles", dsnot_cycles, low=0)
     dsnot_threshold = check_float(_OWNER, "dsnot_threshold", dsnot_threshold, low=0.0)
     mfac_grads = check_int(_OWNER, "mfac_grads", mfac_grads, low=1)
-    if nm is not None and sparsity_profile == "owl":
-        raise ValueError(
-            f"{_OWNER}(sparsity_profile='owl', structure={structure!r}): N:M fixes every layer's sparsity; "
-            "use the uniform profile or unstructured sparsity"
-        )
-    if method == "mfac_obs":
-        check_mfac_obs_options(_OWNER, structure, refine, sparsity_profile)
+    check_prune_options(_OWNER, method, structure, nm, refine, sparsity_profile)
     if parameter_names is not None:
         check_type(_OWNER, "parameter_names", parameter_names, (list, tuple))
         if not parameter_names:

@@ -15,16 +15,24 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from litmix.base import Example, LitmixCallback
 from litmix.data import split_batch
-from litmix.functional.unlearning import sequence_correct, sequence_nll
-from litmix.functional.unlearning_metrics import harmonic_mean, truth_ratio
+from litmix.functional.relearn import forget_level, relearn_time
+from litmix.functional.unlearning import sequence_correct
+from litmix.functional.unlearning_metrics import harmonic_mean
 from litmix.metrics.forget_quality import ForgetQuality
 from litmix.metrics.indexed_mean import IndexedMean
 from litmix.metrics.mia_efficacy import MIAEfficacy
 from litmix.metrics.mia_variants import ATTACKS, MIAScoreAUC
 from litmix.metrics.prediction_wasserstein import PredictionWasserstein
 from litmix.metrics.truth_ratio import TruthRatio
-from litmix.models import output_logits
 from litmix.registry import register
+from litmix.unlearning_oracle import (
+    RetrainOracle,
+    batch_truth_ratio,
+    model_logits,
+    per_sample_nll,
+    summarize,
+    to_device,
+)
 from litmix.validation import check_bool, check_choice, check_float, check_int, check_type
 
 SPLITS = ("forget", "retain", "test", "holdout")
@@ -39,8 +47,10 @@ METRICS = (
     "retrain_gap",
     "truth_ratio",
     "utility",
+    "gaps",
 )
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
+#: Metrics whose value the retrain oracle also has: ``<metric>_gap = |value - oracle's value|``.
+GAP_METRICS = ("acc", "nll", "mia_auc", "mia_efficacy", "model_utility", "truth_ratio")
 
 
 @register(
@@ -66,8 +76,10 @@ class UnlearningEvaluator(LitmixCallback):
     - ``mia_auc`` (``mia_auc``): :class:`~litmix.metrics.MIAScoreAUC` with ``attack`` on forget vs holdout (test
       when there is no holdout): 1 = memorised, 0.5 = indistinguishable;
     - ``mia_efficacy`` (classifiers): :class:`~litmix.metrics.MIAEfficacy`, entropy attacker fit on retain vs test;
-    - with ``retrain_model`` (the model trained without the forget set; evaluated once, its statistics kept in
-      this callback's checkpoint state): ``forget_quality`` = exact KS p-value of the per-item forget statistic
+    - with ``retrain_model`` (the model trained without the forget set) or ``oracle`` (a
+      :class:`~litmix.unlearning_oracle.RetrainOracle`: trained in its own Trainer in ``setup`` when needed, or
+      loaded from a statistics file), evaluated once, its statistics kept in this callback's checkpoint state:
+      ``forget_quality`` = exact KS p-value of the per-item forget statistic
       against the retrained model's: TOFU's truth ratio when a ``forget_perturbed`` loader serves items with
       ``paraphrased`` and ``perturbed`` answers (:class:`~litmix.datamodules.TOFUDataModule`), else the NLL
       (:class:`~litmix.metrics.ForgetQuality`; mind its lattice), ``privleak``
@@ -75,6 +87,14 @@ class UnlearningEvaluator(LitmixCallback):
       probabilities of the two models on the forget set, ``retrain_gap`` = mean absolute difference to the
       retrained model of forget, retain and test accuracy and MIA efficacy (the "average gap" of SalUn,
       https://arxiv.org/abs/2310.12508);
+    - with a reference, ``<metric>_gap`` (``gaps``) = ``|value - the retrained model's value|`` for every metric
+      the oracle also has: ``<split>_acc``, ``<split>_nll``, ``mia_auc``, ``mia_efficacy``, ``model_utility``,
+      ``<split>_truth_ratio`` (forget quality, privleak, Wasserstein distance and ``retrain_gap`` already compare
+      with it);
+    - ``relearn_time`` (``relearn=True``, classifier or regression items): fine-tuning steps on the whole forget
+      set until its accuracy (``relearn_metric="accuracy"``) or loss is back at the original model's level,
+      measured in ``on_fit_start`` before unlearning (:func:`~litmix.functional.relearn.relearn_time`; 0 for the
+      original model, ``relearn_max_steps + 1`` when not back in time); rank 0's value on every rank;
     - ``model_utility`` (``utility``): harmonic mean of the retain and test accuracies present (TOFU's utility
       needs generation; compute it with :class:`~litmix.metrics.ModelUtility`);
     - ``<split>_truth_ratio`` (``truth_ratio``) for every ``*_perturbed`` loader: TOFU's aggregate of the truth
@@ -94,20 +114,28 @@ class UnlearningEvaluator(LitmixCallback):
     Args:
         every_n_epochs: evaluate after every this many training epochs (>= 1).
         metrics: names out of ``accuracy``, ``nll``, ``mia_auc``, ``mia_efficacy``, ``forget_quality``,
-            ``privleak``, ``wasserstein``, ``retrain_gap``, ``utility`` (None = all that the splits and the
-            reference allow).
+            ``privleak``, ``wasserstein``, ``retrain_gap``, ``truth_ratio``, ``utility``, ``gaps`` (None = all that
+            the splits and the reference allow).
         attack: membership attack of ``mia_auc`` / ``privleak`` (see :class:`~litmix.metrics.MIAScoreAUC`;
             ``reference`` is not available here).
         k: share of lowest tokens for the min-k attacks, in ``(0, 1]``.
         retrain_model: the retrain-only model (an ``nn.Module``), or None.
         images: log the histogram and curves as images when W&B and matplotlib are present.
         name: distinct name (checkpoint key and log prefix) when several evaluators run.
+        oracle: a :class:`~litmix.unlearning_oracle.RetrainOracle` instead of ``retrain_model``, or None.
+        relearn: log ``relearn_time`` at every evaluation.
+        relearn_metric: ``"accuracy"`` or ``"loss"`` (the level to get back to).
+        relearn_lr: Adam learning rate of the relearning fine-tune (finite, > 0).
+        relearn_max_steps: most relearning steps (>= 1).
+        relearn_batch_size: forget items per relearning step (>= 1).
 
     Raises:
         TypeError: an argument of the wrong type.
         ValueError: ``every_n_epochs < 1``, an unknown metric name or attack, ``k`` outside ``(0, 1]``;
-            ``forget_quality`` / ``privleak`` / ``wasserstein`` / ``retrain_gap`` asked for without
-            ``retrain_model``; at evaluation, an empty loader or items without an index (naming the split).
+            ``forget_quality`` / ``privleak`` / ``wasserstein`` / ``retrain_gap`` / ``gaps`` asked for without
+            ``retrain_model`` or ``oracle``, or both given; ``relearn_lr <= 0``, ``relearn_max_steps`` or
+            ``relearn_batch_size`` < 1, an unknown ``relearn_metric``; at evaluation, an empty loader or items
+            without an index (naming the split).
         MisconfigurationException: in ``setup``, a datamodule without a ``forget`` loader.
 
     Example:
@@ -116,10 +144,15 @@ class UnlearningEvaluator(LitmixCallback):
         >>> from litmix.testing import make_trainer
         >>> trainer = make_trainer(max_epochs=1, callbacks=callbacks)
         >>> trainer.fit(module, datamodule=datamodule)
-        >>> keys = sorted(k[8:] for k in trainer.callback_metrics if k.startswith("unlearn/"))
+        >>> logged = [k[8:] for k in trainer.callback_metrics if k.startswith("unlearn/")]
+        >>> keys = sorted(k for k in logged if not k.endswith("_gap") or k == "retrain_gap")
         >>> keys  # doctest: +NORMALIZE_WHITESPACE
         ['forget_acc', 'forget_nll', 'forget_quality', 'mia_auc', 'mia_efficacy', 'model_utility', 'privleak',
          'retain_acc', 'retain_nll', 'retrain_gap', 'score', 'test_acc', 'test_nll', 'wasserstein']
+        >>> gaps = sorted(k for k in logged if k.endswith("_gap") and k != "retrain_gap")
+        >>> gaps  # doctest: +NORMALIZE_WHITESPACE
+        ['forget_acc_gap', 'forget_nll_gap', 'mia_auc_gap', 'mia_efficacy_gap', 'model_utility_gap', 'retain_acc_gap',
+         'retain_nll_gap', 'test_acc_gap', 'test_nll_gap']
         >>> 0.0 <= float(trainer.callback_metrics["unlearn/score"]) <= 1.0
         True
     """
@@ -136,6 +169,12 @@ class UnlearningEvaluator(LitmixCallback):
         retrain_model: nn.Module | None = None,
         images: bool = True,
         name: str | None = None,
+        oracle: RetrainOracle | None = None,
+        relearn: bool = False,
+        relearn_metric: Literal["accuracy", "loss"] = "accuracy",
+        relearn_lr: float = 1e-3,
+        relearn_max_steps: int = 100,
+        relearn_batch_size: int = 32,
     ) -> None:
         super().__init__(name=name)
         owner = type(self).__name__
@@ -147,15 +186,31 @@ class UnlearningEvaluator(LitmixCallback):
         check_float(owner, "k", k, low=0.0, high=1.0, low_open=True)
         check_type(owner, "retrain_model", retrain_model, nn.Module, allow_none=True)
         check_bool(owner, "images", images)
-        needs_ref = sorted({"forget_quality", "privleak", "wasserstein", "retrain_gap"} & set(metrics or []))
-        if needs_ref and retrain_model is None:
+        check_type(owner, "oracle", oracle, RetrainOracle, allow_none=True)
+        check_bool(owner, "relearn", relearn)
+        check_choice(owner, "relearn_metric", relearn_metric, ("accuracy", "loss"))
+        check_float(owner, "relearn_lr", relearn_lr, low=0.0, low_open=True)
+        check_int(owner, "relearn_max_steps", relearn_max_steps, low=1)
+        check_int(owner, "relearn_batch_size", relearn_batch_size, low=1)
+        if retrain_model is not None and oracle is not None:
             raise ValueError(
-                f"{owner}(metrics={metrics!r}, retrain_model=None): {needs_ref} compare with the model retrained "
-                "without the forget set; pass retrain_model"
+                f"{owner}(retrain_model=..., oracle=...): give one reference, the retrained model or a RetrainOracle"
+            )
+        needs_ref = sorted({"forget_quality", "privleak", "wasserstein", "retrain_gap", "gaps"} & set(metrics or []))
+        if needs_ref and retrain_model is None and oracle is None:
+            raise ValueError(
+                f"{owner}(metrics={metrics!r}, retrain_model=None, oracle=None): {needs_ref} compare with the model "
+                "retrained without the forget set; pass retrain_model or oracle (a RetrainOracle)"
             )
         self.every_n_epochs, self.attack, self.k, self.images = every_n_epochs, attack, float(k), images
         self.metrics = list(metrics) if metrics is not None else list(METRICS)
         self.retrain_model = retrain_model
+        self.oracle = oracle
+        self._wrapped_model: RetrainOracle | None = None
+        self.relearn, self.relearn_metric, self.relearn_lr = relearn, relearn_metric, float(relearn_lr)
+        self.relearn_max_steps, self.relearn_batch_size = relearn_max_steps, relearn_batch_size
+        #: The original model's forget accuracy (or loss), measured in ``on_fit_start`` (``relearn=True``).
+        self.original_level: float | None = None
         #: The retrained model's statistics: ``forget_nll`` (per item, by index), ``mia_auc``; computed once.
         self.reference: dict[str, Any] | None = None
         #: One dict of logged values per evaluation (with ``epoch``), kept in the checkpoint.
@@ -190,6 +245,63 @@ class UnlearningEvaluator(LitmixCallback):
                 f"{type(self).__name__}: the datamodule serves no 'forget' evaluation loader (found {names}); use "
                 "ForgetRetainDataModule or a datamodule with eval_dataloader(split) and val_loader_names"
             )
+        oracle = self._oracle()
+        if oracle is not None and not oracle.ready and self.reference is None:
+            oracle.fit(dm)  # its own single-device Trainer, seeded (the same model on every rank)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """With ``relearn=True``, measure the original model's forget level before unlearning (kept in state)."""
+        if self.relearn and self.original_level is None:
+            forget = self._forget_tensors(self._loaders(getattr(trainer, "datamodule", None))["forget"])
+            if forget is not None:
+                model = self._model(pl_module)
+                self.original_level = forget_level(model, *_on(forget, _device(model)), self.relearn_metric)
+
+    def _oracle(self) -> RetrainOracle | None:
+        """The oracle given, or one wrapping ``retrain_model`` (already trained)."""
+        if self.oracle is not None:
+            return self.oracle
+        if self.retrain_model is None:
+            return None
+        if self._wrapped_model is None or self._wrapped_model.model is not self.retrain_model:
+            self._wrapped_model = RetrainOracle(model=self.retrain_model, trained=True)
+        return self._wrapped_model
+
+    @staticmethod
+    def _forget_tensors(loader: DataLoader) -> tuple[Tensor, Tensor] | None:
+        """All forget ``(inputs, targets)`` as tensors (classifier / regression items; None for dict items)."""
+        xs, ys = [], []
+        for batch in loader:
+            if isinstance(batch, dict):
+                return None
+            x, y, _ = split_batch(batch)
+            if not isinstance(x, Tensor) or y is None:
+                return None
+            xs.append(x)
+            ys.append(y)
+        return (torch.cat(xs), torch.cat(ys)) if xs else None
+
+    def _relearn_time(self, model: nn.Module, loader: DataLoader, world_size: int) -> float | None:
+        """Relearn steps to the original level on the whole forget set (rank 0's value on every rank)."""
+        value = None
+        forget = self._forget_tensors(loader) if self.original_level is not None else None
+        if forget is not None and self.original_level is not None:
+            value = float(
+                relearn_time(
+                    model,
+                    *_on(forget, _device(model)),
+                    level=self.original_level,
+                    metric=self.relearn_metric,  # type: ignore[arg-type]
+                    lr=self.relearn_lr,
+                    batch_size=self.relearn_batch_size,
+                    max_steps=self.relearn_max_steps,
+                )
+            )
+        if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [value]
+            torch.distributed.broadcast_object_list(box, src=0)
+            value = box[0]
+        return value
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate every ``every_n_epochs`` epochs and log the metrics (same values on every rank)."""
@@ -205,13 +317,19 @@ class UnlearningEvaluator(LitmixCallback):
 
     def state_dict(self) -> dict[str, Any]:
         """History of evaluations and the retrained model's statistics."""
-        return {**super().state_dict(), "history": [dict(h) for h in self.history], "reference": self.reference}
+        return {
+            **super().state_dict(),
+            "history": [dict(h) for h in self.history],
+            "reference": self.reference,
+            "original_level": self.original_level,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore history and reference statistics (the retrained model is not needed again)."""
         super().load_state_dict(state_dict)
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self.reference = state_dict.get("reference")
+        self.original_level = state_dict.get("original_level")
 
     # ------------------------------------------------------------------ evaluation
     @staticmethod
@@ -242,20 +360,6 @@ class UnlearningEvaluator(LitmixCallback):
         inner = getattr(pl_module, "model", None)
         return inner if isinstance(inner, nn.Module) else pl_module
 
-    @staticmethod
-    def _forward(model: nn.Module, batch: Any, split: str) -> tuple[Tensor, Tensor, Tensor]:
-        x, y, index = split_batch(batch)
-        if index is None or y is None:
-            raise ValueError(
-                f"UnlearningEvaluator: {split} items must carry targets and their index ((x, y, index) or dicts "
-                "with 'labels' and 'index'), as ForgetRetainDataModule's loaders do"
-            )
-        if isinstance(batch, dict):
-            logits = output_logits(model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}))
-        else:
-            logits = output_logits(model(x))
-        return logits, y, index
-
     @torch.no_grad()
     def _per_sample(
         self, model: nn.Module, loader: DataLoader, split: str, device: torch.device
@@ -263,58 +367,22 @@ class UnlearningEvaluator(LitmixCallback):
         out = []
         self._truth_ratios = []
         for batch in loader:
-            batch = _to_device(batch, device)
-            logits, y, index = self._forward(model, batch, split)
-            out.append((logits, y, index))
-            if isinstance(batch, dict) and isinstance(batch.get("paraphrased"), dict) and "perturbed" in batch:
-                self._truth_ratios.append((_truth_ratio(model, batch), index))
+            batch = to_device(batch, device)
+            out.append(model_logits(model, batch, split, owner="UnlearningEvaluator"))
+            tr = batch_truth_ratio(model, batch)
+            if tr is not None:
+                self._truth_ratios.append((tr, out[-1][2]))
         if not out:
             raise ValueError(f"UnlearningEvaluator: the {split} loader is empty; give it at least one item")
         return out
 
-    def _compute_reference(
-        self, loaders: dict[str, DataLoader], device: torch.device, holdout: str | None
-    ) -> dict[str, Any]:
-        assert self.retrain_model is not None
-        model = self.retrain_model.to(device)
-        was_training = model.training
-        model.eval()
-        nll = ForgetQuality().to(device)
-        auc = MIAScoreAUC(self.attack, self.k).to(device)
-        eff = MIAEfficacy().to(device)
-        ref_tr = ForgetQuality().to(device)
-        acc = {s: IndexedMean().to(device) for s in loaders}
-        is_lm = False
-        for split, loader in loaders.items():
-            for logits, y, index in self._per_sample(model, loader, split, device):
-                is_lm = logits.dim() == 3
-                if is_lm:
-                    correct, count = sequence_correct(logits, y)
-                else:
-                    correct, count = (logits.argmax(-1) == y).long(), torch.ones_like(y)
-                    if split in ("retain", "test", "forget"):
-                        eff.update(logits, y, index, split)
-                acc[split].update(correct, index, weight=count)
-                if split == "forget":
-                    nll.update(_nll(logits, y), index)
-                if split == "forget" or split == holdout:
-                    auc.update(logits, y, index, holdout=split != "forget")
-            if split == "forget_perturbed":
-                for tr, index in self._truth_ratios:
-                    ref_tr.update(tr, index)
-        model.train(was_training)
-        values, index = nll.rows(0)
-        ref_truth = ref_tr.rows(0)[0].reshape(-1).cpu().tolist() if "forget_perturbed" in loaders else None
-        mia = float(auc.compute()) if holdout is not None else float("nan")
-        efficacy = float(eff.compute()) if not is_lm and {"retain", "test"} <= set(loaders) else None
-        return {
-            "forget_nll": values.reshape(-1).cpu().tolist(),
-            "forget_index": index.cpu().tolist(),
-            "mia_auc": mia,
-            "mia_efficacy": efficacy,
-            "acc": {s: float(m.compute()) for s, m in acc.items()},
-            "forget_truth_ratio": ref_truth,
-        }
+    def _compute_reference(self, loaders: dict[str, DataLoader], device: torch.device) -> dict[str, Any]:
+        """The oracle's summary (its per-sample statistics on these loaders, gathered over ranks)."""
+        oracle = self._oracle()
+        assert oracle is not None
+        if oracle.model is not None:
+            oracle.model.to(device)
+        return summarize(oracle.statistics(loaders, attack=self.attack, k=self.k, device=device))
 
     def evaluate(
         self,
@@ -336,12 +404,13 @@ class UnlearningEvaluator(LitmixCallback):
             loaders = self._loaders(loaders)
         if "forget" not in loaders:
             raise ValueError(f"UnlearningEvaluator.evaluate: no 'forget' loader among {sorted(loaders)}")
+        full_forget = loaders["forget"]
         loaders = {s: self._shard(dl, world_size, rank) for s, dl in loaders.items()}
         model = self._model(pl_module)
         device = next(iter(model.parameters()), torch.zeros(0)).device
         holdout = "holdout" if "holdout" in loaders else ("test" if "test" in loaders else None)
-        if self.retrain_model is not None and self.reference is None:
-            self.reference = self._compute_reference(loaders, device, holdout)
+        if self._oracle() is not None and self.reference is None:
+            self.reference = self._compute_reference(loaders, device)
         was_training = model.training
         model.eval()
         acc = {s: IndexedMean().to(device) for s in loaders}
@@ -364,7 +433,7 @@ class UnlearningEvaluator(LitmixCallback):
         for split, loader in loaders.items():
             for logits, y, index in self._per_sample(model, loader, split, device):
                 is_lm = logits.dim() == 3
-                sample_nll = _nll(logits, y)
+                sample_nll = per_sample_nll(logits, y)
                 if is_lm:
                     correct, count = sequence_correct(logits, y)
                 else:
@@ -429,7 +498,26 @@ class UnlearningEvaluator(LitmixCallback):
         other = quality if quality is not None else 1.0 - forget_acc
         if parts:
             values["score"] = float(harmonic_mean(torch.tensor([max(utility, 0.0), max(other, 0.0)])))
+        if self.reference is not None and "gaps" in want:
+            values.update(self._gaps(values))
+        if self.relearn:
+            steps = self._relearn_time(model, full_forget, world_size)
+            if steps is not None:
+                values["relearn_time"] = steps
         return values
+
+    def _gaps(self, values: dict[str, float]) -> dict[str, float]:
+        """``<metric>_gap = |value - the oracle's value|`` for every metric the oracle also has."""
+        ref = self.reference or {}
+        theirs: dict[str, Any] = {f"{s}_acc": v for s, v in ref.get("acc", {}).items()}
+        theirs.update({f"{s}_nll": v for s, v in ref.get("nll", {}).items()})
+        theirs.update({f"{s}_truth_ratio": v for s, v in ref.get("truth_ratio", {}).items()})
+        theirs.update({k: ref.get(k) for k in ("mia_auc", "mia_efficacy", "model_utility")})
+        out = {}
+        for key, value in theirs.items():
+            if key in values and value is not None and not math.isnan(float(value)):
+                out[f"{key}_gap"] = abs(values[key] - float(value))
+        return out
 
     # ------------------------------------------------------------------ images
     @rank_zero_only
@@ -468,31 +556,9 @@ class UnlearningEvaluator(LitmixCallback):
             return
 
 
-def _nll(logits: Tensor, y: Tensor) -> Tensor:
-    if logits.dim() == 3:
-        return sequence_nll(logits, y, reduction="mean")
-    return torch.nn.functional.cross_entropy(logits.double(), y, reduction="none")
+def _device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.zeros(0)).device
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
-def _answer_nll(model: nn.Module, part: dict[str, Tensor]) -> Tensor:
-    """Per-token mean answer NLL of ``[B, L]`` or ``[B, K, L]`` items (shape ``[B]`` or ``[B, K]``)."""
-    ids, labels = part["input_ids"], part["labels"]
-    lead = ids.shape[:-1]
-    flat = {k: v.reshape(-1, v.shape[-1]) for k, v in part.items() if k in MODEL_INPUT_KEYS}
-    logits = output_logits(model(**flat))
-    return sequence_nll(logits, labels.reshape(-1, labels.shape[-1]), reduction="mean").reshape(lead)
-
-
-def _truth_ratio(model: nn.Module, batch: dict[str, Any]) -> Tensor:
-    """TOFU truth ratio of a batch carrying ``paraphrased`` and ``perturbed`` answers (TOFUDataModule)."""
-    return truth_ratio(_answer_nll(model, batch["paraphrased"]), _answer_nll(model, batch["perturbed"]))
+def _on(pair: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    return pair[0].to(device), pair[1].to(device)

@@ -65,6 +65,7 @@ CLASS_BASE = {
     "ProxyFeatureDataModule": lambda: {"features": torch.randn(20, 3), "targets": torch.rand(20)},
     "ComputeAwareFiltering": lambda: {"buckets": [[0, 1], [2, 3]], "utilities": [{"a": 1.0, "b": -0.5, "tau": 1}] * 2},
     "InteractionDataModule": lambda: {"train": torch.tensor([[0, 0], [1, 1]]), "test": torch.tensor([[0, 1], [1, 0]])},
+    "RetrainOracle": lambda: {"model": nn.Linear(8, 4)},  # needs one of model / statistics
 }
 
 # Sizes are kept small so an accepted value never allocates a huge model or data set.

@@ -361,6 +361,18 @@ def test_resume_with_heads_and_channels_matches_uninterrupted(tmp_path):
         assert torch.equal(m, b.engine.masks[n])
 
 
+@pytest.mark.ddp
+def test_two_ddp_ranks_hold_equal_head_and_channel_masks():
+    from litmix.testing import AssertRanksAgree, run_ddp
+
+    cb = StructuredPruning(
+        channel_sparsity=0.5, head_sparsity=0.5, importance="random", start_step=0, end_step=1, every_n_steps=1
+    )
+    trainer = run_ddp([cb, AssertRanksAgree()], MHAClassifier(), TinyDataModule(), max_steps=3)
+    assert float(trainer.callback_metrics["structured/head_sparsity"]) == 0.5
+    assert float(trainer.callback_metrics["structured/channel_sparsity"]) == 0.5
+
+
 def test_per_layer_sparsity_image_and_metrics_with_the_csv_logger(tmp_path):
     pytest.importorskip("matplotlib")
     from lightning.pytorch.loggers import CSVLogger

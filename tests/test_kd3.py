@@ -3,6 +3,7 @@ bad inputs, and the effect on a corrupted-MNIST "web" pool against plain KD."""
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from litmix.functional.kd3 import (
     teacher_weight_at,
     weighted_feature_loss,
 )
+from litmix.plugins.distillation_module import DistillationModule
 from litmix.plugins.kd3_module import KD3Module
 from litmix.testing import TinyDataModule, make_trainer
 
@@ -162,3 +164,90 @@ def test_mix_at_a_hidden_layer_perturbs_that_layer():
     module = KD3Module(_mlp(8), _mlp(8, 32), mix_at="0", mix_weight=1.0)
     make_trainer(max_steps=2).fit(module, datamodule=TinyDataModule())
     assert module.trainer.callback_metrics["kd3/contrast"].item() > 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# effect: a teacher trained on clean MNIST, students distilled on a heavily corrupted "web" pool
+
+
+@pytest.fixture(scope="module")
+def web_pool(shared_data):
+    from litmix.datamodules.mnist import MNISTDataModule
+    from litmix.datamodules.unlabeled_pool import UnlabeledPoolDataModule
+    from litmix.functional.corruptions import corruption_params
+
+    if not (shared_data / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("MNIST not found in the offline data")
+    base = MNISTDataModule(str(shared_data / "mnist"), flatten=True, train_size=20_000, val_size=0, batch_size=256)
+    # 10,000 clean labelled images train the teacher; the other 10,000 (labels hidden) are the web pool
+    dm = UnlabeledPoolDataModule(base, num_labeled=10_000, include_labeled=False, pool_corruption=1.0, batch_size=256)
+    dm.setup("fit")
+    view = dm.labeled_dataset
+    lx, ly = torch.stack([view[i][0] for i in range(len(view))]), view.labels
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = torch.optim.Adam(teacher.parameters(), 1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        order = torch.randperm(len(ly), generator=gen)
+        for i in range(0, len(ly), 128):
+            b = order[i : i + 128]
+            opt.zero_grad()
+            F.cross_entropy(teacher(lx[b]), ly[b]).backward()
+            opt.step()
+    pool = dm.pool_dataset
+    truth = base.full_train.dataset.tensors[1][pool.names]  # never shown to the students
+    junk = corruption_params(pool.names, 0, 1.0, 28)[0][:, 4] > 0  # block-shuffled: no digit left
+    tx, ty = base.test_dataset.dataset.tensors
+    return dm, teacher.eval(), pool.inputs, truth, junk, tx[:2000], ty[:2000]
+
+
+def _acc(model, x, y):
+    model.eval()
+    with torch.no_grad():
+        return (model(x).argmax(-1) == y).float().mean().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_effect_kd3_on_a_corrupted_web_pool_against_plain_kd(web_pool, seed):
+    """MNIST: teacher 784-256-256-10 trained on 10,000 clean labelled images (89.75 % on the first 2,000 test
+    images); web pool = 10,000 other training images, labels hidden, corrupted at severity 1 (rotations up to
+    ±120°, blur, inversions, noise, 25 % block-shuffled junk): the teacher is right on 18.4 % of it. Students
+    784-32-10, 3 epochs of batch 256 on the pool: plain KD (DistillationModule, T = 4) vs KD3Module (defaults:
+    threshold 0.4, teacher vote 1 -> 0.5, feature 0.1, classifier 0.1, MixDistribution 0.02).
+
+    Measured clean test accuracy (seeds 0 / 1 / 2): plain KD 73.45 / 76.10 / 82.00 %, KD³ 71.85 / 77.50 /
+    80.55 % (-1.6 / +1.4 / -1.45 points), KD³ selection only 74.15 / 79.45 / 81.15 % (+0.7 / +3.35 / -0.85).
+    **KD³ does not beat plain KD here** (nor with a 16-wide student: -0.1 / -3.4 / -8.25; selection only -0.1 /
+    -2.3 / +1.6); raw-torch runs of the same recipe with other shuffles gave +3.9 / +3.85 / +0.7 at width 16:
+    within the seed-to-seed spread. Why: the teacher is confidently wrong on rotated and inverted digits, so
+    confidence is a poor proxy for correctness under this shift. At the end of training KD³ keeps 48.2 / 48.0 /
+    48.8 % of the pool; the teacher is right on 22.0 / 21.8 / 22.6 % of the kept samples (18.4 % of the pool)
+    and 15.0 / 15.0 / 14.2 % of them are block-shuffled junk (25.2 % of the pool). Asserted (held on every seed):
+    KD³ within 3 points of plain KD; the kept samples' teacher accuracy >= 1.1x the pool's; their junk share
+    <= 0.65x the pool's."""
+    from litmix.functional.kd3 import select_instances
+
+    dm, teacher, web_x, web_y, junk, tx, ty = web_pool
+    pl.seed_everything(seed, verbose=False)
+    plain = nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    kd = DistillationModule(plain, teacher, [{"kind": "kd", "temperature": 4.0}], task_loss=None)
+    make_trainer(max_epochs=3).fit(kd, datamodule=dm)
+    pl.seed_everything(seed, verbose=False)
+    student = nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    make_trainer(max_epochs=3).fit(KD3Module(student, teacher), datamodule=dm)
+    acc_kd, acc_kd3 = _acc(plain, tx, ty), _acc(student, tx, ty)
+    with torch.no_grad():
+        t_logits, s_logits = teacher(web_x), student(web_x)
+    kept, _ = select_instances(s_logits, t_logits, threshold=0.4, teacher_weight=0.5)
+    right = t_logits.argmax(-1) == web_y
+    precision, base_rate = right[kept].float().mean().item(), right.float().mean().item()
+    junk_kept, junk_all = junk[kept].float().mean().item(), junk.float().mean().item()
+    print(
+        f"seed {seed}: plain KD {acc_kd:.4f} KD3 {acc_kd3:.4f}; kept {kept.float().mean():.3f} of the pool, teacher "
+        f"right on {precision:.3f} of them ({base_rate:.3f} overall), junk {junk_kept:.3f} ({junk_all:.3f} overall)"
+    )
+    assert acc_kd3 >= acc_kd - 0.03
+    assert precision >= 1.1 * base_rate
+    assert junk_kept <= 0.65 * junk_all

@@ -20,14 +20,12 @@ from litmix.plugins import NCNModule
 
 
 def link_cora():
-    """The shared, session-cached Cora fits of ``tests/_link_cora.py`` (one module instance for all test files)."""
-    if "litmix_tests_link_cora" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "litmix_tests_link_cora", Path(__file__).with_name("_link_cora.py")
-        )
-        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["litmix_tests_link_cora"]
+    """The session-cached Cora fits of ``tests/_link_cora.py`` (one module instance for all test files)."""
+    name, spec = "litmix_tests_link_cora", importlib.util.spec_from_file_location
+    if name not in sys.modules:
+        sys.modules[name] = importlib.util.module_from_spec(spec(name, Path(__file__).with_name("_link_cora.py")))
+        sys.modules[name].__spec__.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def _random_graph(n=30, p=0.2, seed=0):
@@ -139,9 +137,7 @@ def test_bad_inputs_name_the_argument():
 
 @pytest.fixture(scope="session")
 def cora_root(shared_data, tmp_path_factory):
-    if not (shared_data / "planetoid" / "Cora" / "raw").is_dir():
-        pytest.skip("Cora raw files not available")
-    return str(link_cora().copy_planetoid(shared_data, tmp_path_factory.mktemp("planetoid")))
+    return link_cora().planetoid_root(shared_data, tmp_path_factory)
 
 
 @pytest.mark.slow

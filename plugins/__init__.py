@@ -17,6 +17,7 @@ from litmix.plugins.parzc_predictor import ParZCPredictor
 from litmix.plugins.phatgoose_module import PHATGOOSEModule
 from litmix.plugins.proxyless_nas import ProxylessNASModule
 from litmix.plugins.regression_unlearning import RegressionUnlearningModule
+from litmix.plugins.uld_module import ULDAssistantModule
 from litmix.plugins.ultragcn_module import UltraGCNModule
 from litmix.plugins.unlearning_module import UnlearningModule
 from litmix.plugins.zeroth_order_module import ZerothOrderModule
@@ -39,6 +40,7 @@ __all__ = [
     "ParZCPredictor",
     "ProxylessNASModule",
     "RegressionUnlearningModule",
+    "ULDAssistantModule",
     "UltraGCNModule",
     "UnlearningModule",
     "ZerothOrderModule",

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from litmix.base import Example, LitmixModule
 from litmix.functional.uld import truncate_layers, uld_assistant_loss, uld_logits
 from litmix.metrics._split_evaluation import SplitEvaluation
-from litmix.metrics.indexed_mean import IndexedMean
 from litmix.models import load_model
 from litmix.plugins.unlearning_module import (
     SPLITS,
@@ -20,6 +19,7 @@ from litmix.plugins.unlearning_module import (
     _check_class_path,
     _check_model,
     _example_datamodule,
+    _example_net,
     _model_logits,
 )
 from litmix.registry import register
@@ -130,18 +130,12 @@ class ULDAssistantModule(SplitEvaluation, LitmixModule):
         self.base.eval().requires_grad_(False)
         self.weight, self.top, self.retain_weight = float(weight), None if top is None else float(top), retain_weight
         self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.accuracy = nn.ModuleDict({s: IndexedMean() for s in SPLITS})
-        self.mean_nll = nn.ModuleDict({s: IndexedMean() for s in SPLITS})
+        self._init_split_metrics(SPLITS)
 
     @classmethod
     def example(cls) -> Example:
         """ULD on the 2-layer MLP blob classifier of :meth:`UnlearningModule.example` (forget 10 items)."""
-        gen = torch.Generator().manual_seed(0)
-        net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        with torch.no_grad():
-            for p in net.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        return Example(cls(net, lr=1e-2), _example_datamodule(), [])
+        return Example(cls(_example_net(), lr=1e-2), _example_datamodule(), [])
 
     # ------------------------------------------------------------------ forward
     def _logits(self, model: nn.Module, inputs: Any, who: str) -> Tensor:

@@ -40,7 +40,6 @@ from litmix.functional.unlearning_losses import (
     wga_loss,
 )
 from litmix.metrics._split_evaluation import SplitEvaluation
-from litmix.metrics.indexed_mean import IndexedMean
 from litmix.metrics.mia_auc import MembershipInferenceAUC
 from litmix.models import import_class, load_model, output_logits
 from litmix.registry import register
@@ -324,8 +323,7 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
             rmu_seed,
         )
         self.lr, self.optimizer_name, self.weight_decay = float(lr), optimizer, float(weight_decay)
-        self.accuracy = nn.ModuleDict({s: IndexedMean() for s in SPLITS})
-        self.mean_nll = nn.ModuleDict({s: IndexedMean() for s in SPLITS})
+        self._init_split_metrics(SPLITS)
         self.mia_auc = MembershipInferenceAUC()
         # Outside nn.Module registration: not in state_dict, parameters(), DDP or the optimizer.
         object.__setattr__(self, "_ref_model", None)
@@ -339,12 +337,7 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
     @classmethod
     def example(cls) -> Example:
         """A tiny NPO+RT module around a 2-layer MLP (8 inputs, 4 classes) on Gaussian blobs (forget 10 items)."""
-        gen = torch.Generator().manual_seed(0)
-        net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        with torch.no_grad():
-            for p in net.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        module = cls(net, method="npo", retain_loss="nll", lr=1e-2, cache_reference=True)
+        module = cls(_example_net(), method="npo", retain_loss="nll", lr=1e-2, cache_reference=True)
         return Example(module, _example_datamodule(), [])
 
     @property
@@ -754,6 +747,16 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
     def on_test_epoch_end(self) -> None:
         """Compute (synced across ranks) and log the ``test/*`` evaluation metrics."""
         self._log_eval("test")
+
+
+def _example_net() -> nn.Module:
+    """The seeded 2-layer MLP (8 inputs, 4 classes) of the unlearning modules' examples."""
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return net
 
 
 def _example_datamodule() -> Any:

@@ -26,6 +26,11 @@ class SplitEvaluation:
     _trainer: Any
     device: torch.device
 
+    def _init_split_metrics(self, splits: tuple[str, ...]) -> None:
+        """Create the per-split states (call in ``__init__`` after ``super().__init__()``)."""
+        self.accuracy = nn.ModuleDict({s: IndexedMean() for s in splits})
+        self.mean_nll = nn.ModuleDict({s: IndexedMean() for s in splits})
+
     def _split_names(self) -> list[str]:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(dm, "val_loader_names", None)

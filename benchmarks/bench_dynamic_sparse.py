@@ -20,59 +20,21 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _common import MnistMLP, StepTimer, mnist_test_accuracy
 from _machine import cpu_model
 from lightning.pytorch.callbacks import Callback
-from torch import nn
 
 from litmix.callbacks.dynamic_sparse_training import DynamicSparseTraining
-from litmix.data import split_batch
 from litmix.datamodules.mnist import MNISTDataModule
 from litmix.sparsity import MaskEngine
 from litmix.testing import make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SPARSITY = 0.9
-
-
-class MLP(pl.LightningModule):
-    """784-300-100-10 ReLU MLP, Adam 1e-3."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, _ = split_batch(batch)
-        assert y is not None
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
-class StepTimer(Callback):
-    """Wall and CPU (process) time between consecutive batch starts."""
-
-    def __init__(self) -> None:
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self._last: tuple[float, float] | None = None
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        now = (time.perf_counter(), time.process_time())
-        if self._last is not None and idx > 0:
-            self.wall.append(now[0] - self._last[0])
-            self.cpu.append(now[1] - self._last[1])
-        self._last = now
 
 
 def make_cb(kind: str, seed: int, every: int) -> list[Callback]:
@@ -83,19 +45,14 @@ def make_cb(kind: str, seed: int, every: int) -> list[Callback]:
     return [DynamicSparseTraining(SPARSITY, kind, update_every=every, distribution="uniform", seed=seed)]
 
 
-def fit(kind: str, dm: MNISTDataModule, epochs: int, seed: int, every: int) -> tuple[MLP, StepTimer, list[Callback]]:
+def fit(
+    kind: str, dm: MNISTDataModule, epochs: int, seed: int, every: int
+) -> tuple[MnistMLP, StepTimer, list[Callback]]:
     pl.seed_everything(seed, verbose=False)
-    model, timer = MLP(), StepTimer()
+    model, timer = MnistMLP(), StepTimer()
     cbs = make_cb(kind, seed, every)
     make_trainer(callbacks=[*cbs, timer], max_epochs=epochs).fit(model, datamodule=dm)
     return model, timer, cbs
-
-
-def accuracy(model: MLP, dm: MNISTDataModule) -> float:
-    x, y = dm.test_dataset.dataset.tensors  # type: ignore[attr-defined]
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean())
 
 
 def main() -> None:
@@ -131,7 +88,8 @@ def main() -> None:
     acc: dict[int, dict[str, float]] = {}
     for seed in args.seeds:
         acc[seed] = {
-            k: accuracy(fit(k, dm, args.acc_epochs, seed, 50)[0], dm) for k in ("dense", "static", "rigl", "set")
+            k: mnist_test_accuracy(fit(k, dm, args.acc_epochs, seed, 50)[0], dm)
+            for k in ("dense", "static", "rigl", "set")
         }
 
     # 3. memory and export of one RigL run

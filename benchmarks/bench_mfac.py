@@ -22,37 +22,21 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import CharMLP, bench_optimizer_steps
 from _machine import cpu_model
 from torch import nn
 
 from litmix.functional.mfac import mfac_obs_masks
 from litmix.functional.sparsity import magnitude_masks
-from litmix.optim import FRUGAL, MFAC, Lion, memory_report
+from litmix.optim import FRUGAL, MFAC, Lion
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mfac.md"
-VOCAB, CONTEXT, EMB = 65, 16, 64
-
-
-class CharMLP(nn.Module):
-    """A char-level MLP language model: the previous ``CONTEXT`` characters predict the next one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, EMB)
-        self.mlp = nn.Sequential(
-            nn.Linear(CONTEXT * EMB, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, VOCAB)
-        )
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits of the next character."""
-        return self.mlp(self.emb(idx).flatten(1))
 
 
 def digits_mlp() -> nn.Module:
@@ -78,42 +62,7 @@ OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
 
 def bench_steps(repeats: int, steps: int) -> list[dict[str, Any]]:
     """Median ``optimizer.step()`` time per setting and model (minimum over round-robin repeats)."""
-    clock = time.thread_time
-    rows = []
-    for model_name, make in MODELS.items():
-        setups = {}
-        for opt_name, make_opt in OPTIMIZERS.items():
-            torch.manual_seed(0)
-            model = make()
-            for p in model.parameters():
-                p.grad = torch.randn_like(p) * 1e-2
-            opt = make_opt(model.parameters())
-            for _ in range(3):  # warm up, create the state
-                opt.step()
-            setups[opt_name] = (model, opt)
-        times: dict[str, list[float]] = {k: [] for k in setups}
-        for _ in range(repeats):
-            for opt_name, (_, opt) in setups.items():
-                per_step = []
-                for _ in range(steps):
-                    t0 = clock()
-                    opt.step()
-                    per_step.append(clock() - t0)
-                times[opt_name].append(statistics.median(per_step))
-        for opt_name, (_model, opt) in setups.items():
-            report = memory_report(opt)
-            rows.append(
-                {
-                    "model": model_name,
-                    "params": report["params"],
-                    "optimizer": opt_name,
-                    "ms": min(times[opt_name]) * 1e3,
-                    "bytes_per_param": report["bytes_per_param"],
-                    "state_bytes": report["state_bytes"],
-                }
-            )
-        del setups
-    return rows
+    return bench_optimizer_steps(MODELS, OPTIMIZERS, repeats, steps, warmup=3)
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,12 +26,12 @@ from typing import Any
 import lightning
 import lightning.pytorch as pl
 import torch
+from _common import MnistMLP, StepTimer, mnist_test_accuracy
 from _machine import cpu_model
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelPruning
 from torch import nn
 
 from litmix.callbacks.gradual_pruning import GradualPruning
-from litmix.data import split_batch
 from litmix.datamodules.mnist import MNISTDataModule
 from litmix.functional.sparsity import cubic_sparsity, sparsity_report
 from litmix.testing import make_trainer
@@ -39,39 +39,6 @@ from litmix.testing import make_trainer
 REPO = Path(__file__).resolve().parents[1]
 TARGET, END_FRACTION, EVERY = 0.9, 0.6, 20
 ABLATION = "GradualPruning(zero_second_moments=True)"  # deprecated: zeroes Adam's exp_avg_sq too
-
-
-class MLP(pl.LightningModule):
-    """784-300-100-10 ReLU MLP, Adam 1e-3."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, _ = split_batch(batch)
-        assert y is not None
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
-class StepTimer(Callback):
-    """Wall and CPU time between consecutive batch starts, tagged with the epoch."""
-
-    def __init__(self) -> None:
-        self.times: list[tuple[int, float, float]] = []
-        self._last: tuple[float, float] | None = None
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        now = (time.perf_counter(), time.process_time())
-        if self._last is not None and idx > 0:
-            self.times.append((trainer.current_epoch, now[0] - self._last[0], now[1] - self._last[1]))
-        self._last = now
 
 
 class MaskBytes(Callback):
@@ -133,7 +100,7 @@ class HookClock:
         return wrapper
 
 
-def linear_weights(model: MLP) -> list[tuple[nn.Module, str]]:
+def linear_weights(model: MnistMLP) -> list[tuple[nn.Module, str]]:
     return [(m, "weight") for m in model.net if isinstance(m, nn.Linear)]
 
 
@@ -162,16 +129,9 @@ class EpochAmount:
         return self.amounts[epoch] if epoch < len(self.amounts) else 0.0
 
 
-def test_accuracy(model: nn.Module, dm: MNISTDataModule) -> float:
-    x, y = dm.test_dataset.dataset.tensors  # type: ignore[attr-defined]
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean())
-
-
 def run(method: str, dm: MNISTDataModule, epochs: int, seed: int) -> dict[str, Any]:
     pl.seed_everything(seed, verbose=False)
-    model = MLP()
+    model = MnistMLP()
     timer, probe = StepTimer(), MaskBytes()
     steps_per_epoch = len(dm.train_dataloader())
     callbacks: list[Callback] = [timer]
@@ -210,7 +170,7 @@ def run(method: str, dm: MNISTDataModule, epochs: int, seed: int) -> dict[str, A
         "times": timer.times,
         "fit": wall,
         "sparsity": sparsity_report(model)["global"],
-        "acc": test_accuracy(model, dm),
+        "acc": mnist_test_accuracy(model, dm),
         "bytes": probe.bytes_per_weight,
         "hooks": None
         if clock is None
@@ -228,7 +188,7 @@ def resume_check(dm_small: MNISTDataModule, tmp: Path, method: str) -> tuple[flo
     Also the ``net.0.*`` keys of the checkpoint and whether ``MLP.load_from_checkpoint`` (strict) loads it.
     """
 
-    def callbacks(model: MLP) -> list[Callback]:
+    def callbacks(model: MnistMLP) -> list[Callback]:
         if method == "ModelPruning":  # 0.5 per epoch, compounding: 50 % after epoch 0, 75 % after epoch 1
             return [
                 ModelPruning(
@@ -244,7 +204,7 @@ def resume_check(dm_small: MNISTDataModule, tmp: Path, method: str) -> tuple[flo
 
     out = tmp / method
     pl.seed_everything(0, verbose=False)
-    full = MLP()
+    full = MnistMLP()
     ckpt = ModelCheckpoint(dirpath=out, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
     make_trainer(max_epochs=2, callbacks=[*callbacks(full), ckpt], enable_checkpointing=True).fit(
         full, datamodule=dm_small
@@ -252,12 +212,12 @@ def resume_check(dm_small: MNISTDataModule, tmp: Path, method: str) -> tuple[flo
     first = sorted(out.glob("epoch=0-*.ckpt"))[0]
     keys = [k for k in torch.load(first, weights_only=True)["state_dict"] if k.startswith("net.0.")]
     try:
-        MLP.load_from_checkpoint(first)
+        MnistMLP.load_from_checkpoint(first)
         strict = "yes"
     except RuntimeError as err:
         strict = "no: " + str(err).splitlines()[1].strip()[:60]
     pl.seed_everything(0, verbose=False)
-    resumed = MLP()
+    resumed = MnistMLP()
     make_trainer(max_epochs=2, callbacks=callbacks(resumed)).fit(resumed, datamodule=dm_small, ckpt_path=str(first))
     if method == "GradualPruning":
         GradualPruning.make_permanent(full)
@@ -315,6 +275,121 @@ def adam_cost(repeats: int = 50) -> dict[tuple[str, str], float]:
     return out
 
 
+# ----------------------------------------------------------------------------- every pruner vs dense (issue 7 §4)
+RATIO_TARGET = 1.05
+PRUNERS = ("GradualPruning", "DynamicSparseTraining", "LotteryTicket", "PolarizationPruning", "OneShotPruning")
+CHANGE_AT, SETTLE = 5, 10  # every pruner's (last) mask change by step 5; steps >= 10 are "between mask updates"
+
+
+class CharGPT(pl.LightningModule):
+    """The char-GPT of ``train_char_gpt.py`` (Hugging Face GPT-2 from a config) as a LightningModule, AdamW 1e-3."""
+
+    def __init__(self, vocab: int, block: int) -> None:
+        super().__init__()
+        from train_char_gpt import build
+
+        self.model = build(vocab, n_layer=4, n_head=4, n_embd=96, block=block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=x).logits
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def make_pruner(name: str, sparsity: float, gates: list[str]) -> Callback:
+    """Each pruner with its (last) mask change at step ``CHANGE_AT`` at the latest, fixed masks afterwards."""
+    from litmix.callbacks import DynamicSparseTraining, LotteryTicket, OneShotPruning, PolarizationPruning
+
+    if name == "GradualPruning":
+        return GradualPruning(sparsity, start_step=0, end_step=CHANGE_AT, every_n_steps=1)
+    if name == "DynamicSparseTraining":  # random initial mask, one RigL update at step 5
+        return DynamicSparseTraining(sparsity, update_every=CHANGE_AT, end_step=CHANGE_AT + 1, distribution="uniform")
+    if name == "LotteryTicket":
+        return LotteryTicket(sparsity, prune_every=CHANGE_AT, unit="step")
+    if name == "PolarizationPruning":
+        return PolarizationPruning(0.5, weight=1e-4, prune_at=CHANGE_AT, unit="step", parameter_names=gates)
+    return OneShotPruning("magnitude", sparsity, calibration_batches=1)  # pruned at fit start
+
+
+def step_ratio_runs(
+    make_module: Any, loader: Any, steps: int, sparsity: float, gates: list[str], repeats: int
+) -> dict[str, list[float]]:
+    """Per repeat, the median thread-CPU step time of each pruner (steps >= SETTLE) over the dense run's."""
+    ratios: dict[str, list[float]] = {m: [] for m in PRUNERS}
+    dense_ms: list[float] = []
+    methods = ("dense", *PRUNERS)
+
+    def median_step(method: str) -> float:
+        pl.seed_everything(0, verbose=False)
+        module, timer = make_module(), StepTimer()
+        callbacks = [timer] if method == "dense" else [make_pruner(method, sparsity, gates), timer]
+        make_trainer(max_steps=steps, callbacks=callbacks).fit(module, train_dataloaders=loader)
+        return statistics.median(t[4] for t in timer.times if t[1] >= SETTLE)
+
+    median_step("dense")  # warm-up (first-call costs), not counted
+    for r in range(repeats):  # interleaved, the order rotated: load changes and position hit every method alike
+        medians = {m: median_step(m) for m in methods[r % len(methods) :] + methods[: r % len(methods)]}
+        dense_ms.append(medians["dense"] * 1e3)
+        for m in PRUNERS:
+            ratios[m].append(medians[m] / medians["dense"])
+    return {"dense_ms": dense_ms, **ratios}
+
+
+def pruner_step_ratios(root: str, text: str, repeats: int, mlp_steps: int, gpt_steps: int) -> list[str]:
+    """Markdown: every pruner's step over the dense step between mask updates, MNIST MLP and char-GPT side by side."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from train_char_gpt import load_splits, random_windows
+
+    dm = MNISTDataModule(root, batch_size=128, val_size=0, train_size=128 * mlp_steps, flatten=True, seed=0)
+    dm.setup()
+    mlp = step_ratio_runs(MnistMLP, dm.train_dataloader(), mlp_steps, 0.9, ["net.0.bias", "net.2.bias"], repeats)
+    chars, train_ids, _ = load_splits(text)
+    block, batch = 64, 16
+    windows = random_windows(train_ids, batch * gpt_steps, block, torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(windows[:, :-1], windows[:, 1:]), batch_size=batch)
+    probe = CharGPT(len(chars), block)
+    gates = [n for n, p in probe.named_parameters() if ".ln_" in n and n.endswith("weight")]
+    n_params = sum(p.numel() for p in probe.parameters())
+    gpt = step_ratio_runs(lambda: CharGPT(len(chars), block), loader, gpt_steps, 0.5, gates, repeats)
+
+    def cell(values: list[float]) -> str:
+        med = statistics.median(values)
+        mark = "" if med <= RATIO_TARGET else " **(misses)**"
+        return f"{med:.3f}x ({min(values):.3f}-{max(values):.3f}){mark}"
+
+    lines = [
+        "| pruner | MNIST MLP: step / dense step | char-GPT: step / dense step |",
+        "|---|---|---|",
+    ]
+    for m in PRUNERS:
+        lines.append(f"| {m} | {cell(mlp[m])} | {cell(gpt[m])} |")
+    lines += [
+        f"| (dense step, ms, per repeat) | {', '.join(f'{v:.2f}' for v in mlp['dense_ms'])} | "
+        f"{', '.join(f'{v:.2f}' for v in gpt['dense_ms'])} |",
+        "",
+        f"Target (issue 7 §4): every pruner's training step <= {RATIO_TARGET:.2f}x the dense step between mask "
+        f"updates. Each cell: median over {repeats} interleaved repeats (order rotated per repeat, after one "
+        "uncounted dense warm-up run) (min-max in brackets) of the ratio of the "
+        f"run's median step to the dense run's median step of the same repeat, in one process; a step is the thread "
+        f"CPU time (`time.thread_time`) between consecutive batch starts (forward, backward, optimizer step, every "
+        f"hook), over steps >= {SETTLE}; every pruner's last mask change happens by step {CHANGE_AT}. "
+        f"MNIST MLP 784-300-100-10, Adam 1e-3, batch 128, {mlp_steps} steps per run, 90 % sparsity; "
+        f"char-GPT (Hugging Face GPT-2 from a config: 4 blocks, d=96, {n_params:,} parameters), AdamW 1e-3, "
+        f"batch {batch} x {block} characters of Tiny Shakespeare, {gpt_steps} steps per run, 50 % sparsity. "
+        "GradualPruning: steps 0..5 every step; DynamicSparseTraining: RigL, random initial mask, one update at "
+        "step 5; LotteryTicket: one round at step 5 (rewind to init, optimizer reset); PolarizationPruning: the "
+        "MLP's hidden biases (it has no BatchNorm) / the GPT's LayerNorm weights as gates, 50 % pruned at step 5; "
+        "OneShotPruning: magnitude, at fit start.",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "mnist"))
@@ -323,9 +398,34 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pruning.md"))
+    parser.add_argument("--text", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
+    parser.add_argument("--ratio-repeats", type=int, default=3)
+    parser.add_argument("--ratio-mlp-steps", type=int, default=120)
+    parser.add_argument("--ratio-gpt-steps", type=int, default=50)
+    parser.add_argument("--ratios-only", action="store_true", help="only the every-pruner step ratios (a few minutes)")
+    parser.add_argument("--ratio-out", default=str(REPO / "benchmarks" / "results" / "pruner_step_ratios.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     t_start = time.perf_counter()
+    ratio_lines = pruner_step_ratios(
+        args.root, args.text, args.ratio_repeats, args.ratio_mlp_steps, args.ratio_gpt_steps
+    )
+    ratio_text = "\n".join(
+        [
+            "# Every pruner's training step vs the dense step between mask updates (MNIST MLP, char-GPT)",
+            "",
+            f"Machine: {cpu_model()} ({os.cpu_count()} cores, shared), 1 thread, torch {torch.__version__}, "
+            f"lightning {lightning.__version__}; 1-min load average {os.getloadavg()[0]:.1f}. Generated by "
+            f"`benchmarks/bench_pruning.py --ratios-only` in {time.perf_counter() - t_start:.0f} s.",
+            "",
+            *ratio_lines,
+        ]
+    )
+    print(ratio_text)
+    Path(args.ratio_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.ratio_out).write_text(ratio_text + "\n")
+    if args.ratios_only:
+        return
     dm = MNISTDataModule(args.root, batch_size=128, val_size=0, train_size=args.train_size, flatten=True, seed=0)
     dm.setup()
     methods = ("dense", "GradualPruning", ABLATION, "ModelPruning")
@@ -335,11 +435,11 @@ def main() -> None:
             runs[m].append(run(m, dm, args.epochs, args.seed))
     results: dict[str, dict[str, float]] = {}
     for m, rs in runs.items():
-        steps = [t for r in rs for t in r["times"] if t[0] >= 1]
+        steps = [t for r in rs for t in r["times"] if t[0] >= 1]  # (epoch, step, wall, process CPU, thread CPU)
         results[m] = {
-            "p10": statistics.quantiles([c for _, _, c in steps], n=10)[0],
-            "cpu": statistics.median(c for _, _, c in steps),
-            "wall": statistics.median(w for _, w, _ in steps),
+            "p10": statistics.quantiles([t[3] for t in steps], n=10)[0],
+            "cpu": statistics.median(t[3] for t in steps),
+            "wall": statistics.median(t[2] for t in steps),
             "fit": statistics.median(r["fit"] for r in rs),
             "sparsity": rs[0]["sparsity"],
             "acc": rs[0]["acc"],

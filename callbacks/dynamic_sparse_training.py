@@ -88,8 +88,6 @@ class DynamicSparseTraining(MaskedPruningCallback):
     default_log_prefix: ClassVar[str] = "dst"
     state_version: ClassVar[int] = 1
     sharded_reason: ClassVar[str] = "it ranks whole parameters and regrows by dense gradients"
-    #: optimizer steps between refills of the pruned coordinates' second moments (see ``on_train_batch_end``)
-    refill_every: ClassVar[int] = 1000
 
     def __init__(
         self,
@@ -133,8 +131,6 @@ class DynamicSparseTraining(MaskedPruningCallback):
         # resolved at setup / fit start
         self._t_end: int = 1
         self._densities: dict[str, float] = {}
-        self._fill_pending: bool = True
-        self._filled_step: int = -1
 
     @classmethod
     def example(cls) -> Example:
@@ -185,7 +181,6 @@ class DynamicSparseTraining(MaskedPruningCallback):
             self._engine.update(masks, trainer.optimizers, strategy=trainer.strategy)
             sync_generator(trainer, self._generator)
             self.initialized = True
-        self._fill_pending, self._filled_step = True, -1
 
     def _is_update_step(self, step: int) -> bool:
         return 0 < step < self._t_end and step % self.update_every == 0 and step > self.last_update_step
@@ -216,20 +211,6 @@ class DynamicSparseTraining(MaskedPruningCallback):
         self.last_update_step = step
         self.n_updates += 1
         self._masks_changed()
-        self._fill_pending = True
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Re-mask the weights when the optimizer needs it; refill second moments; log sparsity and churn."""
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        step = trainer.global_step
-        due = self._fill_pending or step - self._filled_step >= self.refill_every
-        # never-active coordinates hold exp_avg_sq == 0, which makes Adam's sqrt slow on some CPUs; their update is
-        # exactly zero whatever the second moment holds (see MaskEngine.fill_second_moments)
-        if step > self._filled_step and due and self._engine.fill_second_moments(trainer.optimizers):
-            self._fill_pending = False
-            self._filled_step = step
 
     def _step_metrics(self) -> dict[str, float]:
         return {"churn": self.last_churn}

@@ -58,7 +58,9 @@ class GradualPruning(MaskedPruningCallback):
     weight decay; Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, RMSprop, Adadelta; their ``foreach``/``fused``
     variants) a coordinate whose gradient and first moment are zero gets an exactly zero update, so pruned weights
     stay exactly 0 and momentum can never revive them without re-masking the weights. Second moments
-    (``exp_avg_sq``) are left alone: they only scale an update that is already zero. Any other optimizer
+    (``exp_avg_sq``) only scale an update that is already zero: at pruned coordinates they are set to 1 after each
+    mask change and every ``refill_every`` (1000) steps, because zeros and denormals there make Adam's ``sqrt``
+    several times slower on some CPUs (``benchmarks/results/pruner_step_ratios.md``). Any other optimizer
     gets its weights re-masked after every step as well. Every ``check_every_n_steps`` (500) steps the pruned
     weights are checked; if something else wrote them (another callback, a custom step), a warning says so and
     the weights are re-masked after every step from then on. Regrown coordinates (a mask going from pruned to

@@ -118,6 +118,8 @@ class MaskedPruningCallback(LitmixCallback):
     sharded_instead: ClassVar[str] = "strategy='ddp'"
     #: reuse mask buffers already on the module (an earlier fit of the same object) as a floor
     keep_existing_masks: ClassVar[bool] = False
+    #: optimizer steps between refills of the pruned coordinates' second moments (see ``on_train_batch_end``)
+    refill_every: ClassVar[int] = 1000
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name=name)
@@ -132,6 +134,8 @@ class MaskedPruningCallback(LitmixCallback):
         self._names: list[str] = []
         self._log_pending: bool = True
         self._published: dict[str, float] = {}
+        self._fill_pending: bool = True
+        self._filled_step: int = -1
 
     # ------------------------------------------------------------------ engine access
     @property
@@ -219,6 +223,7 @@ class MaskedPruningCallback(LitmixCallback):
         """Call after every mask change: the report is recomputed and logged at the end of the step."""
         self._refresh_layer_sparsity()
         self._log_pending = True
+        self._fill_pending = True
 
     def _refresh(self, pl_module: pl.LightningModule) -> None:
         """Re-take the parameters and masks (after device moves); recompute the report."""
@@ -278,6 +283,7 @@ class MaskedPruningCallback(LitmixCallback):
         self._engine.remask_weights = False
         self._engine.remask_weights = self._engine.needs_remask(trainer.optimizers)
         self._masks_changed()
+        self._filled_step = -1
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -299,11 +305,27 @@ class MaskedPruningCallback(LitmixCallback):
                     self._engine.apply()
                 elif step % self.check_every_n_steps == 0:
                     self._check_pruned_weights(pl_module)
+                self._fill_second_moments(trainer, step)
         # `log` costs ~0.3 ms on CPU and the value only changes with the masks: log when it changed and on the
         # steps the loggers record (the progress bar and callback_metrics keep the last value in between)
         every = int(getattr(trainer, "log_every_n_steps", 50) or 0)
         if self._log_pending or (every > 0 and step % every == 0):
             self._log_sparsity(trainer, pl_module)
+
+    def _fill_second_moments(self, trainer: pl.Trainer, step: int) -> None:
+        """Second moments at pruned coordinates set to 1 after a mask change and every :attr:`refill_every` steps.
+
+        A pruned coordinate's update is exactly zero whatever its second moment holds (zero gradient and first
+        moment), but coordinates pruned before they ever had a gradient (a mask set before the first step, an
+        optimizer reset) hold ``exp_avg_sq == 0`` exactly, and decayed ones end in denormals: on some CPUs Adam's
+        ``sqrt`` is then several times slower (:meth:`MaskEngine.fill_second_moments`; measured in
+        ``benchmarks/results/pruner_step_ratios.md``). Not with ``zero_second_moments``.
+        """
+        if self.zero_second_moments or not (self._fill_pending or step - self._filled_step >= self.refill_every):
+            return
+        optimizers = trainer.optimizers
+        if self._engine.fill_second_moments(optimizers) or any(opt.state for opt in optimizers):
+            self._fill_pending, self._filled_step = False, step  # once the optimizer has state
 
     def _log_sparsity(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         prefix = self.log_prefix

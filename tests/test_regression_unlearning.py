@@ -35,7 +35,7 @@ def _net(seed: int) -> nn.Module:
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(EPOCHS):
         perm = torch.randperm(len(x), generator=gen)

@@ -126,10 +126,10 @@ def test_evaluator_reports_the_gap_to_the_oracle_for_every_metric(trained):
     assert values["retrain_gap"] == pytest.approx(sum(four) / 4, abs=1e-6)
 
 
-def _fit_run(oracle: RetrainOracle):
+def _fit_run(oracle: RetrainOracle, relearn: bool = False):
     torch.manual_seed(0)
     module, dm, _ = UnlearningModule.example()
-    return module, dm, [UnlearningEvaluator(oracle=oracle, images=False)]
+    return module, dm, [UnlearningEvaluator(oracle=oracle, images=False, relearn=relearn, relearn_max_steps=20)]
 
 
 def test_evaluator_fits_an_untrained_oracle_in_setup_and_keeps_its_statistics_in_the_checkpoint(tmp_path):
@@ -153,9 +153,11 @@ def _save(oracle: RetrainOracle, tmp_path) -> str:
 
 @pytest.mark.ddp
 def test_two_ranks_fit_the_oracle_and_log_the_one_process_gaps():
+    """Each rank fits the oracle in its own single-device Trainer; gaps and relearn time equal one process's."""
+
     def run(world):
         oracle = RetrainOracle(model=nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), max_epochs=2)
-        module, dm, callbacks = _fit_run(oracle)
+        module, dm, callbacks = _fit_run(oracle, relearn=True)
         module.lr = 1e-12  # frozen weights: 1 and 2 ranks comparable
         if world == 1:
             trainer = make_trainer(max_epochs=1, callbacks=callbacks)
@@ -167,6 +169,7 @@ def test_two_ranks_fit_the_oracle_and_log_the_one_process_gaps():
     one, two = run(1), run(2)
     assert one.keys() == two.keys()
     assert any(k.endswith("_acc_gap") for k in one)
+    assert "unlearn/relearn_time" in one
     for key, value in one.items():
         assert two[key] == pytest.approx(value, abs=1e-6), key
 

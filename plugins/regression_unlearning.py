@@ -16,6 +16,7 @@ from litmix.data import split_batch
 from litmix.functional.regression_unlearning import blindspot_loss, gaussian_amnesiac_targets, regression_loss
 from litmix.metrics.indexed_mean import IndexedMean
 from litmix.registry import register
+from litmix.unlearning_oracle import reinitialise
 from litmix.validation import check_choice, check_float, check_int, check_type
 
 METHODS = ("blindspot", "amnesiac")
@@ -40,18 +41,6 @@ def _xy(batch: Any, part: str) -> tuple[Tensor, Tensor]:
     if y is None:
         raise ValueError(f"RegressionUnlearningModule: {part} items must be (x, y[, index]) with float targets y")
     return x, y
-
-
-def _reinitialise(model: nn.Module, seed: int) -> nn.Module:
-    """A deep copy of ``model`` with every ``reset_parameters()`` submodule re-drawn under ``seed``."""
-    fresh = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in fresh.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
-    return fresh
 
 
 @register("plugin", "unlearning", paper="Deep Regression Unlearning (https://arxiv.org/abs/2210.08196)")
@@ -249,7 +238,7 @@ class RegressionUnlearningModule(LitmixModule):
             self._broadcast_blindspot()
 
     def _train_blindspot(self, retain: Any, batch_size: int) -> nn.Module:
-        blind = _reinitialise(self.model, self.seed).to(self.device).train()
+        blind = reinitialise(self.model, self.seed).to(self.device).train()
         blind.requires_grad_(True)
         optimizer = torch.optim.Adam(blind.parameters(), lr=self.blindspot_lr)
         gen = torch.Generator().manual_seed(self.seed)

@@ -2,10 +2,10 @@
 
 Usage: ``python benchmarks/bench_structured_pruning.py [--seeds 0 1 2] [--reps 31] [--out ...]``
 
-Part 1 (MNIST MLP 784-256-256-10, channels): dense 1 epoch on 10k MNIST images (Adam 1e-3, batch 128), then 40
-fine-tuning steps during which ``StructuredPruning`` ramps to 50 % of both hidden layers' channels (steps 0..10,
-every 2) by L2 norm or at random and removes them at the end; full t10k accuracy, parameter count, and forward time
-shrunk/dense (median of interleaved repetitions, one process, 1 thread) at batch 1024 and batch 1.
+Part 1 (MNIST MLPs 784-256-256-10 and 784-300-100-10, channels): dense 1 epoch on 10k MNIST images (Adam 1e-3,
+batch 128), then 40 fine-tuning steps during which ``StructuredPruning`` ramps to 50 % of both hidden layers'
+channels (steps 0..10, every 2) by L2 norm or at random and removes them at the end; full t10k accuracy, parameter
+count, and forward time shrunk/dense (median of interleaved repetitions, one process, 1 thread) at batch 1024 and 1.
 
 Part 2 (CNN, channels, no training): a 3-conv MNIST CNN (32-64-128 filters, BatchNorm) with 50 % of every conv's
 filters removed by L2 norm: parameters and forward time at batch 256 and 1.
@@ -32,11 +32,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _common import MnistMLP, mnist_test_accuracy
 from _machine import cpu_model
 from torch import nn
 
 from litmix.callbacks import StructuredPruning
-from litmix.data import split_batch
 from litmix.datamodules.mnist import MNISTDataModule
 from litmix.functional.head_importance import head_masks, head_parameter_masks, head_scores
 from litmix.sparsity.removal import channel_groups, channel_parameter_masks, shrink_model
@@ -46,8 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LITMIX_DATA", REPO.parent / "shared" / "data"))
 
 
-class MLP(pl.LightningModule):
-    """784-256-256-10 ReLU MLP, Adam 1e-3."""
+class MLP(MnistMLP):
+    """784-256-256-10 ReLU MLP (equal hidden widths), Adam 1e-3."""
 
     def __init__(self, hidden: int = 256) -> None:
         super().__init__()
@@ -55,26 +55,9 @@ class MLP(pl.LightningModule):
             nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, _ = split_batch(batch)
-        assert y is not None
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
 
 def nparams(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def accuracy(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    m.eval()
-    with torch.no_grad():
-        return float((m(x).argmax(-1) == y).float().mean())
 
 
 def time_ratio(small: nn.Module, big: nn.Module, x: Any, reps: int) -> float:
@@ -94,18 +77,18 @@ def time_ratio(small: nn.Module, big: nn.Module, x: Any, reps: int) -> float:
     return statistics.median(ts) / statistics.median(tb)
 
 
-def part_mlp(seeds: list[int], reps: int) -> list[str]:
+def part_mlp(seeds: list[int], reps: int, make: type[MnistMLP]) -> list[str]:
     folder = Path(tempfile.mkdtemp()) / "MNIST"
     shutil.copytree(DATA / "mnist" / "MNIST", folder)
     dm = MNISTDataModule(str(folder / "raw"), batch_size=128, val_size=0, train_size=10000, flatten=True, seed=0)
     dm.setup()
-    x, y = dm.test_dataset.dataset.tensors
+    x = dm.test_dataset.dataset.tensors[0]
     rows = []
     for seed in seeds:
         pl.seed_everything(seed, verbose=False)
-        dense = MLP()
+        dense = make()
         make_trainer(max_epochs=1).fit(dense, datamodule=dm)
-        acc_dense = accuracy(dense, x, y)
+        acc_dense = mnist_test_accuracy(dense, dm)
         out: dict[str, Any] = {}
         for importance in ("l2", "random"):
             model = copy.deepcopy(dense).train()
@@ -114,12 +97,12 @@ def part_mlp(seeds: list[int], reps: int) -> list[str]:
                 channel_sparsity=0.5, importance=importance, start_step=0, end_step=10, every_n_steps=2, remove=True
             )
             make_trainer(max_steps=40, callbacks=[cb]).fit(model, datamodule=dm)
-            out[importance] = (accuracy(model, x, y), model)
+            out[importance] = (mnist_test_accuracy(model, dm), model)
         small = out["l2"][1]
         r1024 = time_ratio(small, dense, x[:1024], reps)
         r1 = time_ratio(small, dense, x[:1], reps * 10)
         rows.append(
-            f"| {seed} | {acc_dense:.4f} | {out['l2'][0]:.4f} | {out['random'][0]:.4f} | "
+            f"| {make.__name__} | {seed} | {acc_dense:.4f} | {out['l2'][0]:.4f} | {out['random'][0]:.4f} | "
             f"{out['l2'][0] - out['random'][0]:+.4f} | {nparams(small)} / {nparams(dense)} = "
             f"{nparams(small) / nparams(dense):.4f} | {r1024:.3f} | {r1:.3f} |"
         )
@@ -198,7 +181,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "structured_pruning.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    mlp = part_mlp(args.seeds, args.reps)
+    mlp = part_mlp(args.seeds, args.reps, MLP) + part_mlp(args.seeds, args.reps, MnistMLP)
     cnn = part_cnn(args.reps)
     gpt = part_gpt(args.seeds, args.reps)
     lines = [
@@ -208,11 +191,13 @@ def main() -> None:
         f"in one process ({args.reps} at large batch, {args.reps * 10} at batch 1), shared loaded machine: ratios "
         "only.",
         "",
-        "## MNIST MLP 784-256-256-10: 50 % of the hidden channels removed after a 40-step fine-tune",
+        "## MNIST MLPs: 50 % of the hidden channels removed after a 40-step fine-tune",
         "",
-        "| seed | dense acc | L2 removed | random removed | L2 - random | parameters | fwd time batch 1024 "
+        "`MLP` = 784-256-256-10 (the effect test's), `MnistMLP` = 784-300-100-10 (`benchmarks/_common.py`).",
+        "",
+        "| model | seed | dense acc | L2 removed | random removed | L2 - random | parameters | fwd time batch 1024 "
         "(shrunk / dense) | fwd time batch 1 |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         *mlp,
         "",
         "## CNN, 50 % of every conv's filters removed (no training; speed and size only)",

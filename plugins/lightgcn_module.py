@@ -8,11 +8,10 @@ import torch
 from torch import Tensor
 from torch_geometric.nn.conv import LGConv
 
-from litmix.base import Example, LitmixModule
+from litmix.base import Example
 from litmix.data import split_batch
 from litmix.functional.recsys import normalized_adjacency, symmetric_spmm
-from litmix.metrics.ndcg_at_k import NDCGAtK
-from litmix.metrics.recall_at_k import RecallAtK
+from litmix.plugins._recsys_base import _RecsysModule
 from litmix.registry import register
 from litmix.validation import check_float, check_int
 
@@ -32,7 +31,7 @@ _PAPER = (
 
 
 @register("plugin", "graph", paper=_PAPER)
-class LightGCNModule(LitmixModule):
+class LightGCNModule(_RecsysModule):
     """LightGCN: embeddings propagated by ``num_layers`` rounds of normalised neighbour averaging, trained with BPR.
 
     He et al., "LightGCN: Simplifying and Powering Graph Convolution Network for Recommendation" (SIGIR 2020),
@@ -84,6 +83,9 @@ class LightGCNModule(LitmixModule):
         ['lightgcn/val_ndcg@5', 'lightgcn/val_recall@5']
     """
 
+    _prefix = "lightgcn"
+    _derived = ("_adj", "_eval_emb")
+
     def __init__(
         self,
         num_users: int = 943,
@@ -97,22 +99,16 @@ class LightGCNModule(LitmixModule):
         from torch_geometric.nn.models import LightGCN
 
         owner = type(self).__name__
-        check_int(owner, "num_users", num_users, low=1, high=10**8)
-        check_int(owner, "num_items", num_items, low=1, high=10**8)
-        check_int(owner, "embedding_dim", embedding_dim, low=1, high=4096)
+        self._check_sizes(owner, num_users, num_items, embedding_dim, lr, k)
         check_int(owner, "num_layers", num_layers, low=0, high=16)
-        check_float(owner, "lr", lr, low=0.0, low_open=True)
         check_float(owner, "lambda_reg", lambda_reg, low=0.0)
-        check_int(owner, "k", k, low=1)
         super().__init__()
         self.save_hyperparameters()
-        self.num_users, self.num_items, self.k = num_users, num_items, k
-        self.lr, self.lambda_reg = float(lr), float(lambda_reg)
+        self.lambda_reg = float(lambda_reg)
         self.model = LightGCN(num_users + num_items, embedding_dim, num_layers, normalize=False)
         # LGConv has no parameters: the state_dict keys stay those of PyG's LightGCN
         self.model.convs = torch.nn.ModuleList(_SymmetricLGConv(normalize=False) for _ in range(num_layers))
-        self.val_recall, self.val_ndcg = RecallAtK(k), NDCGAtK(k)
-        self.test_recall, self.test_ndcg = RecallAtK(k), NDCGAtK(k)
+        self._init_ranking(num_users, num_items, k, lr)
         self._adj: Tensor | None = None
         self._eval_emb: Tensor | None = None
 
@@ -125,39 +121,14 @@ class LightGCNModule(LitmixModule):
         dm = InteractionDataModule(train=train, test=test, batch_size=32, eval_batch_size=8)
         return Example(cls(num_users=24, num_items=16, embedding_dim=8, num_layers=2, k=5), dm, [])
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle without the cached adjacency and evaluation embeddings."""
-        state = super().__getstate__()
-        state["_adj"], state["_eval_emb"] = None, None
-        return state
-
     # ------------------------------------------------------------------------------------------------ graph
     def set_graph(self, train_pairs: Tensor) -> None:
         """Build and cache the normalised adjacency of ``train_pairs`` (``(n, 2)`` user, item ids)."""
         self._adj = normalized_adjacency(train_pairs.cpu(), self.num_users, self.num_items)
         self._eval_emb = None
 
-    def setup(self, stage: str) -> None:
-        """Take the training graph from the data module (sizes checked).
-
-        Raises:
-            ValueError: if the data module's sizes differ from the module's or it has no ``train_pairs``.
-        """
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "train_pairs"):
-            if self._adj is not None:
-                return
-            raise ValueError(
-                f"{type(self).__name__}: needs a data module with num_users, num_items and train_pairs after setup "
-                "(e.g. InteractionDataModule), or call set_graph(train_pairs) first"
-            )
-        for name in ("num_users", "num_items"):
-            if int(getattr(dm, name)) != getattr(self, name):
-                raise ValueError(
-                    f"{type(self).__name__}({name}={getattr(self, name)}): the data module has {name}="
-                    f"{int(getattr(dm, name))}"
-                )
-        self.set_graph(dm.train_pairs)
+    def _has_graph(self) -> bool:
+        return self._adj is not None
 
     def adjacency(self) -> Tensor:
         """The cached normalised adjacency on the module's device.
@@ -209,29 +180,9 @@ class LightGCNModule(LitmixModule):
         """Propagate once for the whole test epoch."""
         self._eval_emb = None
 
-    def _evaluate(self, batch: Any, stage: str, recall: RecallAtK, ndcg: NDCGAtK) -> None:
-        inputs, targets, users = split_batch(batch)
-        assert targets is not None
-        assert users is not None
-        scores = self.scores(inputs["users"], self._eval_embeddings())
-        recall.update(scores, targets, users, inputs["exclude"])
-        ndcg.update(scores, targets, users, inputs["exclude"])
-        size = int(users.numel())
-        self.log(f"lightgcn/{stage}_recall@{self.k}", recall, batch_size=size)
-        self.log(f"lightgcn/{stage}_ndcg@{self.k}", ndcg, batch_size=size)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Full-ranking Recall@k / NDCG@k of the batch's users."""
-        self._evaluate(batch, "val", self.val_recall, self.val_ndcg)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        """Full-ranking Recall@k / NDCG@k of the batch's users."""
-        self._evaluate(batch, "test", self.test_recall, self.test_ndcg)
+    def _eval_scores(self, users: Tensor) -> Tensor:
+        return self.scores(users, self._eval_embeddings())
 
     def on_train_epoch_start(self) -> None:
         """Drop stale evaluation embeddings (weights change during training)."""
         self._eval_emb = None
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam on the embeddings."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr)

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from litmix.base import Example, LitmixModule
+from litmix.base import Example
 from litmix.data import split_batch
 from litmix.functional.recsys import hash32
-from litmix.metrics.ndcg_at_k import NDCGAtK
-from litmix.metrics.recall_at_k import RecallAtK
+from litmix.plugins._recsys_base import _RecsysModule
 from litmix.registry import register
 from litmix.validation import check_bool, check_float, check_int
 
@@ -59,7 +58,7 @@ def _item_neighbours(
 
 
 @register("plugin", "graph", paper=_PAPER)
-class UltraGCNModule(LitmixModule):
+class UltraGCNModule(_RecsysModule):
     """UltraGCN: matrix factorisation with the constraint loss of infinite-layer LightGCN, no message passing.
 
     Mao et al., "UltraGCN: Ultra Simplification of Graph Convolutional Networks for Recommendation" (CIKM 2021),
@@ -105,18 +104,22 @@ class UltraGCNModule(LitmixModule):
 
     Raises:
         TypeError: for an argument of the wrong type, naming it.
-        ValueError: for a value out of range, naming the argument; at ``setup``, a data module whose
-            ``num_users`` / ``num_items`` differ from the module's, or that lacks ``train_pairs``.
+        ValueError: for a value out of range, naming the argument; at ``setup``, a data module with other
+            ``num_users`` / ``num_items`` or without ``train_pairs``.
 
     Example:
-        >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        >>> from litmix.testing import make_trainer
-        >>> module, dm, _ = UltraGCNModule.example()
-        >>> trainer = make_trainer(max_epochs=2, limit_val_batches=None)
-        >>> trainer.fit(module, datamodule=dm)
-        >>> sorted(k for k in trainer.callback_metrics if k.startswith("ultragcn/val"))
-        ['ultragcn/val_ndcg@5', 'ultragcn/val_recall@5']
+        >>> from litmix.datamodules.interaction import _tiny_interactions
+        >>> module = UltraGCNModule(num_users=24, num_items=16, embedding_dim=8, negative_num=4, ii_neighbor_num=3)
+        >>> train, _ = _tiny_interactions()
+        >>> module.set_graph(train)  # what setup does with the data module's train_pairs
+        >>> neg = module.negatives(torch.arange(5), epoch=0)  # 4 uniform negatives per interaction
+        >>> terms = module.loss_terms(train[:5, 0], train[:5, 1], neg)
+        >>> tuple(neg.shape), sorted(terms), tuple(module.scores(torch.tensor([0, 1])).shape)
+        ((5, 4), ['item', 'l2', 'main'], (2, 16))
     """
+
+    _prefix = "ultragcn"
+    _derived = ("_graph",)
 
     def __init__(
         self,
@@ -139,10 +142,7 @@ class UltraGCNModule(LitmixModule):
         seed: int = 0,
     ) -> None:
         owner = type(self).__name__
-        check_int(owner, "num_users", num_users, low=1, high=10**8)
-        check_int(owner, "num_items", num_items, low=1, high=10**8)
-        check_int(owner, "embedding_dim", embedding_dim, low=1, high=4096)
-        check_float(owner, "lr", lr, low=0.0, low_open=True)
+        self._check_sizes(owner, num_users, num_items, embedding_dim, lr, k)
         check_int(owner, "negative_num", negative_num, low=1, high=100000)
         for name, value in (
             ("negative_weight", negative_weight),
@@ -157,12 +157,10 @@ class UltraGCNModule(LitmixModule):
         check_int(owner, "ii_neighbor_num", ii_neighbor_num, low=1, high=1000)
         check_bool(owner, "zero_diagonal", zero_diagonal)
         check_float(owner, "init_std", init_std, low=0.0, low_open=True, high=10.0)
-        check_int(owner, "k", k, low=1)
         check_int(owner, "seed", seed, low=0, high=2**31 - 1)
         super().__init__()
         self.save_hyperparameters()
-        self.num_users, self.num_items, self.k, self.seed = num_users, num_items, k, seed
-        self.lr, self.negative_num, self.negative_weight = float(lr), negative_num, float(negative_weight)
+        self.seed, self.negative_num, self.negative_weight = seed, negative_num, float(negative_weight)
         self.w1, self.w2, self.w3, self.w4 = float(w1), float(w2), float(w3), float(w4)
         self.gamma, self.lambda_i = float(gamma), float(lambda_i)
         self.ii_neighbor_num, self.zero_diagonal = ii_neighbor_num, zero_diagonal
@@ -170,8 +168,7 @@ class UltraGCNModule(LitmixModule):
         self.item_embedding = torch.nn.Embedding(num_items, embedding_dim)
         torch.nn.init.normal_(self.user_embedding.weight, std=init_std)
         torch.nn.init.normal_(self.item_embedding.weight, std=init_std)
-        self.val_recall, self.val_ndcg = RecallAtK(k), NDCGAtK(k)
-        self.test_recall, self.test_ndcg = RecallAtK(k), NDCGAtK(k)
+        self._init_ranking(num_users, num_items, k, lr)
         self._graph: dict[str, Tensor] | None = None
 
     @classmethod
@@ -184,12 +181,6 @@ class UltraGCNModule(LitmixModule):
         module = cls(num_users=24, num_items=16, embedding_dim=8, lr=1e-2, negative_num=4, ii_neighbor_num=3, k=5)
         return Example(module, dm, [])
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle without the cached graph constants."""
-        state = super().__getstate__()
-        state["_graph"] = None
-        return state
-
     # ------------------------------------------------------------------------------------------------ graph
     def set_graph(self, train_pairs: Tensor) -> None:
         """Compute the degree weights and the item-item constraint graph of ``train_pairs`` (``(n, 2)`` ids)."""
@@ -198,27 +189,8 @@ class UltraGCNModule(LitmixModule):
         ids, sims = _item_neighbours(pairs, self.num_users, self.num_items, self.ii_neighbor_num, self.zero_diagonal)
         self._graph = {"beta_u": beta_u, "beta_i": beta_i, "ii_ids": ids, "ii_weights": sims}
 
-    def setup(self, stage: str) -> None:
-        """Take the training graph from the data module (sizes checked).
-
-        Raises:
-            ValueError: if the data module's sizes differ from the module's or it has no ``train_pairs``.
-        """
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "train_pairs"):
-            if self._graph is not None:
-                return
-            raise ValueError(
-                f"{type(self).__name__}: needs a data module with num_users, num_items and train_pairs after setup "
-                "(e.g. InteractionDataModule), or call set_graph(train_pairs) first"
-            )
-        for name in ("num_users", "num_items"):
-            if int(getattr(dm, name)) != getattr(self, name):
-                raise ValueError(
-                    f"{type(self).__name__}({name}={getattr(self, name)}): the data module has {name}="
-                    f"{int(getattr(dm, name))}"
-                )
-        self.set_graph(dm.train_pairs)
+    def _has_graph(self) -> bool:
+        return self._graph is not None
 
     def graph(self) -> dict[str, Tensor]:
         """The cached degree weights and item-item graph on the module's device.
@@ -280,26 +252,3 @@ class UltraGCNModule(LitmixModule):
         if self._trainer is not None:
             self.log("ultragcn/loss", loss, batch_size=int(users.numel()))
         return loss
-
-    def _evaluate(self, batch: Any, stage: str, recall: RecallAtK, ndcg: NDCGAtK) -> None:
-        inputs, targets, users = split_batch(batch)
-        assert targets is not None
-        assert users is not None
-        scores = self.scores(inputs["users"])
-        recall.update(scores, targets, users, inputs["exclude"])
-        ndcg.update(scores, targets, users, inputs["exclude"])
-        size = int(users.numel())
-        self.log(f"ultragcn/{stage}_recall@{self.k}", recall, batch_size=size)
-        self.log(f"ultragcn/{stage}_ndcg@{self.k}", ndcg, batch_size=size)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Full-ranking Recall@k / NDCG@k of the batch's users."""
-        self._evaluate(batch, "val", self.val_recall, self.val_ndcg)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        """Full-ranking Recall@k / NDCG@k of the batch's users."""
-        self._evaluate(batch, "test", self.test_recall, self.test_ndcg)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam on the embeddings."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr)

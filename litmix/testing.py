@@ -427,3 +427,81 @@ def sharded_strategy(cls: type) -> Any:
 
 
 __all__ += ["StubTrainer", "sharded_strategy"]
+
+
+class CollectingClassifier(TinyClassifier):
+    """A :class:`TinyClassifier` with manual optimization that adds the loss terms itself.
+
+    ``collects_loss_terms = True``: its ``training_step`` calls :func:`litmix.loss_terms.apply_loss_terms` on
+    its task loss, then steps its optimizer, so loss-term callbacks are tested without wrapping the module.
+
+    Example:
+        >>> CollectingClassifier().automatic_optimization
+        False
+    """
+
+    collects_loss_terms = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
+        """Task loss + loss terms, one manual optimizer step."""
+        from litmix.loss_terms import apply_loss_terms
+
+        opt = self.optimizers()
+        loss = apply_loss_terms(self.trainer, self, batch, batch_idx, super().training_step(batch, batch_idx))
+        opt.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(loss)
+        opt.step()  # type: ignore[union-attr]
+
+
+def digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The digits data as ``(x, y, train_indices, val_indices)``: the split of ``DigitsDataModule(seed=0)``."""
+    from litmix.datamodules.digits import DigitsDataModule
+
+    dm = DigitsDataModule(batch_size=64, seed=0)
+    dm.setup("fit")
+    x, y = dm.full_dataset.dataset.tensors
+    return x, y, torch.tensor(dm.train_dataset.indices), torch.tensor(dm.val_dataset.indices)  # type: ignore[attr-defined]
+
+
+_DIGITS_TEACHERS: dict[int, dict[str, Tensor]] = {}
+
+
+def _digits_mlp() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(256, 10),
+    )  # fmt: skip
+
+
+def digits_teacher(seed: int) -> nn.Module:
+    """The distillation catalogue's §0.8 teacher on :func:`digits_split`'s training part, in eval mode.
+
+    MLP 64-256-256-10 with dropout 0.2, Adam (lr 1e-2, weight decay 5e-4), batch 128, 40 epochs, seeded by
+    ``seed`` (the global RNG is left as it was). Trained once per seed and process; every call returns a fresh
+    copy.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if seed not in _DIGITS_TEACHERS:
+            x, y, train_idx, _ = digits_split()
+            xt, yt = x[train_idx], y[train_idx]
+            torch.manual_seed(seed)
+            trained = _digits_mlp()
+            opt = torch.optim.Adam(trained.parameters(), lr=1e-2, weight_decay=5e-4)
+            for _ in range(40):
+                perm = torch.randperm(len(xt))
+                for i in range(0, len(xt), 128):
+                    b = perm[i : i + 128]
+                    opt.zero_grad()
+                    nn.functional.cross_entropy(trained(xt[b]), yt[b]).backward()
+                    opt.step()
+            _DIGITS_TEACHERS[seed] = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+        teacher = _digits_mlp()
+    teacher.load_state_dict(_DIGITS_TEACHERS[seed])
+    return teacher.eval()
+
+
+__all__ += ["CollectingClassifier", "digits_split", "digits_teacher"]

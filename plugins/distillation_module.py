@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 import torch
@@ -17,6 +16,7 @@ from litmix.distill.base import (
     DistillTerm,
     capture_outputs,
     cast_floating,
+    check_teachers,
     feature_tensor,
     infer_width,
     resolve_module,
@@ -159,12 +159,7 @@ class DistillationModule(LitmixModule):
     ) -> None:
         owner = type(self).__name__
         check_type(owner, "student", student, nn.Module)
-        check_type(owner, "teachers", teachers, (nn.Module, str, os.PathLike, list, tuple))
-        teacher_list = list(teachers) if isinstance(teachers, list | tuple) else [teachers]
-        if not teacher_list:
-            raise ValueError(f"{owner}(teachers=[]): give at least one teacher")
-        for i, t in enumerate(teacher_list):
-            check_type(owner, f"teachers[{i}]", t, (nn.Module, str, os.PathLike))
+        teacher_list = check_teachers(owner, "teachers", teachers)
         if terms is None:
             terms = [{"kind": "kd"}]
         check_type(owner, "terms", terms, (list, tuple))

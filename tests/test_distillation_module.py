@@ -23,7 +23,15 @@ from litmix.distill import (
 from litmix.functional.distill_losses import KDRowsFunction, kd_rows
 from litmix.functional.distillation import kd_loss
 from litmix.plugins import DistillationModule
-from litmix.testing import AssertRanksAgree, TinyDataModule, assert_resume_matches, make_trainer, run_ddp
+from litmix.testing import (
+    AssertRanksAgree,
+    TinyDataModule,
+    assert_resume_matches,
+    digits_split,
+    digits_teacher,
+    make_trainer,
+    run_ddp,
+)
 
 # --------------------------------------------------------------------------------------------- maths of the terms
 
@@ -217,42 +225,13 @@ def test_two_ddp_ranks_hold_equal_weights_and_projectors():
 # --------------------------------------------------------------------------------------------- effects on real data
 
 
-def _digits():
-    from litmix.datamodules.digits import DigitsDataModule
-
-    dm = DigitsDataModule(batch_size=64, seed=0)
-    dm.setup("fit")
-    x, y = dm.full_dataset.dataset.tensors
-    return x, y, torch.tensor(dm.train_dataset.indices), torch.tensor(dm.val_dataset.indices)
-
-
-def _digits_teacher(seed):
-    """Catalogue §0.8 teacher (64-256-256-10, dropout 0.2, Adam 1e-2, wd 5e-4, batch 128) trained 40 epochs."""
-    x, y, train_idx, _ = _digits()
-    xt, yt = x[train_idx], y[train_idx]
-    torch.manual_seed(seed)
-    teacher = nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(256, 10),
-    )  # fmt: skip
-    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2, weight_decay=5e-4)
-    for _ in range(40):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 128):
-            b = perm[i : i + 128]
-            opt.zero_grad()
-            F.cross_entropy(teacher(xt[b]), yt[b]).backward()
-            opt.step()
-    return teacher.eval()
-
-
 @pytest.fixture(scope="module")
 def digits_teachers():
-    return _digits_teacher(0), _digits_teacher(1)
+    return digits_teacher(0), digits_teacher(1)
 
 
 def _accuracy(model):
-    x, y, _, val_idx = _digits()
+    x, y, _, val_idx = digits_split()
     model.eval()
     with torch.no_grad():
         return (model(x[val_idx]).argmax(-1) == y[val_idx]).float().mean().item()
@@ -270,7 +249,7 @@ def _few_labels(n_labels=100):
     """All training inputs, but only ``n_labels`` of them (stratified) keep their label; the rest get -100."""
     from litmix.datamodules.digits import DigitsDataModule
 
-    x, y, train_idx, _ = _digits()
+    x, y, train_idx, _ = digits_split()
     few = DigitsDataModule(train_size=n_labels, seed=0)
     few.setup("fit")
     keep = torch.tensor(few.train_dataset.indices)

@@ -16,12 +16,15 @@ from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
 from litmix.data import IndexedDataset, split_batch
 from litmix.distill.augmentation import random_augmentation
 from litmix.functional.distillation import kd_loss, top1_agreement
-from litmix.loss_terms import LossTermCallback, apply_loss_terms
+from litmix.loss_terms import LossTermCallback
 from litmix.testing import (
+    CollectingClassifier,
     TinyClassifier,
     TinyDataModule,
     assert_resume_matches,
     check_plugin,
+    digits_split,
+    digits_teacher,
     fit_tiny,
     make_trainer,
     run_ddp,
@@ -351,17 +354,11 @@ class Compose:
         self.transforms = transforms
 
 
-class NoisyDataset(torch.utils.data.Dataset):
+class NoisyDataset(IndexedDataset):
     """Inputs with fresh noise at every read (a random augmentation nothing declares)."""
 
-    def __init__(self, base):
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
     def __getitem__(self, i):
-        x, y, index = self.base[i]
+        x, y, index = super().__getitem__(i)
         return x + 0.1 * torch.randn_like(x), y, index
 
 
@@ -373,7 +370,7 @@ def _augmented_datamodules(tmp_path):
     transformed = TinyDataModule()
     transformed.dataset.transform = Compose([RandomResizedCrop()])
     noisy = TinyDataModule()
-    noisy.dataset = NoisyDataset(noisy.dataset)
+    noisy.dataset = NoisyDataset(noisy.dataset.dataset)
     fkd = TeacherCacheDataModule(TinyDataModule(), make_teacher(), str(tmp_path), mode="fkd")
     return {
         "declared": (declared, "declares random_augmentation=True"),
@@ -453,24 +450,9 @@ def test_composes_with_another_loss_term_each_counted_once():
     assert {"kd/loss", "l2/loss", "kd/loss_epoch", "l2/loss_epoch", "kd/agreement"} <= set(trainer.callback_metrics)
 
 
-class CollectingManual(TinyClassifier):
-    collects_loss_terms = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        loss = apply_loss_terms(self.trainer, self, batch, batch_idx, super().training_step(batch, batch_idx))
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
-
-
 def test_protocol_mechanism_matches_wrapping():
     pl.seed_everything(0)
-    a = CollectingManual()
+    a = CollectingClassifier()
     fit_tiny([KnowledgeDistillation(make_teacher())], module=a, max_steps=4)
     assert "training_step" not in a.__dict__  # the protocol module is not wrapped
     pl.seed_everything(0)
@@ -557,42 +539,13 @@ def test_ddp_two_ranks():
 # --------------------------------------------------------------------------- effect on real data (catalogue §0.8)
 
 
-def _digits_split():
-    from litmix.datamodules.digits import DigitsDataModule
-
-    dm = DigitsDataModule(batch_size=64, seed=0)
-    dm.setup("fit")
-    x, y = dm.full_dataset.dataset.tensors
-    return x, y, torch.tensor(dm.train_dataset.indices), torch.tensor(dm.val_dataset.indices)
-
-
-def _train_teacher(seed: int) -> nn.Module:
-    """Catalogue §0.8 teacher: MLP 64-256-256-10, dropout 0.2, Adam 1e-2, wd 5e-4, 40 epochs, batch 128."""
-    x, y, train_idx, _ = _digits_split()
-    xt, yt = x[train_idx], y[train_idx]
-    torch.manual_seed(seed)
-    teacher = nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(256, 10),
-    )  # fmt: skip
-    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2, weight_decay=5e-4)
-    for _ in range(40):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 128):
-            b = perm[i : i + 128]
-            opt.zero_grad()
-            F.cross_entropy(teacher(xt[b]), yt[b]).backward()
-            opt.step()
-    return teacher.eval()
-
-
 def _noisy_digits(seed: int, rate: float = 0.4):
     """Digits with ``rate`` of the training labels flipped to another class (validation labels clean)."""
     from litmix.datamodules.digits import DigitsDataModule
 
     dm = DigitsDataModule(batch_size=64, seed=0)
     dm.setup("fit")
-    x, y, train_idx, _ = _digits_split()
+    x, y, train_idx, _ = digits_split()
     gen = torch.Generator().manual_seed(seed)
     noisy = y.clone()
     flip = train_idx[torch.randperm(len(train_idx), generator=gen)[: round(rate * len(train_idx))]]
@@ -602,7 +555,7 @@ def _noisy_digits(seed: int, rate: float = 0.4):
 
 
 def _val_accuracy(module: nn.Module) -> float:
-    x, y, _, val_idx = _digits_split()
+    x, y, _, val_idx = digits_split()
     module.eval()
     with torch.no_grad():
         return (module(x[val_idx]).argmax(-1) == y[val_idx]).float().mean().item()
@@ -610,7 +563,7 @@ def _val_accuracy(module: nn.Module) -> float:
 
 def _label_noise_accuracies(seed: int) -> dict[str, float]:
     """Validation accuracy of the CE-only and the distilled 64-16-10 student (60 epochs, 40 % flipped labels)."""
-    teacher = _train_teacher(seed)
+    teacher = digits_teacher(seed)
     accs = {"teacher": _val_accuracy(teacher)}
     for mode in ("ce", "kd"):
         pl.seed_everything(seed, verbose=False)
@@ -646,7 +599,7 @@ def test_effect_unlabeled_transfer():
     from litmix.datamodules.digits import DigitsDataModule
 
     seed = 0
-    teacher = _train_teacher(seed)
+    teacher = digits_teacher(seed)
     accs = {}
     for mode in ("ce", "kd"):
         pl.seed_everything(seed, verbose=False)

@@ -6,8 +6,15 @@ import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from litmix.loss_terms import LossTermCallback, apply_loss_terms
-from litmix.testing import TinyClassifier, TinyDataModule, assert_resume_matches, fit_tiny, make_trainer
+from litmix.loss_terms import LossTermCallback
+from litmix.testing import (
+    CollectingClassifier,
+    TinyClassifier,
+    TinyDataModule,
+    assert_resume_matches,
+    fit_tiny,
+    make_trainer,
+)
 
 
 class L2Term(LossTermCallback):
@@ -41,21 +48,6 @@ class DictOutput(TinyClassifier):
         return {"loss": super().training_step(batch, batch_idx), "extra": torch.tensor(1.0)}
 
 
-class Collecting(TinyClassifier):
-    collects_loss_terms = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        loss = apply_loss_terms(self.trainer, self, batch, batch_idx, super().training_step(batch, batch_idx))
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
-
-
 class Manual(TinyClassifier):
     def __init__(self) -> None:
         super().__init__()
@@ -86,7 +78,7 @@ def test_two_callbacks_match_inline_penalty(module_cls):
 
 def test_protocol_module_under_manual_optimization():
     pl.seed_everything(0)
-    module = Collecting()
+    module = CollectingClassifier()
     cb = L2Term(0.1)
     fit_tiny([cb], module=module, max_steps=3)
     assert cb.calls == 3

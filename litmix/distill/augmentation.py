@@ -24,9 +24,9 @@ TRANSFORM_ATTRS = ("transform", "transforms", "train_transform", "train_transfor
 TRAIN_DATASETS = ("train_dataset", "dataset")
 #: Random transforms whose class name does not start with ``Random``.
 RANDOM_TRANSFORMS = ("RandAugment", "AutoAugment", "TrivialAugmentWide", "AugMix", "ColorJitter", "ElasticTransform")
-_INTEGER_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # 2**64 / golden ratio, as a signed int64
-_WEIGHTS: dict[tuple[int, torch.device], Tensor] = {}  # position weights by (row width, device)
+_INTEGER_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32}  # 8-byte values: two int32 halves
+_BLOCK = 8  # neighbouring places read together
+_SAMPLED: dict[tuple[int, int, str, int | None], tuple[Tensor, Tensor, Any, Any]] = {}  # places, multipliers
 
 
 def _random_transform(obj: Any, depth: int = 0) -> str | None:
@@ -140,13 +140,39 @@ def _first_tensor(value: Any, rows: int) -> Tensor | None:
     return None
 
 
-def row_checksums(value: Any, rows: int) -> Tensor | None:
+def _positions(width: int, device: torch.device, positions: int) -> tuple[Tensor, Tensor, Any, Any]:
+    """The fixed sampled places of a row of ``width`` and their odd ``int64`` multipliers (cached per device).
+
+    Blocks of :data:`_BLOCK` neighbouring places at spread offsets (few cache lines per row). Returned as tensors
+    on ``device`` and as numpy arrays.
+    """
+    key = (width, positions, device.type, device.index)
+    found = _SAMPLED.get(key)
+    if found is None:
+        gen = torch.Generator().manual_seed(0)
+        where = torch.arange(width)
+        if width > positions:
+            block = min(_BLOCK, positions)
+            starts = torch.randperm(width // block, generator=gen)[: positions // block].sort()[0] * block
+            where = (starts[:, None] + torch.arange(block)).reshape(-1)
+        weights = torch.randint(-(1 << 62), 1 << 62, (len(where),), generator=gen) * 2 + 1
+        if len(_SAMPLED) >= 64:
+            _SAMPLED.clear()
+        found = _SAMPLED[key] = (where.to(device), weights.to(device), where.numpy(), weights.numpy())
+    return found
+
+
+def row_checksums(value: Any, rows: int, positions: int = 64) -> Tensor | None:
     """An exact ``int64`` checksum per row of the first tensor in ``value`` with ``rows`` rows (``None``: none).
 
-    The row's bytes, read as integers, weighted by position with odd multipliers (integer arithmetic wrapping
-    around, so the result does not depend on the batch or the reduction order): a row equal bit for bit gives the
-    same checksum; a crop, flip, noise or colour change almost surely another. ``value`` may nest tensors in
-    tuples, lists and dicts (a module's ``args`` and ``kwargs``).
+    The row's values at ``positions`` fixed places (all of a row that is no wider; the same places for every row
+    of that width; 8-byte values count as two ``int32`` places), read bit for bit as integers and summed with
+    odd ``int64`` multipliers in integer arithmetic that wraps around (exact, see :func:`_positions`): the
+    checksum does not depend on the batch, the summation order or NaNs, a row equal bit for bit gives the same
+    checksum, and a crop, flip, noise or colour
+    change almost surely another (it changes most places of a row). It costs a gather of ``rows x positions``
+    values, not a pass over the inputs. ``value`` may nest tensors in tuples, lists and
+    dicts (a module's ``args`` and ``kwargs``).
 
     Example:
         >>> x = torch.randn(3, 4)
@@ -158,14 +184,15 @@ def row_checksums(value: Any, rows: int) -> Tensor | None:
     x = _first_tensor(value, rows)
     if x is None:
         return None
-    flat = x.detach().reshape(rows, -1)
-    if flat.dtype == torch.bool or flat.is_complex():
-        flat = flat.to(torch.uint8) if flat.dtype == torch.bool else torch.view_as_real(flat).reshape(rows, -1)
-    bits = flat.contiguous().view(_INTEGER_VIEWS[flat.element_size()]).long()
-    key = (bits.shape[1], bits.device)
-    weights = _WEIGHTS.get(key)
-    if weights is None:
-        weights = torch.arange(bits.shape[1], device=bits.device, dtype=torch.long) * _GOLDEN | 1
-        if len(_WEIGHTS) < 64:
-            _WEIGHTS[key] = weights
-    return (bits * weights).sum(1)
+    flat = x.reshape(rows, -1)
+    if flat.requires_grad:
+        flat = flat.detach()
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    bits = flat.view(_INTEGER_VIEWS[min(flat.element_size(), 4)])  # 8-byte values: two int32 columns each
+    where, weights, where_np, weights_np = _positions(bits.shape[1], bits.device, positions)
+    if bits.device.type == "cpu":  # numpy: no per-op dispatch cost on the cached path
+        return torch.from_numpy((bits.numpy()[:, where_np] * weights_np).sum(1))
+    return (bits.index_select(1, where) * weights).sum(1)

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from litmix.validation import check_float, check_int, check_str
+from litmix.validation import check_float, check_int, check_str, check_type
 
 __all__ = [
     "DistillTerm",
     "ProjectedTerm",
     "capture_outputs",
     "cast_floating",
+    "check_teachers",
     "feature_tensor",
     "feature_width",
     "floating_dtype",
@@ -67,6 +69,29 @@ def floating_dtype(module: nn.Module) -> torch.dtype | None:
         if tensor.is_floating_point():
             return tensor.dtype
     return None
+
+
+def check_teachers(owner: str, argument: str, teachers: Any, number_single: bool = True) -> list[Any]:
+    """One teacher (``nn.Module`` or path) or a non-empty list of them, as a list; each entry type-checked.
+
+    Entries are named ``argument[i]`` (a single teacher too, unless ``number_single=False``).
+
+    Raises:
+        TypeError: for a teacher that is neither an ``nn.Module`` nor a path, naming it.
+        ValueError: for an empty list.
+
+    Example:
+        >>> len(check_teachers("Owner", "teachers", [nn.Linear(2, 2), "teacher.pt"]))
+        2
+    """
+    check_type(owner, argument, teachers, (nn.Module, str, os.PathLike, list, tuple))
+    listed = list(teachers) if isinstance(teachers, list | tuple) else [teachers]
+    if not listed:
+        raise ValueError(f"{owner}({argument}=[]): give at least one teacher")
+    for i, t in enumerate(listed):
+        where = f"{argument}[{i}]" if number_single or len(listed) > 1 else argument
+        check_type(owner, where, t, (nn.Module, str, os.PathLike))
+    return listed
 
 
 def _candidates(model: nn.Module, path: str, limit: int = 12) -> str:

@@ -83,9 +83,10 @@ class StructuredPruning(LitmixCallback):
       (the optimizer is re-created). ``nn.MultiheadAttention`` heads can be masked but not removed.
 
     Logs ``<prefix>/channel_sparsity`` and ``<prefix>/head_sparsity`` (fractions of channels / heads masked) when
-    the masks change, ``<prefix>/final_sparsity/<layer>`` to every logger at the end of fit, and a per-layer bar
-    chart image to W&B and as ``<prefix>_sparsity_per_layer.png`` in a CSV/TensorBoard logger's ``log_dir`` when
-    matplotlib is installed. ``<prefix>`` is ``name`` when given, else ``structured``.
+    the masks change, ``<prefix>/sparsity/<layer>`` at epoch ends, ``<prefix>/final_sparsity/<layer>`` to every
+    logger at the end of fit, and a per-layer bar chart image to W&B and as ``<prefix>_sparsity_per_layer.png`` in
+    a CSV/TensorBoard logger's ``log_dir`` when matplotlib is installed. ``<prefix>`` is ``name`` when given, else
+    ``structured``.
 
     Args:
         channel_sparsity: final fraction of the removable channels masked, in [0, 1).
@@ -419,6 +420,13 @@ class StructuredPruning(LitmixCallback):
                     batch_size=1,
                 )
             self._log_pending = False
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fraction of channels / heads masked per layer."""
+        for n, value in self._unit_sparsity.items():
+            if n not in ("channels", "heads"):
+                # identical on every rank; sync_dist only silences Lightning's DDP advice (one scalar per epoch)
+                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Final per-layer sparsity to every logger; a bar chart to W&B and as a PNG beside a CSV/TB logger."""

@@ -392,6 +392,7 @@ def test_per_layer_sparsity_image_and_metrics_with_the_csv_logger(tmp_path):
     assert float(trainer.callback_metrics["structured/channel_sparsity"]) == 0.5
     text = (Path(logger.log_dir) / "metrics.csv").read_text()
     assert "structured/final_sparsity/net.0" in text
+    assert float(trainer.callback_metrics["structured/sparsity/net.0"]) == 0.5
 
 
 # ----------------------------------------------------------------------------- effect: MNIST channels

@@ -33,6 +33,8 @@ PARAMETER_NAMES_CASES = [
     ({"parameter_names": "net.0.weight"}, TypeError, "parameter_names"),
 ]
 SEED_CASES = [({"seed": -1}, ValueError, "seed")]
+#: all three, for the pruners with a ``sparsity``, ``parameter_names`` and ``seed``
+SEEDED_PRUNER_CASES = [*SPARSITY_CASES, *PARAMETER_NAMES_CASES, *SEED_CASES]
 
 
 class NoLinear(TinyClassifier):

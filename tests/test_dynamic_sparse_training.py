@@ -15,9 +15,7 @@ from litmix.functional.sparsity import prune_and_grow
 from litmix.testing import TinyClassifier, assert_state_roundtrip, fit_tiny, make_trainer
 from tests._pruning import (
     MLP,
-    PARAMETER_NAMES_CASES,
-    SEED_CASES,
-    SPARSITY_CASES,
+    SEEDED_PRUNER_CASES,
     assert_ddp_masks_agree,
     assert_resumed_masks_match,
     assert_selection_errors_at_setup,
@@ -31,9 +29,7 @@ from tests._pruning import (
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        *SPARSITY_CASES,
-        *PARAMETER_NAMES_CASES,
-        *SEED_CASES,
+        *SEEDED_PRUNER_CASES,
         ({"method": "snip"}, ValueError, "method"),
         ({"update_every": 0}, ValueError, "update_every"),
         ({"update_every": 2.5}, TypeError, "update_every"),

@@ -20,9 +20,7 @@ from litmix.testing import (
 )
 from tests._pruning import (
     MLP,
-    PARAMETER_NAMES_CASES,
-    SEED_CASES,
-    SPARSITY_CASES,
+    SEEDED_PRUNER_CASES,
     MaskChecksum,
     PerturbRank1,
     assert_resumed_masks_match,
@@ -36,9 +34,7 @@ from tests._pruning import (
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        *SPARSITY_CASES,
-        *PARAMETER_NAMES_CASES,
-        *SEED_CASES,
+        *SEEDED_PRUNER_CASES,
         ({"prune_every": 0}, ValueError, "prune_every"),
         ({"unit": "batch"}, ValueError, "unit"),
         ({"rounds": 0}, ValueError, "rounds"),

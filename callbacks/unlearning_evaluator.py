@@ -419,16 +419,15 @@ class UnlearningEvaluator(LitmixCallback):
         eff = MIAEfficacy().to(device)
         ref_tr = self.reference.get("forget_truth_ratio") if self.reference else None
         use_tr = "forget_perturbed" in loaders and bool(ref_tr)
-        ref_stat = ref_tr if use_tr else (self.reference["forget_nll"] if self.reference else None)
+        ref_nll = self.reference.get("forget_nll") if self.reference else None  # None: a truth-ratio-only oracle log
+        ref_stat = ref_tr if use_tr else ref_nll
         fq = ForgetQuality(reference_values=ref_stat).to(device)
         truth = {
             s: TruthRatio("forget" if s.startswith("forget") else "retain").to(device)
             for s in loaders
             if s.endswith("_perturbed")
         }
-        w1 = PredictionWasserstein(
-            reference_values=[math.exp(-v) for v in self.reference["forget_nll"]] if self.reference else None
-        ).to(device)
+        w1 = PredictionWasserstein(reference_values=[math.exp(-v) for v in ref_nll] if ref_nll else None).to(device)
         is_lm = False
         for split, loader in loaders.items():
             for logits, y, index in self._per_sample(model, loader, split, device):
@@ -473,16 +472,17 @@ class UnlearningEvaluator(LitmixCallback):
             values["mia_efficacy"] = float(eff.compute())
         quality = None
         if self.reference is not None:
-            quality = float(fq.compute())
-            if "forget_quality" in want:
-                values["forget_quality"] = quality
-            if "wasserstein" in want:
+            if ref_stat:
+                quality = float(fq.compute())
+                if "forget_quality" in want:
+                    values["forget_quality"] = quality
+            if "wasserstein" in want and ref_nll:
                 values["wasserstein"] = float(w1.compute())
             ref_auc = self.reference["mia_auc"]
             if "privleak" in want and holdout is not None and ref_auc < 1.0 and not math.isnan(ref_auc):
                 gap = (1.0 - values.get("mia_auc", float(auc.compute()))) - (1.0 - ref_auc)
                 values["privleak"] = gap / (1.0 - ref_auc) * 100.0
-            if "retrain_gap" in want:
+            if "retrain_gap" in want and self.reference.get("acc"):
                 ref_acc = self.reference.get("acc", {})
                 diffs = [
                     abs(float(acc[s].compute()) - ref_acc[s]) for s in ("forget", "retain", "test") if s in ref_acc
@@ -540,7 +540,7 @@ class UnlearningEvaluator(LitmixCallback):
         ax[0].set_xlabel("epoch")
         ax[0].legend()
         ax[1].hist(self._last_forget_nll, bins=20, alpha=0.5, label="this model")
-        if self.reference is not None:
+        if self.reference is not None and self.reference.get("forget_nll"):
             ax[1].hist(self.reference["forget_nll"], bins=20, alpha=0.5, label="retrained")
         ax[1].set_xlabel("per-item forget NLL")
         ax[1].legend()

@@ -45,6 +45,7 @@ __all__ = [
     "STATISTICS_FORMAT",
     "RetrainOracle",
     "batch_truth_ratio",
+    "from_open_unlearning",
     "model_logits",
     "per_sample_nll",
     "reinitialise",
@@ -197,7 +198,9 @@ class RetrainOracle:
       seeded, so two fits give the same weights. The caller's random state is left unchanged.
     - ``RetrainOracle(model=..., trained=True)``: ``model`` already is the retain-only model.
     - ``RetrainOracle(statistics="oracle.json")``: the per-sample statistics a previous :meth:`save` wrote (no
-      model needed).
+      model needed), or an open-unlearning evaluation log of a retain model (``{metric: {"agg_value",
+      "value_by_index"}}``; its ``forget_truth_ratio`` and ``*_Q_A_Prob`` items are read, see
+      :func:`from_open_unlearning`), so users reuse their retain logs.
 
     :meth:`statistics` evaluates the model on named loaders (under DDP each rank its shard; the rows are gathered
     and de-duplicated by index, so every rank returns the same dict) and keeps the result; :meth:`summary`
@@ -541,7 +544,7 @@ def summarize(stats: Mapping[str, Any]) -> dict[str, Any]:
     parts = [acc[s] for s in ("retain", "test") if s in acc]
     perturbed = loaders.get("forget_perturbed", {}).get("truth_ratio")
     return {
-        "forget_nll": list(loaders["forget"]["loss"]),
+        "forget_nll": list(loaders["forget"]["loss"]) if loaders["forget"].get("loss") is not None else None,
         "forget_index": list(loaders["forget"]["index"]),
         "forget_prediction": loaders["forget"].get("prediction"),
         "mia_auc": mia,
@@ -554,11 +557,88 @@ def summarize(stats: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _is_open_unlearning(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("value_by_index"), dict)
+
+
+def from_open_unlearning(log: Mapping[str, Any], owner: str = "from_open_unlearning") -> dict[str, Any]:
+    """Statistics (the :class:`RetrainOracle` file layout) from an open-unlearning evaluation log of a retain model.
+
+    open-unlearning (locuslab/open-unlearning) writes ``{metric: {"agg_value": ..., "value_by_index": {index:
+    {...}}}}``. Read: ``<split>_Q_A_Prob`` (per item ``avg_loss``, else ``prob``: loss ``-log(prob)``) as the
+    ``<split>`` loader's per-token mean NLL (also its ``loss`` attack score), and ``<split>_truth_ratio`` (per item
+    ``score``, taken as the truth ratio as is) as the ``<split>_perturbed`` loader's truth ratios, which forget
+    quality compares with. Other metrics are ignored.
+
+    Raises:
+        ValueError: no ``forget_Q_A_Prob`` / ``forget_truth_ratio`` entry, or items without a number.
+
+    Example:
+        >>> ratios = {"1": {"score": 0.7}, "0": {"score": 0.5}}
+        >>> log = {"forget_truth_ratio": {"agg_value": 0.6, "value_by_index": ratios},
+        ...        "forget_Q_A_Prob": {"agg_value": 0.5, "value_by_index": {"0": {"prob": 0.5, "avg_loss": 0.69}}}}
+        >>> stats = from_open_unlearning(log)
+        >>> stats["loaders"]["forget_perturbed"]["index"], stats["loaders"]["forget_perturbed"]["truth_ratio"]
+        ([0, 1], [0.5, 0.7])
+        >>> stats["loaders"]["forget"]["loss"]
+        [0.69]
+    """
+    loaders: dict[str, dict[str, Any]] = {}
+
+    def entry(split: str) -> dict[str, Any]:
+        return loaders.setdefault(split, {"index": [], **dict.fromkeys(FIELDS)})
+
+    for key, value in log.items():
+        if not _is_open_unlearning(value):
+            continue
+        if key.endswith("_Q_A_Prob"):
+            split, field = key[: -len("_Q_A_Prob")], "loss"
+        elif key.endswith("_truth_ratio"):
+            split, field = key[: -len("_truth_ratio")] + "_perturbed", "truth_ratio"
+        else:
+            continue
+        rows = []
+        for index, item in value["value_by_index"].items():
+            if field == "loss":
+                number = item.get("avg_loss") if isinstance(item, dict) else None
+                if number is None and isinstance(item, dict) and item.get("prob") is not None:
+                    number = -math.log(max(float(item["prob"]), 1e-300))
+            else:
+                number = item.get("score") if isinstance(item, dict) else None
+            if not isinstance(number, int | float) or isinstance(number, bool):
+                raise ValueError(f"{owner}: {key} item {index!r} has no number ({item!r})")
+            rows.append((int(index), float(number)))
+        rows.sort()
+        target = entry(split)
+        if target["index"] and target["index"] != [i for i, _ in rows]:
+            raise ValueError(f"{owner}: {key} covers other items than the {split} loader's other metrics")
+        target["index"] = [i for i, _ in rows]
+        target[field] = [v for _, v in rows]
+        if field == "loss":
+            target["mia_score"] = list(target["loss"])
+            target["count"] = [1.0] * len(rows)
+    if "forget" not in loaders and "forget_perturbed" not in loaders:
+        raise ValueError(f"{owner}: the log has neither forget_Q_A_Prob nor forget_truth_ratio per-item values")
+    if "forget" not in loaders:  # forget quality needs the truth ratios only; the forget loader mirrors them
+        loaders["forget"] = {**loaders["forget_perturbed"], "truth_ratio": None}
+        loaders["forget"]["loss"] = None
+    return {
+        "format": STATISTICS_FORMAT,
+        "version": STATISTICS_VERSION,
+        "task": "language_model",
+        "attack": "loss",
+        "k": 0.4,
+        "loaders": loaders,
+    }
+
+
 def _read_statistics(path: Path, owner: str) -> dict[str, Any]:
     try:
         stats = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{owner}(statistics={str(path)!r}): not a JSON statistics file ({err})") from err
+    if isinstance(stats, dict) and "format" not in stats and any(_is_open_unlearning(v) for v in stats.values()):
+        stats = from_open_unlearning(stats, f"{owner}(statistics={str(path)!r})")
     if not isinstance(stats, dict) or stats.get("format") != STATISTICS_FORMAT:
         raise ValueError(
             f"{owner}(statistics={str(path)!r}): not a statistics file written by RetrainOracle.save "

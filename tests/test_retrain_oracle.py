@@ -237,3 +237,73 @@ def test_bad_inputs_are_named(tmp_path, trained):
         UnlearningEvaluator(metrics=["gaps"])
     with pytest.raises(ValueError, match="retain_dataset"):
         RetrainOracle(model=_net()).fit(TinyDataModule())
+
+
+class _TokenLM(nn.Module):
+    """A causal token model with the Hugging Face call signature."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb, self.head = nn.Embedding(11, 16), nn.Linear(16, 11)
+
+    def forward(self, input_ids, attention_mask=None):
+        return {"logits": self.head(torch.tanh(self.emb(input_ids)).cumsum(1))}
+
+
+def _lm_loaders():
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator().manual_seed(1)
+
+    def part(n, k=None):
+        ids = torch.randint(0, 11, (n, 8) if k is None else (n, k, 8), generator=g)
+        labels = ids.clone()
+        labels[..., :3] = -100
+        return ids, labels
+
+    def loader(n, perturbed=False):
+        (ids, labels), (pids, plabels), (wids, wlabels) = part(n), part(n), part(n, 3)
+        items = []
+        for i in range(n):
+            item = {"input_ids": ids[i], "labels": labels[i], "index": torch.tensor(i)}
+            if perturbed:
+                item["paraphrased"] = {"input_ids": pids[i], "labels": plabels[i]}
+                item["perturbed"] = {"input_ids": wids[i], "labels": wlabels[i]}
+            items.append(item)
+        return DataLoader(items, batch_size=4)
+
+    return {"forget": loader(9), "forget_perturbed": loader(9, True), "retain": loader(6), "holdout": loader(5)}
+
+
+def test_open_unlearning_log_of_the_retain_model_gives_the_same_forget_quality(tmp_path):
+    loaders = _lm_loaders()
+    live = RetrainOracle(model=_TokenLM(1), trained=True)
+    stats = live.statistics(loaders)
+    assert stats["task"] == "language_model"
+
+    def by_index(split, field, key):
+        entry = stats["loaders"][split]
+        return {str(i): {key: v} for i, v in zip(entry["index"], entry[field], strict=True)}
+
+    log = {
+        "forget_Q_A_Prob": {"agg_value": 0.0, "value_by_index": by_index("forget", "loss", "avg_loss")},
+        "forget_truth_ratio": {
+            "agg_value": 0.0,
+            "value_by_index": by_index("forget_perturbed", "truth_ratio", "score"),
+        },
+        "model_utility": {"agg_value": 0.5},
+    }
+    path = tmp_path / "TOFU_EVAL.json"
+    path.write_text(json.dumps(log))
+    model = _TokenLM(0)
+    from_log = UnlearningEvaluator(oracle=RetrainOracle(statistics=path), images=False).evaluate(model, loaders)
+    from_model = UnlearningEvaluator(oracle=live, images=False).evaluate(model, loaders)
+    assert from_log["forget_quality"] == from_model["forget_quality"]  # KS on the truth ratios, exactly
+    assert from_log["forget_nll_gap"] == from_model["forget_nll_gap"]
+    assert "retain_acc_gap" in from_model
+    assert "retain_acc_gap" not in from_log  # the log has no retain statistics: no made-up gap
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"retain_Q_A_Prob": {"value_by_index": {"0": {"prob": 0.5}}}}))
+    with pytest.raises(ValueError, match="forget"):
+        RetrainOracle(statistics=bad)

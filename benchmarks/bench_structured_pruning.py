@@ -26,7 +26,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from torch import nn
 from litmix.callbacks import StructuredPruning
 from litmix.datamodules.mnist import MNISTDataModule
 from litmix.functional.head_importance import head_masks, head_parameter_masks, head_scores
-from litmix.sparsity.removal import channel_groups, channel_parameter_masks, shrink_model
+from litmix.sparsity.removal import channel_groups, channel_parameter_masks, forward_time_ratio, shrink_model
 from litmix.testing import make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,19 +61,7 @@ def nparams(m: nn.Module) -> int:
 
 def time_ratio(small: nn.Module, big: nn.Module, x: Any, reps: int) -> float:
     """Median forward time of ``small`` / ``big``, interleaved (one process, same inputs)."""
-    small.eval()
-    big.eval()
-    ts: list[float] = []
-    tb: list[float] = []
-    with torch.no_grad():
-        for _ in range(3):
-            small(x), big(x)  # warm-up
-        for _ in range(reps):
-            for model, acc in ((small, ts), (big, tb)):
-                t = time.perf_counter()
-                model(x)
-                acc.append(time.perf_counter() - t)
-    return statistics.median(ts) / statistics.median(tb)
+    return forward_time_ratio(small, big, x, reps=reps, warmup=3)
 
 
 def part_mlp(seeds: list[int], reps: int, make: type[MnistMLP]) -> list[str]:

@@ -101,6 +101,7 @@ from litmix.testing import (  # noqa: E402
     run_ddp,
     sharded_strategy,
 )
+from tests._nb201_digits import standalone_truth  # noqa: E402
 
 
 def _module(**kw):
@@ -262,33 +263,6 @@ def test_callback_bad_arguments():
 
 
 # ------------------------------------------------------------------------------------------- effect test
-def _digits_tensors(ds):
-    xs, ys = zip(*[(ds[i][0], ds[i][1]) for i in range(len(ds))], strict=True)
-    return torch.stack(xs), torch.tensor(ys)
-
-
-def _train_alone(code, xtr, ytr, xva, yva, seed, epochs=5):
-    """Stand-alone accuracy of one cell: the recipe of tests/test_supernet.py (C=8, N=1, light reductions)."""
-    torch.manual_seed(seed)
-    net = NB201Supernet(C=8, N=1, in_channels=1, reduction="light")
-    net.set_active(code)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=epochs * ((len(xtr) + 63) // 64))
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xtr), generator=gen)
-        for i in range(0, len(xtr), 64):
-            idx = perm[i : i + 64]
-            loss = torch.nn.functional.cross_entropy(net(xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
-    with torch.no_grad():
-        return float((net(xva).argmax(-1) == yva).float().mean())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_gm_split_ranking_vs_single_supernet(seed, tmp_path):
@@ -311,12 +285,7 @@ def test_gm_split_ranking_vs_single_supernet(seed, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     start = time.time()
-    dm = DigitsDataModule(batch_size=64, flatten=False, train_size=400, seed=0)
-    dm.setup("fit")
-    xtr, ytr = _digits_tensors(dm.train_dataset)
-    xva, yva = _digits_tensors(dm.val_dataset)
-    codes = random.Random(seed).sample(all_codes(), 12)
-    truth = [_train_alone(c, xtr, ytr, xva, yva, seed) for c in codes]
+    dm, codes, truth = standalone_truth(seed)
 
     def module():
         return NB201SupernetModule(C=8, N=1, in_channels=1, reduction="light", lr=0.1, seed=seed)

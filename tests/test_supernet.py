@@ -1,4 +1,3 @@
-import random
 import time
 
 import lightning.pytorch as pl
@@ -10,11 +9,11 @@ from scipy.stats import kendalltau
 from torch.utils.data import DataLoader
 
 from litmix.datamodules.digits import DigitsDataModule
-from litmix.nas.nb201 import all_codes
 from litmix.nas.sampling import make_generator, sample_path, step_seed
 from litmix.nas.supernet import NB201Supernet
 from litmix.plugins.nb201_supernet import NB201SupernetModule
 from litmix.testing import assert_resume_matches, make_trainer, run_ddp
+from tests._nb201_digits import standalone_truth
 
 
 def test_only_active_ops_get_gradients():
@@ -128,33 +127,6 @@ def test_ddp_ranks_sample_identical_paths():
 
 
 # ------------------------------------------------------------------------------------------- effect test
-def _digits_tensors(ds):
-    xs, ys = zip(*[(ds[i][0], ds[i][1]) for i in range(len(ds))], strict=True)
-    return torch.stack(xs), torch.tensor(ys)
-
-
-def _train_alone(code, xtr, ytr, xva, yva, seed, epochs=5):
-    """Stand-alone training of one cell (catalogue §0.6 recipe, shortened: C=8, N=1, light reductions)."""
-    torch.manual_seed(seed)
-    net = NB201Supernet(C=8, N=1, in_channels=1, reduction="light")
-    net.set_active(code)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=epochs * ((len(xtr) + 63) // 64))
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xtr), generator=gen)
-        for i in range(0, len(xtr), 64):
-            idx = perm[i : i + 64]
-            loss = torch.nn.functional.cross_entropy(net(xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
-    with torch.no_grad():
-        return float((net(xva).argmax(-1) == yva).float().mean())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_supernet_ranking_beats_random(seed):
@@ -165,12 +137,7 @@ def test_supernet_ranking_beats_random(seed):
     epochs gave 0.356 / 0.454 / 0.824 (seeds 0, 1, 2).
     """
     start = time.time()
-    dm = DigitsDataModule(batch_size=64, flatten=False, train_size=400, seed=0)
-    dm.setup("fit")
-    xtr, ytr = _digits_tensors(dm.train_dataset)
-    xva, yva = _digits_tensors(dm.val_dataset)
-    codes = random.Random(seed).sample(all_codes(), 12)
-    truth = [_train_alone(c, xtr, ytr, xva, yva, seed) for c in codes]
+    dm, codes, truth = standalone_truth(seed)
     pl.seed_everything(seed, verbose=False)
     module = NB201SupernetModule(C=8, N=1, in_channels=1, reduction="light", lr=0.1, seed=seed)
     make_trainer(max_epochs=20).fit(module, datamodule=DigitsDataModule(batch_size=64, flatten=False, seed=0))

@@ -23,6 +23,7 @@ import os
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,9 @@ def _teacher() -> nn.Module:
     return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
 
 
-def main(argv: list[str] | None = None) -> str:
-    """Run the benchmark; return (and write) the markdown table."""
+def setup(argv: list[str] | None) -> tuple[argparse.Namespace, TensorDataset, nn.Module]:
+    """Parse ``--repeats`` / ``--steps``, quiet Lightning, one thread; return the arguments, the synthetic
+    MNIST-shaped data (``128 * steps`` samples) and the teacher (eval)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=32, help="timed steps per fit (one epoch)")
@@ -102,7 +104,72 @@ def main(argv: list[str] | None = None) -> str:
     n = 128 * args.steps
     data = TensorDataset(torch.randn(n, 784, generator=gen), torch.randint(0, 10, (n,), generator=gen))
     torch.manual_seed(0)
-    teacher = _teacher().eval()
+    return args, data, _teacher().eval()
+
+
+def time_settings(
+    settings: Mapping[str, Callable[[], pl.LightningModule]], data: TensorDataset, repeats: int
+) -> dict[str, float]:
+    """Per setting (in ``settings``' order) the minimum over ``repeats`` of the fit's median step in ms (CPU time
+    of the training thread, second epoch); every repeat fits every setting once in turn, batch 128."""
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, make in settings.items():
+            timer = StepTimer()
+            trainer = make_trainer(max_epochs=2, callbacks=[timer])
+            trainer.fit(make(), train_dataloaders=DataLoader(data, batch_size=128))
+            median = statistics.median(timer.times) * 1e3
+            best[name] = min(best.get(name, float("inf")), median)
+    return best
+
+
+def write_report(
+    path: Path,
+    script: str,
+    title: str,
+    best: dict[str, float],
+    references: dict[str, str],
+    note: str,
+    repeats: int,
+    steps: int,
+) -> str:
+    """Write (and print, and return) the markdown report: a row per setting with its ratio to each reference
+    (column label -> setting name), the measurement note and the machine."""
+    refs = {label: best[name] for label, name in references.items()}
+    rows = [
+        "| setting | median step, CPU time (ms) | " + " | ".join(f"ratio to {label}" for label in refs) + " |",
+        "|---|---:|" + "---:|" * len(refs),
+    ]
+    for name, ms in best.items():
+        rows.append(f"| {name} | {ms:.2f} | " + " | ".join(f"{ms / ref:.3f}x" for ref in refs.values()) + " |")
+    load = os.getloadavg()[0]
+    text = "\n".join(
+        [
+            f"# {title}",
+            "",
+            *rows,
+            "",
+            "Separate fits interleaved in one process; per setting the minimum over "
+            f"{repeats} repeats of the fit's median step ({steps} timed steps, second epoch). CPU time of "
+            "the training thread (`time.thread_time()`). Student MLP 784-128-10, teacher 784-1024-1024-10, batch 128, "
+            f"Adam, synthetic MNIST-shaped data. {note}",
+            "",
+            f"Machine: {cpu_model()}, 1 thread, torch {torch.__version__}, lightning {pl.__version__}; load average at "
+            f"the end {load:.1f} on {os.cpu_count()} cores.",
+            "",
+            f"Run: `python benchmarks/{script}`",
+            "",
+        ]
+    )
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    print(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Run the benchmark; return (and write) the markdown table."""
+    args, data, teacher = setup(argv)
     kd = [{"kind": "kd", "temperature": 4.0, "weight": 0.9}]
     settings = {
         "student alone (CE, plain module)": lambda: Plain(_student()),
@@ -112,46 +179,25 @@ def main(argv: list[str] | None = None) -> str:
             _student(), teacher, [*kd, {"kind": "fitnet", "student": "1", "teacher": "3"}], task_weight=0.1
         ),
     }
-    best: dict[str, float] = {}
-    for _ in range(args.repeats):
-        for name, make in settings.items():
-            timer = StepTimer()
-            trainer = make_trainer(max_epochs=2, callbacks=[timer])
-            trainer.fit(make(), train_dataloaders=DataLoader(data, batch_size=128))
-            median = statistics.median(timer.times) * 1e3
-            best[name] = min(best.get(name, float("inf")), median)
-    alone = best["student alone (CE, plain module)"]
-    floor = best["floor: student step + teacher forward (plain module)"]
-    rows = [
-        "| setting | median step, CPU time (ms) | ratio to student alone | ratio to floor |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, ms in best.items():
-        rows.append(f"| {name} | {ms:.2f} | {ms / alone:.3f}x | {ms / floor:.3f}x |")
-    load = os.getloadavg()[0]
-    text = "\n".join(
-        [
-            "# DistillationModule step time",
-            "",
-            *rows,
-            "",
-            "Separate fits interleaved in one process; per setting the minimum over "
-            f"{args.repeats} repeats of the fit's median step ({args.steps} timed steps, second epoch). CPU time of "
-            "the training thread (`time.thread_time()`). Student MLP 784-128-10, teacher 784-1024-1024-10, batch 128, "
-            "Adam, synthetic MNIST-shaped data. The DistillationModule rows include its logging (detached values kept "
-            "per step, logged at logging steps and as epoch means) and the per-step teacher-student agreement count.",
-            "",
-            f"Machine: {cpu_model()}, 1 thread, torch {torch.__version__}, lightning {pl.__version__}; load average at "
-            f"the end {load:.1f} on {os.cpu_count()} cores.",
-            "",
-            "Run: `python benchmarks/bench_distillation_module.py`",
-            "",
-        ]
+    best = time_settings(settings, data, args.repeats)
+    references = {
+        "student alone": "student alone (CE, plain module)",
+        "floor": "floor: student step + teacher forward (plain module)",
+    }
+    note = (
+        "The DistillationModule rows include its logging (detached values kept "
+        "per step, logged at logging steps and as epoch means) and the per-step teacher-student agreement count."
     )
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
-    return text
+    return write_report(
+        RESULTS,
+        "bench_distillation_module.py",
+        "DistillationModule step time",
+        best,
+        references,
+        note,
+        args.repeats,
+        args.steps,
+    )
 
 
 if __name__ == "__main__":

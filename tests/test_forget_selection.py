@@ -17,6 +17,7 @@ from torch.utils.data import TensorDataset
 from litmix.datamodules.forget_retain import ForgetRetainDataModule
 from litmix.functional.forget_selection import (
     bisection_projection,
+    g_shapley,
     knn_shapley,
     per_sample_loss,
     tmc_shapley,
@@ -145,6 +146,9 @@ def test_from_scores_bad_inputs_name_the_argument(kwargs: dict, error: type, mat
         (lambda x, y: worst_case_forget_scores("net", x, y, m=2), TypeError, "model"),  # type: ignore[arg-type]
         (lambda x, y: bisection_projection(x[:, 0], 11.0), ValueError, "m=11"),
         (lambda x, y: tmc_shapley("acc", 10), TypeError, "utility"),  # type: ignore[arg-type]
+        (lambda x, y: g_shapley(nn.Linear(2, 2), x, y, x, y, lr=0.0), ValueError, "lr"),
+        (lambda x, y: g_shapley(nn.Linear(2, 2), x, y[:-1], x, y), ValueError, "targets"),
+        (lambda x, y: g_shapley(nn.Linear(2, 2), x, y, x, y, score="f1"), ValueError, "score"),  # type: ignore[arg-type]
         (lambda x, y: tmc_shapley(lambda i: 1.0, 0), ValueError, "n"),
         (lambda x, y: tmc_shapley(lambda i: 1.0, 3, permutations=0), ValueError, "permutations"),
         (lambda x, y: tmc_shapley(lambda i: 1.0, 3, tolerance=-1.0), ValueError, "tolerance"),
@@ -203,6 +207,19 @@ def test_knn_shapley_flags_flipped_labels_and_top_values_matter_most(seed: int) 
     random = sum(without(torch.randperm(60, generator=g)[:10]) for _ in range(5)) / 5
     assert top <= random - 0.05, (top, random)
     assert top <= bottom - 0.02, (top, bottom)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_g_shapley_flags_flipped_labels(seed: int) -> None:
+    """G-Shapley (logistic regression, batch-1 SGD lr 0.3, 20 permutations, score = minus validation loss) on the
+    same noisy-label task: flipped-label AUC of low values measured 0.926 / 0.993 / 0.985 (with the reference's
+    accuracy score 0.913 / 0.998 / 0.984; lr 0.1: 0.854 / 0.978 / 0.961). Asserted >= 0.85."""
+    x, y, vx, vy, _, _, flipped, _ = _linear_task(seed)
+    torch.manual_seed(0)
+    values = g_shapley(nn.Linear(5, 2), x, y, vx, vy, lr=0.3, permutations=20, seed=seed)
+    is_flipped = torch.zeros(60, dtype=torch.long)
+    is_flipped[flipped] = 1
+    assert float(rank_auroc(-values, is_flipped)) >= 0.85
 
 
 def _blobs(seed: int, n: int = 1000) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,7 @@ from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example
 from litmix.functional.sparsity import cosine_update_fraction, erk_densities, random_masks
 from litmix.functional.ssvi import ADDITION_CRITERIA, PAPER, REMOVAL_CRITERIA, inverse_softplus, ssvi_support_update
-from litmix.layers.ssvi import SparseVariationalLinear, to_sparse_variational
+from litmix.layers.ssvi import SparseVariationalMixin, to_sparse_variational
 from litmix.loss_terms import LossTermCallback
 from litmix.registry import register
 from litmix.sparsity import MaskEngine
@@ -36,13 +36,14 @@ def _noise_seed(*parts: int) -> int:
 
 @register("callback", "sparsity", paper=PAPER)
 class SSVI(LossTermCallback):
-    """Train any LightningModule's ``nn.Linear`` layers as a sparse Bayesian net by SSVI.
+    """Train any LightningModule's ``nn.Linear``/``nn.Conv2d`` layers as a sparse Bayesian net by SSVI.
 
     Paper: "Training Bayesian Neural Networks with Sparse Subspace Variational Inference", Li, Miao, Qiu and Zhang,
     ICLR 2024 (https://arxiv.org/abs/2402.11025).
 
-    * **Conversion** (``setup``): the module's ``nn.Linear`` layers (or ``layer_names``) become
-      :class:`~litmix.layers.SparseVariationalLinear`: mean-field Gaussian weights ``N(mu, softplus(rho)^2)``
+    * **Conversion** (``setup``): the module's ``nn.Linear`` and ``nn.Conv2d`` layers (or ``layer_names``) become
+      :class:`~litmix.layers.SparseVariationalLinear` / :class:`~litmix.layers.SparseVariationalConv2d`: mean-field
+      Gaussian weights ``N(mu, softplus(rho)^2)``
       with ``mu`` the layer's own ``weight`` parameter, sampled by the local reparameterisation trick in training
       mode; eval mode runs the mean network (:func:`litmix.layers.mc_predict` averages sampled predictions).
     * **ELBO**: the loss becomes ``task_loss + kl_weight * KL(q || N(0, prior_std^2)) / N`` with ``N`` the number
@@ -83,14 +84,14 @@ class SSVI(LossTermCallback):
         end_step: absolute last-update step (overrides ``end_fraction``), >= 1.
         distribution: per-layer densities, ``"uniform"`` or ``"erk"``.
         regrow_sigma: ``sigma`` of added coordinates: ``"init"`` (``init_sigma``) or ``"mean"`` (the layer's mean).
-        layer_names: ``named_modules`` names of the ``nn.Linear`` layers to convert (default: all).
+        layer_names: ``named_modules`` names of the ``nn.Linear``/``nn.Conv2d`` layers to convert (default: all).
         seed: seed of the initial supports, random additions and the sampling noise, >= 0.
         name: optional instance name (checkpoint key and logging prefix).
 
     Raises:
         ValueError: for arguments out of range (in ``__init__``); when fit starts: a module without ``nn.Linear``
-            layers, unknown ``layer_names``, or an unknown run length without ``end_step``, or a train set
-            without length and no ``num_samples``.
+            or ``nn.Conv2d`` layers, unknown ``layer_names``, an unknown run length without ``end_step``, or a
+            train set without length and no ``num_samples``.
         TypeError: for arguments of the wrong type.
         MisconfigurationException: under manual optimization (without ``collects_loss_terms``) or a sharded
             strategy (FSDP, DeepSpeed).
@@ -177,7 +178,7 @@ class SSVI(LossTermCallback):
         self._engine = MaskEngine(cls)
         self._rho: dict[str, Tensor] = {}  # checkpointed rho of every layer (pending until attached)
         # resolved at setup / fit start
-        self._layers: dict[str, SparseVariationalLinear] = {}
+        self._layers: dict[str, SparseVariationalMixin] = {}
         self._densities: dict[str, float] = {}
         self._n: int = 1
         self._t_end: int = 1
@@ -203,13 +204,13 @@ class SSVI(LossTermCallback):
         return self._engine
 
     @property
-    def layers(self) -> dict[str, SparseVariationalLinear]:
+    def layers(self) -> dict[str, SparseVariationalMixin]:
         """The variational layers of the fitted module, by name."""
         return dict(self._layers)
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Convert the ``nn.Linear`` layers and register the supports (before a checkpoint's state is loaded)."""
+        """Convert the ``nn.Linear``/``nn.Conv2d`` layers; register the supports (before a checkpoint's state loads)."""
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
@@ -219,7 +220,7 @@ class SSVI(LossTermCallback):
                 f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
             )
         refuse_sharded_strategy(cls, trainer.strategy, "it ranks whole weight tensors and adds by dense gradients")
-        already = {n for n, m in pl_module.named_modules() if isinstance(m, SparseVariationalLinear)}
+        already = {n for n, m in pl_module.named_modules() if isinstance(m, SparseVariationalMixin)}
         try:
             names = to_sparse_variational(pl_module, self.prior_std, self.init_sigma, self.layer_names)
         except ValueError as err:

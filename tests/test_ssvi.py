@@ -17,7 +17,7 @@ from litmix.functional.ssvi import (
     removal_scores,
     ssvi_support_update,
 )
-from litmix.layers import SparseVariationalLinear, mc_predict, to_sparse_variational
+from litmix.layers import SparseVariationalConv2d, SparseVariationalLinear, mc_predict, to_sparse_variational
 from litmix.testing import TinyClassifier, TinyDataModule, make_trainer
 
 # ------------------------------------------------------------------------------------------------ functional core
@@ -139,10 +139,49 @@ def test_conversion_keeps_parameters_and_state_dict_follows_persistent_rho():
     assert net.training
 
 
+def test_conv_local_reparameterisation_matches_the_weight_posterior():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", bias=True)
+    net = nn.Sequential(conv)
+    assert to_sparse_variational(net, prior_std=1.0, init_sigma=0.3) == ["0"]
+    layer = net[0]
+    assert isinstance(layer, SparseVariationalConv2d)
+    assert layer.weight is conv.weight
+    assert layer.padding_mode == "reflect"
+    layer.set_support(torch.rand(3, 2, 3, 3) < 0.4)
+    x = torch.randn(1, 2, 4, 4).expand(20_000, 2, 4, 4)
+    out = layer.train()(x).detach()
+    mean = layer._conv_forward(x[:1], layer.weight, layer.bias)[0]
+    var = layer._conv_forward(x[:1] ** 2, layer.sigma().square(), None)[0]
+    assert torch.allclose(out.mean(0), mean, atol=0.03)
+    assert torch.allclose(out.var(0), var, rtol=0.06, atol=1e-4)
+    assert torch.equal(layer.eval()(x[:2]), layer._conv_forward(x[:2], layer.weight, layer.bias))
+
+
+class _TinyConv(TinyClassifier):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (2, 2, 2)), nn.Conv2d(2, 6, 2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(54, 4)
+        )
+
+
+def test_callback_keeps_a_conv_net_at_budget_and_its_checkpoint_strict():
+    pl.seed_everything(0)
+    model = _TinyConv()
+    cb = SSVI(sparsity=0.5, update_every=2, end_fraction=1.0, init_sigma=0.01)
+    make_trainer(callbacks=[cb], max_steps=6).fit(model, datamodule=TinyDataModule())
+    assert isinstance(model.net[1], SparseVariationalConv2d)
+    assert cb.n_updates == 2
+    assert int(model.net[1].weight_mask.sum()) == round(0.5 * model.net[1].weight.numel())
+    assert cb.engine.check_weights() == {}
+    _TinyConv().load_state_dict(model.state_dict(), strict=True)
+
+
 @pytest.mark.parametrize(
     ("call", "exc", "match"),
     [
-        (lambda: to_sparse_variational(nn.Sequential(nn.Conv2d(1, 2, 3))), ValueError, "no nn.Linear"),
+        (lambda: to_sparse_variational(nn.Sequential(nn.Conv1d(1, 2, 3))), ValueError, "no nn.Linear"),
         (lambda: to_sparse_variational(nn.Sequential(nn.Linear(2, 2)), layer_names=["5"]), ValueError, "layer_names"),
         (lambda: to_sparse_variational(nn.Sequential(nn.Linear(2, 2)), prior_std=0.0), ValueError, "prior_std"),
         (lambda: to_sparse_variational(nn.Sequential(nn.Linear(2, 2)), init_sigma=-1.0), ValueError, "init_sigma"),

@@ -14,7 +14,7 @@ from litmix.layers.moe_plus_plus import MoEPlusPlus
 from litmix.layers.nonparametric_head import NonParametricHead
 from litmix.layers.phatgoose import PHATGOOSELinear, import_expert, phatgoose_mode, to_phatgoose
 from litmix.layers.shift import ShiftConv2d, ShiftLinear, to_denseshift
-from litmix.layers.ssvi import SparseVariationalLinear, mc_predict, to_sparse_variational
+from litmix.layers.ssvi import SparseVariationalConv2d, SparseVariationalLinear, mc_predict, to_sparse_variational
 
 __all__ = [
     "BinaryConv2d",
@@ -26,6 +26,7 @@ __all__ = [
     "PHATGOOSELinear",
     "ShiftConv2d",
     "ShiftLinear",
+    "SparseVariationalConv2d",
     "SparseVariationalLinear",
     "import_expert",
     "mc_predict",

@@ -19,7 +19,14 @@ from litmix.functional.ssvi import PAPER, gaussian_kl, inverse_softplus
 from litmix.registry import register
 from litmix.validation import check_bool, check_float, check_int, check_type
 
-__all__ = ["SparseVariationalLinear", "mc_predict", "sampling", "to_sparse_variational"]
+__all__ = [
+    "SparseVariationalConv2d",
+    "SparseVariationalLinear",
+    "SparseVariationalMixin",
+    "mc_predict",
+    "sampling",
+    "to_sparse_variational",
+]
 
 
 def _check_sigmas(owner: str, prior_std: Any, init_sigma: Any) -> tuple[float, float]:
@@ -28,8 +35,91 @@ def _check_sigmas(owner: str, prior_std: Any, init_sigma: Any) -> tuple[float, f
     return float(prior_std), float(init_sigma)
 
 
+class SparseVariationalMixin(nn.Module):
+    """What the SSVI layers share: ``weight_rho``, the support ``weight_mask``, ``sigma``, KL, sampling, state."""
+
+    weight: Tensor
+    weight_mask: Tensor
+
+    def _init_variational(self, prior_std: float, init_sigma: float) -> None:
+        self.prior_std = prior_std
+        self.init_sigma = init_sigma
+        self.weight_rho = nn.Parameter(torch.empty_like(self.weight))
+        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool), persistent=False)
+        self.reset_sigma()
+        #: ``None``: sample in training mode only; ``True`` / ``False``: always / never sample
+        self.sample: bool | None = None
+        #: keep ``weight_rho`` in the state_dict (the SSVI callback sets ``False`` and checkpoints it itself)
+        self.persistent_rho: bool = True
+        #: source of the noise (``None``: torch's global generator)
+        self.generator: torch.Generator | None = None
+
+    def _sampling(self) -> bool:
+        return self.training if self.sample is None else self.sample
+
+    def _add_noise(self, out: Tensor, var: Tensor) -> Tensor:
+        noise = torch.randn(out.shape, generator=self.generator, device=out.device, dtype=out.dtype)
+        return out + var.clamp_min(torch.finfo(var.dtype).tiny).sqrt() * noise
+
+    @torch.no_grad()
+    def reset_sigma(self, sigma: float | None = None) -> None:
+        """Set every ``sigma`` to ``sigma`` (default ``init_sigma``)."""
+        value = float(inverse_softplus(self.init_sigma if sigma is None else sigma))
+        self.weight_rho.fill_(value)
+
+    @torch.no_grad()
+    def set_support(self, mask: Tensor) -> None:
+        """Set the support (bool, the weight's shape) and zero the means outside it.
+
+        Raises:
+            ValueError: for a mask of another shape.
+        """
+        if tuple(mask.shape) != tuple(self.weight.shape):
+            raise ValueError(
+                f"{type(self).__name__}.set_support: mask shape {tuple(mask.shape)} differs from the weight's "
+                f"{tuple(self.weight.shape)}"
+            )
+        self.weight_mask.copy_(mask.to(self.weight_mask.device, torch.bool))
+        self.weight.mul_(self.weight_mask)
+
+    def sigma(self) -> Tensor:
+        """Posterior standard deviations, 0 outside the support."""
+        return F.softplus(self.weight_rho) * self.weight_mask
+
+    def kl(self) -> Tensor:
+        """``KL(q || prior)`` summed over the support (a scalar with gradients to ``weight`` and ``weight_rho``)."""
+        return gaussian_kl(self.weight, F.softplus(self.weight_rho), self.prior_std, self.weight_mask)
+
+    def extra_repr(self) -> str:
+        """Sizes, prior and support density."""
+        density = float(self.weight_mask.float().mean())
+        return f"{super().extra_repr()}, prior_std={self.prior_std}, density={density:.3f}"
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.persistent_rho:
+            destination.pop(prefix + "weight_rho", None)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "weight_rho"
+        if not self.persistent_rho and key in missing_keys:
+            missing_keys.remove(key)
+
+
 @register("layer", "sparsity", paper=PAPER, module="litmix.layers")
-class SparseVariationalLinear(nn.Linear):
+class SparseVariationalLinear(SparseVariationalMixin, nn.Linear):
     """A mean-field Gaussian Bayesian ``nn.Linear`` whose weights live on a sparse support (SSVI's layer).
 
     Paper: "Training Bayesian Neural Networks with Sparse Subspace Variational Inference", Li et al., ICLR 2024
@@ -85,8 +175,6 @@ class SparseVariationalLinear(nn.Linear):
         (torch.Size([]), ['bias', 'weight', 'weight_rho'])
     """
 
-    weight_mask: Tensor
-
     def __init__(
         self,
         in_features: int,
@@ -103,17 +191,7 @@ class SparseVariationalLinear(nn.Linear):
         check_bool(owner, "bias", bias)
         prior_std, init_sigma = _check_sigmas(owner, prior_std, init_sigma)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.prior_std = prior_std
-        self.init_sigma = init_sigma
-        self.weight_rho = nn.Parameter(torch.empty_like(self.weight))
-        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool), persistent=False)
-        self.reset_sigma()
-        #: ``None``: sample in training mode only; ``True`` / ``False``: always / never sample
-        self.sample: bool | None = None
-        #: keep ``weight_rho`` in the state_dict (the SSVI callback sets ``False`` and checkpoints it itself)
-        self.persistent_rho: bool = True
-        #: source of the noise (``None``: torch's global generator)
-        self.generator: torch.Generator | None = None
+        self._init_variational(prior_std, init_sigma)
 
     @classmethod
     def from_linear(
@@ -136,70 +214,128 @@ class SparseVariationalLinear(nn.Linear):
         layer.train(linear.training)
         return layer
 
-    @torch.no_grad()
-    def reset_sigma(self, sigma: float | None = None) -> None:
-        """Set every ``sigma`` to ``sigma`` (default ``init_sigma``)."""
-        value = float(inverse_softplus(self.init_sigma if sigma is None else sigma))
-        self.weight_rho.fill_(value)
-
-    @torch.no_grad()
-    def set_support(self, mask: Tensor) -> None:
-        """Set the support (bool, the weight's shape) and zero the means outside it.
-
-        Raises:
-            ValueError: for a mask of another shape.
-        """
-        if tuple(mask.shape) != tuple(self.weight.shape):
-            raise ValueError(
-                f"{type(self).__name__}.set_support: mask shape {tuple(mask.shape)} differs from the weight's "
-                f"{tuple(self.weight.shape)}"
-            )
-        self.weight_mask.copy_(mask.to(self.weight_mask.device, torch.bool))
-        self.weight.mul_(self.weight_mask)
-
-    def sigma(self) -> Tensor:
-        """Posterior standard deviations, 0 outside the support."""
-        return F.softplus(self.weight_rho) * self.weight_mask
-
-    def kl(self) -> Tensor:
-        """``KL(q || prior)`` summed over the support (a scalar with gradients to ``weight`` and ``weight_rho``)."""
-        return gaussian_kl(self.weight, F.softplus(self.weight_rho), self.prior_std, self.weight_mask)
-
     def forward(self, x: Tensor) -> Tensor:
         """Sampled pre-activations in training mode (local reparameterisation), the mean network in eval mode."""
         out = F.linear(x, self.weight, self.bias)
-        if not (self.training if self.sample is None else self.sample):
+        if not self._sampling():
             return out
-        var = F.linear(x * x, self.sigma().square())
-        noise = torch.randn(out.shape, generator=self.generator, device=out.device, dtype=out.dtype)
-        return out + var.clamp_min(torch.finfo(var.dtype).tiny).sqrt() * noise
+        return self._add_noise(out, F.linear(x * x, self.sigma().square()))
 
-    def extra_repr(self) -> str:
-        """Sizes, prior and support density."""
-        density = float(self.weight_mask.float().mean())
-        return f"{super().extra_repr()}, prior_std={self.prior_std}, density={density:.3f}"
 
-    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if not self.persistent_rho:
-            destination.pop(prefix + "weight_rho", None)
+@register("layer", "sparsity", paper=PAPER, module="litmix.layers")
+class SparseVariationalConv2d(SparseVariationalMixin, nn.Conv2d):
+    """A mean-field Gaussian Bayesian ``nn.Conv2d`` on a sparse support (SSVI's convolution).
 
-    def _load_from_state_dict(
+    Paper: "Training Bayesian Neural Networks with Sparse Subspace Variational Inference", Li et al., ICLR 2024
+    (https://arxiv.org/abs/2402.11025).
+
+    As :class:`SparseVariationalLinear` (``weight`` = ``mu``, ``sigma = softplus(weight_rho) * weight_mask``,
+    KL over the support, ``persistent_rho``, ``sample``, ``generator``), with the local reparameterisation trick
+    applied to the convolution: each output element is drawn from ``N(conv(x, mu) + b, conv(x^2, sigma^2))`` (the
+    exact marginal under independent weights; the noise is independent across output positions, as in the
+    reference implementations of local reparameterisation for convolutions).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: kernel size (int).
+        stride: stride (int).
+        padding: padding (int).
+        dilation: dilation (int).
+        groups: groups (int).
+        bias: whether to learn an additive bias.
+        prior_std: standard deviation of the zero-mean Gaussian prior, > 0.
+        init_sigma: initial posterior standard deviation, > 0.
+        device: factory device.
+        dtype: factory dtype.
+
+    Raises:
+        ValueError: for ``prior_std <= 0``, ``init_sigma <= 0`` or sizes that ``nn.Conv2d`` refuses.
+        TypeError: for arguments of the wrong type.
+
+    Example:
+        >>> conv = SparseVariationalConv2d(2, 3, 3, padding=1, init_sigma=0.05)
+        >>> x = torch.randn(4, 2, 5, 5)
+        >>> _ = conv.train(); bool((conv(x) != conv(x)).any()), tuple(conv(x).shape)
+        (True, (4, 3, 5, 5))
+        >>> _ = conv.eval(); torch.equal(conv(x), torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+        True
+    """
+
+    def __init__(
         self,
-        state_dict: Any,
-        prefix: str,
-        local_metadata: Any,
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        prior_std: float = 0.1,
+        init_sigma: float = 1e-3,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        owner = type(self).__name__
+        in_channels = check_int(owner, "in_channels", in_channels, low=1)
+        out_channels = check_int(owner, "out_channels", out_channels, low=1)
+        kernel_size = check_int(owner, "kernel_size", kernel_size, low=1)
+        stride = check_int(owner, "stride", stride, low=1)
+        padding = check_int(owner, "padding", padding, low=0)
+        dilation = check_int(owner, "dilation", dilation, low=1)
+        groups = check_int(owner, "groups", groups, low=1)
+        check_bool(owner, "bias", bias)
+        prior_std, init_sigma = _check_sigmas(owner, prior_std, init_sigma)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{owner}(groups={groups}): in_channels={in_channels} and out_channels={out_channels} must be "
+                "divisible by groups"
+            )
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, device=device, dtype=dtype
         )
-        key = prefix + "weight_rho"
-        if not self.persistent_rho and key in missing_keys:
-            missing_keys.remove(key)
+        self._init_variational(prior_std, init_sigma)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, prior_std: float = 0.1, init_sigma: float = 1e-3) -> SparseVariationalConv2d:
+        """A layer that takes over ``conv``'s ``weight`` (as ``mu``) and ``bias`` parameters (the same objects).
+
+        Raises:
+            TypeError: if ``conv`` is not an ``nn.Conv2d``.
+            ValueError: for ``prior_std <= 0`` or ``init_sigma <= 0``.
+        """
+        owner = f"{cls.__name__}.from_conv"
+        check_type(owner, "conv", conv, nn.Conv2d)
+        prior_std, init_sigma = _check_sigmas(owner, prior_std, init_sigma)
+        w = conv.weight
+        layer = cls.__new__(cls)
+        nn.Conv2d.__init__(
+            layer,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            conv.stride,  # type: ignore[arg-type]
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,  # type: ignore[arg-type]
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        layer.weight = conv.weight
+        layer.bias = conv.bias
+        layer._init_variational(prior_std, init_sigma)
+        layer.train(conv.training)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Sampled outputs in training mode (local reparameterisation), the mean network in eval mode."""
+        out = self._conv_forward(x, self.weight, self.bias)
+        if not self._sampling():
+            return out
+        return self._add_noise(out, self._conv_forward(x * x, self.sigma().square(), None))
 
 
 @register("function", "sparsity", paper=PAPER, module="litmix.layers")
@@ -209,23 +345,24 @@ def to_sparse_variational(
     init_sigma: float = 1e-3,
     layer_names: list[str] | None = None,
 ) -> list[str]:
-    """Replace ``model``'s ``nn.Linear`` layers in place by :class:`SparseVariationalLinear` (same parameters).
+    """Replace ``model``'s ``nn.Linear``/``nn.Conv2d`` layers in place by SSVI layers (same parameter objects).
 
-    The new layers take over the ``weight`` (the posterior means) and ``bias`` parameter objects; layers that are
-    already :class:`SparseVariationalLinear` are kept as they are.
+    ``nn.Linear`` becomes :class:`SparseVariationalLinear`, ``nn.Conv2d`` :class:`SparseVariationalConv2d`; the new
+    layers take over the ``weight`` (the posterior means) and ``bias`` parameter objects; layers that are already
+    variational are kept as they are.
 
     Args:
         model: the model to convert.
         prior_std: prior standard deviation, > 0.
         init_sigma: initial posterior standard deviation, > 0.
-        layer_names: ``named_modules`` names of the ``nn.Linear`` layers to convert (default: all).
+        layer_names: ``named_modules`` names of the ``nn.Linear``/``nn.Conv2d`` layers to convert (default: all).
 
     Returns:
         The names of all variational layers of ``model`` (converted now or before), in module order.
 
     Raises:
-        ValueError: for ``prior_std``/``init_sigma`` <= 0, a model without ``nn.Linear`` layers, or a name in
-            ``layer_names`` that is not an ``nn.Linear`` of ``model`` (listing the ones there are).
+        ValueError: for ``prior_std``/``init_sigma`` <= 0, a model without ``nn.Linear``/``nn.Conv2d`` layers, or a
+            name in ``layer_names`` that is not such a layer of ``model`` (listing the ones there are).
         TypeError: for a ``model`` that is not an ``nn.Module``.
 
     Example:
@@ -239,35 +376,41 @@ def to_sparse_variational(
     owner = "to_sparse_variational"
     check_type(owner, "model", model, nn.Module)
     prior_std, init_sigma = _check_sigmas(owner, prior_std, init_sigma)
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     if not linears:
-        raise ValueError(f"{owner}(model={type(model).__name__}): the model has no nn.Linear layer to make variational")
+        raise ValueError(
+            f"{owner}(model={type(model).__name__}): the model has no nn.Linear or nn.Conv2d layer to make variational"
+        )
     if layer_names is not None:
         check_type(owner, "layer_names", layer_names, (list, tuple))
         unknown = [n for n in layer_names if n not in linears]
         if unknown or not layer_names:
             raise ValueError(
-                f"{owner}(layer_names={list(layer_names)}): not nn.Linear layers of the model: {unknown}; "
+                f"{owner}(layer_names={list(layer_names)}): not nn.Linear/nn.Conv2d layers of the model: {unknown}; "
                 f"available: {linears}"
             )
+    if "" in linears:
+        raise ValueError(f"{owner}: the model itself is a {type(model).__name__}; wrap it in a container to convert it")
     chosen = set(linears if layer_names is None else layer_names)
     for name in linears:
         module = model.get_submodule(name)
-        assert isinstance(module, nn.Linear)
-        if name not in chosen or isinstance(module, SparseVariationalLinear):
+        if name not in chosen or isinstance(module, SparseVariationalMixin):
             continue
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        if not name:
-            raise ValueError(f"{owner}: the model itself is an nn.Linear; wrap it in a container to convert it")
-        setattr(parent, leaf, SparseVariationalLinear.from_linear(module, prior_std, init_sigma))
-    return [n for n, m in model.named_modules() if isinstance(m, SparseVariationalLinear)]
+        if isinstance(module, nn.Linear):
+            new: nn.Module = SparseVariationalLinear.from_linear(module, prior_std, init_sigma)
+        else:
+            assert isinstance(module, nn.Conv2d)
+            new = SparseVariationalConv2d.from_conv(module, prior_std, init_sigma)
+        setattr(parent, leaf, new)
+    return [n for n, m in model.named_modules() if isinstance(m, SparseVariationalMixin)]
 
 
-def variational_layers(model: nn.Module) -> Iterator[tuple[str, SparseVariationalLinear]]:
-    """``(name, layer)`` of every :class:`SparseVariationalLinear` in ``model``."""
+def variational_layers(model: nn.Module) -> Iterator[tuple[str, SparseVariationalMixin]]:
+    """``(name, layer)`` of every SSVI layer in ``model``."""
     for name, module in model.named_modules():
-        if isinstance(module, SparseVariationalLinear):
+        if isinstance(module, SparseVariationalMixin):
             yield name, module
 
 

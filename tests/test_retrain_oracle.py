@@ -17,6 +17,7 @@ from litmix.datamodules import ForgetRetainDataModule
 from litmix.plugins import UnlearningModule
 from litmix.testing import TinyDataModule, make_trainer, run_ddp
 from litmix.unlearning_oracle import STATISTICS_FORMAT, RetrainOracle
+from tests._unlearning_lm import TokenLM, perturbed_lm_loaders
 
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 SPLITS = ("forget", "retain", "test", "holdout")
@@ -239,46 +240,9 @@ def test_bad_inputs_are_named(tmp_path, trained):
         RetrainOracle(model=_net()).fit(TinyDataModule())
 
 
-class _TokenLM(nn.Module):
-    """A causal token model with the Hugging Face call signature."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.emb, self.head = nn.Embedding(11, 16), nn.Linear(16, 11)
-
-    def forward(self, input_ids, attention_mask=None):
-        return {"logits": self.head(torch.tanh(self.emb(input_ids)).cumsum(1))}
-
-
-def _lm_loaders():
-    from torch.utils.data import DataLoader
-
-    g = torch.Generator().manual_seed(1)
-
-    def part(n, k=None):
-        ids = torch.randint(0, 11, (n, 8) if k is None else (n, k, 8), generator=g)
-        labels = ids.clone()
-        labels[..., :3] = -100
-        return ids, labels
-
-    def loader(n, perturbed=False):
-        (ids, labels), (pids, plabels), (wids, wlabels) = part(n), part(n), part(n, 3)
-        items = []
-        for i in range(n):
-            item = {"input_ids": ids[i], "labels": labels[i], "index": torch.tensor(i)}
-            if perturbed:
-                item["paraphrased"] = {"input_ids": pids[i], "labels": plabels[i]}
-                item["perturbed"] = {"input_ids": wids[i], "labels": wlabels[i]}
-            items.append(item)
-        return DataLoader(items, batch_size=4)
-
-    return {"forget": loader(9), "forget_perturbed": loader(9, True), "retain": loader(6), "holdout": loader(5)}
-
-
 def test_open_unlearning_log_of_the_retain_model_gives_the_same_forget_quality(tmp_path):
-    loaders = _lm_loaders()
-    live = RetrainOracle(model=_TokenLM(1), trained=True)
+    loaders = perturbed_lm_loaders()
+    live = RetrainOracle(model=TokenLM(1), trained=True)
     stats = live.statistics(loaders)
     assert stats["task"] == "language_model"
 
@@ -296,7 +260,7 @@ def test_open_unlearning_log_of_the_retain_model_gives_the_same_forget_quality(t
     }
     path = tmp_path / "TOFU_EVAL.json"
     path.write_text(json.dumps(log))
-    model = _TokenLM(0)
+    model = TokenLM(0)
     from_log = UnlearningEvaluator(oracle=RetrainOracle(statistics=path), images=False).evaluate(model, loaders)
     from_model = UnlearningEvaluator(oracle=live, images=False).evaluate(model, loaders)
     assert from_log["forget_quality"] == from_model["forget_quality"]  # KS on the truth ratios, exactly

@@ -52,6 +52,8 @@ from litmix.metrics import (
 )
 from litmix.plugins.unlearning_module import UnlearningModule
 from litmix.testing import TinyDataModule, make_trainer, run_ddp
+from tests._unlearning_lm import TokenLM as _TokenLM
+from tests._unlearning_lm import perturbed_lm_loaders
 
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
@@ -430,7 +432,9 @@ def test_evaluator_on_three_ranks_logs_the_one_process_values():
     ones = {k: float(v) for k, v in single.callback_metrics.items() if k.startswith("unlearn/")}
     threes = {k: float(v) for k, v in multi.callback_metrics.items() if k.startswith("unlearn/")}
     assert ones.keys() == threes.keys()
-    assert len(ones) == 23  # 14 metrics + 9 gaps to the oracle (acc and nll of 3 splits, mia_auc, mia_efficacy, utility)
+    assert (
+        len(ones) == 23
+    )  # 14 metrics + 9 gaps to the oracle (acc and nll of 3 splits, mia_auc, mia_efficacy, utility)
     for key, value in ones.items():
         assert threes[key] == pytest.approx(value, abs=1e-6), key
 
@@ -444,18 +448,6 @@ def test_retrain_gap_by_hand(blobs_unlearning):
     gap.append(abs(values["mia_efficacy"] - ref["mia_efficacy"]))
     assert values["retrain_gap"] == pytest.approx(sum(gap) / 4, abs=1e-6)
     assert values["retrain_gap"] > 0
-
-
-class _TokenLM(nn.Module):
-    """A causal token model with the Hugging Face call signature (``input_ids``, ``attention_mask``)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb, self.head = nn.Embedding(11, 16), nn.Linear(16, 11)
-
-    def forward(self, input_ids, attention_mask=None):
-        return {"logits": self.head(torch.tanh(self.emb(input_ids)).cumsum(1))}
 
 
 def test_evaluator_on_language_model_items():
@@ -484,29 +476,7 @@ def test_evaluator_on_language_model_items():
 
 
 def test_evaluator_truth_ratio_and_tofu_forget_quality():
-    g = torch.Generator().manual_seed(1)
-
-    def part(n, k=None):
-        shape = (n, 8) if k is None else (n, k, 8)
-        ids = torch.randint(0, 11, shape, generator=g)
-        labels = ids.clone()
-        labels[..., :3] = -100
-        return ids, labels
-
-    def loader(n, perturbed=False):
-        ids, labels = part(n)
-        items = []
-        pids, plabels = part(n)
-        wids, wlabels = part(n, 3)
-        for i in range(n):
-            item = {"input_ids": ids[i], "labels": labels[i], "index": torch.tensor(i)}
-            if perturbed:
-                item["paraphrased"] = {"input_ids": pids[i], "labels": plabels[i]}
-                item["perturbed"] = {"input_ids": wids[i], "labels": wlabels[i]}
-            items.append(item)
-        return DataLoader(items, batch_size=4)
-
-    loaders = {"forget": loader(9), "forget_perturbed": loader(9, True), "retain": loader(6), "holdout": loader(5)}
+    loaders = perturbed_lm_loaders()
     model, retrain = _TokenLM(), _TokenLM()
     with torch.no_grad():
         retrain.head.weight.mul_(-1.0)

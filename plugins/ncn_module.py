@@ -73,7 +73,9 @@ class NCNModule(LitmixModule):
         dropout: dropout of the encoder and the predictor's MLPs, in [0, 1).
         lr: Adam learning rate (> 0).
         weight_decay: Adam weight decay (>= 0).
-        target_link_removal: drop the batch's positive edges from the input graph while training.
+        target_link_removal: drop the batch's positive edges from the input graph while training (train with
+            mini-batches of positives, e.g. ``LinkDataModule(batch_size=1024)``: one full batch would remove every
+            training edge).
         prob_scale: NCNC calibration scale (> 0).
         prob_offset: NCNC calibration offset (finite).
         pt: NCNC prior edge probability, in (0, 1).

@@ -34,6 +34,8 @@ CORE_MODULES = (
     "litmix.functional.link_prediction",
     "litmix.layers",
     "litmix.functional.quantization",
+    "litmix.functional.regression_unlearning",
+    "litmix.functional.relearn",
     "litmix.functional.uld",
     "litmix.functional.zeroth_order",
     "litmix.metrics",
@@ -44,6 +46,7 @@ CORE_MODULES = (
     "litmix.sparsity",
     "litmix.sparsity.removal",
     "litmix.functional.head_importance",
+    "litmix.unlearning_oracle",
 )
 
 

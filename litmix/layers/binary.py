@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from litmix.functional.binary import PAPER, MSTTree, binarize, mst_compress, mst_conv2d, mst_linear, sign_ste
 from litmix.functional.denseshift import pack_codes
+from litmix.layers._shells import _ConvShell, _LinearShell, check_float_layer, replace_layers
 from litmix.registry import register
 from litmix.validation import check_bool, check_int, check_type
 
@@ -52,7 +53,7 @@ class _BinaryMixin:
 
 
 @register("layer", "quantization", paper=PAPER, module="litmix.layers")
-class BinaryLinear(_BinaryMixin, nn.Linear):
+class BinaryLinear(_BinaryMixin, _LinearShell, nn.Linear):
     """A Linear layer with binary weights ``alpha_j * sign(W_j)`` (straight-through), compressible along an MST.
 
     Paper: "MST-compression: Compressing and Accelerating Binary Neural Networks with Minimum Spanning Tree",
@@ -104,18 +105,14 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
             TypeError: if ``layer`` is not an ``nn.Linear``.
             ValueError: if ``layer`` has no initialised weight.
         """
-        layer = _check_layer(cls.__name__, layer, nn.Linear)
+        layer = check_float_layer(cls.__name__, layer, nn.Linear)
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, binary_activations)
         new.to(layer.weight.device).load_state_dict(layer.state_dict())
         return new
 
     def forward(self, x: Tensor) -> Tensor:
         """``alpha * (x @ sign(W).T) + bias`` (``x`` binarized too when ``binary_activations``)."""
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{type(self).__name__}.forward(x=...): x has {x.shape[-1]} features in its last dimension, "
-                f"expected in_features={self.in_features}"
-            )
+        self._check_input(x)
         signs, alpha = self.binary_weight()
         return F.linear(self._inputs(x), signs, None) * alpha + (0 if self.bias is None else self.bias)
 
@@ -131,7 +128,7 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
 
 @register("layer", "quantization", paper=PAPER, module="litmix.layers")
-class BinaryConv2d(_BinaryMixin, nn.Conv2d):
+class BinaryConv2d(_BinaryMixin, _ConvShell, nn.Conv2d):
     """A Conv2d layer with binary weights ``alpha_j * sign(W_j)`` (straight-through), compressible along an MST.
 
     Paper: "MST-compression: Compressing and Accelerating Binary Neural Networks with Minimum Spanning Tree",
@@ -172,12 +169,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         binary_activations: bool = False,
     ):
         owner = type(self).__name__
-        check_int(owner, "in_channels", in_channels, low=1, high=1 << 16)
-        check_int(owner, "out_channels", out_channels, low=1, high=1 << 16)
-        check_int(owner, "kernel_size", kernel_size, low=1, high=64)
-        check_int(owner, "stride", stride, low=1, high=64)
-        check_int(owner, "padding", padding, low=0, high=64)
-        check_int(owner, "dilation", dilation, low=1, high=64)
+        self._check_sizes(owner, in_channels, out_channels, kernel_size, stride, padding, dilation)
         check_bool(owner, "bias", bias)
         check_bool(owner, "binary_activations", binary_activations)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias)
@@ -191,33 +183,14 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
             TypeError: if ``layer`` is not an ``nn.Conv2d``.
             ValueError: if ``layer`` has no initialised weight, or unsupported geometry.
         """
-        owner = cls.__name__
-        layer = _check_layer(owner, layer, nn.Conv2d)
-        square = all(len(set(v)) == 1 for v in (layer.kernel_size, layer.stride, layer.dilation))
-        if not square or isinstance(layer.padding, str) or len(set(layer.padding)) != 1 or layer.groups != 1:
-            raise ValueError(f"{owner}(layer={layer}): layer needs a square kernel, equal strides/paddings, groups=1")
-        if layer.padding_mode != "zeros":
-            raise ValueError(f"{owner}(layer={layer}): layer's padding_mode must be 'zeros'")
-        new = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size[0],
-            layer.stride[0],
-            int(layer.padding[0]),
-            layer.dilation[0],
-            layer.bias is not None,
-            binary_activations,
-        )
+        sizes = cls._float_sizes(cls.__name__, layer, "a square kernel, equal strides/paddings, groups=1", True)
+        new = cls(*sizes, layer.bias is not None, binary_activations)
         new.to(layer.weight.device).load_state_dict(layer.state_dict())
         return new
 
     def forward(self, x: Tensor) -> Tensor:
         """``alpha * conv2d(x, sign(W)) + bias`` (``x`` binarized too when ``binary_activations``)."""
-        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__}.forward(x=...): x of shape {tuple(x.shape)} is not "
-                f"[N, in_channels={self.in_channels}, H, W]"
-            )
+        self._check_input(x)
         signs, alpha = self.binary_weight()
         y = F.conv2d(self._inputs(x), signs, None, self.stride, self.padding, self.dilation)
         y = y * alpha.view(-1, 1, 1)
@@ -232,16 +205,6 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         pad, stride, dil = int(self.padding[0]), int(self.stride[0]), int(self.dilation[0])  # type: ignore[index]
         y = mst_conv2d(xb, signs, tree or self.mst(), alpha, self.bias, stride, pad, dil)
         return y[0] if unbatched else y
-
-
-def _check_layer(owner: str, layer: Any, cls: type) -> Any:
-    check_type(owner, "layer", layer, nn.Module)
-    weight = getattr(layer, "weight", None)
-    if not isinstance(weight, Tensor) or isinstance(weight, nn.parameter.UninitializedParameter):
-        raise ValueError(f"{owner}(layer={type(layer).__name__}): layer has no initialised weight tensor")
-    if not isinstance(layer, cls):
-        raise TypeError(f"{owner}(layer={type(layer).__name__}): layer must be a {cls.__name__}")
-    return layer
 
 
 @register("function", "quantization", paper=PAPER, module="litmix.layers")
@@ -272,19 +235,11 @@ def to_binary(model: nn.Module, binary_activations: bool = False, skip: list[str
     check_type(owner, "model", model, nn.Module)
     check_bool(owner, "binary_activations", binary_activations)
     check_type(owner, "skip", skip, list, allow_none=True)
-    names = dict(model.named_modules())
-    for name in skip or []:
-        if name not in names:
-            raise ValueError(f"{owner}(skip={skip}): {name!r} is not a module of the model")
-    if type(model) in (nn.Linear, nn.Conv2d):
-        raise ValueError(f"{owner}(model={type(model).__name__}): pass a model containing the layer, not the layer")
-    targets = [n for n, m in names.items() if type(m) in (nn.Linear, nn.Conv2d) and n not in (skip or [])]
-    if not targets:
-        raise ValueError(f"{owner}(model={type(model).__name__}): the model has no nn.Linear or nn.Conv2d to convert")
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = getattr(parent, child)
-        cls = BinaryLinear if isinstance(layer, nn.Linear) else BinaryConv2d
-        setattr(parent, child, cls.from_float(layer, binary_activations))
-    return model
+    return replace_layers(
+        owner,
+        model,
+        skip,
+        lambda layer: (BinaryLinear if isinstance(layer, nn.Linear) else BinaryConv2d).from_float(
+            layer, binary_activations
+        ),
+    )

@@ -20,6 +20,7 @@ from litmix.functional.denseshift import (
     low_variance_init,
     pack_codes,
 )
+from litmix.layers._shells import _ConvShell, _LinearShell, check_float_layer, replace_layers
 from litmix.registry import register
 from litmix.validation import check_bool, check_choice, check_int, check_type
 
@@ -71,18 +72,8 @@ class _ShiftMixin(nn.Module):
         }
 
 
-def _check_layer(owner: str, layer: Any, cls: type) -> Any:
-    check_type(owner, "layer", layer, nn.Module)
-    weight = getattr(layer, "weight", None)
-    if not isinstance(weight, Tensor) or isinstance(weight, nn.parameter.UninitializedParameter):
-        raise ValueError(f"{owner}(layer={type(layer).__name__}): layer has no initialised weight tensor")
-    if not isinstance(layer, cls):
-        raise TypeError(f"{owner}(layer={type(layer).__name__}): layer must be a {cls.__name__}")
-    return layer
-
-
 @register("layer", "quantization", paper=PAPER, module="litmix.layers")
-class ShiftLinear(_ShiftMixin):
+class ShiftLinear(_ShiftMixin, _LinearShell):
     """A Linear layer with DenseShift weights ``+-2**p`` (no zero), trained by sign-scale decomposition.
 
     Paper: "DenseShift: Towards Accurate and Efficient Low-Bit Power-of-Two Quantization", Li et al., ICCV 2023
@@ -142,7 +133,7 @@ class ShiftLinear(_ShiftMixin):
             TypeError: if ``layer`` is not an ``nn.Linear``.
             ValueError: if ``layer`` has no initialised weight, or for a bad ``bits``/``init``.
         """
-        layer = _check_layer(cls.__name__, layer, nn.Linear)
+        layer = check_float_layer(cls.__name__, layer, nn.Linear)
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, bits, init)
         new._init_latents(tuple(layer.weight.shape), new.bits, new.init, None if init != "kaiming" else layer.weight)
         if layer.bias is not None and new.bias is not None:
@@ -151,11 +142,7 @@ class ShiftLinear(_ShiftMixin):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x @ weight.T + bias`` with the effective DenseShift weight."""
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{type(self).__name__}.forward(x=...): x has {x.shape[-1]} features in its last dimension, "
-                f"expected in_features={self.in_features}"
-            )
+        self._check_input(x)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -164,7 +151,7 @@ class ShiftLinear(_ShiftMixin):
 
 
 @register("layer", "quantization", paper=PAPER, module="litmix.layers")
-class ShiftConv2d(_ShiftMixin):
+class ShiftConv2d(_ShiftMixin, _ConvShell):
     """A Conv2d layer with DenseShift weights ``+-2**p`` (no zero), trained by sign-scale decomposition.
 
     Paper: "DenseShift: Towards Accurate and Efficient Low-Bit Power-of-Two Quantization", Li et al., ICCV 2023
@@ -211,12 +198,8 @@ class ShiftConv2d(_ShiftMixin):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.in_channels = int(check_int(owner, "in_channels", in_channels, low=1, high=1 << 16))
-        self.out_channels = int(check_int(owner, "out_channels", out_channels, low=1, high=1 << 16))
-        self.kernel_size = int(check_int(owner, "kernel_size", kernel_size, low=1, high=64))
-        self.stride = int(check_int(owner, "stride", stride, low=1, high=64))
-        self.padding = int(check_int(owner, "padding", padding, low=0, high=64))
-        self.dilation = int(check_int(owner, "dilation", dilation, low=1, high=64))
+        sizes = self._check_sizes(owner, in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation = sizes
         self.groups = int(check_int(owner, "groups", groups, low=1, high=1 << 16))
         for name, value in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
             if value % self.groups:
@@ -240,25 +223,8 @@ class ShiftConv2d(_ShiftMixin):
             ValueError: if ``layer`` has no initialised weight, a non-square kernel, unequal strides, paddings
                 or dilations, a string padding or a non-zeros padding mode.
         """
-        owner = cls.__name__
-        layer = _check_layer(owner, layer, nn.Conv2d)
-        square = all(len(set(v)) == 1 for v in (layer.kernel_size, layer.stride, layer.dilation))
-        if not square or isinstance(layer.padding, str) or len(set(layer.padding)) != 1:
-            raise ValueError(f"{owner}(layer={layer}): layer needs a square kernel and equal strides/paddings")
-        if layer.padding_mode != "zeros":
-            raise ValueError(f"{owner}(layer={layer}): layer's padding_mode must be 'zeros'")
-        new = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size[0],
-            layer.stride[0],
-            int(layer.padding[0]),
-            layer.dilation[0],
-            layer.groups,
-            layer.bias is not None,
-            bits,
-            init,
-        )
+        sizes = cls._float_sizes(cls.__name__, layer, "a square kernel and equal strides/paddings", False)
+        new = cls(*sizes, layer.groups, layer.bias is not None, bits, init)
         new._init_latents(tuple(layer.weight.shape), new.bits, new.init, None if init != "kaiming" else layer.weight)
         if layer.bias is not None and new.bias is not None:
             new.bias.data.copy_(layer.bias.detach())
@@ -266,11 +232,7 @@ class ShiftConv2d(_ShiftMixin):
 
     def forward(self, x: Tensor) -> Tensor:
         """``conv2d(x, weight) + bias`` with the effective DenseShift weight."""
-        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__}.forward(x=...): x of shape {tuple(x.shape)} is not "
-                f"[N, in_channels={self.in_channels}, H, W]"
-            )
+        self._check_input(x)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
@@ -314,19 +276,9 @@ def to_denseshift(model: nn.Module, bits: int = 3, init: Init = "kaiming", skip:
     bits = int(check_int(owner, "bits", bits, low=2, high=8))
     init = check_choice(owner, "init", init, ("kaiming", "low_variance"))
     check_type(owner, "skip", skip, list, allow_none=True)
-    names = dict(model.named_modules())
-    for name in skip or []:
-        if name not in names:
-            raise ValueError(f"{owner}(skip={skip}): {name!r} is not a module of the model")
-    targets = [n for n, m in names.items() if type(m) in (nn.Linear, nn.Conv2d) and n not in (skip or []) and n != ""]
-    if type(model) in (nn.Linear, nn.Conv2d):
-        raise ValueError(f"{owner}(model={type(model).__name__}): pass a model containing the layer, not the layer")
-    if not targets:
-        raise ValueError(f"{owner}(model={type(model).__name__}): the model has no nn.Linear or nn.Conv2d to convert")
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = getattr(parent, child)
-        new = (ShiftLinear if isinstance(layer, nn.Linear) else ShiftConv2d).from_float(layer, bits, init)
-        setattr(parent, child, new)
-    return model
+    return replace_layers(
+        owner,
+        model,
+        skip,
+        lambda layer: (ShiftLinear if isinstance(layer, nn.Linear) else ShiftConv2d).from_float(layer, bits, init),
+    )

@@ -9,10 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from litmix._sharded import refuse_sharded_strategy
-from litmix.base import Example, LitmixModule
-from litmix.data import split_batch
-from litmix.nas.ddp import broadcast_buffers
+from litmix.base import Example
 from litmix.nas.evaluation import recalibrate_bn, subnet_accuracy
 from litmix.nas.ofa import (
     constrained_evolution,
@@ -24,7 +21,8 @@ from litmix.nas.ofa import (
     transform_kernel,
 )
 from litmix.nas.sampling import make_generator
-from litmix.nas.schedules import cosine_lr_scheduler, training_progress
+from litmix.nas.schedules import training_progress
+from litmix.plugins._ofa_base import _OFAModule
 from litmix.registry import register
 from litmix.validation import check_bool, check_float, check_int, check_type
 
@@ -102,7 +100,7 @@ class _ElasticBlock(nn.Module):
     "nas",
     paper="Once-for-All: Train One Network and Specialize it for Efficient Deployment (https://arxiv.org/abs/1908.09791)",
 )
-class OFAConvSupernetModule(LitmixModule):
+class OFAConvSupernetModule(_OFAModule):
     """Once-for-All on a small MobileNet-style CNN: elastic kernel size, depth and width, progressive shrinking.
 
     Cai et al., https://arxiv.org/abs/1908.09791. The network is a 3x3 stem and ``len(stage_channels)`` stages of
@@ -285,14 +283,8 @@ class OFAConvSupernetModule(LitmixModule):
         module = cls(stem_channels=8, stage_channels=[8, 16], depth_choices=[1, 2], lr=1e-2)
         return Example(module, DigitsDataModule(batch_size=16, flatten=False, train_size=64), [])
 
-    def setup(self, stage: str) -> None:
-        """Refuse sharded strategies: weight slicing and channel sorting need whole parameters."""
-        refuse_sharded_strategy(
-            type(self).__name__,
-            self.trainer.strategy,
-            "weight slicing, kernel transformation and channel sorting of the shared layers need whole parameters",
-            "DDPStrategy(find_unused_parameters=True)",
-        )
+    _shard_why = "weight slicing, kernel transformation and channel sorting of the shared layers need whole parameters"
+    _shard_instead = "DDPStrategy(find_unused_parameters=True)"
 
     # ------------------------------------------------------------------------------------------ the space
     @property
@@ -313,6 +305,9 @@ class OFAConvSupernetModule(LitmixModule):
             (max(self.expand_ratios),) * n,
             (self.max_depth,) * self.num_stages,
         )
+
+    def _smallest(self) -> Arch:
+        return self.smallest_arch()
 
     def smallest_arch(self) -> Arch:
         """Smallest kernel, expand ratio and depth everywhere."""
@@ -437,48 +432,21 @@ class OFAConvSupernetModule(LitmixModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Largest network + ``num_subnets`` step-seeded subnets of the open space, in-place KD, one summed loss."""
-        x, y, _ = split_batch(batch)
-        assert y is not None, f"{type(self).__name__} needs (x, y) batches"
+        x, y, full_logits, loss = self._full_loss(batch)
         progress = training_progress(self.trainer, type(self).__name__)
-        full_logits = self(x)
-        loss = nn.functional.cross_entropy(full_logits, y)
-        self.log("ofa/full_loss", loss, prog_bar=True)
         step = self.global_step
         phase = self.open_space(progress)[0]
         if phase != "full" and self.num_subnets > 0:
-            t = self.kd_temperature
-            teacher = torch.log_softmax(full_logits.detach() / t, dim=-1)
+            teacher = self._kd_teacher(full_logits)
             for k in range(self.num_subnets):
                 arch = self.sample_arch(step, k, progress)
                 self.sampled_log.append((step, phase, arch))
-                logits = self(x, arch)
-                sub = nn.functional.cross_entropy(logits, y)
-                if self.kd_ratio > 0:
-                    student = torch.log_softmax(logits / t, dim=-1)
-                    sub = sub + self.kd_ratio * t * t * nn.functional.kl_div(
-                        student, teacher, log_target=True, reduction="batchmean"
-                    )
-                loss = loss + sub / self.num_subnets
+                loss = loss + self._subnet_loss(x, y, arch, teacher) / self.num_subnets
         else:
             self.sampled_log.append((step, phase, self.largest_arch()))
         del self.sampled_log[:-10_000]
         self.log("ofa/loss", loss)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        """Broadcast rank 0's BatchNorm statistics, so every DDP rank ends the epoch with the same state."""
-        broadcast_buffers(self)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Accuracy of the largest and the smallest subnet (running BN statistics as they are)."""
-        x, y, _ = split_batch(batch)
-        self.log("ofa/val_acc_max", (self(x).argmax(-1) == y).float().mean())
-        self.log("ofa/val_acc_min", (self(x, self.smallest_arch()).argmax(-1) == y).float().mean())
-
-    def configure_optimizers(self) -> Any:
-        """Adam with a per-step cosine schedule (:func:`litmix.nas.schedules.cosine_lr_scheduler`)."""
-        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        return {"optimizer": opt, "lr_scheduler": cosine_lr_scheduler(opt, self.trainer, type(self).__name__)}
 
     # ------------------------------------------------------------------------------------------ evaluation
     def recalibrate(self, arch: Arch | None, dataloader: Iterable[Any], num_batches: int = 10) -> int:

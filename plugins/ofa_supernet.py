@@ -8,14 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from litmix._sharded import refuse_sharded_strategy
-from litmix.base import Example, LitmixModule
-from litmix.data import split_batch
-from litmix.nas.ddp import broadcast_buffers
+from litmix.base import Example
 from litmix.nas.evaluation import recalibrate_bn, subnet_accuracy
 from litmix.nas.ofa import depth_choices_allowed, sliced_batch_norm, width_choices_allowed
 from litmix.nas.sampling import make_generator
-from litmix.nas.schedules import cosine_lr_scheduler
+from litmix.plugins._ofa_base import _OFAModule
 from litmix.registry import register
 from litmix.validation import check_bool, check_float, check_int, check_type
 
@@ -42,7 +39,7 @@ class _ElasticBatchNorm1d(nn.BatchNorm1d):
     "nas",
     paper="Once-for-All: Train One Network and Specialize it for Efficient Deployment (https://arxiv.org/abs/1908.09791)",
 )
-class OFASupernetModule(LitmixModule):
+class OFASupernetModule(_OFAModule):
     """Once-for-All training of an elastic-depth, elastic-width MLP: the full net and sampled subnets share weights.
 
     Cai et al., https://arxiv.org/abs/1908.09791. A subnet is a tuple of hidden widths, one per active layer: its
@@ -167,11 +164,7 @@ class OFASupernetModule(LitmixModule):
 
         return Example(cls(hidden=[32, 32], lr=1e-2), DigitsDataModule(batch_size=16, train_size=64), [])
 
-    def setup(self, stage: str) -> None:
-        """Refuse sharded strategies: weight slicing of the shared layers needs whole parameters."""
-        refuse_sharded_strategy(
-            type(self).__name__, self.trainer.strategy, "weight slicing of the shared layers needs whole parameters"
-        )
+    _shard_why = "weight slicing of the shared layers needs whole parameters"
 
     @property
     def max_widths(self) -> tuple[int, ...]:
@@ -214,6 +207,9 @@ class OFASupernetModule(LitmixModule):
         """The subnet of minimum depth and minimum width."""
         return self.widths_of([self.min_width_ratio] * self.min_depth)
 
+    def _smallest(self) -> tuple[int, ...]:
+        return self.smallest_subnet()
+
     def _space_open(self) -> bool:
         return self.width_lower_bound < 1.0 or self.depth_lower_bound < self.max_depth
 
@@ -243,25 +239,14 @@ class OFASupernetModule(LitmixModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Full model + ``num_subnets`` step-seeded subnets with in-place distillation, one summed loss."""
-        x, y, _ = split_batch(batch)
-        assert y is not None, f"{type(self).__name__} needs (x, y) batches"
-        full_logits = self(x)
-        loss = nn.functional.cross_entropy(full_logits, y)
-        self.log("ofa/full_loss", loss, prog_bar=True)
+        x, y, full_logits, loss = self._full_loss(batch)
         step = self.global_step
         if self.subnet_scale > 0 and self._space_open():
-            t = self.kd_temperature
-            teacher = torch.log_softmax(full_logits.detach() / t, dim=-1)
+            teacher = self._kd_teacher(full_logits)
             for k in range(self.num_subnets):
                 widths = self.sample_widths(step, k)
                 self.sampled_log.append((step, self.width_lower_bound, widths))
-                logits = self(x, widths)
-                sub = nn.functional.cross_entropy(logits, y)
-                if self.kd_ratio > 0:
-                    student = torch.log_softmax(logits / t, dim=-1)
-                    kd = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean") * t * t
-                    sub = sub + self.kd_ratio * kd
-                loss = loss + self.subnet_scale * sub / max(self.num_subnets, 1)
+                loss = loss + self.subnet_scale * self._subnet_loss(x, y, widths, teacher) / max(self.num_subnets, 1)
         else:
             self.sampled_log.append((step, self.width_lower_bound, self.max_widths))
         del self.sampled_log[:-10_000]
@@ -269,16 +254,6 @@ class OFASupernetModule(LitmixModule):
         self.log("ofa/depth_lower_bound", float(self.depth_lower_bound))
         self.log("ofa/loss", loss)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        """Broadcast rank 0's BatchNorm statistics, so every DDP rank ends the epoch with the same state."""
-        broadcast_buffers(self)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Accuracy of the largest and the smallest subnet."""
-        x, y, _ = split_batch(batch)
-        self.log("ofa/val_acc_max", (self(x).argmax(-1) == y).float().mean())
-        self.log("ofa/val_acc_min", (self(x, self.smallest_subnet()).argmax(-1) == y).float().mean())
 
     def recalibrate(self, widths: tuple[int, ...] | None, dataloader: Any, num_batches: int = 10) -> int:
         """Re-estimate the BN statistics for subnet ``widths`` on ``num_batches`` train batches (OFA).
@@ -296,8 +271,3 @@ class OFASupernetModule(LitmixModule):
         See :func:`litmix.nas.evaluation.subnet_accuracy`.
         """
         return subnet_accuracy(self, dataloader, forward=lambda x: self(x, widths))
-
-    def configure_optimizers(self) -> Any:
-        """Adam with a per-step cosine schedule (:func:`litmix.nas.schedules.cosine_lr_scheduler`)."""
-        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        return {"optimizer": opt, "lr_scheduler": cosine_lr_scheduler(opt, self.trainer, type(self).__name__)}

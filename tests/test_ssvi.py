@@ -330,16 +330,18 @@ def test_second_fit_keeps_the_support_and_posterior():
 # 20 epochs (400 steps); SSVI at 90 % sparsity (update every 25 steps, zeta 0.5, until 75 % of the run), prior
 # N(0, 1), init sigma 1e-3, full ELBO (kl_weight 1); dense mean-field VI = SSVI(sparsity=0) with the same prior;
 # deterministic = the same MLP without the callback; 32-sample Monte Carlo predictive for both VI nets.
-# Measured (accuracy / ECE (15 bins, torchmetrics) / NLL on the 539 test digits):
-#   seed | SSVI 90 %                | dense VI                 | deterministic
-#   0    | 0.9630 / 0.0294 / 0.1286 | 0.9741 / 0.0117 / 0.0927 | 0.9704 / 0.0201 / 0.1034
-#   1    | 0.9556 / 0.0171 / 0.1358 | 0.9704 / 0.0106 / 0.1003 | 0.9648 / 0.0195 / 0.1182
-#   2    | 0.9444 / 0.0223 / 0.1745 | 0.9444 / 0.0221 / 0.1359 | 0.9648 / 0.0117 / 0.1064
+# Measured (accuracy / ECE (15 bins, torchmetrics) / NLL on the 539 test digits; H = mean predictive entropy in nats
+# on the same digits with N(0, 0.5^2) noise added, an out-of-distribution proxy):
+#   seed | SSVI 90 %                        | dense VI                         | deterministic
+#   0    | 0.9630 / 0.0294 / 0.1286, H 0.408 | 0.9741 / 0.0117 / 0.0927, H 0.303 | 0.9704 / 0.0201 / 0.1034, H 0.200
+#   1    | 0.9556 / 0.0171 / 0.1358, H 0.335 | 0.9704 / 0.0106 / 0.1003, H 0.275 | 0.9648 / 0.0195 / 0.1182, H 0.195
+#   2    | 0.9444 / 0.0223 / 0.1745, H 0.364 | 0.9444 / 0.0221 / 0.1359, H 0.299 | 0.9648 / 0.0117 / 0.1064, H 0.211
 # The paper's "calibration at least as good as dense VI" did NOT reproduce: SSVI's ECE and NLL are worse than dense
-# VI's on seeds 0 and 1 and equal within 0.0002 (ECE) but worse (NLL) on seed 2 (also worse on all three seeds on the
-# 64-256-256-10 MLP, 60 epochs, Adam 1e-3). What held on every seed, asserted with about 2x slack: SSVI keeps exactly
-# 90 % sparsity, its accuracy is within 0.03 of dense VI's (gaps 0.0111 / 0.0148 / 0.0), and its predictive stays
-# calibrated in absolute terms (ECE <= 0.06, NLL <= 0.35).
+# VI's on seeds 0 and 1, and on seed 2 its ECE is equal within 0.0002 but its NLL worse (also worse on all three seeds
+# on the 64-256-256-10 MLP, 60 epochs, Adam 1e-3). What held on every seed, asserted with about 2x slack: SSVI keeps
+# exactly 90 % sparsity, its accuracy is within 0.03 of dense VI's (gaps 0.0111 / 0.0148 / 0.0), its predictive stays
+# calibrated in absolute terms (ECE <= 0.06, NLL <= 0.35), and it is more uncertain than dense VI on the noised digits
+# (H gaps +0.105 / +0.060 / +0.065; asserted >= +0.03; part of it is its lower confidence on clean digits, see NLL).
 
 
 class _MLP(pl.LightningModule):
@@ -384,7 +386,11 @@ def _digits_run(seed, variant):
     ece = float(MulticlassCalibrationError(num_classes=10, n_bins=15, norm="l1")(probs, target))
     nll = float(F.nll_loss(probs.clamp_min(1e-12).log(), target))
     realised = cbs[0].engine.sparsity_report()["global"] if cbs else 0.0
-    return {"acc": acc, "ece": ece, "nll": nll, "sparsity": realised}
+    # out-of-distribution proxy: the test digits with strong Gaussian noise; mean predictive entropy (nats)
+    noisy = x[test] + 0.5 * torch.randn(x[test].shape, generator=torch.Generator().manual_seed(seed))
+    p_noisy = mc_predict(model, noisy, num_samples=32 if cbs else 0)
+    entropy = float(-(p_noisy * p_noisy.clamp_min(1e-12).log()).sum(-1).mean())
+    return {"acc": acc, "ece": ece, "nll": nll, "sparsity": realised, "noisy_entropy": entropy}
 
 
 @pytest.fixture(scope="module")
@@ -401,3 +407,4 @@ def test_ssvi_at_90_percent_stays_near_dense_vi_on_digits(digits_runs, seed):
     assert ssvi["acc"] >= vi["acc"] - 0.03, (seed, ssvi, vi)
     assert ssvi["ece"] <= 0.06, (seed, ssvi)
     assert ssvi["nll"] <= 0.35, (seed, ssvi)
+    assert ssvi["noisy_entropy"] >= vi["noisy_entropy"] + 0.03, (seed, ssvi, vi)

@@ -230,6 +230,27 @@ def _check_components(owner: str, components: object) -> None:
         )
 
 
+def _check_embedding_args(
+    owner: str,
+    x: Tensor,
+    edge_index: Tensor,
+    num_nodes: int | None,
+    hidden: int,
+    components: Sequence[str],
+    walks_per_node: int,
+    walk_length: int,
+    seed: int,
+) -> int:
+    """Check the arguments of :func:`netinfof_embeddings` given to a score; return the number of nodes."""
+    check_int(owner, "hidden", hidden, low=1)
+    check_int(owner, "walks_per_node", walks_per_node, low=1)
+    check_int(owner, "walk_length", walk_length, low=1)
+    check_int(owner, "seed", seed, low=0)
+    check_int(owner, "num_nodes", num_nodes, low=1, allow_none=True)
+    _check_components(owner, components)
+    return _check_graph_inputs(owner, x, edge_index, num_nodes)
+
+
 def _conditional_entropy_bits(table: Tensor) -> float:
     n = table.sum()
     p_ij = table / n
@@ -298,13 +319,7 @@ def netinfof_score(
     owner = "netinfof_score"
     check_float(owner, "valid_fraction", valid_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     check_int(owner, "bins", bins, low=2)
-    check_int(owner, "hidden", hidden, low=1)
-    check_int(owner, "walks_per_node", walks_per_node, low=1)
-    check_int(owner, "walk_length", walk_length, low=1)
-    check_int(owner, "seed", seed, low=0)
-    check_int(owner, "num_nodes", num_nodes, low=1, allow_none=True)
-    _check_components(owner, components)
-    n = _check_graph_inputs(owner, x, edge_index, num_nodes)
+    n = _check_embedding_args(owner, x, edge_index, num_nodes, hidden, components, walks_per_node, walk_length, seed)
     gen = torch.Generator().manual_seed(seed)
     pairs = _undirected_pairs(edge_index)
     perm = torch.randperm(pairs.shape[1], generator=gen)
@@ -502,13 +517,7 @@ def netinfof_node_score(
     check_choice(owner, "probe", probe, ("kmeans", "linear"))
     check_int(owner, "clusters", clusters, low=2, allow_none=True)
     check_float(owner, "valid_fraction", valid_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-    check_int(owner, "hidden", hidden, low=1)
-    check_int(owner, "walks_per_node", walks_per_node, low=1)
-    check_int(owner, "walk_length", walk_length, low=1)
-    check_int(owner, "seed", seed, low=0)
-    check_int(owner, "num_nodes", num_nodes, low=1, allow_none=True)
-    _check_components(owner, components)
-    n = _check_graph_inputs(owner, x, edge_index, num_nodes)
+    n = _check_embedding_args(owner, x, edge_index, num_nodes, hidden, components, walks_per_node, walk_length, seed)
     if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != n or y.is_floating_point() or y.dtype == torch.bool:
         got = type(y).__name__ if not isinstance(y, Tensor) else f"{y.dtype} of shape {tuple(y.shape)}"
         raise ValueError(f"{owner}(y=...): needs integer node labels of shape ({n},) (-1: unlabelled), got {got}")

@@ -22,7 +22,6 @@ from litmix.functional.sparsity import (
 from litmix.testing import (
     TinyClassifier,
     assert_state_roundtrip,
-    check_plugin,
     fit_tiny,
     make_trainer,
 )
@@ -187,13 +186,12 @@ def test_manual_optimization_is_refused():
         fit_tiny(GradualPruning.example().callbacks, module=Manual(), max_steps=1)
 
 
-def test_pickle_state_roundtrip_and_contract(tmp_path):
+def test_pickle_and_state_roundtrip():  # the plugin contract (check_plugin) runs in tests/test_contract.py
     cb = GradualPruning(0.8, parameter_names=["net.0.weight"], name="a")
     assert pickle.loads(pickle.dumps(cb)).parameter_names == ["net.0.weight"]
     cb.last_update_step, cb.current_sparsity = 7, 0.3
     assert_state_roundtrip(cb)
     assert cb.state_key != GradualPruning().state_key
-    check_plugin(GradualPruning, tmp_path)
 
 
 # ----------------------------------------------------------------------------- behaviour in training

@@ -334,7 +334,7 @@ def test_every_pruner_logs_sparsity_per_layer_and_an_image_at_each_mask_change(c
     cls = getattr(litmix.callbacks, cls_name)
     module, dm, [cb] = cls.example()
     logger = CSVLogger(tmp_path, name="csv")
-    make_trainer(max_steps=3, callbacks=[cb], logger=logger, log_every_n_steps=50).fit(module, datamodule=dm)
+    make_trainer(max_steps=2, callbacks=[cb], logger=logger, log_every_n_steps=50).fit(module, datamodule=dm)
     with open(f"{logger.log_dir}/metrics.csv") as f:
         rows = list(csv.DictReader(f))
     prefix, report = cb.log_prefix, cb.engine.sparsity_report()

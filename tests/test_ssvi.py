@@ -171,7 +171,7 @@ def test_callback_keeps_a_conv_net_at_budget_and_its_checkpoint_strict():
     model = _TinyConv()
     cb = SSVI(sparsity=0.5, update_every=2, end_fraction=1.0, init_sigma=0.01)
     make_trainer(callbacks=[cb], max_steps=6).fit(model, datamodule=TinyDataModule())
-    assert isinstance(model.net[1], SparseVariationalConv2d)
+    assert type(model.net[1]).__name__ == "SparseVariationalConv2d"  # by name: doctest collection may re-import
     assert cb.n_updates == 2
     assert int(model.net[1].weight_mask.sum()) == round(0.5 * model.net[1].weight.numel())
     assert cb.engine.check_weights() == {}

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litmix.functional.ssvi import PAPER, gaussian_kl, inverse_softplus
+from litmix.layers._shells import _ConvShell
 from litmix.registry import register
 from litmix.validation import check_bool, check_float, check_int, check_type
 
@@ -278,12 +279,8 @@ class SparseVariationalConv2d(SparseVariationalMixin, nn.Conv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         owner = type(self).__name__
-        in_channels = check_int(owner, "in_channels", in_channels, low=1)
-        out_channels = check_int(owner, "out_channels", out_channels, low=1)
-        kernel_size = check_int(owner, "kernel_size", kernel_size, low=1)
-        stride = check_int(owner, "stride", stride, low=1)
-        padding = check_int(owner, "padding", padding, low=0)
-        dilation = check_int(owner, "dilation", dilation, low=1)
+        sizes = _ConvShell._check_sizes(owner, in_channels, out_channels, kernel_size, stride, padding, dilation)
+        in_channels, out_channels, kernel_size, stride, padding, dilation = sizes
         groups = check_int(owner, "groups", groups, low=1)
         check_bool(owner, "bias", bias)
         prior_std, init_sigma = _check_sigmas(owner, prior_std, init_sigma)

@@ -374,6 +374,8 @@ def pruner_step_ratios(root: str, text: str, repeats: int, mlp_steps: int, gpt_s
     from torch.utils.data import DataLoader, TensorDataset
     from train_char_gpt import load_splits, random_windows
 
+    mlp_steps, gpt_steps = max(mlp_steps, SETTLE + 5), max(gpt_steps, SETTLE + 5)  # steps to time after SETTLE
+
     dm = MNISTDataModule(root, batch_size=128, val_size=0, train_size=128 * mlp_steps, flatten=True, seed=0)
     dm.setup()
     mlp = step_ratio_runs(MnistMLP, dm.train_dataloader(), mlp_steps, 0.9, ["net.0.bias", "net.2.bias"], repeats)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litmix.nas._search_space import space_entries
 from litmix.registry import register
 from litmix.validation import check_bool, check_float, check_int
 
@@ -54,23 +55,8 @@ _HIDDEN_ONLY = ("hidden", "activation")
 
 def _check_space(owner: str, space: Any) -> dict[str, tuple[Any, ...]]:
     """Validate a search space: known classes, non-empty lists of known values (ints >= 1 for widths/heads)."""
-    if space is None:
-        return dict(DEFAULT_GNN_SPACE)
-    if not isinstance(space, Mapping):
-        raise TypeError(f"{owner}(search_space={space!r}): search_space must be a dict class -> list of values")
-    unknown = [k for k in space if k not in DEFAULT_GNN_SPACE]
-    if unknown:
-        raise ValueError(
-            f"{owner}(search_space={space!r}): search_space has unknown classes {unknown}; "
-            f"classes are {tuple(DEFAULT_GNN_SPACE)}"
-        )
-    out = dict(DEFAULT_GNN_SPACE)
-    for key, values in space.items():
-        if isinstance(values, str) or not isinstance(values, Sequence):
-            raise TypeError(f"{owner}(search_space={space!r}): search_space[{key!r}] must be a list of values")
-        values = tuple(values)
-        if not values:
-            raise ValueError(f"{owner}(search_space={space!r}): search_space[{key!r}] is empty")
+    out, entries = space_entries(owner, space, DEFAULT_GNN_SPACE)
+    for key, values in entries:
         if key in _KNOWN_VALUES:
             bad = [v for v in values if not isinstance(v, str) or v not in _KNOWN_VALUES[key]]
             if bad:

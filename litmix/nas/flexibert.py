@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litmix.nas._search_space import space_entries
 from litmix.registry import register
 from litmix.validation import check_float, check_int
 
@@ -57,20 +58,8 @@ def _check_arch(owner: str, arch: Any) -> list[dict[str, Any]]:
 
 def _check_space(owner: str, space: Any) -> dict[str, tuple[Any, ...]]:
     """Known classes, non-empty value lists, known attention names, sizes in [1, 4096]."""
-    if space is None:
-        return dict(DEFAULT_FLEXI_SPACE)
-    if not isinstance(space, Mapping):
-        raise TypeError(f"{owner}(search_space={space!r}): search_space must be a dict class -> list of values")
-    unknown = [k for k in space if k not in DEFAULT_FLEXI_SPACE]
-    if unknown:
-        raise ValueError(
-            f"{owner}(search_space={space!r}): unknown classes {unknown} in search_space; "
-            f"classes are {tuple(DEFAULT_FLEXI_SPACE)}"
-        )
-    out = dict(DEFAULT_FLEXI_SPACE)
-    for key, values in space.items():
-        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
-            raise ValueError(f"{owner}(search_space={space!r}): search_space[{key!r}] must be a non-empty list")
+    out, entries = space_entries(owner, space, DEFAULT_FLEXI_SPACE)
+    for key, values in entries:
         if key == "attention":
             bad = [v for v in values if v not in _ATTENTION]
             if bad:
@@ -80,7 +69,7 @@ def _check_space(owner: str, space: Any) -> dict[str, tuple[Any, ...]]:
                 )
         elif any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096 for v in values):
             raise ValueError(f"{owner}(search_space={space!r}): search_space[{key!r}] needs ints in [1, 4096]")
-        out[key] = tuple(values)
+        out[key] = values
     if not any(h % n == 0 for h in out["hidden"] for n in out["heads"]):
         raise ValueError(f"{owner}(search_space={space!r}): no hidden width in search_space is divisible by a heads")
     return out

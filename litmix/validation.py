@@ -60,6 +60,18 @@ def _range(low: float | None, high: float | None, low_open: bool, high_open: boo
     return " and ".join(parts)
 
 
+def _must_be(owner: str, name: str, value: Any, desc: str) -> str:
+    return f"{_where(owner, name, value)}: {name} must be {desc}"
+
+
+def _check_number(owner: str, name: str, value: Any, kind: type, desc: str, allow_none: bool) -> Any:
+    """``value`` when it is a ``kind`` (``numbers.Integral`` / ``numbers.Real``; bools refused), else TypeError."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        extra = " or None" if allow_none else ""
+        raise TypeError(f"{_must_be(owner, name, value, desc)}{extra}, got {type(value).__name__}")
+    return value
+
+
 def check_type(owner: str, name: str, value: Any, types: type | tuple[type, ...], *, allow_none: bool = False) -> Any:
     """Raise ``TypeError`` unless ``value`` is an instance of ``types`` (or ``None`` when allowed).
 
@@ -113,14 +125,10 @@ def check_int(
     """
     if value is None and allow_none:
         return None
-    bounds = _range(low, high, False, False)
-    desc = f"an int {bounds}".rstrip()
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        extra = " or None" if allow_none else ""
-        raise TypeError(f"{_where(owner, name, value)}: {name} must be {desc}{extra}, got {type(value).__name__}")
-    value = int(value)
+    desc = f"an int {_range(low, high, False, False)}".rstrip()
+    value = int(_check_number(owner, name, value, numbers.Integral, desc, allow_none))
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{_where(owner, name, value)}: {name} must be {desc}")
+        raise ValueError(_must_be(owner, name, value, desc))
     return value
 
 
@@ -152,16 +160,14 @@ def check_float(
         return None
     bounds = _range(low, high, low_open, high_open)
     desc = f"{'a finite' if finite else 'a'} number {bounds}".rstrip()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        extra = " or None" if allow_none else ""
-        raise TypeError(f"{_where(owner, name, value)}: {name} must be {desc}{extra}, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or (finite and math.isinf(value)):
-        raise ValueError(f"{_where(owner, name, value)}: {name} must be {desc}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{_where(owner, name, value)}: {name} must be {desc}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{_where(owner, name, value)}: {name} must be {desc}")
+    value = float(_check_number(owner, name, value, numbers.Real, desc, allow_none))
+    if (
+        math.isnan(value)
+        or (finite and math.isinf(value))
+        or (low is not None and (value < low or (low_open and value == low)))
+        or (high is not None and (value > high or (high_open and value == high)))
+    ):
+        raise ValueError(_must_be(owner, name, value, desc))
     return value
 
 

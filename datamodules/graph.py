@@ -14,10 +14,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch_geometric.data import Data
 
-from litmix.base import Example, LitmixDataModule
+from litmix.base import Example
 from litmix.data import split_batch
+from litmix.datamodules._graph_base import ShardedGraphDataModule, check_root_or_data
 from litmix.registry import register
-from litmix.validation import MissingPathError, check_choice, check_int, check_path, check_type
+from litmix.validation import MissingPathError, check_choice, check_int
 
 __all__ = ["GraphDataModule"]
 
@@ -138,7 +139,7 @@ class _TinyGCN(pl.LightningModule):
 
 
 @register("datamodule", "graph", paper="")
-class GraphDataModule(LitmixDataModule):
+class GraphDataModule(ShardedGraphDataModule):
     """Node classification on one graph: Cora / CiteSeer / PubMed from a local folder, or any PyG ``Data``.
 
     Loads the Planetoid graph ``name`` with :class:`torch_geometric.datasets.Planetoid` from ``root`` (raw files
@@ -204,13 +205,7 @@ class GraphDataModule(LitmixDataModule):
         split = check_choice(owner, "split", split, SPLITS)
         batch_size = check_int(owner, "batch_size", batch_size, low=1, allow_none=True)
         seed = check_int(owner, "seed", seed, low=0, high=MAX_SEED)
-        check_type(owner, "data", data, Data, allow_none=True)
-        path = check_path(owner, "root", root, allow_none=True)
-        if (path is None) == (data is None):
-            raise ValueError(
-                f"{owner}(root={root!r}, data={'None' if data is None else 'Data(...)'}): give exactly one of "
-                "root (a folder with Planetoid raw files) and data (a torch_geometric.data.Data)"
-            )
+        path = check_root_or_data(owner, root, data)
         if data is not None:
             _check_graph(owner, data, "data")
         super().__init__()
@@ -275,12 +270,6 @@ class GraphDataModule(LitmixDataModule):
         self.graph = graph
 
     # ------------------------------------------------------------------------------------------------ loaders
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 1, 0
-        return int(trainer.world_size), int(trainer.global_rank)
-
     def _loader(self, index: Tensor, train: bool) -> DataLoader:
         world, rank = self._world()
         dataset = _NodeIds(index)

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
-from litmix.base import Example, LitmixDataModule
+from litmix.base import Example
+from litmix.datamodules._graph_base import IdRange, SizeCheckedDataModule
 from litmix.functional.recsys import bpr_negatives
 from litmix.registry import register
 from litmix.validation import (
@@ -28,23 +29,6 @@ __all__ = ["InteractionDataModule"]
 
 ML100K_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 MAX_SEED = 2**32 - 1
-
-
-class _Ids(Dataset):
-    """Item ``i`` is ``i`` (a training interaction id or a position in the evaluation users)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-    def __getitems__(self, ids: list[int]) -> list[int]:
-        """A whole batch in one call (the DataLoader's batched fetch)."""
-        return list(ids)
 
 
 class _TripletCollate:
@@ -144,7 +128,7 @@ def _factorize(*columns: Any) -> tuple[list[Tensor], int]:
 
 
 @register("datamodule", "graph", paper="")
-class InteractionDataModule(LitmixDataModule):
+class InteractionDataModule(SizeCheckedDataModule):
     """User–item interactions (ML-100K or any ``user, item[, rating, timestamp]`` file) for recommendation.
 
     **Sources** (exactly one): ``root``, a folder with MovieLens-100K's ``<fold>.base`` / ``<fold>.test`` files
@@ -358,9 +342,7 @@ class InteractionDataModule(LitmixDataModule):
         self.eval_users = torch.unique(test[:, 0])
         users, items = train[:, 0], train[:, 1] + num_users
         self.edge_index = torch.stack([torch.cat([users, items]), torch.cat([items, users])])
-        self._ready = True
-        if self._expected is not None:
-            self._check_expected()
+        self._mark_ready()
 
     def _sizes_now(self) -> dict[str, int]:
         return {
@@ -370,45 +352,11 @@ class InteractionDataModule(LitmixDataModule):
             "num_test": int(self.test_pairs.shape[0]),
         }
 
-    def _check_expected(self) -> None:
-        assert self._expected is not None
-        now = self._sizes_now()
-        if now != self._expected:
-            raise ValueError(
-                f"{type(self).__name__}: the checkpoint was written on other data ({self._expected}) than this "
-                f"data module serves ({now})"
-            )
-
-    # ------------------------------------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """``version``, ``seed`` and the data's sizes (``None`` before ``setup`` unless loaded)."""
-        sizes = self._sizes_now() if self._ready else self._expected
-        return {**super().state_dict(), "seed": self.seed, "sizes": None if sizes is None else dict(sizes)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the seed; the sizes must match the data (checked now, or at ``setup``).
-
-        Raises:
-            ValueError: for a newer state version or a checkpoint written on other data.
-        """
-        super().load_state_dict(state_dict)
-        self.seed = int(state_dict.get("seed", self.seed))
-        sizes = state_dict.get("sizes")
-        self._expected = None if sizes is None else {k: int(v) for k, v in sizes.items()}
-        if self._ready and self._expected is not None:
-            self._check_expected()
-
     # ------------------------------------------------------------------------------------------------ loaders
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 1, 0
-        return int(trainer.world_size), int(trainer.global_rank)
-
     def train_dataloader(self) -> DataLoader:
         """Shuffled, sharded ``(triplets, None, index)`` batches of ``batch_size`` BPR triplets."""
         world, rank = self._world()
-        dataset = _Ids(int(self.train_pairs.shape[0]))
+        dataset = IdRange(int(self.train_pairs.shape[0]))
         sampler: DistributedSampler[int] = DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
         )
@@ -418,7 +366,7 @@ class InteractionDataModule(LitmixDataModule):
 
     def _eval_loader(self) -> DataLoader:
         world, rank = self._world()
-        dataset = _Ids(int(self.eval_users.numel()))
+        dataset = IdRange(int(self.eval_users.numel()))
         sampler: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         batch = min(self.eval_batch_size, math.ceil(len(dataset) / world))
         return DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=_EvalCollate(self))

@@ -9,14 +9,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Data
 
-from litmix.base import Example, LitmixDataModule
+from litmix.base import Example
+from litmix.datamodules._graph_base import IdRange, SizeCheckedDataModule, check_root_or_data
 from litmix.datamodules.graph import MAX_SEED, PLANETOID_NAMES, GraphDataModule
 from litmix.functional.link_prediction import NCN_PAPER, check_edge_index
 from litmix.registry import register
-from litmix.validation import check_choice, check_float, check_int, check_path, check_type
+from litmix.validation import check_choice, check_float, check_int
 
 __all__ = ["LinkDataModule"]
 
@@ -50,19 +51,6 @@ def _seeded(seed: int) -> Any:
                 random.setstate(state)
 
     return _ctx()
-
-
-class _Ids(Dataset):
-    """Item ``i`` is ``i`` (a training positive edge or a candidate edge of an evaluation split)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
 
 
 class _TrainCollate:
@@ -123,7 +111,7 @@ def _tiny_link_graph(seed: int = 0, n: int = 40, features: int = 8, blocks: int 
 
 
 @register("datamodule", "graph", paper=NCN_PAPER)
-class LinkDataModule(LitmixDataModule):
+class LinkDataModule(SizeCheckedDataModule):
     """Link prediction on one graph: a seeded PyG ``RandomLinkSplit`` with explicit negative sampling.
 
     The data protocol of NCN / NCNC (Wang, Yang, Zhang, "Neural Common Neighbor with Completion for Link
@@ -182,6 +170,7 @@ class LinkDataModule(LitmixDataModule):
     """
 
     state_version = 1
+    _other = "another split"
 
     def __init__(
         self,
@@ -208,13 +197,7 @@ class LinkDataModule(LitmixDataModule):
         batch_size = check_int(owner, "batch_size", batch_size, low=1, allow_none=True)
         eval_batch_size = check_int(owner, "eval_batch_size", eval_batch_size, low=1, allow_none=True)
         seed = check_int(owner, "seed", seed, low=0, high=MAX_SEED)
-        check_type(owner, "data", data, Data, allow_none=True)
-        path = check_path(owner, "root", root, allow_none=True)
-        if (path is None) == (data is None):
-            raise ValueError(
-                f"{owner}(root={root!r}, data={'None' if data is None else 'Data(...)'}): give exactly one of "
-                "root (a folder with Planetoid raw files) and data (a torch_geometric.data.Data)"
-            )
+        path = check_root_or_data(owner, root, data)
         name = check_choice(owner, "name", name, PLANETOID_NAMES)
         # the Planetoid loader of GraphDataModule (never downloads)
         self._source = None if path is None else GraphDataModule(path, name=name)
@@ -280,9 +263,7 @@ class LinkDataModule(LitmixDataModule):
                     f"{owner}(val_ratio={self.val_ratio}, test_ratio={self.test_ratio}): the {part} split has no "
                     f"positive edge (the graph has {base.edge_index.shape[1]} directed edges)"
                 )
-        self._ready = True
-        if self._expected is not None:
-            self._check_expected()
+        self._mark_ready()
 
     # ------------------------------------------------------------------------------------------------ state
     def _sizes_now(self) -> dict[str, int]:
@@ -293,43 +274,11 @@ class LinkDataModule(LitmixDataModule):
             "num_test": int(self.test_labels.numel()),
         }
 
-    def _check_expected(self) -> None:
-        assert self._expected is not None
-        if self._sizes_now() != self._expected:
-            raise ValueError(
-                f"{type(self).__name__}: the checkpoint was written on another split ({self._expected}) than this "
-                f"data module serves ({self._sizes_now()})"
-            )
-
-    def state_dict(self) -> dict[str, Any]:
-        """``version``, ``seed`` and the split's sizes (``None`` before ``setup`` unless loaded)."""
-        sizes = self._sizes_now() if self._ready else self._expected
-        return {**super().state_dict(), "seed": self.seed, "sizes": None if sizes is None else dict(sizes)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the seed; the split's sizes must match (checked now, or at ``setup``).
-
-        Raises:
-            ValueError: for a newer state version or a checkpoint written on another split.
-        """
-        super().load_state_dict(state_dict)
-        self.seed = int(state_dict.get("seed", self.seed))
-        sizes = state_dict.get("sizes")
-        self._expected = None if sizes is None else {k: int(v) for k, v in sizes.items()}
-        if self._ready and self._expected is not None:
-            self._check_expected()
-
     # ------------------------------------------------------------------------------------------------ loaders
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 1, 0
-        return int(trainer.world_size), int(trainer.global_rank)
-
     def train_dataloader(self) -> DataLoader:
         """Shuffled, sharded training batches: the positives of the batch and fresh negatives."""
         world, rank = self._world()
-        dataset = _Ids(int(self.train_pos.shape[1]))
+        dataset = IdRange(int(self.train_pos.shape[1]))
         sampler: DistributedSampler[int] = DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
         )
@@ -338,7 +287,7 @@ class LinkDataModule(LitmixDataModule):
 
     def _eval_loader(self, graph: dict[str, Tensor], candidates: Tensor, labels: Tensor) -> DataLoader:
         world, rank = self._world()
-        dataset = _Ids(int(labels.numel()))
+        dataset = IdRange(int(labels.numel()))
         sampler: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         full = math.ceil(len(dataset) / world)
         batch = min(self.eval_batch_size or full, full)

@@ -14,7 +14,8 @@ either value is not finite (a proxy's NaN must not silently turn into a rank).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,6 +39,14 @@ def _pair(scores: ArrayLike, truth: ArrayLike) -> tuple[Tensor, Tensor]:
     return x[keep], y[keep]
 
 
+def _correlation(scores: ArrayLike, truth: ArrayLike, corrcoef: Callable[[Tensor, Tensor], Any]) -> float:
+    """``corrcoef`` of the finite pairs; NaN for fewer than 2."""
+    x, y = _pair(scores, truth)
+    if x.numel() < 2:
+        return math.nan
+    return float(corrcoef(x, y))
+
+
 @register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
 def kendall_tau(scores: ArrayLike, truth: ArrayLike) -> float:
     """Kendall τ-b (ties handled as scipy's default) via torchmetrics; NaN for fewer than 2 finite pairs.
@@ -49,10 +58,7 @@ def kendall_tau(scores: ArrayLike, truth: ArrayLike) -> float:
         >>> round(kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]), 4)
         0.6667
     """
-    x, y = _pair(scores, truth)
-    if x.numel() < 2:
-        return math.nan
-    return float(kendall_rank_corrcoef(x, y))  # type: ignore[arg-type]
+    return _correlation(scores, truth, kendall_rank_corrcoef)
 
 
 @register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
@@ -66,10 +72,7 @@ def spearman_rho(scores: ArrayLike, truth: ArrayLike) -> float:
         >>> round(spearman_rho([1, 2, 3, 4], [1, 3, 2, 4]), 3)
         0.8
     """
-    x, y = _pair(scores, truth)
-    if x.numel() < 2:
-        return math.nan
-    return float(spearman_corrcoef(x, y))
+    return _correlation(scores, truth, spearman_corrcoef)
 
 
 @register("function", "proxy", paper=PROTOCOL, module="litmix.nas")
@@ -83,10 +86,7 @@ def pearson_r(scores: ArrayLike, truth: ArrayLike) -> float:
         >>> round(pearson_r([1, 2, 3], [2, 4, 6]), 6)
         1.0
     """
-    x, y = _pair(scores, truth)
-    if x.numel() < 2:
-        return math.nan
-    return float(pearson_corrcoef(x, y))
+    return _correlation(scores, truth, pearson_corrcoef)
 
 
 def _check_k(owner: str, k: int, n: int) -> int:

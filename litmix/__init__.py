@@ -43,6 +43,7 @@ CORE_MODULES = (
     "litmix.nas",
     "litmix.optim",
     "litmix.quantization_pareto",
+    "litmix.sparse_search",
     "litmix.sparsity",
     "litmix.sparsity.removal",
     "litmix.functional.head_importance",

@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,21 @@ def per_node(x: Tensor, edge_index: Tensor, classes: int, hidden: int, nodes: in
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def table_rows(
+    graphs: dict[str, tuple[Any, ...]], time_models: Callable[..., dict[str, float]], seconds: str, ratio: str
+) -> list[str]:
+    """``| graph | model | seconds | x MLP time |`` rows of ``time_models(x, edge_index, classes)`` per graph
+    (each printed as it comes); ``seconds`` and ``ratio`` are the format specs of the two numbers."""
+    rows = []
+    for graph_name, graph in graphs.items():
+        result = time_models(*graph)
+        base = result["MLP student (no graph)"]
+        for model, sec in result.items():
+            rows.append(f"| {graph_name} | {model} | {sec:{seconds}} | {sec / base:{ratio}} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     """Measure and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,12 +167,9 @@ def main() -> None:
         "| graph | model | seconds / forward | × MLP time |",
         "|---|---|---:|---:|",
     ]
-    for graph_name, (x, edge_index, classes) in graphs.items():
-        result = measure(x, edge_index, classes, args.hidden, args.repeats)
-        base = result["MLP student (no graph)"]
-        for model, seconds in result.items():
-            lines.append(f"| {graph_name} | {model} | {seconds:.5f} | {seconds / base:.1f} |")
-            print(lines[-1], flush=True)
+    lines += table_rows(
+        graphs, lambda x, ei, c: measure(x, ei, c, args.hidden, args.repeats), seconds=".5f", ratio=".1f"
+    )
     lines += [
         "",
         "Latency of one node's prediction (GLNN's setting: a GNN must fetch the node's neighbourhood first), "
@@ -165,12 +178,9 @@ def main() -> None:
         "| graph | model | seconds / node | × MLP time |",
         "|---|---|---:|---:|",
     ]
-    for graph_name, (x, edge_index, classes) in graphs.items():
-        result = per_node(x, edge_index, classes, args.hidden, args.per_node)
-        base = result["MLP student (no graph)"]
-        for model, seconds in result.items():
-            lines.append(f"| {graph_name} | {model} | {seconds:.6f} | {seconds / base:.0f} |")
-            print(lines[-1], flush=True)
+    lines += table_rows(
+        graphs, lambda x, ei, c: per_node(x, ei, c, args.hidden, args.per_node), seconds=".6f", ratio=".0f"
+    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +45,7 @@ from litmix.metrics._split_evaluation import SplitEvaluation
 from litmix.metrics.mia_auc import MembershipInferenceAUC
 from litmix.models import import_class, load_model, output_logits
 from litmix.registry import register
+from litmix.unlearning_peft import apply_lora, check_lora, is_peft_model, merge_lora
 from litmix.validation import check_bool, check_choice, check_float, check_int, check_str, check_type
 
 METHODS = ("grad_ascent", "grad_diff", "npo")
@@ -188,17 +191,30 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
             ``activation`` retain loss).
         rmu_coeff: RMU's steering coefficient ``c`` (finite, > 0).
         rmu_seed: seed of RMU's random direction ``u`` (>= 0).
+        lora: train LoRA adapters instead of the whole model (LoRA, https://arxiv.org/abs/2106.09685): a dict with
+            ``r`` (rank >= 1, default 8), ``alpha`` (> 0, default ``2 r``), ``dropout`` (in [0, 1), default 0) and
+            ``target_modules`` (names of Linear / Conv1D layers; None = ``q_proj``/``v_proj`` of Llama-style models
+            or ``c_attn``/``c_proj`` of GPT-2). The model is wrapped with ``peft.get_peft_model`` when the module is
+            built (in place: the given model object gets the adapters; the Lightning checkpoint then loads strictly
+            into a fresh module built with the same arguments). Only adapter parameters train; the reference model
+            of NPO-type losses and the ``kl`` / ``activation`` retain terms is the same model with its adapters
+            disabled (``disable_adapter()``, in eval mode): no second copy in memory. :meth:`merged_model` returns
+            the merged plain model (``save_pretrained`` / ``from_pretrained``). Needs ``pip install 'litmix[peft]'``.
 
     Raises:
         TypeError: for an argument of the wrong type (e.g. ``beta='0.1'``), naming it.
         ValueError: for an unknown forget loss (the message lists the registry), retain loss, optimizer or
             reduction; ``method`` and ``forget_loss`` naming different losses; ``beta``/``lr``/``rmu_coeff``
             <= 0, negative weights, NaN or infinite numbers; a retain loss with ``grad_ascent``;
-            ``cache_reference`` with a loss that has no reference values; ``margin`` without ``simnpo``;
+            ``cache_reference`` with a loss that has no reference values; a ``lora`` dict with unknown keys,
+            ``r`` < 1, ``alpha`` <= 0, ``dropout`` outside [0, 1) or target modules the model does not have (or no
+            default target modules for a model that is neither GPT-2 nor Llama-style), or a model that already has
+            adapters; ``margin`` without ``simnpo``;
             ``nll_reduction`` with a loss that does not use it; ``rmu`` / ``activation`` without ``rmu_layer``
             or with a layer the model does not have; a malformed ``model_class``; a missing ``model`` path
             (also a ``FileNotFoundError``) or a ``.ckpt`` without ``model_class``. During training: an
             ``idkdpo`` LM batch without ``alternate`` answers, or a retain loss on batches without ``retain`` items.
+        ImportError: ``lora`` without ``peft`` installed (names the extra ``litmix[peft]``).
         MisconfigurationException: in ``setup`` under FSDP or DeepSpeed; in ``on_fit_start`` when
             ``cache_reference=True`` and the datamodule has no ``forget_dataloader()``, or UNDIAL's cache is
             asked for LM logits.
@@ -237,6 +253,7 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
         rmu_layer: str | None = None,
         rmu_coeff: float = 20.0,
         rmu_seed: int = 0,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -267,6 +284,7 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
         check_int(name, "rmu_seed", rmu_seed, low=0)
         _check_class_path(name, "model_class", model_class)
         _check_model(name, model, model_class)
+        lora_config = check_lora(name, lora)
         given = f"{name}({arg}={(forget_loss if arg == 'forget_loss' else method)!r}"
         if spec.name == "grad_ascent" and retain_loss is not None:
             raise ValueError(
@@ -303,8 +321,13 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
             raise ValueError(
                 f"{name}(model={str(model)!r}): cannot load the model ({type(err).__name__}: {err})"
             ) from err
+        if lora_config is not None:
+            if is_peft_model(self.model):
+                raise ValueError(f"{name}(lora={lora!r}): the model already has PEFT adapters; pass its base model")
+            self.model = apply_lora(self.model, lora_config, owner=name)
+        self.lora = lora_config
         if rmu_layer is not None:
-            layers = dict(self.model.named_modules())
+            layers = dict(self._base(self.model).named_modules())
             if rmu_layer not in layers or rmu_layer == "":
                 shown = [k for k in layers if k][:12]
                 raise ValueError(f"{name}(rmu_layer={rmu_layer!r}): the model has no such submodule; some: {shown}")
@@ -371,7 +394,7 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             captured.append(output[0] if isinstance(output, tuple | list) else output)
 
-        handle = model.get_submodule(self.rmu_layer).register_forward_hook(hook)
+        handle = self._base(model).get_submodule(self.rmu_layer).register_forward_hook(hook)
         try:
             logits = self._logits(model, inputs, who)
         finally:
@@ -394,21 +417,47 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
             return sequence_nll(logits, targets, reduction=reduction or self.nll_reduction)  # type: ignore[arg-type]
         return classifier_nll(logits, targets)
 
+    @staticmethod
+    def _base(model: nn.Module) -> nn.Module:
+        """The wrapped model itself (with its LoRA layers) under a PEFT wrapper, else ``model``."""
+        return model.get_base_model() if is_peft_model(model) else model  # type: ignore[operator]
+
+    @contextlib.contextmanager
+    def _reference(self) -> Iterator[nn.Module]:
+        """The reference model: the frozen copy, or with LoRA the model with adapters disabled, in eval mode."""
+        if self.lora is None:
+            ref = self.ref_model
+            if ref is None:
+                raise RuntimeError("UnlearningModule: the reference model is not available (setup not run or dropped)")
+            self.reference_forwards += 1
+            yield ref
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():  # type: ignore[operator]
+                self.reference_forwards += 1
+                yield self.model
+        finally:
+            self.model.train(was_training)
+
     @torch.no_grad()
     def _reference_logits(self, inputs: Any) -> Tensor:
-        ref = self.ref_model
-        if ref is None:
-            raise RuntimeError("UnlearningModule: the reference model is not available (setup not run or dropped)")
-        self.reference_forwards += 1
-        return self._logits(ref, inputs, who="reference model")
+        with self._reference() as ref:
+            return self._logits(ref, inputs, who="reference model")
 
     @torch.no_grad()
     def _reference_activations(self, inputs: Any) -> Tensor:
-        ref = self.ref_model
-        if ref is None:
-            raise RuntimeError("UnlearningModule: the reference model is not available (setup not run or dropped)")
-        self.reference_forwards += 1
-        return self._logits_and_activations(ref, inputs, who="reference model")[1]
+        with self._reference() as ref:
+            return self._logits_and_activations(ref, inputs, who="reference model")[1]
+
+    def merged_model(self) -> nn.Module:
+        """The unlearned model as a plain module, LoRA updates merged into a copy (``self.model`` is unchanged).
+
+        For a Hugging Face model the result is its ``PreTrainedModel``: ``save_pretrained`` writes it and
+        ``from_pretrained`` reloads it. Without ``lora`` it is a deep copy of the model.
+        """
+        return merge_lora(self.model)
 
     @staticmethod
     def _alternate_class(ref_logits: Tensor, targets: Tensor) -> Tensor:
@@ -459,7 +508,8 @@ class UnlearningModule(SplitEvaluation, LitmixModule):
                 self.trainer.strategy,
                 "the frozen reference model is a whole copy of the model",
             )
-        if stage == "fit" and self._needs_ref() and self.ref_model is None and self._ref_needed_after_cache():
+        needs_copy = self.lora is None and self._needs_ref() and self._ref_needed_after_cache()
+        if stage == "fit" and needs_copy and self.ref_model is None:
             ref = copy.deepcopy(self.model).eval()
             ref.requires_grad_(False)
             object.__setattr__(self, "_ref_model", ref)

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from litmix.functional.link_prediction import check_edge_index
 from litmix.registry import register
-from litmix.validation import check_bool, check_float, check_int, check_type
+from litmix.validation import check_bool, check_float, check_int
 
 __all__ = ["fastrp", "sparse_random_projection"]
 
@@ -40,21 +41,6 @@ def sparse_random_projection(num_rows: int, dim: int, s: float, generator: torch
     out -= (u < p).float()
     out *= math.sqrt(s)
     return out
-
-
-def _check_edge_index(edge_index: object, num_nodes: int) -> Tensor:
-    check_type(_OWNER, "edge_index", edge_index, Tensor)
-    assert isinstance(edge_index, Tensor)
-    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
-        raise TypeError(f"fastrp(edge_index=...): edge_index must be an integer tensor, got {edge_index.dtype}")
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"fastrp(edge_index=...): edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-        raise ValueError(
-            f"fastrp(edge_index=...): edge_index holds node ids in [{int(edge_index.min())}, "
-            f"{int(edge_index.max())}], outside [0, num_nodes={num_nodes})"
-        )
-    return edge_index.long()
 
 
 @register(
@@ -140,7 +126,7 @@ def fastrp(
     normalize_layers = check_bool(_OWNER, "normalize_layers", normalize_layers)
     standardize = check_bool(_OWNER, "standardize", standardize)
     seed = check_int(_OWNER, "seed", seed, low=0)
-    ei = _check_edge_index(edge_index, num_nodes)
+    ei = check_edge_index(_OWNER, edge_index, num_nodes)
 
     # transition matrix D^-1 A in CSR (duplicates once; keys sorted, so rows are in order)
     key = torch.unique(ei[0] * num_nodes + ei[1])

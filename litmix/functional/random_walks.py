@@ -19,27 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from litmix.functional.link_prediction import check_edge_index
 from litmix.registry import register
 from litmix.validation import check_float, check_int, check_type
 
 __all__ = ["csr_from_edge_index", "random_walks", "skipgram_pairs"]
 
 _MAX_REJECTION_ROUNDS = 100
-
-
-def _check_edges(owner: str, edge_index: object, num_nodes: int) -> Tensor:
-    check_type(owner, "edge_index", edge_index, Tensor)
-    assert isinstance(edge_index, Tensor)
-    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
-        raise TypeError(f"{owner}(edge_index=...): edge_index must be an integer tensor, got {edge_index.dtype}")
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"{owner}(edge_index=...): edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-        raise ValueError(
-            f"{owner}(edge_index=...): edge_index holds node ids in [{int(edge_index.min())}, "
-            f"{int(edge_index.max())}], outside [0, num_nodes={num_nodes})"
-        )
-    return edge_index.long()
 
 
 def csr_from_edge_index(index: Tensor, other: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -132,7 +118,7 @@ def random_walks(
     p = check_float(owner, "p", p, low=0.0, low_open=True)
     q = check_float(owner, "q", q, low=0.0, low_open=True)
     seed = check_int(owner, "seed", seed, low=0)
-    ei = _check_edges(owner, edge_index, num_nodes)
+    ei = check_edge_index(owner, edge_index, num_nodes)
     if start is not None:
         check_type(owner, "start", start, Tensor)
         if start.is_floating_point() or start.dim() != 1:

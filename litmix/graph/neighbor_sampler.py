@@ -10,7 +10,8 @@ from torch_geometric.data import Data
 from torch_geometric.sampler import BaseSampler, EdgeSamplerInput, NegativeSampling, NodeSamplerInput, SamplerOutput
 from torch_geometric.sampler.neighbor_sampler import edge_sample
 
-from litmix.functional.random_walks import _check_edges, csr_from_edge_index
+from litmix.functional.link_prediction import check_edge_index
+from litmix.functional.random_walks import csr_from_edge_index
 from litmix.registry import register
 from litmix.validation import check_int, check_type
 
@@ -117,7 +118,7 @@ class TorchNeighborSampler(BaseSampler):
         num_nodes = int(data.num_nodes or 0)
         if num_nodes < 1:
             raise ValueError(f"{owner}(data=...): data has no nodes (num_nodes={num_nodes})")
-        ei = _check_edges(owner, edge_index, num_nodes)
+        ei = check_edge_index(owner, edge_index, num_nodes)
         self.num_neighbors, self.seed, self.num_nodes = fanouts, seed, num_nodes
         # CSR over incoming edges: row v lists the sources j of the edges j -> v; perm maps slots to edge ids
         self.rowptr, self.col, self.perm = csr_from_edge_index(ei[1], ei[0], num_nodes)

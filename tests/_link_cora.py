@@ -7,7 +7,6 @@ Cora's 1433 bag-of-words features are reduced to 128 with PyG's ``SVDFeatureRedu
 from __future__ import annotations
 
 import logging
-import shutil
 from functools import cache
 from pathlib import Path
 
@@ -16,34 +15,20 @@ import torch
 
 SEEDS = (0, 1, 2)
 EPOCHS, HIDDEN, LR, SVD = 10, 32, 0.02, 128
-_ROOT: dict[str, str] = {}
 
 
 @cache
-def cora(root: str):
+def cora(root: Path):
     from torch_geometric.data import Data
     from torch_geometric.datasets import Planetoid
     from torch_geometric.transforms import SVDFeatureReduction
 
-    graph = Planetoid(root, "Cora")[0]
+    graph = Planetoid(str(root), "Cora")[0]
     return SVDFeatureReduction(SVD)(Data(x=graph.x, edge_index=graph.edge_index))
 
 
-def planetoid_root(shared_data: Path, tmp_path_factory) -> str:
-    """A writable copy of ``planetoid/Cora`` (skips the test when the offline data are absent)."""
-    import pytest
-
-    if not (shared_data / "planetoid" / "Cora" / "raw").is_dir():
-        pytest.skip("Cora raw files not available")
-    if "root" not in _ROOT:  # one copy per session, so that both test files share the cached fits
-        tmp = tmp_path_factory.mktemp("planetoid")
-        shutil.copytree(shared_data / "planetoid" / "Cora", tmp / "Cora")
-        _ROOT["root"] = str(tmp)
-    return _ROOT["root"]
-
-
 @cache
-def trained(root: str, seed: int, predictor: str):
+def trained(root: Path, seed: int, predictor: str):
     """``(module, datamodule, test positive scores, test negative scores)`` after training on Cora."""
     from litmix.datamodules.link import LinkDataModule
     from litmix.plugins.ncn_module import NCNModule

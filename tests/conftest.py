@@ -33,3 +33,26 @@ def mnist_root(shared_data, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("mnist") / "MNIST"
     shutil.copytree(shared_data / "mnist" / "MNIST", dst)
     return dst / "raw"
+
+
+@pytest.fixture(scope="session")
+def planetoid_root(shared_data, tmp_path_factory) -> Path:
+    """A writable session copy of ``planetoid/`` (Cora, CiteSeer; PyG writes processed/ beside raw/).
+
+    Skips when Cora's raw files are absent.
+    """
+    src = shared_data / "planetoid"
+    if not (src / "Cora" / "raw").is_dir():
+        pytest.skip(f"Cora raw files not found in {src}")
+    root = tmp_path_factory.mktemp("planetoid")
+    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
+        shutil.copytree(folder, root / folder.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cora(planetoid_root):
+    """Cora (public split) as a PyG ``Data``, loaded once per session: ``.clone()`` it before changing it."""
+    from torch_geometric.datasets import Planetoid
+
+    return Planetoid(str(planetoid_root), "Cora")[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 import warnings
 
@@ -121,15 +120,6 @@ def test_registered_as_graph_function():
     info = get_plugin("fastrp")
     assert (info.kind, info.family, info.module) == ("function", "graph", "litmix.functional.fastrp")
     assert "1908.11512" in info.paper
-
-
-@pytest.fixture(scope="module")
-def cora(shared_data, tmp_path_factory):
-    from torch_geometric.datasets import Planetoid
-
-    root = tmp_path_factory.mktemp("planetoid")
-    shutil.copytree(shared_data / "planetoid" / "Cora", root / "Cora")
-    return Planetoid(str(root), "Cora")[0]
 
 
 def test_cora_embedding_is_fast(cora):

@@ -22,15 +22,6 @@ from litmix.testing import make_trainer
 from litmix.validation import MissingPathError
 
 
-@pytest.fixture(scope="module")
-def planetoid_root(shared_data, tmp_path_factory):
-    """A writable copy of the Cora and CiteSeer raw files (PyG writes processed/ beside raw/)."""
-    root = tmp_path_factory.mktemp("planetoid")
-    for name in ("Cora", "CiteSeer"):
-        shutil.copytree(shared_data / "planetoid" / name, root / name)
-    return root
-
-
 @pytest.fixture(autouse=True)
 def _no_download(monkeypatch):
     from torch_geometric.datasets import Planetoid

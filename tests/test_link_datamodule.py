@@ -1,6 +1,5 @@
 """LinkDataModule: seeded RandomLinkSplit, fresh negatives per epoch, DDP shards, state, bad inputs, Cora."""
 
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -101,11 +100,8 @@ def test_bad_inputs_name_the_argument(tmp_path):
         LinkDataModule(tmp_path, name="Cora").setup("fit")
 
 
-def test_cora_from_root(shared_data, tmp_path):
-    if not (shared_data / "planetoid" / "Cora" / "raw").is_dir():
-        pytest.skip("Cora raw files not available")
-    shutil.copytree(shared_data / "planetoid" / "Cora", tmp_path / "Cora")
-    dm = LinkDataModule(tmp_path, name="Cora", val_ratio=0.05, test_ratio=0.1)
+def test_cora_from_root(planetoid_root):
+    dm = LinkDataModule(planetoid_root, name="Cora", val_ratio=0.05, test_ratio=0.1)
     dm.prepare_data()
     dm.setup("fit")
     assert dm.num_nodes == 2708

@@ -1,9 +1,5 @@
 """NCN / NCNC (Wang et al., ICLR 2024, arXiv 2302.00890): common neighbours, metrics, module, effect on Cora."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -17,15 +13,7 @@ from litmix.functional.link_prediction import (
 )
 from litmix.metrics import HitsAtK, LinkMRR
 from litmix.plugins import NCNModule
-
-
-def link_cora():
-    """The session-cached Cora fits of ``tests/_link_cora.py`` (one module instance for all test files)."""
-    name, spec = "litmix_tests_link_cora", importlib.util.spec_from_file_location
-    if name not in sys.modules:
-        sys.modules[name] = importlib.util.module_from_spec(spec(name, Path(__file__).with_name("_link_cora.py")))
-        sys.modules[name].__spec__.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+from tests import _link_cora
 
 
 def _random_graph(n=30, p=0.2, seed=0):
@@ -135,18 +123,13 @@ def test_bad_inputs_name_the_argument():
         common_neighbors(torch.eye(3), torch.tensor([[0], [1]]))
 
 
-@pytest.fixture(scope="session")
-def cora_root(shared_data, tmp_path_factory):
-    return link_cora().planetoid_root(shared_data, tmp_path_factory)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ncn_beats_gcn_dot_product_on_cora(cora_root, seed):
+def test_ncn_beats_gcn_dot_product_on_cora(planetoid_root, seed):
     """Measured (SVD-128 features, 10 epochs, hidden 32, Adam 0.02): Hits@20 NCN 0.717 / 0.708 / 0.738 vs GCN + dot
     0.641 / 0.636 / 0.594 (margins 0.076 / 0.072 / 0.144); Hits@50 0.848 / 0.850 / 0.846 vs 0.807 / 0.816 / 0.778."""
-    helper = link_cora()
-    _, _, pos_ncn, neg_ncn = helper.trained(cora_root, seed, "ncn")
-    _, _, pos_dot, neg_dot = helper.trained(cora_root, seed, "dot")
+    helper = _link_cora
+    _, _, pos_ncn, neg_ncn = helper.trained(planetoid_root, seed, "ncn")
+    _, _, pos_dot, neg_dot = helper.trained(planetoid_root, seed, "dot")
     assert float(hits_at_k(pos_ncn, neg_ncn, 20)) > float(hits_at_k(pos_dot, neg_dot, 20)) + 0.05
     assert float(hits_at_k(pos_ncn, neg_ncn, 50)) > float(hits_at_k(pos_dot, neg_dot, 50)) + 0.02

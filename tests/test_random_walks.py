@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from torch_geometric.data import Data
@@ -106,7 +104,7 @@ def test_deepwalk_refuses_a_graph_larger_than_its_table():
 
 
 @pytest.mark.slow
-def test_deepwalk_on_cora_linear_probe_beats_raw_features(shared_data, tmp_path):
+def test_deepwalk_on_cora_linear_probe_beats_raw_features(cora):
     """DeepWalk in a Trainer on Cora (1 epoch, 2 walks x 20 steps per node, window 5, 128-d, 1 negative, Adam
     0.025, batches of 256 start nodes), linear probe on random 50/50 splits (``linear_probe``, seeds 0/1/2).
 
@@ -116,12 +114,9 @@ def test_deepwalk_on_cora_linear_probe_beats_raw_features(shared_data, tmp_path)
     +0.092). Asserted on every seed: DeepWalk (no node features) >= raw + 0.02, concatenation >= raw + 0.07.
     (A 64-d, lr 0.05, 128-node-batch setting stayed on a par with the raw features: 0.736 / 0.766 / 0.725.)
     """
-    from torch_geometric.datasets import Planetoid
-
     from litmix.datamodules.graph import GraphDataModule
 
-    shutil.copytree(shared_data / "planetoid" / "Cora", tmp_path / "Cora")
-    d = Planetoid(str(tmp_path), "Cora")[0]
+    d = cora
     everyone = torch.ones(d.num_nodes, dtype=torch.bool)
     graph = Data(x=d.x[:, :1], y=d.y, edge_index=d.edge_index, train_mask=everyone, val_mask=d.val_mask,
                  test_mask=d.test_mask)  # fmt: skip

@@ -1,9 +1,6 @@
 """Topological concentration (Wang et al., ICLR 2024, arXiv 2310.04612): definition, callback, effect on Cora."""
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +8,7 @@ import torch
 from litmix.callbacks import TopologicalConcentration
 from litmix.functional.link_prediction import node_link_performance, topological_concentration
 from litmix.testing import TinyClassifier, TinyDataModule, make_trainer
-
-
-def link_cora():
-    """The session-cached Cora fits of ``tests/_link_cora.py`` (one module instance for all test files)."""
-    name, spec = "litmix_tests_link_cora", importlib.util.spec_from_file_location
-    if name not in sys.modules:
-        sys.modules[name] = importlib.util.module_from_spec(spec(name, Path(__file__).with_name("_link_cora.py")))
-        sys.modules[name].__spec__.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+from tests import _link_cora
 
 
 def _reference_tc(adj_list, n, hops, beta):
@@ -94,14 +83,9 @@ def test_bad_inputs_name_the_argument():
         topological_concentration(torch.tensor([[0], [5]]), 3)
 
 
-@pytest.fixture(scope="session")
-def cora_root(shared_data, tmp_path_factory):
-    return link_cora().planetoid_root(shared_data, tmp_path_factory)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_high_tc_nodes_are_predicted_better_on_cora(cora_root, seed):
+def test_high_tc_nodes_are_predicted_better_on_cora(planetoid_root, seed):
     """Trained NCN (shared fits of test_ncn.py), per-node test MRR, TC (K=2) on the training graph.
 
     Measured: top-third vs bottom-third TC per-node MRR 0.295 / 0.377 / 0.423 vs 0.194 / 0.266 / 0.287;
@@ -109,7 +93,7 @@ def test_high_tc_nodes_are_predicted_better_on_cora(cora_root, seed):
     MRR) 0.328 / 0.329 / 0.274 is higher on every seed), so this test does not assert it. For the GCN + dot model
     the groups barely separate (high - low -0.009 / +0.030 / +0.026; Spearman -0.013 / 0.041 / -0.026).
     """
-    _, dm, pos, neg = link_cora().trained(cora_root, seed, "ncn")
+    _, dm, pos, neg = _link_cora.trained(planetoid_root, seed, "ncn")
     cb = TopologicalConcentration(hops=2)
     edge_index = dm.train_graph["edge_index"]
     cb.tc = topological_concentration(edge_index, dm.num_nodes, hops=2)

@@ -36,6 +36,7 @@ class _ShiftMixin(nn.Module):
     scale_latent: nn.Parameter
     exponent_max: Tensor
     bits: int
+    init: str
 
     def _init_latents(self, shape: tuple[int, ...], bits: int, init: str, weight: Tensor | None) -> None:
         if weight is None:
@@ -49,6 +50,15 @@ class _ShiftMixin(nn.Module):
         self.sign_latent = nn.Parameter(sign.float())
         self.scale_latent = nn.Parameter(scale.float())
         self.register_buffer("exponent_max", torch.tensor(e_max, dtype=torch.int64))
+
+    def _adopt(self, layer: nn.Linear | nn.Conv2d) -> Any:
+        """Latents from ``layer``'s weight (``init="kaiming"``), its bias copied, on its device; returns ``self``."""
+        weight = layer.weight
+        self._init_latents(tuple(weight.shape), self.bits, self.init, None if self.init != "kaiming" else weight)
+        bias = getattr(self, "bias", None)
+        if layer.bias is not None and bias is not None:
+            bias.data.copy_(layer.bias.detach())
+        return self.to(weight.device)
 
     @property
     def weight(self) -> Tensor:
@@ -135,10 +145,7 @@ class ShiftLinear(_ShiftMixin, _LinearShell):
         """
         layer = check_float_layer(cls.__name__, layer, nn.Linear)
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, bits, init)
-        new._init_latents(tuple(layer.weight.shape), new.bits, new.init, None if init != "kaiming" else layer.weight)
-        if layer.bias is not None and new.bias is not None:
-            new.bias.data.copy_(layer.bias.detach())
-        return new.to(layer.weight.device)
+        return new._adopt(layer)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x @ weight.T + bias`` with the effective DenseShift weight."""
@@ -225,10 +232,7 @@ class ShiftConv2d(_ShiftMixin, _ConvShell):
         """
         sizes = cls._float_sizes(cls.__name__, layer, "a square kernel and equal strides/paddings", False)
         new = cls(*sizes, layer.groups, layer.bias is not None, bits, init)
-        new._init_latents(tuple(layer.weight.shape), new.bits, new.init, None if init != "kaiming" else layer.weight)
-        if layer.bias is not None and new.bias is not None:
-            new.bias.data.copy_(layer.bias.detach())
-        return new.to(layer.weight.device)
+        return new._adopt(layer)
 
     def forward(self, x: Tensor) -> Tensor:
         """``conv2d(x, weight) + bias`` with the effective DenseShift weight."""

@@ -18,6 +18,7 @@ from litmix.base import LitmixModule
 from litmix.data import split_batch
 from litmix.nas.ddp import broadcast_buffers
 from litmix.nas.schedules import cosine_lr_scheduler
+from litmix.validation import check_bool, check_float, check_int
 
 
 class _OFAModule(LitmixModule):
@@ -33,6 +34,17 @@ class _OFAModule(LitmixModule):
     #: why sharded strategies are refused, and what to use instead
     _shard_why: ClassVar[str]
     _shard_instead: ClassVar[str] = "strategy='ddp'"
+
+    @staticmethod
+    def _check_training_args(
+        name: str, kd_ratio: float, kd_temperature: float, lr: float, seed: int, sandwich: bool
+    ) -> None:
+        """``kd_ratio`` >= 0, ``kd_temperature`` and ``lr`` > 0, ``seed`` >= 0, ``sandwich`` a bool."""
+        check_float(name, "kd_ratio", kd_ratio, low=0.0)
+        check_float(name, "kd_temperature", kd_temperature, low=0.0, low_open=True)
+        check_float(name, "lr", lr, low=0.0, low_open=True)
+        check_int(name, "seed", seed, low=0)
+        check_bool(name, "sandwich", sandwich)
 
     def setup(self, stage: str) -> None:
         """Refuse sharded strategies: weight slicing of the shared layers needs whole parameters."""

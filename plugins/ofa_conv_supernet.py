@@ -24,7 +24,7 @@ from litmix.nas.sampling import make_generator
 from litmix.nas.schedules import training_progress
 from litmix.plugins._ofa_base import _OFAModule
 from litmix.registry import register
-from litmix.validation import check_bool, check_float, check_int, check_type
+from litmix.validation import check_float, check_int, check_type
 
 __all__ = ["OFAConvSupernetModule"]
 
@@ -234,11 +234,7 @@ class OFAConvSupernetModule(_OFAModule):
         if len(fracs) != 3 or sum(fracs) > 1.0 + 1e-9:
             raise ValueError(f"{name}(phase_fracs={phase_fracs!r}): need 3 fractions (full, kernel, depth), sum <= 1")
         check_int(name, "num_subnets", num_subnets, low=0, high=999)
-        check_float(name, "kd_ratio", kd_ratio, low=0.0)
-        check_float(name, "kd_temperature", kd_temperature, low=0.0, low_open=True)
-        check_float(name, "lr", lr, low=0.0, low_open=True)
-        check_int(name, "seed", seed, low=0)
-        check_bool(name, "sandwich", sandwich)
+        self._check_training_args(name, kd_ratio, kd_temperature, lr, seed, sandwich)
         super().__init__()
         self.save_hyperparameters()
         self.kernel_sizes = sorted(set(kernels))

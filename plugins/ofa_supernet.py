@@ -137,11 +137,7 @@ class OFASupernetModule(_OFAModule):
         depths = sorted({int(d) for d in (depth_choices or [])} | {len(hidden)})
         check_bool(name, "batchnorm", batchnorm)
         check_int(name, "num_subnets", num_subnets, low=0)
-        check_float(name, "kd_ratio", kd_ratio, low=0.0)
-        check_float(name, "kd_temperature", kd_temperature, low=0.0, low_open=True)
-        check_float(name, "lr", lr, low=0.0, low_open=True)
-        check_int(name, "seed", seed, low=0)
-        check_bool(name, "sandwich", sandwich)
+        self._check_training_args(name, kd_ratio, kd_temperature, lr, seed, sandwich)
         super().__init__()
         self.save_hyperparameters()
         dims = [in_features, *hidden]

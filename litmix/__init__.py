@@ -32,6 +32,7 @@ CORE_MODULES = (
     "litmix.functional.graph_valuation",
     "litmix.functional.inductive_bias",
     "litmix.functional.link_prediction",
+    "litmix.functional.pamc",
     "litmix.layers",
     "litmix.functional.quantization",
     "litmix.functional.regression_unlearning",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
@@ -12,8 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
-from litmix._sharded import refuse_sharded_strategy
-from litmix.base import Example, LitmixCallback
+from litmix.base import Example
 from litmix.data import split_batch
 from litmix.functional.head_importance import (
     find_attention,
@@ -24,7 +23,7 @@ from litmix.functional.head_importance import (
 )
 from litmix.functional.sparsity import cubic_sparsity, magnitude_masks, structured_masks
 from litmix.registry import register
-from litmix.sparsity import MaskEngine
+from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names
 from litmix.sparsity.removal import (
     ChannelGroup,
     RemovalReport,
@@ -33,7 +32,7 @@ from litmix.sparsity.removal import (
     require_torch_pruning,
     shrink_model,
 )
-from litmix.validation import check_bool, check_choice, check_float, check_int, check_str, check_type
+from litmix.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = ["StructuredPruning"]
 
@@ -49,7 +48,7 @@ def _rows_kept(mask: Tensor, dim: int) -> Tensor:
 
 
 @register("callback", "sparsity", paper=PAPER)
-class StructuredPruning(LitmixCallback):
+class StructuredPruning(MaskedPruningCallback):
     """Mask whole output channels and attention heads on a schedule, then remove them so the model really shrinks.
 
     Channel (filter) pruning after Li et al., "Pruning Filters for Efficient ConvNets"
@@ -71,7 +70,8 @@ class StructuredPruning(LitmixCallback):
       (:func:`~litmix.functional.head_importance.head_scores`) or random ones are masked.
     * **Schedule**: Zhu & Gupta's cubic ramp (:func:`~litmix.functional.sparsity.cubic_sparsity`) from 0 to the
       target between ``t0`` and ``t1``, updated every ``every_n_steps`` optimizer steps; masked units stay masked.
-    * **Masks** live in the shared :class:`~litmix.sparsity.MaskEngine` (``callback.engine``): gradients masked before
+    * **Masks** live in the shared :class:`~litmix.sparsity.MaskEngine` (``callback.engine``) and are driven by the
+      shell every litmix pruner shares (see :class:`~litmix.callbacks.GradualPruning`): gradients masked before
       each optimizer step, optimizer state masked at each update, masks decided on rank 0 and broadcast under DDP,
       checkpointed in this callback's state at one bit per weight (``Trainer.fit(ckpt_path=...)`` resumes exactly),
       not in the module's ``state_dict`` (checkpoints load strictly into the user's class).
@@ -82,11 +82,15 @@ class StructuredPruning(LitmixCallback):
       (same shapes), then ``load_state_dict(..., strict=True)``. To keep training the shrunk model, start a new fit
       (the optimizer is re-created). ``nn.MultiheadAttention`` heads can be masked but not removed.
 
-    Logs ``<prefix>/channel_sparsity`` and ``<prefix>/head_sparsity`` (fractions of channels / heads masked) when
-    the masks change, ``<prefix>/sparsity/<layer>`` at epoch ends, ``<prefix>/final_sparsity/<layer>`` to every
-    logger at the end of fit, and a per-layer bar chart image to W&B and as ``<prefix>_sparsity_per_layer.png`` in
-    a CSV/TensorBoard logger's ``log_dir`` when matplotlib is installed. ``<prefix>`` is ``name`` when given, else
-    ``structured``.
+    **Logging** (the shared pruner shell's, per *unit*): a layer's sparsity is the fraction of its channels (keyed by
+    the producing layer, ``net.0``) or of its heads (keyed by the attention module) that are masked, and
+    ``<prefix>/sparsity`` the fraction of all channels and heads together. ``<prefix>/sparsity`` (progress bar),
+    ``<prefix>/channel_sparsity`` and ``<prefix>/head_sparsity`` (only for what is pruned) whenever the masks change
+    and every ``Trainer(log_every_n_steps)`` steps; at every mask change every logger also gets them with
+    ``<prefix>/sparsity/<layer>`` through ``log_metrics`` and a per-layer bar chart (``<prefix>/sparsity_per_layer``
+    on a ``WandbLogger``; a PNG under ``images/`` of a ``CSVLogger``'s ``log_dir``; skipped without matplotlib);
+    ``<prefix>/sparsity/<layer>`` at each epoch end; at the end of fit ``<prefix>/final_sparsity`` and
+    ``<prefix>/final_sparsity/<layer>``. ``<prefix>`` is ``name`` when given, else ``structured``.
 
     Args:
         channel_sparsity: final fraction of the removable channels masked, in [0, 1).
@@ -132,6 +136,7 @@ class StructuredPruning(LitmixCallback):
 
     default_log_prefix: ClassVar[str] = "structured"
     state_version: ClassVar[int] = 1
+    sharded_reason: ClassVar[str] = "it masks and removes whole rows of unsharded parameters"
 
     def __init__(
         self,
@@ -171,14 +176,9 @@ class StructuredPruning(LitmixCallback):
             cls, "end_step", end_step, low=1 if start_step is None else start_step + 1, allow_none=True
         )
         every_n_steps = check_int(cls, "every_n_steps", every_n_steps, low=1)
-        if layers is not None:
-            check_type(cls, "layers", layers, (list, tuple))
-            if not layers:
-                raise ValueError(f"{cls}(layers=[]): layers must be a non-empty list of module names or None")
-            for n in layers:
-                check_str(cls, "layers", n, allow_empty=False)
-            if channel_sparsity == 0.0:
-                raise ValueError(f"{cls}(layers={list(layers)}): layers select channels, but channel_sparsity=0.0")
+        layers = check_parameter_names(cls, layers, argument="layers", what="module names")
+        if layers is not None and channel_sparsity == 0.0:
+            raise ValueError(f"{cls}(layers={layers}): layers select channels, but channel_sparsity=0.0")
         remove = check_bool(cls, "remove", remove)
         seed = check_int(cls, "seed", seed, low=0)
         if remove:
@@ -193,22 +193,21 @@ class StructuredPruning(LitmixCallback):
         self.start_fraction, self.end_fraction = start_fraction, end_fraction
         self.start_step, self.end_step = start_step, end_step
         self.every_n_steps = every_n_steps
-        self.layers: list[str] | None = list(layers) if layers is not None else None
+        self.layers: list[str] | None = layers
         self.remove = remove
         self.seed = seed
-        # checkpointed
+        # checkpointed (with the masks)
         self.last_update_step = -1
         self.current_channel_sparsity = 0.0
         self.current_head_sparsity = 0.0
-        self._engine = MaskEngine(cls)
         # per fit (derived from the module and the first batch)
         self._groups: list[ChannelGroup] = []
         self._attention: list[str] = []
+        self._module: pl.LightningModule | None = None
         self._example: Any = None
         self._prepared = False
         self._t0, self._t1 = 0, 1
-        self._log_pending = False
-        self._unit_sparsity: dict[str, float] = {}
+        self._unit_sparsity: dict[str, float] = {"channels": 0.0, "heads": 0.0}
         #: what ``remove=True`` removed (set at the end of fit)
         self.report: RemovalReport | None = None
 
@@ -221,21 +220,14 @@ class StructuredPruning(LitmixCallback):
             TinyClassifier(), TinyDataModule(), [cls(channel_sparsity=0.5, start_step=0, end_step=1, every_n_steps=1)]
         )
 
-    @property
-    def engine(self) -> MaskEngine:
-        """The shared mask engine holding this callback's masks."""
-        return self._engine
+    # ------------------------------------------------------------------ setup (shell hooks)
+    def _select(self, pl_module: pl.LightningModule) -> tuple[list[str], dict[str, str]]:
+        """Nothing yet: the channel groups need a traced forward pass; :meth:`_prepare` selects at the first batch."""
+        return [], {}
 
-    # ------------------------------------------------------------------ setup
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check the strategy and the module (attention modules for heads); reset the per-fit state."""
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
+    def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
+        """Check the launcher and the module (attention modules for heads); reset the per-fit state."""
         cls = type(self).__name__
-        if not pl_module.automatic_optimization:
-            raise MisconfigurationException(f"{cls} supports automatic optimization only")
-        refuse_sharded_strategy(cls, trainer.strategy, "it masks and removes whole rows of unsharded parameters")
         launcher = getattr(trainer.strategy, "launcher", None)
         if self.remove and type(launcher).__name__ == "_MultiProcessingLauncher":
             raise MisconfigurationException(
@@ -256,10 +248,14 @@ class StructuredPruning(LitmixCallback):
                 "be masked but not removed (its embed_dim is both the input width and num_heads * head_dim); pass "
                 "remove=False to keep them masked"
             )
+        # a fresh fit starts the schedule afresh; on resume the checkpointed state is loaded after setup
         self.last_update_step, self.current_channel_sparsity, self.current_head_sparsity = -1, 0.0, 0.0
-        self._engine.detach()
-        self._engine.masks = {}
         self._groups, self._example, self._prepared, self.report = [], None, False, None
+        self._module = pl_module
+
+    def _selection_detail(self) -> str:
+        # follows "pruning 0 parameters (default selection): " in the shell's setup line
+        return "none yet, the channels and heads are chosen at the first batch (which traces the model)"
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve the schedule in optimizer steps; refuse one the run does not reach."""
@@ -309,11 +305,13 @@ class StructuredPruning(LitmixCallback):
         unknown = [n for n in restored if n not in names]
         if unknown:
             raise ValueError(f"{cls}: the checkpoint holds masks for {unknown}, which this fit does not prune")
-        self._engine.attach(pl_module, {n: restored.get(n) for n in dict.fromkeys(names)}, keep_existing=False)
+        self._names = list(dict.fromkeys(names))
+        self._engine.attach(pl_module, {n: restored.get(n) for n in self._names}, keep_existing=False)
         self._engine.apply()
         self._engine.mask_optimizer_state(trainer.optimizers)
         self._prepared = True
-        self._refresh_report(pl_module)
+        self._masks_changed()
+        self._published = dict.fromkeys(self.layer_sparsity, 0.0)  # as the shell's setup: restored masks get logged
         roots = ", ".join(f"{g.root} ({g.size})" for g in self._groups)
         left = "; not removable: " + ", ".join(f"{n} ({why})" for n, why in excluded.items()) if excluded else ""
         rank_zero_info(
@@ -375,104 +373,44 @@ class StructuredPruning(LitmixCallback):
         self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
         self.last_update_step = step
         self.current_channel_sparsity, self.current_head_sparsity = s_ch, s_h
-        self._refresh_report(pl_module)
+        self._masks_changed()
 
-    def _refresh_report(self, pl_module: pl.LightningModule) -> None:
-        """Fraction of channels / heads masked per layer and overall."""
+    # ------------------------------------------------------------------ reports (shell hooks)
+    def _refresh_layer_sparsity(self) -> None:
+        """Fraction of channels / heads masked per producing layer / attention module; ``global``: of all units."""
         masks = self._engine.masks
         report: dict[str, float] = {}
-        total = pruned = 0
+        channels = masked_channels = heads = masked_heads = 0
         for g in self._groups:
             kept = int(_rows_kept(masks[g.members[0][0]], g.members[0][1]).sum())
             report[g.root] = 1.0 - kept / g.size
-            total, pruned = total + g.size, pruned + g.size - kept
-        channels = pruned / max(total, 1)
-        total = pruned = 0
-        if self._attention:
-            for a, k in kept_heads(pl_module, masks, self._attention).items():
+            channels, masked_channels = channels + g.size, masked_channels + g.size - kept
+        if self._attention and self._module is not None:
+            for a, k in kept_heads(self._module, masks, self._attention).items():
                 report[a] = 1.0 - float(k.float().mean())
-                total, pruned = total + k.numel(), pruned + int((~k).sum())
-        report["channels"], report["heads"] = channels, pruned / max(total, 1)
-        self._unit_sparsity = report
-        self._log_pending = True
+                heads, masked_heads = heads + k.numel(), masked_heads + int((~k).sum())
+        self._unit_sparsity = {"channels": masked_channels / max(channels, 1), "heads": masked_heads / max(heads, 1)}
+        report["global"] = (masked_channels + masked_heads) / max(channels + heads, 1)
+        self.layer_sparsity = report
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Zero the gradients of masked weights."""
-        self._engine.mask_gradients()
+    def _target_sparsity(self) -> float | None:
+        """The dashed line of the per-layer image: the one target, unless channels and heads differ."""
+        targets = {t for t, on in ((self.channel_sparsity, self._groups), (self.head_sparsity, self._attention)) if on}
+        return targets.pop() if len(targets) == 1 else None
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Re-mask weights when the optimizer needs it; log the sparsities when they changed."""
-        self._engine.after_step(trainer.optimizers)
-        if self._log_pending:
-            for key in ("channels", "heads"):
-                if (key == "channels" and not self._groups) or (key == "heads" and not self._attention):
-                    continue
-                pl_module.log(
-                    f"{self.log_prefix}/{key[:-1]}_sparsity",
-                    self._unit_sparsity[key],
-                    on_step=True,
-                    on_epoch=False,
-                    prog_bar=True,
-                    batch_size=1,
-                )
-            self._log_pending = False
+    def _step_metrics(self) -> dict[str, float]:
+        """``channel_sparsity`` / ``head_sparsity``: fractions of the channels / heads masked (what is pruned)."""
+        out = {}
+        if self._groups:
+            out["channel_sparsity"] = self._unit_sparsity["channels"]
+        if self._attention:
+            out["head_sparsity"] = self._unit_sparsity["heads"]
+        return out
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fraction of channels / heads masked per layer."""
-        for n, value in self._unit_sparsity.items():
-            if n not in ("channels", "heads"):
-                # identical on every rank; sync_dist only silences Lightning's DDP advice (one scalar per epoch)
-                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Final per-layer sparsity to every logger; a bar chart to W&B and as a PNG beside a CSV/TB logger."""
-        if not trainer.loggers or not self._unit_sparsity:
-            return
-        layers = {n: v for n, v in self._unit_sparsity.items() if n not in ("channels", "heads")}
-        metrics = {f"{self.log_prefix}/final_sparsity/{n}": v for n, v in layers.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        if trainer.is_global_zero:
-            self._plot(trainer, layers)
-
-    def _plot(self, trainer: pl.Trainer, layers: dict[str, float]) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(layers) + 2), 3))
-        ax.bar(range(len(layers)), list(layers.values()))
-        ax.set_xticks(range(len(layers)), list(layers), rotation=45, ha="right", fontsize=7)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("fraction of channels / heads masked")
-        fig.tight_layout()
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                import wandb
-
-                logger.experiment.log(
-                    {
-                        f"{self.log_prefix}/sparsity_per_layer": wandb.Image(fig),
-                        "trainer/global_step": trainer.global_step,
-                    }
-                )
-            elif isinstance(getattr(logger, "log_dir", None), str):
-                log_dir = str(logger.log_dir)
-                os.makedirs(log_dir, exist_ok=True)
-                fig.savefig(os.path.join(log_dir, f"{self.log_prefix}_sparsity_per_layer.png"))
-        plt.close(fig)
-
+    # ------------------------------------------------------------------ removal
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``remove=True``: physically remove the masked channels and heads."""
+        super().on_fit_end(trainer, pl_module)
         if not self.remove or not self._prepared:
             return
         masks = {n: m.detach().cpu().clone() for n, m in self._engine.masks.items()}
@@ -486,30 +424,26 @@ class StructuredPruning(LitmixCallback):
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Drop the references to parameters (the masks stay, for :meth:`state_dict`)."""
-        self._engine.detach()
+        """Drop the references to the module and its parameters (the masks stay, for :meth:`state_dict`)."""
+        super().teardown(trainer, pl_module, stage)
+        self._module = None
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Schedule position and every mask at one bit per weight."""
+    # ------------------------------------------------------------------ state (shell hooks)
+    def _extra_state(self) -> dict[str, Any]:
+        """Schedule position (the masks follow at one bit per weight)."""
         return {
-            **super().state_dict(),
             "last_update_step": self.last_update_step,
             "current_channel_sparsity": self.current_channel_sparsity,
             "current_head_sparsity": self.current_head_sparsity,
-            **self._engine.state_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (masks are applied at the first batch of the resumed fit).
-
-        Raises:
-            ValueError: for a newer state version or a mask whose shape differs from the live one.
-        """
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.last_update_step = int(state_dict.get("last_update_step", -1))
         self.current_channel_sparsity = float(state_dict.get("current_channel_sparsity", 0.0))
         self.current_head_sparsity = float(state_dict.get("current_head_sparsity", 0.0))
+
+    def _load_masks(self, state_dict: Mapping[str, Any]) -> None:
+        """Masks restored before the first batch are kept and attached there (:meth:`_prepare`)."""
         if not self._engine.attached:
             self._engine.masks = {}
         self._engine.load_state_dict(state_dict, strict=False)

@@ -387,7 +387,9 @@ def test_per_layer_sparsity_image_and_metrics_with_the_csv_logger(tmp_path):
     cb = StructuredPruning(channel_sparsity=0.5, start_step=0, end_step=1, every_n_steps=1)
     trainer = make_trainer(max_steps=3, callbacks=[cb], logger=logger, log_every_n_steps=1)
     trainer.fit(TinyClassifier(), datamodule=TinyDataModule())
-    assert (Path(logger.log_dir) / "structured_sparsity_per_layer.png").stat().st_size > 1000
+    images = sorted((Path(logger.log_dir) / "images").glob("structured_sparsity_per_layer_step*.png"))
+    assert images, sorted(str(p) for p in tmp_path.rglob("*"))
+    assert all(p.stat().st_size > 1000 for p in images)
     assert float(trainer.callback_metrics["structured/channel_sparsity"]) == 0.5
     text = (Path(logger.log_dir) / "metrics.csv").read_text()
     assert "structured/final_sparsity/net.0" in text

@@ -31,8 +31,16 @@ from litmix.validation import check_str, check_type
 __all__ = ["MaskedPruningCallback", "check_parameter_names", "sparsity_figure", "sync_generator"]
 
 
-def check_parameter_names(owner: str, parameter_names: Sequence[str] | None) -> list[str] | None:
+def check_parameter_names(
+    owner: str,
+    parameter_names: Sequence[str] | None,
+    *,
+    argument: str = "parameter_names",
+    what: str = "parameter names",
+) -> list[str] | None:
     """Validate a pruner's ``parameter_names`` argument: ``None`` or a non-empty list of non-empty names.
+
+    ``argument`` / ``what`` name another argument of the same form (``layers``: module names) in the errors.
 
     Raises:
         TypeError: for anything but a list/tuple of ``str`` (or ``None``).
@@ -44,13 +52,11 @@ def check_parameter_names(owner: str, parameter_names: Sequence[str] | None) -> 
     """
     if parameter_names is None:
         return None
-    check_type(owner, "parameter_names", parameter_names, (list, tuple))
+    check_type(owner, argument, parameter_names, (list, tuple))
     if not parameter_names:
-        raise ValueError(
-            f"{owner}(parameter_names=[]): parameter_names must be a non-empty list of parameter names or None"
-        )
+        raise ValueError(f"{owner}({argument}=[]): {argument} must be a non-empty list of {what} or None")
     for n in parameter_names:
-        check_str(owner, "parameter_names", n, allow_empty=False)
+        check_str(owner, argument, n, allow_empty=False)
     return list(parameter_names)
 
 

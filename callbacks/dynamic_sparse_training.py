@@ -13,8 +13,8 @@ from torch import Tensor
 from litmix.base import Example
 from litmix.functional.sparsity import cosine_update_fraction, erk_densities, prune_and_grow, random_masks
 from litmix.registry import register
-from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names, sync_generator
-from litmix.validation import check_choice, check_float, check_int
+from litmix.sparsity._callback import MaskedPruningCallback, sync_generator
+from litmix.validation import check_choice, check_float, check_int, check_str_list
 
 __all__ = ["DynamicSparseTraining"]
 
@@ -110,7 +110,7 @@ class DynamicSparseTraining(MaskedPruningCallback):
         end_fraction = check_float(cls, "end_fraction", end_fraction, low=0.0, high=1.0, low_open=True)
         end_step = check_int(cls, "end_step", end_step, low=1, allow_none=True)
         distribution = check_choice(cls, "distribution", distribution, ("erk", "uniform"))
-        parameter_names = check_parameter_names(cls, parameter_names)
+        parameter_names = check_str_list(cls, "parameter_names", parameter_names, what="parameter names")
         seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
         super().__init__(name=name)
         self.sparsity: float = sparsity

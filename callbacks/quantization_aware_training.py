@@ -27,7 +27,7 @@ from litmix.functional.quantization import (
     unpack_int4,
 )
 from litmix.registry import register
-from litmix.validation import check_choice, check_float, check_int, check_str, check_type
+from litmix.validation import check_choice, check_float, check_int, check_str, check_str_list, check_type
 
 __all__ = ["QuantizationAwareTraining"]
 
@@ -184,12 +184,7 @@ class QuantizationAwareTraining(LitmixCallback):
             for key, value in layer_bits.items():
                 check_str(cls, "layer_bits", key, allow_empty=False)
                 check_int(cls, "layer_bits", value, low=MIN_BITS, high=MAX_BITS)
-        if layer_names is not None:
-            check_type(cls, "layer_names", layer_names, (list, tuple))
-            if not layer_names:
-                raise ValueError(f"{cls}(layer_names=[]): layer_names must be a non-empty list of layer names or None")
-            for n in layer_names:
-                check_str(cls, "layer_names", n, allow_empty=False)
+        layer_names = check_str_list(cls, "layer_names", layer_names, what="layer names")
         calibration = check_choice(cls, "calibration", calibration, ("max", "percentile"))
         percentile = check_float(cls, "percentile", percentile, low=0.0, high=100.0, low_open=True)
         momentum = check_float(cls, "momentum", momentum, low=0.0, high=1.0, high_open=True)
@@ -199,7 +194,7 @@ class QuantizationAwareTraining(LitmixCallback):
         self.bits_a: int | None = bits_a
         self.first_last_bits: int | None = first_last_bits
         self.layer_bits: dict[str, int] | None = dict(layer_bits) if layer_bits is not None else None
-        self.layer_names: list[str] | None = list(layer_names) if layer_names is not None else None
+        self.layer_names: list[str] | None = layer_names
         self.calibration: Literal["max", "percentile"] = calibration
         self.percentile: float = percentile
         self.momentum: float = momentum

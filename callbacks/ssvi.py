@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from litmix._sharded import refuse_sharded_strategy
 from litmix.base import Example
 from litmix.functional.sparsity import cosine_update_fraction, erk_densities, random_masks
 from litmix.functional.ssvi import ADDITION_CRITERIA, PAPER, REMOVAL_CRITERIA, inverse_softplus, ssvi_support_update
 from litmix.layers.ssvi import SparseVariationalMixin, to_sparse_variational
 from litmix.loss_terms import LossTermCallback
 from litmix.registry import register
-from litmix.sparsity import MaskEngine
-from litmix.validation import check_choice, check_float, check_int, check_str, check_type
+from litmix.sparsity._callback import MaskedPruningCallback, sync_generator
+from litmix.validation import check_choice, check_float, check_int, check_str_list
 
 __all__ = ["SSVI"]
 
@@ -35,7 +33,7 @@ def _noise_seed(*parts: int) -> int:
 
 
 @register("callback", "sparsity", paper=PAPER)
-class SSVI(LossTermCallback):
+class SSVI(MaskedPruningCallback, LossTermCallback):
     """Train any LightningModule's ``nn.Linear``/``nn.Conv2d`` layers as a sparse Bayesian net by SSVI.
 
     Paper: "Training Bayesian Neural Networks with Sparse Subspace Variational Inference", Li, Miao, Qiu and Zhang,
@@ -59,16 +57,20 @@ class SSVI(LossTermCallback):
       ``"abs_mean"``) and adds as many inactive coordinates (``addition``: ``"gradient"``, largest ``|dL/dmu|``,
       or ``"random"``), which start at ``mu = 0`` and ``sigma = init_sigma`` (``regrow_sigma="init"``) or the
       mean ``sigma`` of the layer's support (``"mean"``). The support size is exactly the budget after every update.
-      ``sparsity=0`` is dense mean-field VI (no updates).
+      ``sparsity=0`` is dense mean-field VI (no updates). The masks live in the shared pruner shell
+      (:class:`~litmix.callbacks.GradualPruning` and the other litmix pruners: strategy checks, gradient and
+      optimizer-state masking, re-masking, checkpointed masks).
     * **DDP**: support decisions on rank 0, broadcast; the noise of each step is seeded from
       ``(seed, epoch, batch, rank)``, so every rank draws its own noise and a resumed run draws the same.
     * **Checkpoints**: the module's state_dict holds the posterior means under the module's own keys (loads
       strictly into the unconverted module: the mean network); ``rho``, the supports (one bit per weight), the
       update count and the random generator are in this callback's state, so resuming is exact.
 
-    Logs ``<prefix>/loss_step``/``loss_epoch``/``loss`` (the KL term ``KL / N``), ``<prefix>/sparsity`` and
-    ``<prefix>/churn`` when the supports change, ``<prefix>/sigma_mean`` (mean ``sigma`` on the support) at epoch
-    end, and the final values to every logger. ``<prefix>`` is ``name`` when given, else ``ssvi``.
+    Logs ``<prefix>/loss_step``/``loss_epoch``/``loss`` (the KL term ``KL / N``), like every litmix pruner the
+    sparsity per layer (``<prefix>/sparsity/<layer>.weight``) and overall plus a per-layer image at every support
+    update, ``<prefix>/churn`` (fraction of the support replaced) with it, ``<prefix>/sigma_mean`` (mean ``sigma``
+    on the support) at epoch end, and the final values (``final_sparsity``, ``final_sigma_mean``, ``updates``) to
+    every logger. ``<prefix>`` is ``name`` when given, else ``ssvi``.
 
     Args:
         sparsity: fraction of inactive weights in every converted layer (overall with ``"erk"``), in [0, 1).
@@ -109,8 +111,7 @@ class SSVI(LossTermCallback):
 
     default_log_prefix: ClassVar[str] = "ssvi"
     state_version: ClassVar[int] = 1
-    #: optimizer steps between refills of the inactive coordinates' second moments (see ``on_train_batch_end``)
-    refill_every: ClassVar[int] = 1000
+    sharded_reason: ClassVar[str] = "it ranks whole weight tensors and adds by dense gradients"
 
     def __init__(
         self,
@@ -145,12 +146,7 @@ class SSVI(LossTermCallback):
         end_step = check_int(cls, "end_step", end_step, low=1, allow_none=True)
         distribution = check_choice(cls, "distribution", distribution, ("uniform", "erk"))
         regrow_sigma = check_choice(cls, "regrow_sigma", regrow_sigma, ("init", "mean"))
-        if layer_names is not None:
-            check_type(cls, "layer_names", layer_names, (list, tuple))
-            if not layer_names:
-                raise ValueError(f"{cls}(layer_names=[]): layer_names must be a non-empty list of layer names or None")
-            for n in layer_names:
-                check_str(cls, "layer_names", n, allow_empty=False)
+        layer_names = check_str_list(cls, "layer_names", layer_names, what="layer names")
         seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
         super().__init__(name=name)
         self.sparsity: float = float(sparsity)
@@ -167,7 +163,7 @@ class SSVI(LossTermCallback):
         self.end_step: int | None = end_step
         self.distribution: Literal["uniform", "erk"] = distribution
         self.regrow_sigma: Literal["init", "mean"] = regrow_sigma
-        self.layer_names: list[str] | None = list(layer_names) if layer_names is not None else None
+        self.layer_names: list[str] | None = layer_names
         self.seed: int = seed
         # state (checkpointed)
         self.initialized: bool = False
@@ -175,7 +171,6 @@ class SSVI(LossTermCallback):
         self.n_updates: int = 0
         self.last_churn: float = 0.0
         self._generator = torch.Generator().manual_seed(seed)
-        self._engine = MaskEngine(cls)
         self._rho: dict[str, Tensor] = {}  # checkpointed rho of every layer (pending until attached)
         # resolved at setup / fit start
         self._layers: dict[str, SparseVariationalMixin] = {}
@@ -184,9 +179,7 @@ class SSVI(LossTermCallback):
         self._t_end: int = 1
         self._noise: torch.Generator | None = None
         self._rank: int = 0
-        self._log_pending: bool = True
-        self._fill_pending: bool = True
-        self._filled_step: int = -1
+        self._resumed: bool = False
 
     @classmethod
     def example(cls) -> Example:
@@ -199,57 +192,62 @@ class SSVI(LossTermCallback):
         return {} if self.layer_names is None else {"layer_names": list(self.layer_names)}
 
     @property
-    def engine(self) -> MaskEngine:
-        """The :class:`~litmix.sparsity.MaskEngine` owning the supports (masks of ``weight`` and ``weight_rho``)."""
-        return self._engine
-
-    @property
     def layers(self) -> dict[str, SparseVariationalMixin]:
         """The variational layers of the fitted module, by name."""
         return dict(self._layers)
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Convert the ``nn.Linear``/``nn.Conv2d`` layers; register the supports (before a checkpoint's state loads)."""
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
-        cls = type(self).__name__
-        if not pl_module.automatic_optimization:
-            raise MisconfigurationException(
-                f"{cls} supports automatic optimization only; the module sets automatic_optimization=False"
-            )
-        refuse_sharded_strategy(cls, trainer.strategy, "it ranks whole weight tensors and adds by dense gradients")
+    def _select(self, pl_module: pl.LightningModule) -> tuple[list[str], dict[str, str]]:
+        """Convert the layers (in ``setup``, before a checkpoint's state loads); mask ``weight`` and ``weight_rho``."""
         already = {n for n, m in pl_module.named_modules() if isinstance(m, SparseVariationalMixin)}
         try:
             names = to_sparse_variational(pl_module, self.prior_std, self.init_sigma, self.layer_names)
         except ValueError as err:
-            raise ValueError(f"{cls}(layer_names={self.layer_names}): {err}") from err
+            raise ValueError(f"{type(self).__name__}(layer_names={self.layer_names}): {err}") from err
         if self.layer_names is not None:
             names = [n for n in names if n in self.layer_names]
         self._layers = {n: pl_module.get_submodule(n) for n in names}  # type: ignore[misc]
         for layer in self._layers.values():
             layer.persistent_rho = False
-        # a module whose supports an earlier fit already set keeps them and its posterior; others start afresh
         density = 1.0 - self.sparsity
         shapes = {n: tuple(layer.weight.shape) for n, layer in self._layers.items()}
         self._densities = (
             erk_densities(shapes, density) if self.distribution == "erk" else dict.fromkeys(names, density)
         )
-        resumed = bool(names) and all(
+        # a module whose supports an earlier fit already set keeps them and its posterior; others start afresh
+        self._resumed = bool(names) and all(
             n in already and int(layer.weight_mask.sum()) == round(self._densities[n] * layer.weight_mask.numel())
             for n, layer in self._layers.items()
         )
-        self.initialized, self.last_update_step, self.last_churn = resumed, -1, 0.0
-        if not resumed:
+        return [f"{n}.{p}" for n in names for p in ("weight", "weight_rho")], {}
+
+    def _initial_masks(self, names: list[str]) -> Mapping[str, Tensor | None] | list[str]:
+        """The supports of an earlier fit (kept), else all ones."""
+        if not self._resumed:
+            return names
+        return {
+            f"{n}.{p}": getattr(layer, f"{p}_mask")
+            for n, layer in self._layers.items()
+            for p in ("weight", "weight_rho")
+        }
+
+    def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
+        self.initialized, self.last_update_step, self.last_churn = self._resumed, -1, 0.0
+        if not self._resumed:
             self.n_updates = 0
             self._generator = torch.Generator().manual_seed(self.seed)
         self._rho = {}
-        params = [f"{n}.{p}" for n in names for p in ("weight", "weight_rho")]
-        self._engine.detach()
-        self._engine.masks = {}
-        self._engine.attach(pl_module, params, keep_existing=resumed)
-        rank_zero_info(f"{cls}: {len(names)} variational layers at densities {self._densities}")
+
+    def _selection_detail(self) -> str:
+        return f"; {len(self._layers)} variational layers at densities {self._densities}"
+
+    def _target_sparsity(self) -> float:
+        return self.sparsity
+
+    def _refresh_layer_sparsity(self) -> None:
+        """Per layer: the ``weight`` masks (``weight_rho`` carries the same support)."""
+        report = self._engine.sparsity_report()
+        self.layer_sparsity = {n: v for n, v in report.items() if not n.endswith(".weight_rho")}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve ``T_end`` in optimizer steps."""
@@ -277,9 +275,8 @@ class SSVI(LossTermCallback):
                 "number of training samples N in KL / N)"
             ) from err
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _prepare_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Initial random supports on rank 0 (unless restored), broadcast; checkpointed ``rho`` restored."""
-        self._engine.refresh(pl_module)
         self._layers = {n: pl_module.get_submodule(n) for n in self._layers}  # type: ignore[misc]
         self._n = self._resolve_num_samples(trainer)
         self._rank = trainer.global_rank
@@ -289,20 +286,18 @@ class SSVI(LossTermCallback):
                 masks = random_masks(shapes, self._densities, self._generator) if trainer.is_global_zero else {}
                 pairs = {f"{n}.{p}": m for n, m in masks.items() for p in ("weight", "weight_rho")}
                 self._engine.update(pairs, trainer.optimizers, strategy=trainer.strategy)
-                self._sync_generator(trainer)
+                sync_generator(trainer, self._generator)
             for layer in self._layers.values():
                 layer.reset_sigma()
             self.initialized = True
         self._restore_rho()
-        self._engine.apply()
-        self._engine.mask_optimizer_state(trainer.optimizers)
-        self._engine.remask_weights = self._engine.needs_remask(trainer.optimizers)
-        device = pl_module.device
-        self._noise = torch.Generator(device=device)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Supports applied by the shell (:meth:`_prepare_masks`); one sampling-noise generator for all layers."""
+        super().on_train_start(trainer, pl_module)
+        self._noise = torch.Generator(device=pl_module.device)
         for layer in self._layers.values():
             layer.generator = self._noise
-        self._log_pending = True
-        self._fill_pending, self._filled_step = True, -1
 
     @torch.no_grad()
     def _restore_rho(self) -> None:
@@ -343,7 +338,7 @@ class SSVI(LossTermCallback):
         step = trainer.global_step
         if self._is_update_step(step):
             self._update_supports(trainer, step)
-        self._engine.mask_gradients()
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
 
     @torch.no_grad()
     def _update_supports(self, trainer: pl.Trainer, step: int) -> None:
@@ -363,7 +358,7 @@ class SSVI(LossTermCallback):
         # sigma of the layer's support before the update (for regrow_sigma="mean")
         means = {n: float(F.softplus(layer.weight_rho)[layer.weight_mask].mean()) for n, layer in self._layers.items()}
         regrown = self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
-        self._sync_generator(trainer)
+        sync_generator(trainer, self._generator)
         added = 0
         for n, layer in self._layers.items():
             coords = regrown.get(f"{n}.weight")
@@ -375,40 +370,13 @@ class SSVI(LossTermCallback):
         self.last_churn = added / max(kept, 1)
         self.last_update_step = step
         self.n_updates += 1
-        self._log_pending = True
-        self._fill_pending = True
+        self._masks_changed()
 
-    def _sync_generator(self, trainer: pl.Trainer) -> None:
-        """Every rank continues from rank 0's generator (only rank 0 draws), so the checkpointed states agree."""
-        if trainer.world_size > 1:
-            self._generator.set_state(trainer.strategy.broadcast(self._generator.get_state(), src=0))
+    def _step_metrics(self) -> dict[str, float]:
+        return {"churn": self.last_churn}
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Log the KL term; re-mask the weights when the optimizer needs it; log sparsity after a change."""
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self._engine.remask_weights:
-            self._engine.apply()
-        step = trainer.global_step
-        due = self._fill_pending or step - self._filled_step >= self.refill_every
-        # inactive coordinates never get a gradient, so Adam's second moments there are exactly 0, which makes its
-        # sqrt slow on some CPUs; their update is 0 whatever it holds (see MaskEngine.fill_second_moments)
-        if (
-            self.sparsity > 0
-            and step > self._filled_step
-            and due
-            and self._engine.fill_second_moments(trainer.optimizers)
-        ):
-            self._fill_pending = False
-            self._filled_step = step
-        if self._log_pending:
-            sparsity = self._engine.sparsity_report()["global"] if self._engine.masks else 0.0
-            pl_module.log(
-                f"{self.log_prefix}/sparsity", sparsity, on_step=True, on_epoch=False, prog_bar=True, batch_size=1
-            )
-            pl_module.log(f"{self.log_prefix}/churn", self.last_churn, on_step=True, on_epoch=False, batch_size=1)
-            self._log_pending = False
+    def _final_metrics(self) -> dict[str, float]:
+        return {"final_sigma_mean": self.sigma_mean(), "updates": float(self.n_updates)}
 
     @torch.no_grad()
     def sigma_mean(self) -> float:
@@ -420,34 +388,18 @@ class SSVI(LossTermCallback):
         return total / max(count, 1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Log the KL epoch mean, per-layer sparsity and the mean ``sigma``."""
+        """Log the KL epoch mean, per-layer sparsity (the shell) and the mean ``sigma``."""
         super().on_train_epoch_end(trainer, pl_module)
-        for n, value in self._engine.sparsity_report().items():
-            if n != "global" and n.endswith(".weight"):
-                pl_module.log(f"{self.log_prefix}/sparsity/{n}", value, on_epoch=True, sync_dist=True)
         pl_module.log(f"{self.log_prefix}/sigma_mean", self.sigma_mean(), on_epoch=True, sync_dist=True)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Final sparsity, mean ``sigma`` and update count to every logger."""
-        report = self._engine.sparsity_report()
-        metrics = {
-            f"{self.log_prefix}/final_sparsity": report["global"],
-            f"{self.log_prefix}/updates": float(self.n_updates),
-        }
-        metrics[f"{self.log_prefix}/final_sigma_mean"] = self.sigma_mean()
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove the loss wrapper; keep ``rho`` for :meth:`state_dict`; drop generator and parameter references."""
+        if stage == "fit":
+            self._rho = {n: layer.weight_rho.detach().cpu().clone() for n, layer in self._layers.items()}
+            for layer in self._layers.values():
+                layer.generator = None
+            self._noise = None
         super().teardown(trainer, pl_module, stage)
-        if stage != "fit":
-            return
-        self._rho = {n: layer.weight_rho.detach().cpu().clone() for n, layer in self._layers.items()}
-        for layer in self._layers.values():
-            layer.generator = None
-        self._noise = None
-        self._engine.detach()
 
     # ------------------------------------------------------------------ state
     def _rho_state(self) -> dict[str, Tensor]:
@@ -455,26 +407,19 @@ class SSVI(LossTermCallback):
             return {n: layer.weight_rho.detach().cpu().clone() for n, layer in self._layers.items()}
         return {n: r.clone() for n, r in self._rho.items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Supports (one bit per weight), ``rho`` of every layer, update position, churn and generator state."""
+    def _extra_state(self) -> dict[str, Any]:
+        """Update position, churn, generator state and ``rho`` of every layer (the supports follow, one bit each)."""
         return {
-            **super().state_dict(),
             "initialized": self.initialized,
             "last_update_step": self.last_update_step,
             "n_updates": self.n_updates,
             "last_churn": self.last_churn,
             "generator": self._generator.get_state(),
             "rho": self._rho_state(),
-            **self._engine.state_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (``rho`` is copied into the layers when training starts).
-
-        Raises:
-            ValueError: for a newer state version, or a support whose shape differs from the layer's.
-        """
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+        """``rho`` is copied into the layers when training starts."""
         self.initialized = bool(state_dict.get("initialized", False))
         self.last_update_step = int(state_dict.get("last_update_step", -1))
         self.n_updates = int(state_dict.get("n_updates", 0))
@@ -482,4 +427,3 @@ class SSVI(LossTermCallback):
         if "generator" in state_dict:
             self._generator.set_state(state_dict["generator"])
         self._rho = {n: r.detach().cpu().clone() for n, r in state_dict.get("rho", {}).items()}
-        self._engine.load_state_dict(state_dict, strict=bool(self._layers))

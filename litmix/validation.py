@@ -39,6 +39,7 @@ __all__ = [
     "check_int",
     "check_path",
     "check_str",
+    "check_str_list",
     "check_type",
 ]
 
@@ -104,6 +105,37 @@ def check_str(owner: str, name: str, value: Any, *, allow_none: bool = False, al
     if value is not None and not allow_empty and not value.strip():
         raise ValueError(f"{_where(owner, name, value)}: {name} must be a non-empty string")
     return value
+
+
+def check_str_list(owner: str, name: str, value: Any, *, what: str = "strings") -> list[str] | None:
+    """``None``, or a non-empty list/tuple of non-empty strings (returned as a new ``list``).
+
+    ``what`` says what the strings are in the error (``"layer names"``, ``"parameter names"``).
+
+    Raises:
+        TypeError: for anything but ``None`` or a list/tuple of ``str``.
+        ValueError: for an empty list or an empty (blank) string in it.
+
+    Example:
+        >>> check_str_list("M", "layer_names", ("net.0", "net.2")), check_str_list("M", "layer_names", None)
+        (['net.0', 'net.2'], None)
+        >>> check_str_list("M", "layer_names", [], what="layer names")
+        Traceback (most recent call last):
+        ...
+        ValueError: M(layer_names=[]): layer_names must be a non-empty list of layer names or None
+        >>> check_str_list("M", "layer_names", "net.0")
+        Traceback (most recent call last):
+        ...
+        TypeError: M(layer_names='net.0'): layer_names must be list or tuple or None, got str
+    """
+    if value is None:
+        return None
+    check_type(owner, name, value, (list, tuple), allow_none=True)
+    if not value:
+        raise ValueError(f"{_where(owner, name, value)}: {name} must be a non-empty list of {what} or None")
+    for item in value:
+        check_str(owner, name, item, allow_empty=False)
+    return list(value)
 
 
 def check_int(

@@ -24,7 +24,7 @@ import torch
 from litmix.datamodules.tofu import TOFUDataModule
 from litmix.plugins.unlearning_module import UnlearningModule
 from litmix.testing import make_trainer
-from litmix.unlearning_peft import tofu_split_scores, train_tofu_gpt2
+from litmix.unlearning_peft import tiny_gpt2, tofu_split_scores, train_tofu_gpt2
 
 RESULTS = Path(__file__).parent / "results" / "unlearning_peft.md"
 TASK: dict[str, Any] = {"n_entities": 50, "steps": 150, "batch": 32}
@@ -35,6 +35,10 @@ LR = {"lora": 1e-2, "full": 1e-3}
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor in the optimizer state (AdamW: two moments per trainable parameter)."""
     return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+
+
+def _unchanged(flag: float) -> str:
+    return "n/a (all train)" if flag != flag else str(bool(flag))
 
 
 def unlearn(model_dir: Path, lora: dict[str, Any] | None, steps: int, lr: float, seed: int = 0) -> dict[str, float]:
@@ -56,9 +60,23 @@ def unlearn(model_dir: Path, lora: dict[str, Any] | None, steps: int, lr: float,
         "trainable": float(sum(p.numel() for p in params.values() if p.requires_grad)),
         "total": float(sum(p.numel() for p in params.values())),
         "opt_bytes": float(optimizer_state_bytes(trainer.optimizers[0])),
-        "base_unchanged": float(all(torch.equal(v, params[n]) for n, v in base.items())),
+        "base_unchanged": float(all(torch.equal(v, params[n]) for n, v in base.items())) if base else float("nan"),
         "wall_s": wall,
     }
+
+
+def memory_at_size(n_embd: int, n_layer: int, vocab: int = 8192, block: int = 128) -> dict[str, dict[str, float]]:
+    """Trainable parameters and AdamW state bytes after one NPO+RT step of a random GPT-2 of this size (LoRA, full)."""
+    from litmix.functional.synthetic_tofu import make_synthetic_tofu
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-peft-mem-"))
+    tiny_gpt2(vocab, block, n_embd=n_embd, n_layer=n_layer).save_pretrained(str(folder))
+    (folder / "tofu_data.txt").write_text(make_synthetic_tofu(tempfile.mkdtemp(), n_entities=20, seed=0))
+    out = {}
+    for name, lora in (("lora", LORA), ("full", None)):
+        res = unlearn(folder, lora, 1, LR[name])
+        out[name] = {k: res[k] for k in ("trainable", "total", "opt_bytes")}
+    return out
 
 
 def main() -> None:
@@ -95,7 +113,7 @@ def main() -> None:
         lines.append(
             f"| {seed} | {name} | {b['forget_nll']:.2f} -> {r['forget_nll']:.2f} | {b['retain_nll']:.2f} -> "
             f"{r['retain_nll']:.2f} | {r['forget_acc']:.2f} | {r['retain_acc']:.2f} | {int(r['trainable'])} "
-            f"({r['trainable'] / r['total']:.1%}) | {int(r['opt_bytes'])} | {bool(r['base_unchanged'])} "
+            f"({r['trainable'] / r['total']:.1%}) | {int(r['opt_bytes'])} | {_unchanged(r['base_unchanged'])} "
             f"| {r['wall_s']:.2f} |"
         )
     by = {(s, n): r for s, n, _, r in rows}
@@ -106,6 +124,21 @@ def main() -> None:
         f"Optimizer state LoRA / full: {', '.join(f'{x:.3f}' for x in ratios)}; fit time LoRA / full: "
         f"{', '.join(f'{x:.2f}' for x in walls)} (per seed).",
     ]
+    lines += [
+        "",
+        "Memory at larger (random) GPT-2 sizes, vocabulary 8192, after one step (parameters with grad, AdamW state):",
+        "",
+        "| GPT-2 | run | parameters with grad (share) | optimizer state bytes | LoRA / full state |",
+        "|---|---|---|---|---|",
+    ]
+    for n_embd, n_layer in ((128, 2), (256, 4)):
+        mem = memory_at_size(n_embd, n_layer)
+        ratio = mem["lora"]["opt_bytes"] / mem["full"]["opt_bytes"]
+        for name, m in mem.items():
+            lines.append(
+                f"| n_embd {n_embd} x {n_layer} | {name} | {int(m['trainable'])} ({m['trainable'] / m['total']:.2%}) "
+                f"| {int(m['opt_bytes'])} | {ratio:.4f} |"
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -192,6 +192,21 @@ class _LogitsOnly(nn.Module):
         return self.model(input_ids=input_ids).logits  # type: ignore[no-any-return]
 
 
+def tiny_gpt2(vocab_size: int, n_positions: int, n_embd: int = 32, n_layer: int = 1, n_head: int = 4) -> Any:
+    """A randomly initialised Hugging Face ``GPT2LMHeadModel`` without dropout (token ids 0 = bos = eos).
+
+    Example:
+        >>> tiny_gpt2(10, 8, n_embd=8, n_head=2).config.resid_pdrop
+        0.0
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
+    config.bos_token_id = config.eos_token_id = 0
+    return GPT2LMHeadModel(config)
+
+
 def train_tofu_gpt2(
     out_dir: str | Path,
     data_dir: str | Path | None = None,
@@ -211,8 +226,6 @@ def train_tofu_gpt2(
     :class:`~litmix.datamodules.TOFUDataModule` with its word tokenizer and template ``"{question} :"``; the model
     is trained on forget + retain. Returns ``out_dir``; ``AutoModelForCausalLM.from_pretrained(out_dir)`` reloads it.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from litmix.datamodules.tofu import TOFUDataModule
     from litmix.functional.synthetic_tofu import make_synthetic_tofu
     from litmix.unlearning_testbed import TOKEN_KEYS, _train, lm_batch
@@ -226,19 +239,7 @@ def train_tofu_gpt2(
     forget, retain = lm_batch(dm.forget_dataset.items, pad), lm_batch(dm.retain_dataset.items, pad)
     full = {k: torch.cat([retain[k], forget[k]]) for k in TOKEN_KEYS}
     torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=dm.vocab_size,
-        n_positions=int(full["input_ids"].shape[1]),
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    model = GPT2LMHeadModel(config)
+    model = tiny_gpt2(dm.vocab_size, int(full["input_ids"].shape[1]), n_embd=n_embd, n_layer=n_layer, n_head=n_head)
     _train(_LogitsOnly(model), full, steps, lr, batch, seed)
     model.save_pretrained(str(out))
     (out / "tofu_data.txt").write_text(str(root))
@@ -274,4 +275,4 @@ def tofu_split_scores(model: nn.Module, data_dir: str | Path) -> dict[str, float
     return out
 
 
-__all__ += ["is_peft_model", "tofu_split_scores"]
+__all__ += ["is_peft_model", "tiny_gpt2", "tofu_split_scores"]

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -20,15 +18,6 @@ from litmix.plugins.graph_to_mlp import _TinyGCNTeacher
 from litmix.testing import assert_resume_matches, make_trainer
 
 EPOCHS, HIDDEN = 60, 64
-
-
-@pytest.fixture(scope="module")
-def planetoid_root(shared_data, tmp_path_factory):
-    """A writable copy of the Cora and CiteSeer raw files (PyG writes processed/ beside raw/)."""
-    root = tmp_path_factory.mktemp("planetoid_g2m")
-    for name in ("Cora", "CiteSeer"):
-        shutil.copytree(shared_data / "planetoid" / name, root / name)
-    return root
 
 
 class _SpMM(torch.autograd.Function):

@@ -23,6 +23,7 @@ from litmix.callbacks.ssvi import SSVI
 from litmix.callbacks.structured_pruning import StructuredPruning
 from litmix.callbacks.thresholdout_validation import ThresholdoutValidation
 from litmix.callbacks.topological_concentration import TopologicalConcentration
+from litmix.callbacks.token_pruning import TokenPruning
 from litmix.callbacks.unlearning_evaluator import UnlearningEvaluator
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
@@ -51,5 +52,6 @@ __all__ = [
     "ThresholdoutValidation",
     "TopologicalConcentration",
     "UnlearningEvaluator",
+    "TokenPruning",
     "ZeroCostProxies",
 ]

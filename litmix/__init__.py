@@ -24,6 +24,7 @@ CORE_MODULES = (
     "litmix.functional.random_walks",
     "litmix.functional.teddy",
     "litmix.graph_transforms",
+    "litmix.functional.token_pruning",
     "litmix.graph",
     "litmix.functional.conformal_selection",
     "litmix.functional.flag_aggregator",

@@ -9,6 +9,7 @@ from litmix.callbacks.gradient_noise import GradientNoise
 from litmix.callbacks.gradual_pruning import GradualPruning
 from litmix.callbacks.inference_cost import InferenceCost
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation
+from litmix.callbacks.l0_projection import L0Projection
 from litmix.callbacks.lazy_rich_monitor import LazyRichMonitor
 from litmix.callbacks.lottery_ticket import LotteryTicket
 from litmix.callbacks.mst_compression import MSTCompression
@@ -22,8 +23,8 @@ from litmix.callbacks.shrinking_schedule import ShrinkingSchedule
 from litmix.callbacks.ssvi import SSVI
 from litmix.callbacks.structured_pruning import StructuredPruning
 from litmix.callbacks.thresholdout_validation import ThresholdoutValidation
-from litmix.callbacks.topological_concentration import TopologicalConcentration
 from litmix.callbacks.token_pruning import TokenPruning
+from litmix.callbacks.topological_concentration import TopologicalConcentration
 from litmix.callbacks.unlearning_evaluator import UnlearningEvaluator
 from litmix.callbacks.zero_cost_proxies import ZeroCostProxies
 
@@ -38,6 +39,7 @@ __all__ = [
     "GradualPruning",
     "InferenceCost",
     "KnowledgeDistillation",
+    "L0Projection",
     "LazyRichMonitor",
     "LotteryTicket",
     "MSTCompression",
@@ -50,8 +52,8 @@ __all__ = [
     "ShrinkingSchedule",
     "StructuredPruning",
     "ThresholdoutValidation",
+    "TokenPruning",
     "TopologicalConcentration",
     "UnlearningEvaluator",
-    "TokenPruning",
     "ZeroCostProxies",
 ]

@@ -15,7 +15,7 @@ from torch_geometric.data import Data
 from litmix.base import Example
 from litmix.data import split_batch
 from litmix.datamodules.graph import GraphDataModule, _NodeIds, _tiny_graph
-from litmix.graph.neighbor_sampler import TorchNeighborSampler
+from litmix.graph.neighbor_sampler import TorchNeighborSampler, check_fanouts
 from litmix.registry import register
 from litmix.validation import check_int
 
@@ -129,14 +129,7 @@ class SampledGraphDataModule(GraphDataModule):
         data: Data | None = None,
     ) -> None:
         owner = type(self).__name__
-        fanouts = [10, 10] if num_neighbors is None else num_neighbors
-        if isinstance(fanouts, str | bytes) or not isinstance(fanouts, list | tuple):
-            raise TypeError(f"{owner}(num_neighbors={num_neighbors!r}): num_neighbors must be a list of ints")
-        fanouts = [check_int(owner, "num_neighbors", k, low=-1) for k in fanouts]
-        if not 1 <= len(fanouts) <= 8 or any(k == 0 for k in fanouts):
-            raise ValueError(
-                f"{owner}(num_neighbors={num_neighbors!r}): num_neighbors must hold 1 to 8 fan-outs, each >= 1 or -1"
-            )
+        fanouts = check_fanouts(owner, [10, 10] if num_neighbors is None else num_neighbors)
         batch_size = check_int(owner, "batch_size", batch_size, low=1)
         super().__init__(root, name=name, split=split, batch_size=batch_size, seed=seed, data=data)
         self.num_neighbors = fanouts

@@ -142,15 +142,6 @@ def _gcn_test_accuracy(data: Data, seed: int, epochs: int = 100) -> float:
     return float((pred[data.test_mask] == data.y[data.test_mask]).float().mean())
 
 
-@pytest.fixture(scope="module")
-def cora128(cora):
-    data = cora.clone()
-    # a fixed random projection of the 1433 bag-of-words features to 128 (keeps the test within its time budget)
-    proj = torch.randn(data.num_features, 128, generator=torch.Generator().manual_seed(0))
-    data.x = data.x @ proj * (10 / data.num_features**0.5)
-    return data
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_teddy_beats_reversed_ordering_on_cora(cora128, seed):

@@ -51,6 +51,27 @@ def _sample_slots(rowptr: Tensor, frontier: Tensor, k: int, gen: torch.Generator
     return slot[keep], owner[keep]
 
 
+def check_fanouts(owner: str, num_neighbors: object) -> list[int]:
+    """``num_neighbors`` as a list of 1 to 8 per-hop fan-outs, each ``>= 1`` or ``-1`` (all neighbours).
+
+    Raises:
+        TypeError: for a non-list or non-int entries, naming ``num_neighbors``.
+        ValueError: for no or more than 8 hops, or a fan-out of 0 or below -1.
+
+    Example:
+        >>> check_fanouts("TorchNeighborSampler", (10, -1))
+        [10, -1]
+    """
+    if isinstance(num_neighbors, str | bytes) or not isinstance(num_neighbors, list | tuple):
+        raise TypeError(f"{owner}(num_neighbors={num_neighbors!r}): num_neighbors must be a list of ints")
+    fanouts = [check_int(owner, "num_neighbors", k, low=-1) for k in num_neighbors]
+    if not 1 <= len(fanouts) <= 8 or any(k == 0 for k in fanouts):
+        raise ValueError(
+            f"{owner}(num_neighbors={num_neighbors!r}): num_neighbors must hold 1 to 8 fan-outs, each >= 1 or -1"
+        )
+    return fanouts
+
+
 @register("utility", "graph", paper=_PAPER, module="litmix.graph.neighbor_sampler")
 class TorchNeighborSampler(BaseSampler):
     """Uniform k-hop neighbour sampling (GraphSAGE's fan-outs) in pure PyTorch, as a PyG ``BaseSampler``.
@@ -104,13 +125,7 @@ class TorchNeighborSampler(BaseSampler):
     def __init__(self, data: Data, num_neighbors: list[int], seed: int = 0) -> None:
         owner = type(self).__name__
         check_type(owner, "data", data, Data)
-        if isinstance(num_neighbors, str | bytes) or not isinstance(num_neighbors, list | tuple):
-            raise TypeError(f"{owner}(num_neighbors={num_neighbors!r}): num_neighbors must be a list of ints")
-        fanouts = [check_int(owner, "num_neighbors", k, low=-1) for k in num_neighbors]
-        if not 1 <= len(fanouts) <= 8 or any(k == 0 for k in fanouts):
-            raise ValueError(
-                f"{owner}(num_neighbors={num_neighbors!r}): num_neighbors must hold 1 to 8 fan-outs, each >= 1 or -1"
-            )
+        fanouts = check_fanouts(owner, num_neighbors)
         seed = check_int(owner, "seed", seed, low=0, high=MAX_SEED)
         edge_index = getattr(data, "edge_index", None)
         if edge_index is None:

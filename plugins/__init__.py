@@ -3,6 +3,7 @@
 from litmix.plugins.analytic_cil import AnalyticCILModule
 from litmix.plugins.compositional_ebm import CompositionalEBM
 from litmix.plugins.deepwalk_module import DeepWalkModule
+from litmix.plugins.dgmlp_module import DGMLPModule
 from litmix.plugins.distillation_module import DistillationModule
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
 from litmix.plugins.graph_to_mlp import GraphToMLPDistillModule
@@ -25,6 +26,7 @@ from litmix.plugins.zeroth_order_module import ZerothOrderModule
 __all__ = [
     "AnalyticCILModule",
     "CompositionalEBM",
+    "DGMLPModule",
     "DeepWalkModule",
     "DistillationModule",
     "GradientBoostedNetwork",

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.dataloader import default_collate
 
 from litmix.base import Example, LitmixDataModule
-from litmix.distill.base import infer_width
+from litmix.distill.augmentation import random_augmentation
+from litmix.distill.base import check_teachers, infer_width
 from litmix.distill.logit_discriminator import LogitDiscriminatorTerm  # noqa: F401  (registers the "logit_disc" term kind)
 from litmix.functional.fkd import PROB_FLOOR, expand_soft_labels, replay_crops, sample_crop_boxes, topk_soft_labels
 from litmix.models import load_model, output_logits
@@ -56,14 +57,6 @@ def _split_item(item: Any, owner: str) -> tuple[Any, Any, Any]:
             f"litmix.data.IndexedDataset), got {type(item).__name__} {str(item)[:60]}"
         )
     return item[0], item[1], item[2]
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return a.shape == b.shape and bool(torch.equal(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return bool(a == b)
 
 
 def _call(teacher: nn.Module, x: Any) -> Any:
@@ -333,12 +326,7 @@ class TeacherCacheDataModule(LitmixDataModule):
     ) -> None:
         owner = type(self).__name__
         check_type(owner, "base", base, pl.LightningDataModule)
-        check_type(owner, "teacher", teacher, (nn.Module, str, os.PathLike, list, tuple))
-        listed = list(teacher) if isinstance(teacher, list | tuple) else [teacher]
-        if not listed:
-            raise ValueError(f"{owner}(teacher=[]): give at least one teacher")
-        for i, t in enumerate(listed):
-            check_type(owner, f"teacher[{i}]" if len(listed) > 1 else "teacher", t, (nn.Module, str, os.PathLike))
+        listed = check_teachers(owner, "teacher", teacher, number_single=False)
         check_type(owner, "cache_dir", cache_dir, (str, os.PathLike))
         if not str(cache_dir).strip() or "\x00" in str(cache_dir):
             raise ValueError(f"{owner}(cache_dir={cache_dir!r}): cache_dir must be a non-empty path")
@@ -467,35 +455,22 @@ class TeacherCacheDataModule(LitmixDataModule):
                 digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:32]
 
-    def _check_augmentation(self, dataset: Dataset, n: int) -> None:
+    def _check_augmentation(self, dataset: Dataset) -> None:
+        """Refuse randomly augmented training inputs (:func:`~litmix.distill.augmentation.random_augmentation`)."""
+        why = random_augmentation(self.base, dataset=dataset)
+        if why is None:
+            return
         owner = type(self).__name__
-        declared = bool(getattr(self.base, "random_augmentation", False)) or bool(
-            getattr(self.base, "augmentation", None)
-        )
-        differs = None
-        if not declared:
-            with torch.random.fork_rng(devices=[]):
-                for pos in range(min(n, 3)):
-                    first, second = dataset[pos], dataset[pos]
-                    if not _same(first[0], second[0]):
-                        differs = pos
-                        break
-        if declared or differs is not None:
-            why = (
-                f"{type(self.base).__name__} declares a random augmentation"
-                if declared
-                else f"its training dataset returned two different inputs for position {differs}"
-            )
-            if self.mode == "index":
-                raise ValueError(
-                    f"{owner}(mode='index'): {why}; a plain index cache would label every augmented view with the "
-                    "label of one view. Use mode='fkd' (stored crops replayed with their own labels) and turn the "
-                    "wrapped datamodule's augmentation off, or train without augmentation"
-                )
+        if self.mode == "index":
             raise ValueError(
-                f"{owner}(mode='fkd'): {why}; FKD replays its own stored crops, so the wrapped datamodule must serve "
-                "un-augmented inputs (turn its augmentation off)"
+                f"{owner}(mode='index'): {why}; a plain index cache would label every augmented view with the "
+                "label of one view. Use mode='fkd' (stored crops replayed with their own labels) and turn the "
+                "wrapped datamodule's augmentation off, or train without augmentation"
             )
+        raise ValueError(
+            f"{owner}(mode='fkd'): {why}; FKD replays its own stored crops, so the wrapped datamodule must serve "
+            "un-augmented inputs (turn its augmentation off)"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Set up the wrapped datamodule; for ``fit``, open the cache or fill it (every rank its chunks).
@@ -512,7 +487,7 @@ class TeacherCacheDataModule(LitmixDataModule):
         owner = type(self).__name__
         dataset = self.base.train_dataloader().dataset
         n = len(dataset)  # type: ignore[arg-type]
-        self._check_augmentation(dataset, n)
+        self._check_augmentation(dataset)
         existing = self._read_manifest()
         if not self._k_given and existing is not None and "num_classes" in existing:
             self.k = min(self.k, int(existing["num_classes"]))

@@ -187,7 +187,7 @@ class _SilentlyAugmented(DigitsDataModule):
 def test_bad_arguments_are_named(teacher, tmp_path):
     with pytest.raises(ValueError, match=r"k=11\): k must be <= 10"):
         _dm(teacher, tmp_path / "a", k=11)
-    with pytest.raises(ValueError, match=r"mode='index'.*declares a random augmentation"):
+    with pytest.raises(ValueError, match=r"mode='index'.*declares random_augmentation=True"):
         _dm(teacher, tmp_path / "b", base=_Augmented(train_size=40, flatten=False)).setup("fit")
     with pytest.raises(ValueError, match=r"mode='index'.*two different inputs"):
         _dm(teacher, tmp_path / "c", base=_SilentlyAugmented(train_size=40, flatten=False)).setup("fit")

@@ -77,7 +77,7 @@ def _chain(obj: Any, attr: str, limit: int = 6) -> list[Any]:
     return out
 
 
-def random_augmentation(datamodule: Any, probes: int = 3) -> str | None:
+def random_augmentation(datamodule: Any, probes: int = 3, dataset: Dataset | None = None) -> str | None:
     """Why ``datamodule``'s training inputs look randomly augmented, or ``None`` when nothing says so.
 
     Checked on the DataModule and the DataModules it wraps (``.base``): a truthy ``random_augmentation``,
@@ -88,6 +88,8 @@ def random_augmentation(datamodule: Any, probes: int = 3) -> str | None:
     DataModule or of its training dataset (its ``train_dataset``, else its ``dataset``, and the datasets that one
     wraps, ``.dataset``); and the training dataset's first ``probes`` samples, read twice (under a forked RNG),
     returning different inputs. A DataModule without such a dataset is only checked by its attributes.
+    ``dataset``, when given, is the training dataset ``datamodule`` really serves (its train loader's, which may wrap
+    the attribute's), checked instead of its ``train_dataset`` / ``dataset``.
 
     Example:
         >>> from types import SimpleNamespace
@@ -109,22 +111,23 @@ def random_augmentation(datamodule: Any, probes: int = 3) -> str | None:
         if getattr(dm, "mode", None) == "fkd" and callable(getattr(dm, "as_teacher", None)):
             return f"{owner}(mode='fkd') serves a different stored crop of every sample each epoch"
         train = next((d for d in (getattr(dm, a, None) for a in TRAIN_DATASETS) if isinstance(d, Dataset)), None)
+        if dm is datamodule and dataset is not None:
+            train = dataset
         datasets = _chain(train, "dataset")
         for holder in (dm, *datasets):
             for attr in TRANSFORM_ATTRS:
                 found = _random_transform(getattr(holder, attr, None))
                 if found is not None:
                     return f"{type(holder).__name__}.{attr} holds the random transform {found}"
-        if not datasets:
+        if train is None:
             continue
-        dataset = datasets[0]
         try:
-            n = min(len(dataset), probes)
+            n = min(len(train), probes)  # type: ignore[arg-type]
         except TypeError:  # an iterable dataset: cannot read one sample twice
             continue
         with torch.random.fork_rng(devices=[]):
             for pos in range(n):
-                if not _same(_first_input(dataset[pos]), _first_input(dataset[pos])):
+                if not _same(_first_input(train[pos]), _first_input(train[pos])):
                     return f"{owner}'s training dataset returned two different inputs for sample {pos}"
     return None
 

@@ -151,3 +151,35 @@ def test_npo_step_zero_is_log2_through_disabled_adapters(gpt2_dir):
     module.log = lambda *a, **k: None  # outside a Trainer
     loss = module._forget_term(batch)
     assert math.isclose(float(loss.detach()), 2 / 0.1 * math.log(2), rel_tol=1e-5)
+
+
+@pytest.mark.ddp
+def test_ddp_two_ranks_lora_weights_and_cache_agree(gpt2_dir):
+    """2 CPU ranks: the cache (gathered by index), the adapters and the frozen base agree on every rank."""
+    from litmix.testing import AssertRanksAgree, run_ddp
+
+    torch.manual_seed(0)
+    module = UnlearningModule(
+        str(gpt2_dir), forget_loss="npo", retain_loss="kl", lr=1e-2, cache_reference=True, lora=LORA
+    )
+    frozen = _frozen(module)
+    dm = TOFUDataModule(_data_dir(gpt2_dir), tokenizer="word", prompt_template="{question} :", batch_size=2)
+    trainer = run_ddp([AssertRanksAgree()], module, dm, max_steps=3, limit_val_batches=0, num_sanity_val_steps=0)
+    assert trainer.state.finished
+    params = dict(module.model.named_parameters())
+    assert all(torch.equal(v, params[n]) for n, v in frozen.items())
+    assert any(p.abs().max() > 0 for n, p in params.items() if "lora_B" in n)  # rank 0's trained adapters came back
+
+
+def test_lora_resume_matches_uninterrupted(gpt2_dir, tmp_path):
+    """Resumed from epoch 1: the adapters and the (adapter-disabled) reference give the uninterrupted weights."""
+    from litmix.testing import assert_resume_matches
+
+    def make_module():
+        torch.manual_seed(0)
+        return UnlearningModule(str(gpt2_dir), forget_loss="npo", retain_loss="kl", lr=1e-2, lora=LORA)
+
+    def make_dm():
+        return TOFUDataModule(_data_dir(gpt2_dir), tokenizer="word", prompt_template="{question} :", batch_size=2)
+
+    assert_resume_matches(lambda: [], make_module, make_dm, tmp_path, max_epochs=2)

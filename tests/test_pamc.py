@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,40 @@ def test_registered_as_graph_loss():
     info = get_plugin("pamc_loss")
     assert (info.kind, info.family, info.module) == ("loss", "graph", "litmix.functional.pamc")
     assert "2209.14067" in info.paper
+
+
+class _PamCGCN(pl.LightningModule):
+    """A GCN trained in a Lightning Trainer with the PamC loss alone (clusters: node id modulo 3)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        from torch_geometric.nn import GCNConv
+
+        self.conv = GCNConv(features, 8)
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        graph, _, _ = batch
+        z = self.conv(graph["x"], graph["edge_index"])
+        loss = pamc_loss(z, graph["edge_index"], torch.arange(z.shape[0]) % 3)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+
+def test_trains_a_gnn_in_a_lightning_trainer():
+    from litmix.datamodules import GraphDataModule
+    from litmix.datamodules.graph import _tiny_graph
+    from litmix.testing import make_trainer
+
+    torch.manual_seed(0)
+    data = _tiny_graph()
+    module = _PamCGCN(data.num_features)
+    make_trainer(max_epochs=30).fit(module, datamodule=GraphDataModule(None, data=data))
+    assert len(module.losses) == 30
+    assert module.losses[-1] < module.losses[0] - 0.1
 
 
 class _AllocatedBytes(TorchDispatchMode):

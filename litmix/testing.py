@@ -505,3 +505,27 @@ def digits_teacher(seed: int) -> nn.Module:
 
 
 __all__ += ["CollectingClassifier", "digits_split", "digits_teacher"]
+
+
+class CountingTeacher(nn.Module):
+    """Wraps a teacher and counts its forward calls in ``calls`` (tests that a cached teacher is not run again).
+
+    Example:
+        >>> teacher = CountingTeacher(nn.Linear(2, 3))
+        >>> _ = teacher(torch.ones(4, 2)), teacher(torch.ones(4, 2))
+        >>> teacher.calls
+        2
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped teacher's output; one more call counted."""
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+__all__ += ["CountingTeacher"]

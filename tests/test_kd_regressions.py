@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from litmix.callbacks.knowledge_distillation import KnowledgeDistillation, _KDTerm
 from litmix.data import split_batch
 from litmix.functional.distillation import kd_loss
-from litmix.testing import TinyClassifier, TinyDataModule, fit_tiny, make_trainer
+from litmix.testing import CountingTeacher, TinyClassifier, TinyDataModule, fit_tiny, make_trainer
 from litmix.validation import MissingPathError
 
 
@@ -112,17 +112,6 @@ def test_non_finite_kd_term_stops_the_run():
         fit_tiny([kd], max_steps=3)
 
 
-class CountingTeacher(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = make_teacher()
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-
 class ChangeTemperature(Callback):
     def __init__(self, kd: KnowledgeDistillation) -> None:
         self.kd = kd
@@ -136,7 +125,7 @@ def test_changing_the_temperature_refills_the_cache():
     """The cache holds log-probabilities at one temperature; a new temperature must not reuse them."""
     results = {}
     for cache in (False, True):
-        teacher = CountingTeacher()
+        teacher = CountingTeacher(make_teacher())
         kd = KnowledgeDistillation(teacher, temperature=4.0, cache_teacher_outputs=cache)
         pl.seed_everything(0)
         module = TinyClassifier()
@@ -198,7 +187,7 @@ class OddIndices(TinyDataModule):
 def test_cache_with_and_without_gaps_matches_the_live_teacher(datamodule):
     counts, weights = {}, {}
     for cache in (False, True):
-        teacher = CountingTeacher()
+        teacher = CountingTeacher(make_teacher())
         pl.seed_everything(0)
         module = TinyClassifier()
         fit_tiny(

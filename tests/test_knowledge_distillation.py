@@ -19,6 +19,7 @@ from litmix.functional.distillation import kd_loss, top1_agreement
 from litmix.loss_terms import LossTermCallback
 from litmix.testing import (
     CollectingClassifier,
+    CountingTeacher,
     TinyClassifier,
     TinyDataModule,
     assert_resume_matches,
@@ -308,19 +309,8 @@ def test_second_forward_in_a_step_warns():
         fit_tiny([KnowledgeDistillation(make_teacher())], module=TwoForwards(), max_steps=2)
 
 
-class CountingTeacher(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = make_teacher()
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-
 def test_cached_teacher_outputs_give_the_same_weights():
-    live_teacher, cached_teacher = CountingTeacher(), CountingTeacher()
+    live_teacher, cached_teacher = CountingTeacher(make_teacher()), CountingTeacher(make_teacher())
     pl.seed_everything(0)
     a = TinyClassifier()
     fit_tiny([KnowledgeDistillation(live_teacher)], module=a, max_epochs=2, max_steps=-1)

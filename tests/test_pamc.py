@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from litmix.functional.pamc import meta_nodes, pamc_loss
+from litmix.functional.pamc import meta_nodes, pamc_loss, soft_assignment
 from litmix.graph.linear_probe import linear_probe
 from litmix.registry import get_plugin
 
@@ -61,6 +61,20 @@ def test_gradients_reach_embeddings_and_soft_assignment():
     assert q.grad is not None
     assert bool(z.grad.abs().sum() > 0)
     assert bool(q.grad.abs().sum() > 0)
+
+
+def test_learnable_soft_assignment_feeds_the_meta_nodes():
+    edge_index, z = _graph(25, degree=2, features=8)
+    centres = torch.randn(4, 8, requires_grad=True)
+    q = soft_assignment(z, centres)
+    assert torch.allclose(q.sum(1), torch.ones(25))
+    pamc_loss(z, edge_index, q).backward()
+    assert centres.grad is not None
+    assert bool(centres.grad.abs().sum() > 0)
+    with pytest.raises(ValueError, match="centres"):
+        soft_assignment(z, torch.randn(4, 3))
+    with pytest.raises(ValueError, match="alpha"):
+        soft_assignment(z, centres, alpha=0.0)
 
 
 def test_self_loops_are_not_positives_and_lone_nodes_are_skipped():

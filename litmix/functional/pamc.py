@@ -18,7 +18,7 @@ from litmix.functional.link_prediction import check_edge_index
 from litmix.registry import register
 from litmix.validation import check_float, check_type
 
-__all__ = ["PAMC_PAPER", "meta_nodes", "pamc_loss"]
+__all__ = ["PAMC_PAPER", "meta_nodes", "pamc_loss", "soft_assignment"]
 
 PAMC_PAPER = (
     "Efficient block contrastive learning via parameter-free meta-node approximation (https://arxiv.org/abs/2209.14067)"
@@ -59,6 +59,33 @@ def meta_nodes(z: Tensor, assignment: Tensor) -> Tensor:
     k = int(assignment.max()) + 1 if assignment.numel() else 1
     out = z.new_zeros(k, z.shape[1])
     return out.index_add_(0, assignment.long(), z)
+
+
+def soft_assignment(z: Tensor, centres: Tensor, alpha: float = 1.0) -> Tensor:
+    """DEC's Student-t soft cluster assignment ``(N, K)`` of embeddings to (learnable) cluster centres.
+
+    ``q_ik ∝ (1 + ||z_i - mu_k||² / alpha)^(-(alpha + 1) / 2)``, rows summing to 1: the learnt soft assignment the
+    paper builds its meta-nodes from (the reference code passes ``q.detach().argmax(1)``, its hard version).
+
+    Raises:
+        ValueError: for centres of another width than ``z`` or a non-positive ``alpha``.
+
+    Example:
+        >>> q = soft_assignment(torch.tensor([[0.0, 0.0], [4.0, 4.0]]), torch.tensor([[0.0, 0.0], [4.0, 4.0]]))
+        >>> q.argmax(1).tolist(), [round(float(r), 4) for r in q.sum(1)]
+        ([0, 1], [1.0, 1.0])
+    """
+    owner = "soft_assignment"
+    check_type(owner, "z", z, Tensor)
+    check_type(owner, "centres", centres, Tensor)
+    alpha = check_float(owner, "alpha", alpha, low=0.0, low_open=True)
+    if z.dim() != 2 or centres.dim() != 2 or z.shape[1] != centres.shape[1]:
+        raise ValueError(
+            f"{owner}(z=..., centres=...): need z (N, d) and centres (K, d), got {tuple(z.shape)} and "
+            f"{tuple(centres.shape)}"
+        )
+    q = (1.0 + torch.cdist(z, centres).pow(2) / alpha).pow(-(alpha + 1.0) / 2.0)
+    return q / q.sum(1, keepdim=True)
 
 
 @register("loss", "graph", paper=PAMC_PAPER, module="litmix.functional.pamc")

@@ -201,9 +201,9 @@ def tiny_gpt2(vocab_size: int, n_positions: int, n_embd: int = 32, n_layer: int 
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
-    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
-    config.bos_token_id = config.eos_token_id = 0
+    sizes: dict[str, Any] = {"n_positions": n_positions, "n_embd": n_embd, "n_layer": n_layer, "n_head": n_head}
+    config = GPT2Config(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, **sizes)
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0  # no dropout: NPO's step 0 is (2/beta) log 2
     return GPT2LMHeadModel(config)
 
 

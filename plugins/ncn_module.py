@@ -89,13 +89,15 @@ class NCNModule(LitmixModule):
             whose features do not have ``in_channels`` columns.
 
     Example:
-        >>> import logging; logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        >>> from litmix.testing import make_trainer
-        >>> module, dm, _ = NCNModule.example()
-        >>> trainer = make_trainer(max_epochs=2, limit_val_batches=None)
-        >>> trainer.fit(module, datamodule=dm)
-        >>> sorted(k for k in trainer.callback_metrics if k.startswith("ncn/val"))
-        ['ncn/val_hits@5', 'ncn/val_mrr']
+        >>> from litmix.functional.link_prediction import adjacency, common_neighbors
+        >>> edge_index = torch.tensor([[0, 1, 0, 2, 1, 3], [1, 0, 2, 0, 3, 1]])  # undirected 0-1, 0-2, 1-3
+        >>> pairs = torch.tensor([[0, 2], [3, 1]])  # candidate links 0-3 and 2-1
+        >>> common_neighbors(adjacency(edge_index, 4), pairs).to_dense()  # what the predictor sums: node 1, node 0
+        tensor([[0., 1., 0., 0.],
+                [1., 0., 0., 0.]])
+        >>> model = NCNModule(in_channels=3, hidden_channels=8, predictor="ncnc", dropout=0.0)
+        >>> model(torch.randn(4, 3), edge_index, pairs).shape  # one logit per candidate link
+        torch.Size([2])
     """
 
     def __init__(

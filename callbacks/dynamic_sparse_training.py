@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from litmix.base import Example
-from litmix.functional.sparsity import cosine_update_fraction, erk_densities, prune_and_grow, random_masks
+from litmix.functional.sparsity import erk_densities, prune_and_grow, random_masks
 from litmix.registry import register
-from litmix.sparsity._callback import MaskedPruningCallback, sync_generator
+from litmix.sparsity._callback import sync_generator
+from litmix.sparsity._dynamic import DynamicMaskCallback
 from litmix.validation import check_choice, check_float, check_int, check_str_list
 
 __all__ = ["DynamicSparseTraining"]
@@ -26,7 +25,7 @@ PAPER = (
 
 
 @register("callback", "sparsity", paper=PAPER)
-class DynamicSparseTraining(MaskedPruningCallback):
+class DynamicSparseTraining(DynamicMaskCallback):
     """Sparse training from scratch at a constant parameter budget: periodically drop weights and grow others.
 
     Implements RigL (Evci et al., "Rigging the Lottery: Making All Tickets Winners",
@@ -112,24 +111,14 @@ class DynamicSparseTraining(MaskedPruningCallback):
         distribution = check_choice(cls, "distribution", distribution, ("erk", "uniform"))
         parameter_names = check_str_list(cls, "parameter_names", parameter_names, what="parameter names")
         seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
-        super().__init__(name=name)
+        super().__init__(
+            update_every=update_every, zeta=zeta, end_fraction=end_fraction, end_step=end_step, seed=seed, name=name
+        )
         self.sparsity: float = sparsity
         self.method: Literal["rigl", "set"] = method
-        self.update_every: int = update_every
-        self.zeta: float = zeta
-        self.end_fraction: float = end_fraction
-        self.end_step: int | None = end_step
         self.distribution: Literal["erk", "uniform"] = distribution
         self.parameter_names = parameter_names
-        self.seed: int = seed
-        # state (checkpointed)
-        self.initialized: bool = False
-        self.last_update_step: int = -1
-        self.n_updates: int = 0
-        self.last_churn: float = 0.0
-        self._generator = torch.Generator().manual_seed(seed)
-        # resolved at setup / fit start
-        self._t_end: int = 1
+        # resolved at setup
         self._densities: dict[str, float] = {}
 
     @classmethod
@@ -145,8 +134,7 @@ class DynamicSparseTraining(MaskedPruningCallback):
 
     # ------------------------------------------------------------------ hooks
     def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
-        self.initialized, self.last_update_step, self.n_updates, self.last_churn = False, -1, 0, 0.0
-        self._generator = torch.Generator().manual_seed(self.seed)
+        self._reset_updates()
         shapes = {n: tuple(m.shape) for n, m in self._engine.masks.items()}
         density = 1.0 - self.sparsity
         if self.distribution == "erk":
@@ -160,19 +148,6 @@ class DynamicSparseTraining(MaskedPruningCallback):
     def _target_sparsity(self) -> float:
         return self.sparsity
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Resolve ``T_end`` in optimizer steps."""
-        total = trainer.estimated_stepping_batches
-        if self.end_step is not None:
-            self._t_end = self.end_step
-            return
-        if total <= 0 or not math.isfinite(total):
-            raise ValueError(
-                f"{type(self).__name__}(end_fraction={self.end_fraction}): the run length is unknown "
-                f"(trainer.estimated_stepping_batches={total}); pass end_step or set max_steps/max_epochs"
-            )
-        self._t_end = max(1, round(self.end_fraction * total))
-
     def _prepare_masks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Initial random masks on rank 0 (unless restored), broadcast; applied to weights and optimizer state."""
         if not self.initialized:
@@ -182,21 +157,9 @@ class DynamicSparseTraining(MaskedPruningCallback):
             sync_generator(trainer, self._generator)
             self.initialized = True
 
-    def _is_update_step(self, step: int) -> bool:
-        return 0 < step < self._t_end and step % self.update_every == 0 and step > self.last_update_step
-
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """At update steps prune and grow (rank 0, dense gradients), broadcast; then mask the gradients."""
-        step = trainer.global_step
-        if self._is_update_step(step):
-            self._update_masks(trainer, step)
-        super().on_before_optimizer_step(trainer, pl_module, optimizer)
-
-    @torch.no_grad()
     def _update_masks(self, trainer: pl.Trainer, step: int) -> None:
-        fraction = cosine_update_fraction(step, self._t_end, self.zeta)
+        """Prune the smallest ``|w|`` and grow as many (RigL: largest ``|gradient|``; SET: at random)."""
+        fraction = self._update_fraction(step)
         new: dict[str, Tensor] = {}
         if trainer.is_global_zero:
             for n, p, mask in self._engine.parameters():
@@ -206,33 +169,4 @@ class DynamicSparseTraining(MaskedPruningCallback):
                 new[n] = prune_and_grow(p, mask, fraction, grow, self._generator).cpu()
         kept = sum(int(m.sum()) for m in self._engine.masks.values())
         regrown = self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
-        sync_generator(trainer, self._generator)
-        self.last_churn = sum(int(r.sum()) for r in regrown.values()) / max(kept, 1)
-        self.last_update_step = step
-        self.n_updates += 1
-        self._masks_changed()
-
-    def _step_metrics(self) -> dict[str, float]:
-        return {"churn": self.last_churn}
-
-    def _final_metrics(self) -> dict[str, float]:
-        return {"updates": float(self.n_updates)}
-
-    # ------------------------------------------------------------------ state
-    def _extra_state(self) -> dict[str, Any]:
-        """Update position, churn and SET's generator state (the masks follow at one bit per weight)."""
-        return {
-            "initialized": self.initialized,
-            "last_update_step": self.last_update_step,
-            "n_updates": self.n_updates,
-            "last_churn": self.last_churn,
-            "generator": self._generator.get_state(),
-        }
-
-    def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
-        self.initialized = bool(state_dict.get("initialized", False))
-        self.last_update_step = int(state_dict.get("last_update_step", -1))
-        self.n_updates = int(state_dict.get("n_updates", 0))
-        self.last_churn = float(state_dict.get("last_churn", 0.0))
-        if "generator" in state_dict:
-            self._generator.set_state(state_dict["generator"])
+        self._finish_update(trainer, step, sum(int(r.sum()) for r in regrown.values()), kept)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -12,12 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from litmix.base import Example
-from litmix.functional.sparsity import cosine_update_fraction, erk_densities, random_masks
+from litmix.functional.sparsity import erk_densities, random_masks
 from litmix.functional.ssvi import ADDITION_CRITERIA, PAPER, REMOVAL_CRITERIA, inverse_softplus, ssvi_support_update
 from litmix.layers.ssvi import SparseVariationalMixin, to_sparse_variational
 from litmix.loss_terms import LossTermCallback
 from litmix.registry import register
-from litmix.sparsity._callback import MaskedPruningCallback, sync_generator
+from litmix.sparsity._callback import sync_generator
+from litmix.sparsity._dynamic import DynamicMaskCallback
 from litmix.validation import check_choice, check_float, check_int, check_str_list
 
 __all__ = ["SSVI"]
@@ -33,7 +33,7 @@ def _noise_seed(*parts: int) -> int:
 
 
 @register("callback", "sparsity", paper=PAPER)
-class SSVI(MaskedPruningCallback, LossTermCallback):
+class SSVI(DynamicMaskCallback, LossTermCallback):
     """Train any LightningModule's ``nn.Linear``/``nn.Conv2d`` layers as a sparse Bayesian net by SSVI.
 
     Paper: "Training Bayesian Neural Networks with Sparse Subspace Variational Inference", Li, Miao, Qiu and Zhang,
@@ -67,10 +67,11 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
       update count and the random generator are in this callback's state, so resuming is exact.
 
     Logs ``<prefix>/loss_step``/``loss_epoch``/``loss`` (the KL term ``KL / N``), like every litmix pruner the
-    sparsity per layer (``<prefix>/sparsity/<layer>.weight``) and overall plus a per-layer image at every support
-    update, ``<prefix>/churn`` (fraction of the support replaced) with it, ``<prefix>/sigma_mean`` (mean ``sigma``
-    on the support) at epoch end, and the final values (``final_sparsity``, ``final_sigma_mean``, ``updates``) to
-    every logger. ``<prefix>`` is ``name`` when given, else ``ssvi``.
+    sparsity per layer (``<prefix>/sparsity/<layer>.weight``) and overall, to every logger with a per-layer image
+    when it changes (the initial supports; updates keep it), ``<prefix>/sparsity`` and ``<prefix>/churn`` (fraction
+    of the support replaced) at every support update, ``<prefix>/sigma_mean`` (mean ``sigma`` on the support) at
+    epoch end, and the final values (``final_sparsity``, ``final_sigma_mean``, ``updates``) to every logger.
+    ``<prefix>`` is ``name`` when given, else ``ssvi``.
 
     Args:
         sparsity: fraction of inactive weights in every converted layer (overall with ``"erk"``), in [0, 1).
@@ -148,7 +149,9 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
         regrow_sigma = check_choice(cls, "regrow_sigma", regrow_sigma, ("init", "mean"))
         layer_names = check_str_list(cls, "layer_names", layer_names, what="layer names")
         seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
-        super().__init__(name=name)
+        super().__init__(
+            update_every=update_every, zeta=zeta, end_fraction=end_fraction, end_step=end_step, seed=seed, name=name
+        )
         self.sparsity: float = float(sparsity)
         self.prior_std: float = float(prior_std)
         self.init_sigma: float = float(init_sigma)
@@ -157,26 +160,14 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
         self.num_samples: int | None = num_samples
         self.removal: Literal["snr_abs", "snr", "mean", "abs_mean"] = removal
         self.addition: Literal["gradient", "random"] = addition
-        self.update_every: int = update_every
-        self.zeta: float = float(zeta)
-        self.end_fraction: float = float(end_fraction)
-        self.end_step: int | None = end_step
         self.distribution: Literal["uniform", "erk"] = distribution
         self.regrow_sigma: Literal["init", "mean"] = regrow_sigma
         self.layer_names: list[str] | None = layer_names
-        self.seed: int = seed
-        # state (checkpointed)
-        self.initialized: bool = False
-        self.last_update_step: int = -1
-        self.n_updates: int = 0
-        self.last_churn: float = 0.0
-        self._generator = torch.Generator().manual_seed(seed)
         self._rho: dict[str, Tensor] = {}  # checkpointed rho of every layer (pending until attached)
         # resolved at setup / fit start
         self._layers: dict[str, SparseVariationalMixin] = {}
         self._densities: dict[str, float] = {}
         self._n: int = 1
-        self._t_end: int = 1
         self._noise: torch.Generator | None = None
         self._rank: int = 0
         self._resumed: bool = False
@@ -232,10 +223,10 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
         }
 
     def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
-        self.initialized, self.last_update_step, self.last_churn = self._resumed, -1, 0.0
-        if not self._resumed:
-            self.n_updates = 0
-            self._generator = torch.Generator().manual_seed(self.seed)
+        if self._resumed:  # an earlier fit's supports: its update count and generator go on
+            self.initialized, self.last_update_step, self.last_churn = True, -1, 0.0
+        else:
+            self._reset_updates()
         self._rho = {}
 
     def _selection_detail(self) -> str:
@@ -249,18 +240,10 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
         report = self._engine.sparsity_report()
         self.layer_sparsity = {n: v for n, v in report.items() if not n.endswith(".weight_rho")}
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Resolve ``T_end`` in optimizer steps."""
-        total = trainer.estimated_stepping_batches
-        if self.end_step is not None:
-            self._t_end = self.end_step
-            return
-        if self.sparsity > 0 and (total <= 0 or not math.isfinite(total)):
-            raise ValueError(
-                f"{type(self).__name__}(end_fraction={self.end_fraction}): the run length is unknown "
-                f"(trainer.estimated_stepping_batches={total}); pass end_step or set max_steps/max_epochs"
-            )
-        self._t_end = max(1, round(self.end_fraction * total)) if math.isfinite(total) else 1
+    @property
+    def updates_enabled(self) -> bool:
+        """``sparsity=0`` (dense mean-field VI) never updates, so it needs no run length."""
+        return self.sparsity > 0
 
     def _resolve_num_samples(self, trainer: pl.Trainer) -> int:
         if self.num_samples is not None:
@@ -323,26 +306,9 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
         kl = torch.stack([layer.kl() for layer in self._layers.values()]).sum()
         return kl / self._n
 
-    def _is_update_step(self, step: int) -> bool:
-        return (
-            self.sparsity > 0
-            and 0 < step < self._t_end
-            and step % self.update_every == 0
-            and step > self.last_update_step
-        )
-
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """At update steps remove and add (rank 0, dense gradients), broadcast; then mask the gradients."""
-        step = trainer.global_step
-        if self._is_update_step(step):
-            self._update_supports(trainer, step)
-        super().on_before_optimizer_step(trainer, pl_module, optimizer)
-
-    @torch.no_grad()
-    def _update_supports(self, trainer: pl.Trainer, step: int) -> None:
-        fraction = cosine_update_fraction(step, self._t_end, self.zeta)
+    def _update_masks(self, trainer: pl.Trainer, step: int) -> None:
+        """Remove by ``removal`` and add by ``addition`` (rank 0, dense gradients); added coordinates get ``sigma``."""
+        fraction = self._update_fraction(step)
         new: dict[str, Tensor] = {}
         if trainer.is_global_zero:
             for n, layer in self._layers.items():
@@ -358,7 +324,6 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
         # sigma of the layer's support before the update (for regrow_sigma="mean")
         means = {n: float(F.softplus(layer.weight_rho)[layer.weight_mask].mean()) for n, layer in self._layers.items()}
         regrown = self._engine.update(new, trainer.optimizers, strategy=trainer.strategy)
-        sync_generator(trainer, self._generator)
         added = 0
         for n, layer in self._layers.items():
             coords = regrown.get(f"{n}.weight")
@@ -367,16 +332,10 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
             sigma = self.init_sigma if self.regrow_sigma == "init" else means[n]
             layer.weight_rho.masked_fill_(coords, float(inverse_softplus(sigma)))
             added += int(coords.sum())
-        self.last_churn = added / max(kept, 1)
-        self.last_update_step = step
-        self.n_updates += 1
-        self._masks_changed()
-
-    def _step_metrics(self) -> dict[str, float]:
-        return {"churn": self.last_churn}
+        self._finish_update(trainer, step, added, kept)
 
     def _final_metrics(self) -> dict[str, float]:
-        return {"final_sigma_mean": self.sigma_mean(), "updates": float(self.n_updates)}
+        return {"final_sigma_mean": self.sigma_mean(), **super()._final_metrics()}
 
     @torch.no_grad()
     def sigma_mean(self) -> float:
@@ -408,22 +367,10 @@ class SSVI(MaskedPruningCallback, LossTermCallback):
         return {n: r.clone() for n, r in self._rho.items()}
 
     def _extra_state(self) -> dict[str, Any]:
-        """Update position, churn, generator state and ``rho`` of every layer (the supports follow, one bit each)."""
-        return {
-            "initialized": self.initialized,
-            "last_update_step": self.last_update_step,
-            "n_updates": self.n_updates,
-            "last_churn": self.last_churn,
-            "generator": self._generator.get_state(),
-            "rho": self._rho_state(),
-        }
+        """The shared update state plus ``rho`` of every layer (the supports follow, one bit per weight)."""
+        return {**super()._extra_state(), "rho": self._rho_state()}
 
     def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         """``rho`` is copied into the layers when training starts."""
-        self.initialized = bool(state_dict.get("initialized", False))
-        self.last_update_step = int(state_dict.get("last_update_step", -1))
-        self.n_updates = int(state_dict.get("n_updates", 0))
-        self.last_churn = float(state_dict.get("last_churn", 0.0))
-        if "generator" in state_dict:
-            self._generator.set_state(state_dict["generator"])
+        super()._load_extra_state(state_dict)
         self._rho = {n: r.detach().cpu().clone() for n, r in state_dict.get("rho", {}).items()}

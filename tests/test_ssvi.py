@@ -324,6 +324,33 @@ def test_second_fit_keeps_the_support_and_posterior():
     assert all(torch.equal(masks[n], cb.engine.masks[n]) for n in masks)
 
 
+def test_logs_like_every_pruner_per_layer_sparsity_image_churn_and_final_values(tmp_path):
+    """The shell logs the ``weight`` supports per layer (not ``weight_rho``), the image, churn and final values."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    pl.seed_everything(0)
+    logger = CSVLogger(tmp_path, name="csv")
+    cb = SSVI(sparsity=0.5, update_every=2, end_fraction=1.0, init_sigma=0.01)
+    trainer = make_trainer(callbacks=[cb], max_steps=6, logger=logger, log_every_n_steps=1)
+    trainer.fit(TinyClassifier(), datamodule=TinyDataModule())
+    assert cb.n_updates == 2
+    assert cb.layer_sparsity == {"net.0.weight": 0.5, "net.2.weight": 0.5, "global": 0.5}
+    assert trainer.callback_metrics["ssvi/sparsity/net.0.weight"] == pytest.approx(0.5)
+    assert 0.0 < float(trainer.callback_metrics["ssvi/churn"]) <= 0.5
+    with open(logger.log_dir + "/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert not any(k.endswith("weight_rho") for k in rows[0])
+    final = [r for r in rows if r.get("ssvi/final_sparsity")]
+    assert len(final) == 1
+    assert float(final[0]["ssvi/final_sparsity/net.2.weight"]) == pytest.approx(0.5)
+    assert float(final[0]["ssvi/updates"]) == 2.0
+    assert float(final[0]["ssvi/final_sigma_mean"]) == pytest.approx(cb.sigma_mean())
+    pytest.importorskip("matplotlib")
+    assert list((tmp_path / "csv" / "version_0" / "images").glob("ssvi_sparsity_per_layer_step*.png"))
+
+
 # ------------------------------------------------------------------------------------------------ effect on digits
 
 # Digits (sklearn, 1,797 8x8 images), stratified 70/30 split per seed, MLP 64-128-128-10, Adam 5e-3, batch 64,

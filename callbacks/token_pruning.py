@@ -82,10 +82,8 @@ class _Pruner:
     def __call__(self, x: Tensor, attn: Tensor, k: Tensor) -> Tensor:
         cb = self.cb
         n = x.shape[1]
-        cb._tokens[self.index] = n
-        if self.index not in cb.layers or n <= 1:
-            return x
-        keep = min(n - 1, max(1, round(cb.keep_rate * (n - 1))))
+        keep = min(n - 1, max(0, round(cb.keep_rate * (n - 1))))
+        cb._tokens[self.index] = (n, keep + 1)
         if keep == n - 1:
             return x
         if cb.method == "zero_tprune":
@@ -267,7 +265,8 @@ class TokenPruning(LitmixCallback):
         self.method, self.keep_rate, self.layers = method, float(keep_rate), [int(v) for v in layers]
         self.iters, self.merge, self.backend = int(iters), bool(merge), backend
         self._blocks: list[nn.Module] = []
-        self._tokens: dict[int, int] = {}
+        self._tokens: dict[int, tuple[int, int]] = {}  # pruned block -> (tokens in, tokens out), last forward
+        self._depth = 0
 
     @classmethod
     def example(cls) -> Example:
@@ -307,9 +306,10 @@ class TokenPruning(LitmixCallback):
             return
         blocks = self.blocks(module)
         make = _hf_forward if _is_hf_vit_layer(blocks[0]) else _timm_forward
-        for i, block in enumerate(blocks):
+        for i in self.layers:  # the other blocks keep their own (e.g. SDPA) forward
+            block = blocks[i]
             block.forward = types.MethodType(make(block, _Pruner(self, i)), block)  # type: ignore[method-assign]
-        self._blocks = blocks
+        self._blocks, self._depth = blocks, len(blocks)
 
     def restore(self) -> None:
         """Remove the pruning forwards: the blocks run their class's own ``forward`` again."""
@@ -318,11 +318,18 @@ class TokenPruning(LitmixCallback):
         self._blocks, self._tokens = [], {}
 
     def token_fraction(self) -> float | None:
-        """Mean tokens per block over the last forward, relative to the unpruned count (None before a forward)."""
-        if not self._tokens or 0 not in self._tokens:
+        """Tokens per block (attention and MLP halves) of the last forward over the unpruned count (None before one)."""
+        if len(self._tokens) < len(self.layers):
             return None
-        counts = [self._tokens[i] for i in sorted(self._tokens)]
-        return sum(counts) / (len(counts) * counts[0])
+        first = self._tokens[min(self.layers)][0]
+        total, current = 0.0, first
+        for i in range(self._depth):
+            if i in self._tokens:  # attention on the tokens in, MLP on the tokens kept
+                n_in, current = self._tokens[i]
+                total += (n_in + current) / 2
+            else:
+                total += current
+        return total / (self._depth * first)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Check the model (supported blocks, ``layers`` in range) before any compute."""

@@ -63,10 +63,8 @@ def wpr_importance(attn: Tensor, iters: int = 30, head_weighting: bool = True) -
         raise ValueError(f"wpr_importance(iters={iters!r}): iters must be an int >= 1")
     a = attn.float()
     n = a.shape[-1]
-    s = a.new_full(a.shape[:-1], 1.0 / n)  # [B, H, N]
-    at = a.transpose(-1, -2)
-    for _ in range(iters):
-        s = (at @ s.unsqueeze(-1)).squeeze(-1)
+    # s_T = (A^T)^T s_0 = ((A^T)^iters) 1/N: repeated squaring, O(log iters) matmuls
+    s = torch.linalg.matrix_power(a.transpose(-1, -2), iters).sum(-1) / n  # [B, H, N]
     s = s / s.sum(-1, keepdim=True).clamp_min(1e-12)
     if head_weighting:
         w = (s - 1.0 / n).abs().sum(-1)  # [B, H] total variation from uniform (x2)

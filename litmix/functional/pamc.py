@@ -18,7 +18,7 @@ from litmix.functional.link_prediction import check_edge_index
 from litmix.registry import register
 from litmix.validation import check_float, check_type
 
-__all__ = ["PAMC_PAPER", "meta_nodes", "pamc_loss", "soft_assignment"]
+__all__ = ["PAMC_PAPER", "meta_nodes", "node_infonce_loss", "pamc_loss", "soft_assignment"]
 
 PAMC_PAPER = (
     "Efficient block contrastive learning via parameter-free meta-node approximation (https://arxiv.org/abs/2209.14067)"
@@ -166,3 +166,28 @@ def pamc_loss(
     cc = cc - torch.diag_embed(torch.diagonal(cc))  # the reference zeroes the diagonal similarity
     negative = torch.logsumexp(cc, dim=1).mean()
     return -torch.log(pos[has] + _EPS).mean() + negative
+
+
+def node_infonce_loss(z: Tensor, edge_index: Tensor, tau: float = 1.0) -> Tensor:
+    """The exact node-level contrast PamC approximates: every node a negative, an ``(N, N)`` similarity matrix.
+
+    ``-mean_i log sum_{(i, j) in E} exp(tau s(z_i, z_j)) + mean_i log sum_j exp(tau s(z_i, z_j))`` (Graph-MLP's
+    ``Ncontrast`` with sparse positives); quadratic in time and memory, the baseline of the PamC tests and
+    benchmark.
+
+    Raises:
+        ValueError: for a non-positive ``tau`` or ``edge_index`` ids outside ``[0, N)``.
+
+    Example:
+        >>> z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+        >>> bool(node_infonce_loss(z, torch.tensor([[0, 1], [1, 0]])) < node_infonce_loss(z, torch.tensor([[0, 2], [2, 0]])))
+        True
+    """  # noqa: E501
+    owner = "node_infonce_loss"
+    check_type(owner, "z", z, Tensor)
+    tau = check_float(owner, "tau", tau, low=0.0, low_open=True)
+    ei = check_edge_index(owner, edge_index, int(z.shape[0]))
+    unit = F.normalize(z, dim=1)
+    sim = tau * (unit @ unit.T)
+    pos = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device).index_add_(0, ei[0], torch.exp(sim[ei[0], ei[1]]))
+    return -torch.log(pos[pos > 0]).mean() + torch.logsumexp(sim, dim=1).mean()

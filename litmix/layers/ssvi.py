@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from litmix.functional.ssvi import PAPER, gaussian_kl, inverse_softplus
 from litmix.layers._shells import _ConvShell
 from litmix.registry import register
-from litmix.validation import check_bool, check_float, check_int, check_type
+from litmix.validation import check_bool, check_float, check_int, check_str_list, check_type
 
 __all__ = [
     "SparseVariationalConv2d",
@@ -359,8 +359,9 @@ def to_sparse_variational(
 
     Raises:
         ValueError: for ``prior_std``/``init_sigma`` <= 0, a model without ``nn.Linear``/``nn.Conv2d`` layers, or a
-            name in ``layer_names`` that is not such a layer of ``model`` (listing the ones there are).
-        TypeError: for a ``model`` that is not an ``nn.Module``.
+            name in ``layer_names`` that is not such a layer of ``model`` (listing the ones there are), or an empty
+            ``layer_names``.
+        TypeError: for a ``model`` that is not an ``nn.Module`` or ``layer_names`` that is not a list of strings.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -378,10 +379,10 @@ def to_sparse_variational(
         raise ValueError(
             f"{owner}(model={type(model).__name__}): the model has no nn.Linear or nn.Conv2d layer to make variational"
         )
+    layer_names = check_str_list(owner, "layer_names", layer_names, what="layer names")
     if layer_names is not None:
-        check_type(owner, "layer_names", layer_names, (list, tuple))
         unknown = [n for n in layer_names if n not in linears]
-        if unknown or not layer_names:
+        if unknown:
             raise ValueError(
                 f"{owner}(layer_names={list(layer_names)}): not nn.Linear/nn.Conv2d layers of the model: {unknown}; "
                 f"available: {linears}"

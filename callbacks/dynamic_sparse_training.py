@@ -52,7 +52,8 @@ class DynamicSparseTraining(DynamicMaskCallback):
     kernels faster.
 
     Logs like every litmix pruner (see :class:`~litmix.callbacks.GradualPruning`: sparsity per layer and overall
-    and a per-layer image at every mask change, final values at the end of fit), plus ``<prefix>/churn`` (fraction
+    and a per-layer image whenever a layer's sparsity changes, which at a fixed budget is when the first masks are
+    drawn; final values at the end of fit), plus ``<prefix>/churn`` (fraction
     of kept weights replaced at the last update) at every mask change and ``<prefix>/updates`` at the end.
     ``<prefix>`` is ``name`` when given, else ``dst``.
 

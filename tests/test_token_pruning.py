@@ -180,8 +180,8 @@ def test_zero_tprune_on_mnist_vit(shared_data: Path) -> None:
 
     Measured (2000 test images; dense / zero_tprune / random): seed 0 0.544 / 0.510 / 0.531, seed 1 0.574 / 0.510 /
     0.526, seed 2 0.557 / 0.557 / 0.556. Held on every seed: zero_tprune >= dense - 0.07. Did NOT hold: zero_tprune
-    beating random (seeds 0 and 1 lose) and a lower forward time (17 tokens: the scoring costs more than it saves),
-    so neither is asserted.
+    beating random (seeds 0 and 1 lose); a lower forward time held in the median (pruned/dense 0.887, 0.838, 0.784)
+    but not on every interleaved round (up to 1.36 on the loaded machine), so neither is asserted.
     """
     model, xt, yt = trained_vit(str(shared_data / "mnist"), 0)
     dense = accuracy(model, xt, yt)

@@ -10,6 +10,7 @@
 from litmix.layers.binary import BinaryConv2d, BinaryLinear, to_binary
 from litmix.layers.continual_attention import ContinualAttention
 from litmix.layers.continual_conv import ContinualConv1d
+from litmix.layers.lcm_conv import LCMConv
 from litmix.layers.moe_plus_plus import MoEPlusPlus
 from litmix.layers.nonparametric_head import NonParametricHead
 from litmix.layers.phatgoose import PHATGOOSELinear, import_expert, phatgoose_mode, to_phatgoose
@@ -21,6 +22,7 @@ __all__ = [
     "BinaryLinear",
     "ContinualAttention",
     "ContinualConv1d",
+    "LCMConv",
     "MoEPlusPlus",
     "NonParametricHead",
     "PHATGOOSELinear",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
@@ -21,7 +20,8 @@ from litmix.functional.sparsity import (
 from litmix.registry import register
 from litmix.sparsity import MaskEngine
 from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names
-from litmix.validation import check_bool, check_choice, check_float, check_int
+from litmix.sparsity._schedule import check_step_schedule, resolve_step_schedule
+from litmix.validation import check_bool, check_choice, check_float
 
 __all__ = ["GradualPruning"]
 
@@ -146,18 +146,9 @@ class GradualPruning(MaskedPruningCallback):
         cls = type(self).__name__
         target_sparsity = check_float(cls, "target_sparsity", target_sparsity, low=0.0, high=1.0, high_open=True)
         initial_sparsity = check_float(cls, "initial_sparsity", initial_sparsity, low=0.0, high=target_sparsity)
-        start_fraction = check_float(cls, "start_fraction", start_fraction, low=0.0, high=1.0, high_open=True)
-        end_fraction = check_float(cls, "end_fraction", end_fraction, low=0.0, high=1.0, low_open=True)
-        if end_fraction <= start_fraction:
-            raise ValueError(
-                f"{cls}(start_fraction={start_fraction}, end_fraction={end_fraction}): start_fraction must be below "
-                "end_fraction (pruning starts before it ends)"
-            )
-        start_step = check_int(cls, "start_step", start_step, low=0, allow_none=True)
-        end_step = check_int(
-            cls, "end_step", end_step, low=1 if start_step is None else start_step + 1, allow_none=True
+        start_fraction, end_fraction, start_step, end_step, every_n_steps = check_step_schedule(
+            cls, start_fraction, end_fraction, start_step, end_step, every_n_steps
         )
-        every_n_steps = check_int(cls, "every_n_steps", every_n_steps, low=1)
         scope = check_choice(cls, "scope", scope, ("global", "layer"))
         parameter_names = check_parameter_names(cls, parameter_names)
         if zero_second_moments is not None:
@@ -224,36 +215,18 @@ class GradualPruning(MaskedPruningCallback):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve the schedule in optimizer steps; refuse one that the run does not reach."""
-        cls = type(self).__name__
-        total = trainer.estimated_stepping_batches
-        if total <= 0:  # an iterable dataset without max_steps: unknown
-            total = math.inf
-        if (self.start_step is None or self.end_step is None) and not math.isfinite(total):
-            raise ValueError(
-                f"{cls}(start_fraction={self.start_fraction}, end_fraction={self.end_fraction}): the run length is "
-                f"unknown (trainer.estimated_stepping_batches={total}); pass start_step and end_step or set "
-                "max_steps/max_epochs"
-            )
-        last = int(total) - 1 if math.isfinite(total) else None  # the last optimizer step the run makes
-        for arg, value in (("start_step", self.start_step), ("end_step", self.end_step)):
-            if value is not None and last is not None and value > last:
-                raise ValueError(
-                    f"{cls}({arg}={value}): the run makes only {int(total)} optimizer steps (0..{last}, "
-                    f"trainer.estimated_stepping_batches={int(total)}), so the schedule would stop at "
-                    f"{self._sparsity_reached(last):.4f} instead of target_sparsity={self.target_sparsity}; "
-                    f"pass {arg} <= {last} or lengthen the run"
-                )
-        t0 = self.start_step if self.start_step is not None else int(self.start_fraction * total)
-        if self.end_step is not None:
-            t1 = self.end_step
-        else:
-            t1 = max(min(round(self.end_fraction * total), int(total) - 1), t0 + 1)
-        if t1 <= t0:
-            raise ValueError(
-                f"{cls}(end_step={self.end_step}): the schedule must end after it starts (start step {t0}, from "
-                f"start_fraction={self.start_fraction} of {total} steps); pass a larger end_step or start_step"
-            )
-        self._t0, self._t1 = t0, t1
+        self._t0, self._t1 = resolve_step_schedule(
+            type(self).__name__,
+            trainer,
+            self.start_fraction,
+            self.end_fraction,
+            self.start_step,
+            self.end_step,
+            shortfall=lambda last: (
+                f"the schedule would stop at {self._sparsity_reached(last):.4f} instead of "
+                f"target_sparsity={self.target_sparsity}"
+            ),
+        )
 
     def _sparsity_reached(self, last: int) -> float:
         t0 = self.start_step if self.start_step is not None else 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -24,6 +23,7 @@ from litmix.functional.head_importance import (
 from litmix.functional.sparsity import cubic_sparsity, magnitude_masks, structured_masks
 from litmix.registry import register
 from litmix.sparsity._callback import MaskedPruningCallback, check_parameter_names
+from litmix.sparsity._schedule import check_step_schedule, resolve_step_schedule
 from litmix.sparsity.removal import (
     ChannelGroup,
     RemovalReport,
@@ -137,6 +137,9 @@ class StructuredPruning(MaskedPruningCallback):
     default_log_prefix: ClassVar[str] = "structured"
     state_version: ClassVar[int] = 1
     sharded_reason: ClassVar[str] = "it masks and removes whole rows of unsharded parameters"
+    deferred_selection: ClassVar[str] = (
+        "the channels and heads to prune are chosen at the first batch (which traces the model)"
+    )
 
     def __init__(
         self,
@@ -164,18 +167,9 @@ class StructuredPruning(MaskedPruningCallback):
             )
         scope = check_choice(cls, "scope", scope, ("layer", "global"))
         importance = check_choice(cls, "importance", importance, ("l2", "random"))
-        start_fraction = check_float(cls, "start_fraction", start_fraction, low=0.0, high=1.0, high_open=True)
-        end_fraction = check_float(cls, "end_fraction", end_fraction, low=0.0, high=1.0, low_open=True)
-        if end_fraction <= start_fraction:
-            raise ValueError(
-                f"{cls}(start_fraction={start_fraction}, end_fraction={end_fraction}): start_fraction must be below "
-                "end_fraction"
-            )
-        start_step = check_int(cls, "start_step", start_step, low=0, allow_none=True)
-        end_step = check_int(
-            cls, "end_step", end_step, low=1 if start_step is None else start_step + 1, allow_none=True
+        start_fraction, end_fraction, start_step, end_step, every_n_steps = check_step_schedule(
+            cls, start_fraction, end_fraction, start_step, end_step, every_n_steps
         )
-        every_n_steps = check_int(cls, "every_n_steps", every_n_steps, low=1)
         layers = check_parameter_names(cls, layers, argument="layers", what="module names")
         if layers is not None and channel_sparsity == 0.0:
             raise ValueError(f"{cls}(layers={layers}): layers select channels, but channel_sparsity=0.0")
@@ -253,32 +247,11 @@ class StructuredPruning(MaskedPruningCallback):
         self._groups, self._example, self._prepared, self.report = [], None, False, None
         self._module = pl_module
 
-    def _selection_detail(self) -> str:
-        # follows "pruning 0 parameters (default selection): " in the shell's setup line
-        return "none yet, the channels and heads are chosen at the first batch (which traces the model)"
-
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve the schedule in optimizer steps; refuse one the run does not reach."""
-        cls = type(self).__name__
-        total = trainer.estimated_stepping_batches
-        total = total if total > 0 and math.isfinite(total) else math.inf
-        if (self.start_step is None or self.end_step is None) and not math.isfinite(total):
-            raise ValueError(
-                f"{cls}(start_fraction={self.start_fraction}, end_fraction={self.end_fraction}): the run length is "
-                "unknown; pass start_step and end_step or set max_steps/max_epochs"
-            )
-        t0 = self.start_step if self.start_step is not None else int(self.start_fraction * total)
-        t1 = (
-            self.end_step
-            if self.end_step is not None
-            else max(min(round(self.end_fraction * total), int(total) - 1), t0 + 1)
+        self._t0, self._t1 = resolve_step_schedule(
+            type(self).__name__, trainer, self.start_fraction, self.end_fraction, self.start_step, self.end_step
         )
-        if math.isfinite(total) and t1 > int(total) - 1:
-            raise ValueError(
-                f"{cls}(end_step={self.end_step}): the run makes only {int(total)} optimizer steps; pass end_step <= "
-                f"{int(total) - 1} or lengthen the run"
-            )
-        self._t0, self._t1 = t0, t1
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         """First batch of the fit: trace the channel groups, attach the (possibly restored) masks, apply them."""

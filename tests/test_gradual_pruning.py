@@ -170,6 +170,13 @@ def test_bad_arguments(kwargs, exc, match):
         GradualPruning(**kwargs)
 
 
+def test_a_schedule_the_run_does_not_reach_fails_at_fit_start():
+    with pytest.raises(ValueError, match=r"GradualPruning\(end_step=9\): the run makes only 4 .*instead of target"):
+        fit_tiny([GradualPruning(0.5, start_step=0, end_step=9)], max_steps=4)
+    with pytest.raises(ValueError, match=r"GradualPruning\(start_step=3, .*starts at step 3, the last of the 4"):
+        fit_tiny([GradualPruning(0.5, start_step=3)], max_steps=4)
+
+
 def test_unknown_parameter_names_error_lists_available():
     cb = GradualPruning(parameter_names=["net.0.weight", "net.9.weight"])
     with pytest.raises(ValueError, match=r"net\.9\.weight.*available.*net\.0\.bias"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import itertools
+import logging
 import math
 import sys
 from pathlib import Path
@@ -170,6 +171,23 @@ def test_a_model_with_nothing_prunable_fails_before_the_first_step():
     with pytest.raises(ValueError, match=r"channel_sparsity=0.5.*no removable channel group.*model output"):
         fit_tiny([StructuredPruning(channel_sparsity=0.5, start_step=0, end_step=1)], module=model)
     assert torch.equal(before, model.fc.weight)
+
+
+def test_a_schedule_the_run_does_not_reach_fails_at_fit_start():
+    with pytest.raises(ValueError, match=r"StructuredPruning\(end_step=9\): the run makes only 4 optimizer steps"):
+        fit_tiny([StructuredPruning(channel_sparsity=0.5, start_step=0, end_step=9)], max_steps=4)
+    with pytest.raises(ValueError, match=r"StructuredPruning\(end_step=2\): the schedule must end after it starts"):
+        fit_tiny(
+            [StructuredPruning(channel_sparsity=0.5, start_fraction=0.75, end_fraction=0.9, end_step=2)], max_steps=4
+        )
+
+
+def test_setup_says_the_selection_comes_at_the_first_batch(caplog):
+    with caplog.at_level(logging.INFO):
+        fit_tiny([StructuredPruning(channel_sparsity=0.5, start_step=0, end_step=1)], max_steps=2)
+    text = caplog.text
+    assert "StructuredPruning: the channels and heads to prune are chosen at the first batch" in text
+    assert "pruning 0 parameters" not in text
 
 
 def test_removing_multihead_attention_heads_is_refused():

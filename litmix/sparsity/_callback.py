@@ -126,6 +126,9 @@ class MaskedPruningCallback(LitmixCallback):
     keep_existing_masks: ClassVar[bool] = False
     #: optimizer steps between refills of the pruned coordinates' second moments (see ``on_train_batch_end``)
     refill_every: ClassVar[int] = 1000
+    #: for a pruner that selects later (``_select`` returns nothing in ``setup``): the ``setup`` info line's text
+    #: instead of "pruning 0 parameters"
+    deferred_selection: ClassVar[str] = ""
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(name=name)
@@ -277,7 +280,13 @@ class MaskedPruningCallback(LitmixCallback):
         shown = ", ".join(names[:50]) + (f", ... ({len(names) - 50} more)" if len(names) > 50 else "")
         how = "default selection" if self.parameter_names is None else "parameter_names"
         left_out = "; not pruned: " + ", ".join(f"{n} ({why})" for n, why in excluded.items()) if excluded else ""
-        rank_zero_info(f"{cls}: pruning {len(names)} parameters ({how}): {shown}{left_out}{self._selection_detail()}")
+        detail = f"{shown}{left_out}{self._selection_detail()}"
+        deferred = not names and self.deferred_selection
+        rank_zero_info(
+            f"{cls}: {self.deferred_selection}"
+            if deferred
+            else f"{cls}: pruning {len(names)} parameters ({how}): {detail}"
+        )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply the (possibly restored) masks to weights and optimizer state; pick the re-masking rule."""

@@ -77,7 +77,7 @@ def _max_task(seed: int, targets: int = 80, max_degree: int = 8):
     src = torch.arange(int(deg.sum())) + targets
     dst = torch.repeat_interleave(torch.arange(targets), deg)
     x = torch.cat([torch.zeros(targets), torch.rand(int(deg.sum()), generator=g)]).unsqueeze(1)
-    y = torch.zeros(targets).index_reduce_(0, dst, x[src, 0], "amax", include_self=False)
+    y = torch.zeros(targets).scatter_reduce(0, dst, x[src, 0], "amax", include_self=False)
     return x, torch.stack([src, dst]), y
 
 

@@ -124,15 +124,6 @@ def _accuracy(data: Data, seed: int, weight_sparsity: float | None, epochs: int 
     return module.test_accuracy()
 
 
-@pytest.fixture(scope="module")
-def cora128(cora):
-    data = cora.clone()
-    # the fixed 128-d random projection of tests/test_teddy.py (keeps the test within its time budget)
-    proj = torch.randn(data.num_features, 128, generator=torch.Generator().manual_seed(0))
-    data.x = data.x @ proj * (10 / data.num_features**0.5)
-    return data
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])  # seeds 1 and 2 measured too (below); one seed keeps CI within budget
 def test_teddy_edges_with_l0_weights_on_cora(cora128, seed):

@@ -41,6 +41,9 @@ class LotteryTicket(MaskedPruningCallback):
       pruned weights stay pruned), decided on global rank 0 and broadcast; then every trainable parameter is
       rewound to the snapshot (pruned weights stay 0) and, with ``reset_optimizer``, the optimizer state is
       cleared (a fresh optimizer, as a new IMP level in open_lth). The learning-rate schedule is not rewound.
+      With ``retrain_weight_decay`` set, every optimizer param group's ``weight_decay`` becomes that value at the
+      rewind (Grokking Tickets: the base run uses weight decay, the ticket is retrained without it); the value in
+      force is checkpointed and set again when a resumed run starts.
     * After the last round training continues with the mask fixed (gradients masked before each step, weights
       re-masked after it when the optimizer needs it).
 
@@ -66,6 +69,8 @@ class LotteryTicket(MaskedPruningCallback):
         parameter_names: parameters to prune (``named_parameters`` names); default ``None``: the weights of
             ``nn.Linear``, ``nn.Conv*``, ``nn.Bilinear``, HF ``Conv1D`` and PyG ``Linear`` layers.
         seed: seed of the random control's masks (>= 0).
+        retrain_weight_decay: ``weight_decay`` of every optimizer param group from the first rewind on (>= 0,
+            finite); ``None`` (default): left unchanged.
         name: optional instance name (checkpoint key and logging prefix).
 
     Raises:
@@ -99,6 +104,7 @@ class LotteryTicket(MaskedPruningCallback):
         reset_optimizer: bool = True,
         parameter_names: list[str] | None = None,
         seed: int = 0,
+        retrain_weight_decay: float | None = None,
         name: str | None = None,
     ) -> None:
         cls = type(self).__name__
@@ -117,6 +123,7 @@ class LotteryTicket(MaskedPruningCallback):
         reset_optimizer = check_bool(cls, "reset_optimizer", reset_optimizer)
         parameter_names = check_parameter_names(cls, parameter_names)
         seed = check_int(cls, "seed", seed, low=0, high=2**63 - 1)
+        retrain_weight_decay = check_float(cls, "retrain_weight_decay", retrain_weight_decay, low=0.0, allow_none=True)
         super().__init__(name=name)
         self.sparsity: float = sparsity
         self.prune_every: int = prune_every
@@ -128,8 +135,10 @@ class LotteryTicket(MaskedPruningCallback):
         self.reset_optimizer: bool = reset_optimizer
         self.parameter_names = parameter_names
         self.seed: int = seed
+        self.retrain_weight_decay: float | None = retrain_weight_decay
         # state (checkpointed)
         self.rounds_done: int = 0
+        self.weight_decay_set: float | None = None
         self.snapshot: dict[str, Tensor] = {}
         self.round_steps: list[int] = []
         self._generator = torch.Generator().manual_seed(seed)
@@ -153,6 +162,7 @@ class LotteryTicket(MaskedPruningCallback):
     # ------------------------------------------------------------------ hooks
     def _on_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]) -> None:
         self.rounds_done, self.snapshot, self.round_steps = 0, {}, []
+        self.weight_decay_set = None
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def _selection_detail(self) -> str:
@@ -173,6 +183,18 @@ class LotteryTicket(MaskedPruningCallback):
             and self._position(trainer) >= (self.rounds_done + 1) * self.prune_every
         ):
             self._prune_and_rewind(trainer, pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Masks as in every pruner; a resumed run past a rewind gets the retrain weight decay again."""
+        super().on_train_start(trainer, pl_module)
+        if self.weight_decay_set is not None:
+            self._set_weight_decay(trainer, self.weight_decay_set)
+
+    def _set_weight_decay(self, trainer: pl.Trainer, value: float) -> None:
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["weight_decay"] = value
+        self.weight_decay_set = value
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Epoch rounds happen before the first batch of epoch ``r * prune_every``."""
@@ -225,6 +247,8 @@ class LotteryTicket(MaskedPruningCallback):
                 opt.state = defaultdict(dict)
         else:
             self._engine.mask_optimizer_state(trainer.optimizers)
+        if self.retrain_weight_decay is not None:
+            self._set_weight_decay(trainer, self.retrain_weight_decay)
         self.rounds_done = r
         self.round_steps.append(trainer.global_step)
         self._masks_changed()
@@ -238,9 +262,10 @@ class LotteryTicket(MaskedPruningCallback):
 
     # ------------------------------------------------------------------ state
     def _extra_state(self) -> dict[str, Any]:
-        """Rounds done, the rewind snapshot (CPU) and the random control's generator (then the masks)."""
+        """Rounds, snapshot (CPU), retrain weight decay in force, random control's generator (then the masks)."""
         return {
             "rounds_done": self.rounds_done,
+            "weight_decay_set": self.weight_decay_set,
             "round_steps": list(self.round_steps),
             "snapshot": dict(self.snapshot),
             "generator": self._generator.get_state(),
@@ -249,6 +274,8 @@ class LotteryTicket(MaskedPruningCallback):
     def _load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.rounds_done = int(state_dict.get("rounds_done", 0))
         self.round_steps = [int(s) for s in state_dict.get("round_steps", [])]
+        wd = state_dict.get("weight_decay_set")
+        self.weight_decay_set = None if wd is None else float(wd)
         self.snapshot = {n: t.detach().cpu().clone() for n, t in state_dict.get("snapshot", {}).items()}
         if "generator" in state_dict:
             self._generator.set_state(state_dict["generator"])

@@ -43,6 +43,10 @@ from tests._pruning import (
         ({"scope": "row"}, ValueError, "scope"),
         ({"scoring": "snip"}, ValueError, "scoring"),
         ({"reset_optimizer": 1}, TypeError, "reset_optimizer"),
+        ({"retrain_weight_decay": -0.1}, ValueError, "retrain_weight_decay"),
+        ({"retrain_weight_decay": float("nan")}, ValueError, "retrain_weight_decay"),
+        ({"retrain_weight_decay": float("inf")}, ValueError, "retrain_weight_decay"),
+        ({"retrain_weight_decay": "0"}, TypeError, "retrain_weight_decay"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
@@ -164,6 +168,54 @@ def test_resume_matches_uninterrupted(tmp_path):
 
         a, b = assert_resumed_masks_match(make, TinyClassifier, tmp_path / unit)
         assert a.rounds_done == b.rounds_done == 1
+
+
+class DecayedClassifier(TinyClassifier):
+    """TinyClassifier trained with AdamW, weight decay 0.5."""
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.5)
+
+
+class RecordWeightDecay(Callback):
+    """Weight decay of every param group at each optimizer step (after the pruner's batch-start hook)."""
+
+    def __init__(self):
+        self.at_step: dict[int, list[float]] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.at_step[trainer.global_step] = [g["weight_decay"] for g in optimizer.param_groups]
+
+
+def test_retrain_weight_decay_switches_at_the_rewind_step():
+    for wd, after in ((0.0, 0.0), (None, 0.5)):
+        cb, rec = LotteryTicket(0.5, prune_every=3, unit="step", retrain_weight_decay=wd), RecordWeightDecay()
+        fit_tiny([cb, rec], module=DecayedClassifier(), max_steps=6)
+        assert cb.round_steps == [3]
+        assert rec.at_step == {s: [0.5 if s < 3 else after] for s in range(6)}, (wd, rec.at_step)
+        assert cb.state_dict()["weight_decay_set"] == wd
+
+
+def test_resume_keeps_retrain_weight_decay(tmp_path):
+    """Round at step 2; the checkpoint after epoch 0 (step 4) is past the rewind: the resumed run keeps WD 0, even
+    when the checkpoint's optimizer state says otherwise."""
+
+    def make():
+        return [LotteryTicket(0.5, prune_every=2, unit="step", retrain_weight_decay=0.0)]
+
+    a, b = assert_resumed_masks_match(make, DecayedClassifier, tmp_path)
+    assert a.weight_decay_set == b.weight_decay_set == 0.0
+    ckpt_path = next((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    for group in ckpt["optimizer_states"][0]["param_groups"]:
+        group["weight_decay"] = 0.5
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    cb, rec = LotteryTicket(0.5, prune_every=2, unit="step", retrain_weight_decay=0.0), RecordWeightDecay()
+    trainer = make_trainer(callbacks=[cb, rec], max_epochs=2)
+    trainer.fit(DecayedClassifier(), datamodule=TinyDataModule(), ckpt_path=str(tmp_path / "edited.ckpt"))
+    assert cb.rounds_done == 1
+    assert sorted(rec.at_step) == [4, 5, 6, 7]
+    assert all(v == [0.0] for v in rec.at_step.values()), rec.at_step
 
 
 # ----------------------------------------------------------------------------- DDP

@@ -31,6 +31,7 @@ CORE_MODULES = (
     "litmix.functional.flag_aggregator",
     "litmix.functional.forget_selection",
     "litmix.functional.graph_proxies",
+    "litmix.functional.graph_kernels",
     "litmix.functional.graph_valuation",
     "litmix.functional.inductive_bias",
     "litmix.functional.link_prediction",

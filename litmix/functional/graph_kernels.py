@@ -6,6 +6,12 @@ regularised Laplacian, walk ``(I - tA)^-1``, forest ``(I + tL)^-1``) becomes a d
 ``d_ij = (h_ii + h_jj - h_ij - h_ji) / 2`` with ``H = K`` (plain) or ``H = log K`` element-wise (logarithmic);
 the paper finds the logarithmic measures, log-communicability first, usually cluster best. Every kernel here
 is a dense ``n x n`` float64 matrix, so graphs above ``max_nodes`` are refused.
+
+Measured (communicability at ``t = 1 / rho(A)``, classical MDS coordinates of the distance, ARI plain -> log,
+seeds 0/1/2, ``tests/test_graph_kernels.py``): a 3 x 40 planted partition (p_in 0.3, p_out 0.1) clustered
+with Ward, 0.544 -> 0.681, 0.102 -> 0.533, 0.340 -> 0.601; Cora's classes 0-2 (largest component, 892 nodes)
+with KMeans, 0.121 -> 0.820 on every seed. With KMeans instead of Ward the planted partition is mixed
+(0.786 -> 0.901, 0.903 -> 0.880, 0.926 -> 0.878): the log gain is not universal.
 """
 
 from __future__ import annotations

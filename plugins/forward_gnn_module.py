@@ -39,9 +39,9 @@ class ForwardGNNModule(LitmixModule):
     top-down signals and link prediction.
 
     **Data**: :class:`~litmix.datamodules.GraphDataModule` batches ``(graph, y, index)``. The label-node edges use
-    the training nodes of the step gathered from every rank (``all_gather``; so every rank builds the same graph),
-    and are remembered for evaluation (also taken from the DataModule's ``train_index`` / ``targets`` when
-    evaluating before training). Logs ``forward_gnn/loss``, ``forward_gnn/loss_layer{l}``, ``val/acc`` /
+    the training nodes of the step gathered from every rank (``all_gather``; so every rank builds the same graph);
+    evaluation uses the DataModule's whole training split (``train_index`` / ``targets``), or else the labelled
+    nodes of the last training step. Logs ``forward_gnn/loss``, ``forward_gnn/loss_layer{l}``, ``val/acc`` /
     ``test/acc``.
 
     Args:
@@ -167,15 +167,16 @@ class ForwardGNNModule(LitmixModule):
             self.log(f"forward_gnn/loss_layer{i}", loss.detach(), on_step=False, on_epoch=True, batch_size=1)
 
     def _labelled_nodes(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Labelled nodes for evaluation: the DataModule's training split, else the last training step's."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        ids, targets = getattr(dm, "train_index", None), getattr(dm, "targets", None)
+        if isinstance(ids, Tensor) and isinstance(targets, Tensor):
+            return ids.to(device), targets[ids].to(device)
         if self._labelled is None:
-            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            ids, targets = getattr(dm, "train_index", None), getattr(dm, "targets", None)
-            if not isinstance(ids, Tensor) or not isinstance(targets, Tensor):
-                raise ValueError(
-                    f"{type(self).__name__}: no labelled training nodes known for the label nodes (train first or "
-                    "evaluate with a GraphDataModule)"
-                )
-            self._labelled = (ids, targets[ids])
+            raise ValueError(
+                f"{type(self).__name__}: no labelled training nodes known for the label nodes (train first or "
+                "evaluate with a GraphDataModule)"
+            )
         return self._labelled[0].to(device), self._labelled[1].to(device)
 
     def _evaluate(self, batch: Any, stage: str) -> None:

@@ -5,6 +5,7 @@ from litmix.plugins.compositional_ebm import CompositionalEBM
 from litmix.plugins.deepwalk_module import DeepWalkModule
 from litmix.plugins.dgmlp_module import DGMLPModule
 from litmix.plugins.distillation_module import DistillationModule
+from litmix.plugins.fair_gnn_module import FairGNNModule
 from litmix.plugins.forward_gnn_module import ForwardGNNModule
 from litmix.plugins.gradient_boosted_network import GradientBoostedNetwork
 from litmix.plugins.graph_to_mlp import GraphToMLPDistillModule
@@ -30,6 +31,7 @@ __all__ = [
     "DGMLPModule",
     "DeepWalkModule",
     "DistillationModule",
+    "FairGNNModule",
     "ForwardGNNModule",
     "GradientBoostedNetwork",
     "GraphToMLPDistillModule",

@@ -183,8 +183,14 @@ def test_a_schedule_the_run_does_not_reach_fails_at_fit_start():
 
 
 def test_setup_says_the_selection_comes_at_the_first_batch(caplog):
-    with caplog.at_level(logging.INFO):
-        fit_tiny([StructuredPruning(channel_sparsity=0.5, start_step=0, end_step=1)], max_steps=2)
+    # Lightning's logger may not propagate to the root logger (it depends on import order): listen on it directly
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    lightning_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+            fit_tiny([StructuredPruning(channel_sparsity=0.5, start_step=0, end_step=1)], max_steps=2)
+    finally:
+        lightning_logger.removeHandler(caplog.handler)
     text = caplog.text
     assert "StructuredPruning: the channels and heads to prune are chosen at the first batch" in text
     assert "pruning 0 parameters" not in text

@@ -62,6 +62,7 @@ def uld_logits(base_logits: Tensor, assistant_logits: Tensor, weight: float = -1
         TypeError: ``top`` not a number.
 
     Example:
+        >>> import torch
         >>> base = torch.log(torch.tensor([[0.70, 0.25, 0.05]]))
         >>> assistant = torch.tensor([[3.0, 1.0, 5.0]])
         >>> uld_logits(base, assistant, weight=-1.0, top=0.1) - base     # class 2: p 0.05 < 0.1 * 0.7, kept out
@@ -95,6 +96,7 @@ def uniform_kl(logits: Tensor) -> Tensor:
     """``KL(U || softmax(logits))`` over the last dimension: ``-log V - mean_v log p_v`` (0 iff uniform).
 
     Example:
+        >>> import torch
         >>> uniform_kl(torch.zeros(2, 4))
         tensor([0., 0.])
         >>> round(float(uniform_kl(torch.tensor([0.0, 0.0, 0.0, 10.0]))), 4)
@@ -139,6 +141,7 @@ def uld_assistant_loss(
             answer token at all.
 
     Example:
+        >>> import torch
         >>> f = torch.tensor([[2.0, 0.0, 0.0]]); r = torch.tensor([[0.0, 0.0, 0.0]])
         >>> round(float(uld_assistant_loss(f, torch.tensor([0]), r, torch.tensor([1]))), 4)     # CE + 5 * 0
         0.2395
@@ -205,6 +208,7 @@ def truncate_layers(model: nn.Module, k: int) -> nn.Module:
         ValueError: ``k`` outside ``[1, number of blocks]`` or no block list found (:func:`find_layer_list`).
 
     Example:
+        >>> import torch
         >>> from litmix.unlearning_testbed import TinyCausalTransformer
         >>> small = truncate_layers(TinyCausalTransformer(10, dim=8, layers=2, heads=2), 1)
         >>> len(small.layers), small(torch.zeros(1, 3, dtype=torch.long)).shape
